@@ -1,0 +1,112 @@
+"""
+Synthetic arithmetic with worked solutions: a chain of operations modulo 10.
+
+    prompt:  5:+3*7+2*4=
+    answer:  +3>8,*7>6,+2>8,*4>2#2
+
+Start from a digit, apply each operation (add or multiply, modulo 10) in turn, and write the value
+after every step; the final answer follows '#'. Each value is a small table lookup given the one
+before it, so one token per step is easy. But adds and multiplies do not commute, so a value
+cannot be read off the prompt without the values before it: a model that finalizes two values of
+the same block in one step must compose two operations in one forward pass, which a small model
+does badly. That serial dependency between answer tokens is what naive step cutting breaks, and
+what CDLM's student learns to respect: it finalizes the easy tokens (copied operations,
+punctuation) in parallel and each value once the one before it is final.
+
+    python data/arithmetic/prepare.py                 # default: 5-9 operations
+    python data/arithmetic/prepare.py --max_ops=6     # difficulty knobs: min_ops, max_ops, ops
+"""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from configurator import configure  # noqa: E402
+from data.common import CharTokenizer, atomic_write_bytes, atomic_write_json, encode_prompt  # noqa: E402
+
+config = dict(
+    out_dir=os.path.dirname(os.path.abspath(__file__)),
+    seed=1337,
+    min_ops=5,         # operations per problem, drawn uniformly in [min_ops, max_ops]
+    max_ops=9,
+    ops="+*",          # which operations appear ('+', '*', '-')
+    n_train=200_000,
+    n_val=1_000,
+    n_test=1_000,
+    block_size=8,      # gen_len is rounded up to a whole number of diffusion blocks
+)
+
+CHARS = "0123456789+*->,#=:"
+APPLY = {"+": lambda s, d: (s + d) % 10, "*": lambda s, d: (s * d) % 10, "-": lambda s, d: (s - d) % 10}
+
+
+def worked_solution(start, steps):
+    """The scratchpad for a start digit and a list of (op, digit): the value after each step."""
+    out, s = [], start
+    for op, d in steps:
+        s = APPLY[op](s, d)
+        out.append(f"{op}{d}>{s}")
+    return ",".join(out) + f"#{s}"
+
+
+def make_problem(rng, min_ops, max_ops, ops):
+    """One (prompt, answer) pair of strings."""
+    n = int(rng.integers(min_ops, max_ops + 1))
+    start = int(rng.integers(0, 10))
+    steps = [(ops[int(rng.integers(len(ops)))], int(rng.integers(1, 10))) for _ in range(n)]
+    prompt = f"{start}:" + "".join(f"{op}{d}" for op, d in steps) + "="
+    return prompt, worked_solution(start, steps)
+
+
+def lengths(max_ops, block_size):
+    """The longest prompt, and the longest answer (EOS included) rounded up to whole blocks."""
+    prompt_len = 2 + 2 * max_ops + 1
+    answer_len = 5 * max_ops - 1 + 2 + 1  # 'op d > v ,' per step, '#v', EOS
+    gen_len = -(-answer_len // block_size) * block_size
+    return prompt_len, gen_len
+
+
+def prepare(cfg):
+    if not 1 <= cfg["min_ops"] <= cfg["max_ops"] or not cfg["ops"] or set(cfg["ops"]) - set(APPLY):
+        raise ValueError(f"need 1 <= min_ops <= max_ops and ops drawn from {''.join(APPLY)!r}")
+    tok = CharTokenizer(CHARS)
+    rng = np.random.default_rng(cfg["seed"])
+    prompt_len, gen_len = lengths(cfg["max_ops"], cfg["block_size"])
+    sizes = {"train": cfg["n_train"], "val": cfg["n_val"], "test": cfg["n_test"]}
+    # Held-out splits first, then train; a prompt seen in an earlier split is redrawn, so no
+    # problem is in two splits.
+    seen, rows = set(), {}
+    for split in ("test", "val", "train"):
+        out = np.full((sizes[split], prompt_len + gen_len), tok.eos_id, dtype=np.uint8)
+        used, i = set(), 0
+        while i < sizes[split]:
+            p, a = make_problem(rng, cfg["min_ops"], cfg["max_ops"], cfg["ops"])
+            if p in seen or (split != "train" and p in used):
+                continue
+            used.add(p)
+            ids_a = tok.encode(a)
+            out[i, :prompt_len] = encode_prompt(tok, p, prompt_len)
+            out[i, prompt_len:prompt_len + len(ids_a)] = ids_a
+            i += 1
+        seen |= used
+        rows[split] = out
+    for split, arr in rows.items():
+        atomic_write_bytes(os.path.join(cfg["out_dir"], f"{split}.bin"), arr.tobytes())
+    meta = dict(tokenizer="char", chars=CHARS, vocab_size=len(tok), pad_id=tok.pad_id,
+                mask_id=tok.mask_id, eos_id=tok.eos_id, prompt_len=prompt_len, gen_len=gen_len,
+                dtype="uint8", splits=sizes, answer_marker="#", settings=cfg)
+    atomic_write_json(os.path.join(cfg["out_dir"], "meta.json"), meta)  # written last: marks done
+    return meta
+
+
+if __name__ == "__main__":
+    cfg = configure(config, sys.argv[1:])
+    meta = prepare(cfg)
+    tok = CharTokenizer(meta["chars"])
+    example = np.fromfile(os.path.join(cfg["out_dir"], "train.bin"), dtype=np.uint8,
+                          count=meta["prompt_len"] + meta["gen_len"])
+    print(f"wrote {meta['splits']} to {cfg['out_dir']}: prompt_len={meta['prompt_len']} "
+          f"gen_len={meta['gen_len']} vocab={meta['vocab_size']}")
+    print("example:", tok.decode(example[:meta["prompt_len"]]), "->",
+          tok.decode(example[meta["prompt_len"]:]))

@@ -1,0 +1,206 @@
+"""
+A small pre-norm transformer whose attention mask is switched by one config field, and a static
+KV cache. The same weights serve three roles in CDLM (arXiv 2511.19269):
+
+  bidirectional  the teacher, a masked-diffusion LM: every position sees every position (Sec. 3.1)
+  block_causal   the CDLM student: the prompt is one bidirectional block; an answer position sees
+                 the prompt, every earlier answer block and its own block (Sec. 4.1). A finished
+                 block never changes what earlier positions see, so its keys and values can be
+                 cached exactly.
+  causal         the autoregressive baseline.
+
+Every sequence has the same layout (data/common.py): prompt_len prompt tokens (padded on the right), then
+gen_len answer tokens, so one precomputed (seq_len, seq_len) mask serves every row of a batch.
+"""
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ATTN_MODES = ("bidirectional", "block_causal", "causal")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32
+    seq_len: int = 73        # prompt_len + gen_len
+    prompt_len: int = 17     # answers start here
+    block_size: int = 8      # diffusion block (used by the block_causal mask)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    attn: str = "bidirectional"
+
+
+def block_index(seq_len, prompt_len, block_size):
+    """Block id of each position: 0 for the prompt, 1, 2, ... for answer blocks of block_size."""
+    i = torch.arange(seq_len)
+    return torch.where(i < prompt_len, 0, 1 + torch.div(i - prompt_len, block_size, rounding_mode="floor"))
+
+
+def attention_mask(mode, seq_len, prompt_len, block_size):
+    """(seq_len, seq_len) bool, True where query i may attend to key j."""
+    i = torch.arange(seq_len)[:, None]
+    j = torch.arange(seq_len)[None, :]
+    if mode == "bidirectional":
+        return torch.ones(seq_len, seq_len, dtype=torch.bool)
+    if mode == "block_causal":
+        b = block_index(seq_len, prompt_len, block_size)
+        return b[:, None] >= b[None, :]  # own block and every earlier one
+    if mode == "causal":
+        return i >= j
+    raise ValueError(f"attn must be one of {ATTN_MODES}, got {mode!r}")
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for one layer, written in place at given positions (gpt-fast)."""
+
+    def __init__(self, batch_size, n_head, seq_len, head_dim, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_head, seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start, k, v):
+        """Write k, v (B, nh, t, hd) at positions start..start+t; return keys and values 0..start+t."""
+        end = start + k.size(2)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hd)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.cache = None
+
+    def forward(self, x, mask, start):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        if self.cache is not None and start is not None:
+            k, v = self.cache.update(start, k, v)  # (B, nh, start+T, hd)
+        # an explicit mask, never is_causal: with a cache, queries and keys differ in length
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
+                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
+
+    def forward(self, x, mask, start):
+        x = x + self.attn(self.ln_1(x), mask, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.attn not in ATTN_MODES:
+            raise ValueError(f"attn must be one of {ATTN_MODES}, got {cfg.attn!r}")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.register_buffer("mask", attention_mask(cfg.attn, cfg.seq_len, cfg.prompt_len, cfg.block_size),
+                             persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def set_attn(self, mode):
+        """Switch the mask, e.g. to make a block_causal student from a bidirectional teacher."""
+        self.cfg.attn = mode
+        self.mask = attention_mask(mode, self.cfg.seq_len, self.cfg.prompt_len,
+                                   self.cfg.block_size).to(self.mask.device)
+
+    def setup_cache(self, batch_size):
+        p = self.lm_head.weight
+        hd = self.cfg.n_embd // self.cfg.n_head
+        for b in self.blocks:
+            b.attn.cache = KVCache(batch_size, self.cfg.n_head, self.cfg.seq_len, hd, p.dtype, p.device)
+
+    def clear_cache(self):
+        for b in self.blocks:
+            b.attn.cache = None
+
+    def forward(self, idx, start=None, return_hidden=False):
+        """
+        idx: (B, T) tokens. Without start: one uncached pass over positions 0..T.
+        With start (after setup_cache): positions start..start+T, attending to the cache.
+        Returns logits (B, T, V), and the last hidden state (B, T, C), the LM head's input.
+        """
+        B, T = idx.shape
+        s = 0 if start is None else start
+        if s + T > self.cfg.seq_len:
+            raise ValueError(f"positions {s}..{s + T} exceed seq_len={self.cfg.seq_len}")
+        pos = torch.arange(s, s + T, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        mask = None if self.cfg.attn == "bidirectional" else self.mask[s:s + T, :s + T]  # (T, s+T)
+        for b in self.blocks:
+            x = b(x, mask, start)
+        h = self.ln_f(x)  # (B, T, C)
+        logits = self.lm_head(h)  # (B, T, V)
+        return (logits, h) if return_hidden else logits
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: plain dicts of tensors and builtins, so torch.load(weights_only=True) reads them
+
+def save_checkpoint(ckpt, path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written ckpt.pt
+
+
+def read_checkpoint(path, device="cpu"):
+    """The checkpoint dict, or a one-line error naming the file."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no checkpoint at {path} (train one first, or check --out_dir)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:200]}")
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        raise SystemExit(f"error: {path} is not a checkpoint of this repo (no model_config/model)")
+    return ckpt
+
+
+def load_model(path, device="cpu"):
+    """Rebuild the model from a checkpoint alone; returns (model in eval mode, checkpoint dict)."""
+    ckpt = read_checkpoint(path, device)
+    model = Transformer(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def model_config_dict(cfg):
+    return asdict(cfg)

@@ -1,0 +1,157 @@
+"""The block-wise sampler: selection rule, batching, the exact cache, early stop, the CLI."""
+import json
+import os
+
+import pytest
+import torch
+
+import sample
+from data.common import load_split
+from model import load_model
+from sample import generate, select_tokens, tokens_per_step
+
+NEG = float("-inf")
+
+
+def test_tokens_per_step_sums_to_block():
+    assert tokens_per_step(8, 3) == [3, 3, 2]
+    assert tokens_per_step(8, 8) == [1] * 8
+    with pytest.raises(ValueError):
+        tokens_per_step(8, 9)
+
+
+def test_select_top_k_and_threshold():
+    conf = torch.tensor([[0.2, 0.95, NEG, 0.5], [NEG, NEG, NEG, NEG], [0.3, 0.1, 0.2, 0.4]])
+    k2 = select_tokens(conf, k=2)
+    assert k2.tolist() == [[False, True, False, True], [False] * 4, [True, False, False, True]]
+    th = select_tokens(conf, threshold=0.9)
+    # row 0: only 0.95 passes; row 2: nothing passes, so its most confident is taken anyway
+    assert th.tolist() == [[False, True, False, False], [False] * 4, [False, False, False, True]]
+    assert not (select_tokens(conf, threshold=0.0) & (conf == NEG)).any()  # never a non-candidate
+
+
+def rows_and_model(data_dir, ckpt_dir, n=6):
+    model, ckpt = load_model(os.path.join(ckpt_dir, "ckpt.pt"))
+    meta = ckpt["data_meta"]
+    rows = torch.as_tensor(load_split(data_dir, "test", meta)[:n].astype("int64"))
+    return model, meta, rows[:, :meta["prompt_len"]]
+
+
+def run(model, meta, prompt, **kw):
+    return generate(model, prompt, meta["gen_len"], model.cfg.block_size, meta["mask_id"], meta["eos_id"], **kw)
+
+
+SETTINGS = [dict(steps_per_block=8), dict(steps_per_block=2), dict(threshold=0.5)]
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_batched_equals_per_row(request, data_dir, which, settings):
+    model, meta, prompt = rows_and_model(data_dir, request.getfixturevalue(f"{which}_dir"))
+    extra = dict(use_cache=True, early_stop=True) if which == "student" else {}
+    out, nfe = run(model, meta, prompt, **settings, **extra)
+    for i in range(len(prompt)):
+        o, n = run(model, meta, prompt[i:i + 1], **settings, **extra)
+        assert torch.equal(o[0], out[i]) and n.item() == nfe[i].item()
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_student_cached_equals_uncached(data_dir, student_dir, settings):
+    model, meta, prompt = rows_and_model(data_dir, student_dir)
+    a, nfe_a = run(model, meta, prompt, use_cache=True, **settings)
+    b, nfe_b = run(model, meta, prompt, use_cache=False, **settings)
+    assert torch.equal(a, b) and torch.equal(nfe_a, nfe_b)
+
+
+def test_ar_cached_equals_uncached_and_greedy(data_dir, ar_dir):
+    model, meta, prompt = rows_and_model(data_dir, ar_dir)
+    a, nfe = run(model, meta, prompt, steps_per_block=1, use_cache=True)
+    b, _ = run(model, meta, prompt, steps_per_block=1, use_cache=False)
+    assert torch.equal(a, b) and (nfe == meta["gen_len"]).all()
+    # greedy next-token decoding, written out directly
+    x = torch.cat([prompt, torch.full((len(prompt), meta["gen_len"]), meta["mask_id"])], 1)
+    P = meta["prompt_len"]
+    for p in range(P, x.size(1)):
+        logits = model(x[:, :p + 1])[:, -2]
+        logits[:, meta["mask_id"]] = NEG
+        x[:, p] = logits.argmax(-1)
+    assert torch.equal(a, x[:, P:])
+
+
+def test_bidirectional_model_refuses_the_cache(data_dir, teacher_dir):
+    model, meta, prompt = rows_and_model(data_dir, teacher_dir)
+    with pytest.raises(ValueError, match="cannot use an exact KV cache"):
+        run(model, meta, prompt, steps_per_block=8, use_cache=True)
+
+
+def test_early_stop_fills_eos_and_saves_steps(data_dir, student_dir):
+    model, meta, prompt = rows_and_model(data_dir, student_dir, n=16)
+    eos = meta["eos_id"]
+    a, nfe_a = run(model, meta, prompt, steps_per_block=8, use_cache=True, early_stop=True)
+    b, nfe_b = run(model, meta, prompt, steps_per_block=8, use_cache=True, early_stop=False)
+    assert (nfe_a <= nfe_b).all()
+    for ra, rb, n in zip(a.tolist(), b.tolist(), nfe_a.tolist()):
+        if eos in ra:
+            first = ra.index(eos)
+            end = (first // 8 + 1) * 8  # the block holding the first EOS was decoded in full
+            assert ra[:end] == rb[:end] and all(t == eos for t in ra[end:])
+            assert n == end  # one token per step, and no step after that block
+        else:
+            assert ra == rb
+
+
+def test_threshold_progress_stays_in_current_block(data_dir, student_dir):
+    model, meta, prompt = rows_and_model(data_dir, student_dir, n=4)
+    mask_id, B = meta["mask_id"], model.cfg.block_size
+    states = []
+    out, nfe = run(model, meta, prompt, threshold=0.99, use_cache=True,
+                   on_step=lambda ans: states.append(ans.clone()))
+    prev = torch.full_like(states[0], mask_id)
+    for ans in states:
+        newly = (prev == mask_id) & (ans != mask_id)  # (B, L)
+        for r in range(len(ans)):
+            cols = newly[r].nonzero().flatten().tolist()
+            if cols:  # all in one block, and only once everything before that block is final
+                assert cols[0] // B == cols[-1] // B
+                assert not (ans[r, :cols[0] // B * B] == mask_id).any()
+        assert newly.any(1).sum() >= 1  # some row made progress
+        prev = ans
+    assert (out != mask_id).all()
+    assert (nfe <= meta["gen_len"]).all() and (nfe >= meta["gen_len"] // B).all()
+
+
+def test_recorded_trajectory(data_dir, teacher_dir):
+    model, meta, prompt = rows_and_model(data_dir, teacher_dir, n=3)
+    out, nfe, step, hidden = run(model, meta, prompt, steps_per_block=8, record=True)
+    L, B = meta["gen_len"], 8
+    for r in range(len(out)):  # one token per step, block after block
+        assert sorted(step[r].tolist()) == list(range(L))
+        assert (step[r].view(-1, B).min(1).values == torch.arange(0, L, B)).all()
+    logits = model.lm_head(hidden)  # the stored hidden state reproduces the teacher's choice
+    logits[..., meta["mask_id"]] = NEG
+    assert torch.equal(logits.argmax(-1), out)
+
+
+def cli(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        sample.main(argv)
+    return str(e.value.code) + capsys.readouterr().out
+
+
+def test_cli_errors(tmp_path, teacher_dir, capsys):
+    assert "'x' at position 1" in cli([f"--out_dir={teacher_dir}", "--prompt=1x2="], capsys)
+    assert "more than prompt_len" in cli([f"--out_dir={teacher_dir}", "--prompt=" + "1+" * 20 + "1="], capsys)
+    assert "no checkpoint" in cli([f"--out_dir={tmp_path}", "--prompt=1:+2="], capsys)
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    assert "cannot read checkpoint" in cli([f"--out_dir={tmp_path}", "--prompt=1:+2="], capsys)
+    assert "unknown key 'promt'" in cli([f"--out_dir={teacher_dir}", "--promt=1+2="], capsys)
+    assert "num_eval must be int" in cli([f"--out_dir={teacher_dir}", "--num_eval=many"], capsys)
+
+
+def test_cli_prompt_and_eval(teacher_dir, capsys):
+    sample.main([f"--out_dir={teacher_dir}", "--prompt=5:+3*7+2*4+1=", "--show"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 48 + 1 and out[-1].startswith("5:+3*7+2*4+1=") and "forward passes" in out[-1]
+    sample.main([f"--out_dir={teacher_dir}", "--eval", "--num_eval=8", "--steps_per_block=4"])
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last["n"] == 8 and last["nfe"] == 48 / 2 and 0 <= last["accuracy"] <= 1
