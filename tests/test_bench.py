@@ -1,0 +1,35 @@
+"""bench.py end to end on the tiny models, and its helpers."""
+import json
+
+import torch
+
+from bench import answer_tokens, config, decoded_tokens, run
+
+
+def test_decoded_and_answer_tokens():
+    eos = 2
+    t = torch.tensor([[5, 5, 5, eos, eos, eos, eos, eos], [5, 5, 5, 5, 5, eos, eos, eos], [5] * 8])
+    assert decoded_tokens(t, eos, 4, early_stop=True).tolist() == [4, 8, 8]
+    assert decoded_tokens(t, eos, 4, early_stop=False).tolist() == [8, 8, 8]
+    assert answer_tokens(t, eos).tolist() == [4, 6, 8]
+
+
+def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir):
+    out = tmp_path / "bench.json"
+    report = run({**config, "teacher_dir": teacher_dir, "student_dir": student_dir, "ar_dir": ar_dir,
+                  "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 3, "out_path": str(out),
+                  "device": "cpu", "sweep": True, "sweep_thresholds": [0.5, 0.9]})
+    saved = json.loads(out.read_text())
+    assert set(saved["methods"]) == {"ar", "dlm", "dlm_threshold", "dlm_fewer_steps", "cdlm"}
+    for r in saved["methods"].values():
+        assert set(r) >= {"accuracy", "nfe", "tokens_per_step", "latency_ms", "throughput_tok_s", "speedup_latency"}
+        assert r["latency_ms"] > 0 and r["throughput_tok_s"] > 0
+    m = saved["methods"]
+    assert m["dlm"]["nfe"] == 48 and m["dlm"]["tokens_per_step"] == 1.0 and m["dlm"]["speedup_latency"] == 1.0
+    assert m["ar"]["tokens_per_step"] == 1.0
+    assert m["cdlm"]["settings"]["use_cache"] and not m["dlm_threshold"]["settings"]["use_cache"]
+    # naive step cutting uses the student's steps per block, rounded
+    spb = m["dlm_fewer_steps"]["settings"]["steps_per_block"]
+    assert spb == max(1, min(8, round(8 / m["cdlm"]["tokens_per_step"])))
+    assert [p["threshold"] for p in saved["sweep"]["cdlm"]] == [0.5, 0.9]
+    assert saved["machine"]["torch"] == torch.__version__ and report["settings"]["num_eval"] == 16
