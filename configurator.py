@@ -50,7 +50,7 @@ def configure(defaults, argv):
             if key not in cfg:
                 raise ConfigError(f"unknown key {key!r} (known: {', '.join(sorted(cfg))})")
             if not eq:
-                if not isinstance(cfg[key], bool):
+                if not (isinstance(cfg[key], bool) or cfg[key] is None):
                     raise ConfigError(f"expected --{key}=value, got {arg!r}")
                 raw = "True"  # a bare --flag switches a boolean on
             try:

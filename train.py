@@ -294,7 +294,7 @@ def train(cfg):
     if master:
         print(f"{cfg['mode']}: {raw_model.num_params() / 1e6:.2f}M parameters, attn={mcfg.attn}, "
               f"seq_len={mcfg.seq_len}, device={device}, world={world}")
-    bar = tqdm(total=cfg["max_iters"], initial=iter_num, disable=not master, file=sys.stderr)
+    bar = tqdm(total=cfg["max_iters"], initial=iter_num, disable=not master, file=sys.stderr, mininterval=0.5)
     tokens_per_iter = cfg["batch_size"] * mcfg.seq_len * world
     t0 = time.time()
     while iter_num < cfg["max_iters"]:
