@@ -11,7 +11,6 @@ Methods (CDLM Sec. 5 compares the same family):
     dlm_fewer_steps  the teacher with the student's mean steps per block (naive step cutting)
     cdlm             the student: block KV cache, threshold, early stop
 """
-import json
 import os
 import platform
 import statistics

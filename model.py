@@ -14,7 +14,7 @@ gen_len answer tokens, so one precomputed (seq_len, seq_len) mask serves every r
 """
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -201,6 +201,3 @@ def load_model(path, device="cpu"):
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
 
-
-def model_config_dict(cfg):
-    return asdict(cfg)
