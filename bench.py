@@ -74,15 +74,20 @@ def timed_decode(model, meta, prompt, settings):
     return out, nfe, time.perf_counter() - t0
 
 
+def mean_tokens_per_step(model, meta, prompts, settings):
+    """Answer positions finalized per forward pass, averaged over rows, from one batched decode."""
+    out, steps, _ = timed_decode(model, meta, prompts, settings)
+    decoded = decoded_tokens(out, meta["eos_id"], model.cfg.block_size, settings["early_stop"])
+    return (decoded.float() / steps.float()).mean().item()
+
+
 def bench_method(model, meta, rows, settings, cfg, bar=None):
     """Accuracy and NFE on all rows, latency at batch 1, throughput at batch_size."""
     acc, nfe, _ = evaluate(model, meta, rows, settings, cfg["batch_size"], seed=cfg["seed"], progress=bar)
     device = next(model.parameters()).device
-    P, eos, B = meta["prompt_len"], meta["eos_id"], model.cfg.block_size
+    P, eos = meta["prompt_len"], meta["eos_id"]
     prompts = torch.as_tensor(rows[:, :P].astype("int64"), device=device)
-    # tokens per step on the accuracy rows, from one batched pass (batched equals per-row)
-    out, steps, _ = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
-    tps = (decoded_tokens(out, eos, B, settings["early_stop"]).float() / steps.float()).mean().item()
+    tps = mean_tokens_per_step(model, meta, prompts[:cfg["batch_size"]], settings)  # batched equals per-row
     lat, thr = [], []
     for _ in range(cfg["repeats"]):
         times = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
@@ -137,13 +142,11 @@ def run(cfg):
                 settings = {**settings, "steps_per_block": B}
             if name == "dlm_fewer_steps":
                 if "cdlm" in results:
-                    steps_per_block = round(B / results["cdlm"]["tokens_per_step"])
+                    tps = results["cdlm"]["tokens_per_step"]
                 else:  # no cdlm run in this bench: measure the student's steps on the side
-                    smodel = models["student"][0]
-                    s = dict(steps_per_block=None, threshold=threshold, use_cache=True, early_stop=True)
                     p = torch.as_tensor(rows[:cfg["batch_size"], :meta["prompt_len"]].astype("int64"), device=device)
-                    out, steps, _ = timed_decode(smodel, meta, p, s)
-                    steps_per_block = round(B / (decoded_tokens(out, meta["eos_id"], B, True).float() / steps).mean().item())
+                    tps = mean_tokens_per_step(models["student"][0], meta, p, plans["cdlm"][1])
+                steps_per_block = round(B / tps)
                 settings = dict(steps_per_block=max(1, min(B, steps_per_block)), threshold=None, use_cache=False,
                                 early_stop=True)
             bar.set_description(f"bench {name}")
