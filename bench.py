@@ -22,7 +22,7 @@ import torch
 from configurator import configure
 from data.common import atomic_write_json, load_split
 from model import load_model
-from sample import evaluate, generate, pick_device
+from sample import autocast, evaluate, generate, pick_device, pick_dtype
 
 config = dict(
     teacher_dir="out/teacher",
@@ -40,12 +40,20 @@ config = dict(
     out_path="out/bench.json",
     seed=1337,
     device="auto",
+    dtype="auto",          # 'float32' | 'bfloat16' | 'auto' (bf16 autocast on CUDA)
 )
 
 
 def sync(device):
+    """Wait for queued GPU work: CUDA kernels run asynchronously, so the clock is read after this."""
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def same_data(a, b):
+    """Whether two checkpoints' data metas describe the same token layout (lengths and tokenizer)."""
+    keys = ("gen_len", "prompt_len", "vocab_size", "tokenizer", "chars", "bpe", "mask_id", "eos_id")
+    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def decoded_tokens(tokens, eos_id, block_size, early_stop):
@@ -100,6 +108,7 @@ def bench_method(model, meta, rows, settings, cfg, bar=None):
 
 def run(cfg):
     device = pick_device(cfg["device"])
+    dtype = pick_dtype(cfg["dtype"], device)
     torch.manual_seed(cfg["seed"])
     methods = [m.strip() for m in cfg["methods"].split(",") if m.strip()]
     known = ("ar", "dlm", "dlm_threshold", "dlm_fewer_steps", "cdlm")
@@ -114,10 +123,8 @@ def run(cfg):
             models[name] = load_model(os.path.join(cfg[key], "ckpt.pt"), device)
     meta = next(iter(models.values()))[1]["data_meta"]
     for name, (_, ckpt) in models.items():
-        m = ckpt["data_meta"]
-        if (m["gen_len"], m["prompt_len"], m["chars"] if "chars" in m else None) != \
-                (meta["gen_len"], meta["prompt_len"], meta.get("chars")):
-            raise SystemExit(f"error: the {name} checkpoint was trained on other data (gen_len/prompt_len/vocab)")
+        if not same_data(ckpt["data_meta"], meta):
+            raise SystemExit(f"error: the {name} checkpoint was trained on other data (gen_len/prompt_len/tokenizer)")
     data_dir = next(iter(models.values()))[1]["config"]["data_dir"]
     rows = load_split(data_dir, cfg["split"], meta)[:cfg["num_eval"]]
     student_ckpt = models["student"][1] if "student" in models else None
@@ -133,7 +140,7 @@ def run(cfg):
     order = [m for m in ("cdlm", "ar", "dlm", "dlm_threshold", "dlm_fewer_steps") if m in methods]
     from tqdm import tqdm
     results = {}
-    with tqdm(total=len(order) * len(rows), desc="bench", file=sys.stderr) as bar:
+    with tqdm(total=len(order) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
         for name in order:
             which, settings = plans[name]
             model, ckpt = models[which]
@@ -158,10 +165,12 @@ def run(cfg):
                   settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=cfg["batch_size"],
                                 latency_n=cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,
                                 gen_len=meta["gen_len"], data_dir=data_dir),
-                  machine=dict(device=device, threads=torch.get_num_threads(), torch=torch.__version__,
+                  machine=dict(device=device, dtype=dtype, gpu=torch.cuda.get_device_name(device)
+                               if device.startswith("cuda") else None, threads=torch.get_num_threads(), torch=torch.__version__,
                                cpu=platform.processor() or platform.machine(), python=platform.python_version()))
     if cfg["sweep"]:
-        report["sweep"] = sweep(models, meta, rows, cfg)
+        with autocast(device, dtype):
+            report["sweep"] = sweep(models, meta, rows, cfg)
     os.makedirs(os.path.dirname(cfg["out_path"]) or ".", exist_ok=True)
     atomic_write_json(cfg["out_path"], report)
     print(table(report))
@@ -198,7 +207,11 @@ def sweep(models, meta, rows, cfg):
 
 
 def table(report):
-    lines = ["| method | exact match | NFE | tokens/step | latency (ms, batch 1) | throughput (tok/s, batch "
+    m = report["machine"]
+    where = f"{m['device']}" + (f" ({m['gpu']})" if m.get("gpu") else "") + f", {m['dtype']}, torch {m['torch']}"
+    lines = [f"{report['settings']['num_eval']} {report['settings']['split']} problems of "
+             f"{report['settings']['data_dir']} on {where}", "",
+             "| method | exact match | NFE | tokens/step | latency (ms, batch 1) | throughput (tok/s, batch "
              f"{report['settings']['batch_size']}) | latency speedup vs dlm |",
              "|---|---|---|---|---|---|---|"]
     for name, r in report["methods"].items():

@@ -16,6 +16,10 @@ The hidden state is the LM head's input, so softmax(lm_head(h)) rebuilds the tea
 distribution at the moment of finalization from one vector per token (the compact buffer).
 Work is done in chunks; an interrupted run resumes where it stopped, and the final files appear
 only when complete (written as *.partial, then renamed).
+
+Several processes: torchrun --standalone --nproc_per_node=2 collect.py config/collect.py
+Each rank decodes its own shard of every batch of prompts; the shards are gathered to rank 0,
+which alone writes the one trajectory set.
 """
 import json
 import os
@@ -28,7 +32,7 @@ import torch
 from configurator import configure
 from data.common import atomic_write_json, exact_match, get_tokenizer, load_split
 from model import load_model
-from sample import generate, pick_device
+from sample import generate
 
 config = dict(
     teacher_dir="out/teacher",
@@ -40,6 +44,7 @@ config = dict(
     hidden_dtype="float16",
     seed=1337,
     device="auto",
+    dtype="auto",         # 'float32' | 'bfloat16' | 'auto' (bf16 autocast on CUDA)
 )
 
 FIELDS = ("prompt", "tokens", "step", "hidden", "truth")
@@ -79,8 +84,40 @@ def load_trajectories(traj_dir, gen_len=None, block_size=None, vocab_size=None):
     return arrays, meta
 
 
+def gather_rows(t, world):
+    """Concatenate a same-shaped tensor from every rank along dim 0, in rank order."""
+    if world == 1:
+        return t
+    import torch.distributed as dist
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast(obj, ddp):
+    """Rank 0's value of a small Python object, on every rank."""
+    if not ddp:
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def collect(cfg):
-    device = pick_device(cfg["device"])
+    import torch.distributed as dist
+    from train import setup_runtime
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    ddp, rank, world, device, _, ctx = setup_runtime(cfg)
+    master = rank == 0
+    _collect(cfg, ddp, rank, world, device, ctx, master)
+    if ddp:
+        dist.barrier()  # every rank returns only once rank 0 has written the trajectory set
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _collect(cfg, ddp, rank, world, device, ctx, master):
     teacher_path = os.path.join(cfg["teacher_dir"], "ckpt.pt")
     model, ckpt = load_model(teacher_path, device)
     if model.cfg.attn != "bidirectional":
@@ -93,52 +130,65 @@ def collect(cfg):
     settings = dict(teacher=os.path.abspath(teacher_path), teacher_iter=ckpt["iter_num"], gen_len=L,
                     block_size=B, steps=L, n_examples=n, temperature=cfg["temperature"],
                     hidden_dtype=cfg["hidden_dtype"], seed=cfg["seed"])
-    os.makedirs(cfg["out_dir"], exist_ok=True)
     meta_path = os.path.join(cfg["out_dir"], "meta.json")
     progress_path = os.path.join(cfg["out_dir"], "progress.json")
-    if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            if json.load(f).get("settings") == settings:
-                print(f"{cfg['out_dir']} already holds these {n} trajectories; nothing to do")
-                return
+    done, correct = 0, 0  # rank 0 reads the state on disk; the other ranks are told
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        if os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                if json.load(f).get("settings") == settings:
+                    done = -1
+        if done == 0 and os.path.isfile(progress_path):
+            with open(progress_path) as f:
+                prog = json.load(f)
+            if prog["settings"] == settings:
+                done, correct = prog["done"], prog["correct"]
+    done = broadcast(done, ddp)
+    if done == -1:
+        if master:
+            print(f"{cfg['out_dir']} already holds these {n} trajectories; nothing to do")
+        return
     specs = field_specs(dmeta, n, model.cfg.n_embd, cfg["hidden_dtype"])
-    done, correct = 0, 0
-    if os.path.isfile(progress_path):
-        with open(progress_path) as f:
-            prog = json.load(f)
-        if prog["settings"] == settings:
-            done, correct = prog["done"], prog["correct"]
     arrays = {k: np.memmap(os.path.join(cfg["out_dir"], f"{k}.bin.partial"), dtype=d, shape=s,
-                           mode="r+" if done else "w+") for k, (s, d) in specs.items()}
+                           mode="r+" if done else "w+") for k, (s, d) in specs.items()} if master else {}
     tok = get_tokenizer(dmeta)
-    gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+    gen = torch.Generator(device=device)
     from tqdm import tqdm
-    bar = tqdm(total=n, initial=done, desc="collect", unit="ex", file=sys.stderr)
-    t0, start = time.time(), done
+    bar = tqdm(total=n, initial=done, desc="collect", unit="ex", file=sys.stderr, disable=not master)
+    t0, start, bs = time.time(), done, cfg["batch_size"]
     while done < n:
         stop = min(done + cfg["chunk"], n)
-        gen.manual_seed(cfg["seed"] + done)  # a resumed chunk draws the same noise
-        for i in range(done, stop, cfg["batch_size"]):
-            rows = torch.as_tensor(train[i:min(i + cfg["batch_size"], stop)].astype(np.int64), device=device)
-            out, _, step, hidden = generate(model, rows[:, :P], L, B, dmeta["mask_id"], dmeta["eos_id"],
-                                            steps_per_block=B, temperature=cfg["temperature"],
-                                            generator=gen, record=True)
-            j = slice(i, i + len(rows))
-            arrays["prompt"][j] = rows[:, :P].cpu().numpy()
-            arrays["tokens"][j] = out.cpu().numpy()
-            arrays["step"][j] = step.cpu().numpy()
-            arrays["hidden"][j] = hidden.cpu().numpy()
-            arrays["truth"][j] = rows[:, P:].cpu().numpy()
-            correct += sum(exact_match([tok.decode(r) for r in out.tolist()],
-                                       [tok.decode(r) for r in rows[:, P:].tolist()], dmeta["answer_marker"]))
-            bar.update(len(rows))
-            bar.set_postfix(teacher_acc=f"{correct / bar.n:.3f}")
-        for a in arrays.values():
-            a.flush()
+        gen.manual_seed(cfg["seed"] + done + rank)  # a resumed chunk draws the same noise
+        for i in range(done, stop, bs * world):
+            # this rank's shard of the batch, padded to bs rows with row i (dropped after the gather)
+            lo, hi = min(i + rank * bs, stop), min(i + (rank + 1) * bs, stop)
+            shard = np.concatenate([train[lo:hi], np.repeat(train[i:i + 1], bs - (hi - lo), 0)])
+            rows = torch.as_tensor(shard.astype(np.int64), device=device)  # (bs, T)
+            with ctx:
+                out, _, step, hidden = generate(model, rows[:, :P], L, B, dmeta["mask_id"], dmeta["eos_id"],
+                                                steps_per_block=B, temperature=cfg["temperature"],
+                                                generator=gen, record=True)
+            got = [gather_rows(t, world) for t in (rows, out, step, hidden.to(getattr(torch, cfg["hidden_dtype"])))]
+            n_real = min(stop, i + bs * world) - i
+            if master:  # shards arrive in rank order: the first n_real rows are rows i..i+n_real
+                rows, out, step, hidden = (t[:n_real].cpu().numpy() for t in got)
+                j = slice(i, i + n_real)
+                arrays["prompt"][j], arrays["tokens"][j], arrays["truth"][j] = rows[:, :P], out, rows[:, P:]
+                arrays["step"][j], arrays["hidden"][j] = step, hidden
+                correct += sum(exact_match([tok.decode(r) for r in out.tolist()],
+                                           [tok.decode(r) for r in rows[:, P:].tolist()], dmeta["answer_marker"]))
+            bar.update(n_real)
+            bar.set_postfix(teacher_acc=f"{correct / max(bar.n, 1):.3f}")
         done = stop
-        atomic_write_json(progress_path, dict(settings=settings, done=done, correct=correct))
+        if master:
+            for a in arrays.values():
+                a.flush()
+            atomic_write_json(progress_path, dict(settings=settings, done=done, correct=correct))
     bar.close()
     elapsed = time.time() - t0
+    if not master:
+        return
     del arrays
     for k in FIELDS:
         os.replace(os.path.join(cfg["out_dir"], f"{k}.bin.partial"), os.path.join(cfg["out_dir"], f"{k}.bin"))

@@ -144,8 +144,11 @@ class Transformer(nn.Module):
     def setup_cache(self, batch_size):
         p = self.lm_head.weight
         hd = self.cfg.n_embd // self.cfg.n_head
+        # under autocast, keys and values come out in the autocast dtype: store them as they are
+        dev = p.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else p.dtype
         for b in self.blocks:
-            b.attn.cache = KVCache(batch_size, self.cfg.n_head, self.cfg.seq_len, hd, p.dtype, p.device)
+            b.attn.cache = KVCache(batch_size, self.cfg.n_head, self.cfg.seq_len, hd, dtype, p.device)
 
     def clear_cache(self):
         for b in self.blocks:

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ config = dict(
     temperature=0.0,          # 0 is greedy; >0 samples with Gumbel noise in float64
     seed=1337,
     device="auto",
+    dtype="auto",             # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
 )
 
 
@@ -197,9 +199,30 @@ def pick_device(device):
     return "cpu"
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def pick_dtype(dtype, device):
+    """'auto' is bfloat16 on a CUDA GPU that supports it (Ampere and later), else float32."""
+    if dtype == "auto":
+        cuda_bf16 = str(device).startswith("cuda") and torch.cuda.is_bf16_supported()
+        return "bfloat16" if cuda_bf16 else "float32"
+    if dtype not in DTYPES:
+        raise SystemExit(f"config error: dtype must be 'auto' or one of {DTYPES}, got {dtype!r}")
+    return dtype
+
+
+def autocast(device, dtype):
+    """Mixed precision for forward passes (weights stay float32); a no-op context in float32."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=str(device).split(":")[0], dtype=getattr(torch, dtype))
+
+
 def main(argv):
     cfg = configure(config, argv)
     device = pick_device(cfg["device"])
+    ctx = autocast(device, pick_dtype(cfg["dtype"], device))
     torch.manual_seed(cfg["seed"])
     model, ckpt = load_model(os.path.join(cfg["out_dir"], "ckpt.pt"), device)
     meta = ckpt["data_meta"]
@@ -210,7 +233,7 @@ def main(argv):
         data_dir = ckpt["config"]["data_dir"]
         rows = load_split(data_dir, cfg["split"], meta)[:cfg["num_eval"]]
         t0 = time.time()
-        with tqdm(total=len(rows), desc=f"eval {cfg['split']}", file=sys.stderr) as bar:
+        with tqdm(total=len(rows), desc=f"eval {cfg['split']}", file=sys.stderr) as bar, ctx:
             acc, nfe, _ = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["temperature"],
                                    cfg["seed"], bar)
         print(f"{cfg['out_dir']} ({model.cfg.attn}) on {len(rows)} {cfg['split']} problems with {settings}: "
@@ -227,9 +250,10 @@ def main(argv):
     render = lambda ids: "".join("_" if i == tok.mask_id else "." if i == tok.eos_id else tok.decode([i]) for i in ids)
     show = (lambda ans: print(render(ans[0].tolist()))) if cfg["show"] else None
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
-    out, nfe = generate(model, torch.tensor([ids], device=device), meta["gen_len"], model.cfg.block_size,
-                        meta["mask_id"], meta["eos_id"], temperature=cfg["temperature"], generator=gen,
-                        on_step=show, **settings)
+    with ctx:
+        out, nfe = generate(model, torch.tensor([ids], device=device), meta["gen_len"], model.cfg.block_size,
+                            meta["mask_id"], meta["eos_id"], temperature=cfg["temperature"], generator=gen,
+                            on_step=show, **settings)
     print(f"{cfg['prompt']}{tok.decode(out[0].tolist())}    ({nfe.item()} forward passes)")
 
 

@@ -12,7 +12,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -53,8 +52,8 @@ config = dict(
     eval_iters=20,
     seed=1337,
     device="auto",
-    dtype="auto",             # 'float32' | 'bfloat16' | 'auto' (bf16 autocast on CUDA)
-    compile=False,
+    dtype="auto",             # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
+    compile=False,            # torch.compile the model (PyTorch 2, mostly worth it on CUDA)
 )
 
 
@@ -165,32 +164,35 @@ def sampling_defaults(cfg):
 # -----------------------------------------------------------------------------
 
 def setup_runtime(cfg):
-    """DDP (torchrun sets RANK), device, seed and autocast context; nanoGPT's recipe."""
-    from sample import pick_device
+    """
+    DDP (torchrun sets RANK), device, seed and autocast context; nanoGPT's recipe. A process
+    group that the caller already started is used as it is (and left for the caller to end).
+    Returns (ddp, rank, world, device, dtype, autocast context).
+    """
+    from sample import autocast, pick_device, pick_dtype
     ddp = int(os.environ.get("RANK", -1)) != -1
     device = pick_device(cfg["device"])
     rank, world = 0, 1
     if ddp:
         import torch.distributed as dist
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg["seed"] + rank)
-    dtype = cfg["dtype"]
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    dtype = pick_dtype(cfg["dtype"], device)
     if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the float32 matmuls left over
         torch.backends.cudnn.allow_tf32 = True
-    ctx = nullcontext() if dtype == "float32" else \
-        torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
-    return ddp, rank, world, device, ctx
+    return ddp, rank, world, device, dtype, autocast(device, dtype)
 
 
 def train(cfg):
-    ddp, rank, world, device, ctx = setup_runtime(cfg)
+    import torch.distributed as dist
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    ddp, rank, world, device, dtype, ctx = setup_runtime(cfg)
     master = rank == 0
     meta = load_meta(cfg["data_dir"])
     data = {s: load_split(cfg["data_dir"], s, meta) for s in ("train", "val")}
@@ -228,6 +230,7 @@ def train(cfg):
         teacher_head = teacher["model"]["lm_head.weight"].float()  # (V, C), frozen
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
                                   weight_decay=cfg["weight_decay"], fused=device.startswith("cuda"))
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")  # float16 needs loss scaling; bf16 does not
     if cfg["init_from"] == "resume":
         optimizer.load_state_dict(init["optimizer"])
     raw_model = model
@@ -306,10 +309,12 @@ def train(cfg):
         else:
             loss, parts = compute_loss(get_batch("train")), {}
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if cfg["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         iter_num += 1
         dt, t0 = time.time() - t0, time.time()
         bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in parts.items()},
@@ -325,8 +330,9 @@ def train(cfg):
                 checkpoint()
     bar.close()
     if ddp:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+        dist.barrier()  # every rank returns only once rank 0's checkpoint is on disk
+        if owns_group:
+            dist.destroy_process_group()
     return raw_model
 
 

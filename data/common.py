@@ -2,7 +2,8 @@
 Shared by every dataset: the tokenizer, the on-disk layout, and the exact-match scorer.
 
 Layout of a prepared dataset directory (written by data/<name>/prepare.py):
-  meta.json        vocabulary, special ids, prompt_len, gen_len, split sizes
+  meta.json        tokenizer (characters, or a trained BPE's merges), special ids, prompt_len,
+                   gen_len, split sizes
   {split}.bin      uint8/uint16 matrix (n, prompt_len + gen_len): the prompt padded with PAD on
                    its right to prompt_len, then the answer padded with EOS to gen_len.
 Every row has the same layout: the prompt starts at column 0 (so the k-th item of a prompt sits at
@@ -11,6 +12,8 @@ the same position in every row, which makes it easy to find) and the answer at c
 """
 import json
 import os
+import re
+from collections import Counter
 
 import numpy as np
 
@@ -48,6 +51,111 @@ class CharTokenizer:
         return "".join(out)
 
 
+# Pre-tokenization for the trained BPE: words with their leading space, each digit on its own (so a
+# number is spelled digit by digit, which is what makes arithmetic learnable), punctuation runs.
+BPE_PATTERN = r""" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+|\s+"""
+BPE_SPECIALS = ("<|pad|>", "<|mask|>", "<|endoftext|>")  # PAD, MASK, EOS; EOS named as in GPT-2
+
+
+def train_bpe(texts, vocab_size, pattern=BPE_PATTERN):
+    """
+    Byte-level BPE (Sennrich et al.; GPT-2's byte variant) trained on texts: start from the bytes
+    that occur, repeatedly merge the most frequent adjacent pair inside a pre-tokenized piece, stop
+    at vocab_size tokens or when no pair is left. Returns tiktoken's mergeable_ranks {bytes: rank}.
+    """
+    pieces = Counter(m for t in texts for m in re.findall(pattern, t))
+    words = Counter({tuple(bytes([b]) for b in p.encode()): c for p, c in pieces.items()})
+    ranks = {b: i for i, b in enumerate(sorted({b for w in words for b in w}))}
+    while len(ranks) < vocab_size:
+        pairs = Counter()
+        for w, c in words.items():
+            for a, b in zip(w, w[1:]):
+                pairs[a, b] += c
+        if not pairs:
+            break
+        a, b = max(pairs, key=lambda ab: (pairs[ab], ab))  # ties broken by the bytes: deterministic
+        ranks[a + b] = len(ranks)
+        merged = Counter()
+        for w, c in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            merged[tuple(out)] += c
+        words = merged
+    return ranks
+
+
+class BPETokenizer:
+    """
+    A tiktoken.Encoding plus PAD, MASK and EOS special tokens, with CharTokenizer's interface.
+    `alphabet` (the characters seen in training) makes encode refuse, with a clear error, text the
+    model never saw; None (GPT-2's encoding) accepts any text.
+    """
+
+    def __init__(self, enc, alphabet=None):
+        self.enc, self.alphabet = enc, None if alphabet is None else set(alphabet)
+        self.pad_id, self.mask_id, self.eos_id = (enc.encode_single_token(s) for s in BPE_SPECIALS)
+
+    def __len__(self):
+        return self.enc.n_vocab
+
+    def encode(self, text):
+        for sp in BPE_SPECIALS:
+            if sp in text:
+                raise ValueError(f"text {text!r} contains the special token {sp!r}")
+        for pos, c in enumerate(text):
+            if self.alphabet is not None and c not in self.alphabet:
+                raise ValueError(f"character {c!r} at position {pos} of {text!r} is not in the "
+                                 f"tokenizer's alphabet ({''.join(sorted(self.alphabet))!r})")
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids, stop_at_eos=True):
+        out, run = [], []  # run: ordinary ids waiting to be decoded together
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id and stop_at_eos:
+                break
+            if i in (self.mask_id, self.pad_id, self.eos_id) or i >= self.enc.n_vocab:
+                out.append(self.enc.decode(run))
+                out.append("_" if i == self.mask_id else "?" if i >= self.enc.n_vocab else "")
+                run = []
+            else:
+                run.append(i)
+        out.append(self.enc.decode(run))
+        return "".join(out)
+
+
+def bpe_tokenizer(bpe):
+    """The trained tokenizer stored in meta.json: {'pattern', 'ranks' (hex bytes by rank), 'alphabet'}."""
+    import tiktoken
+    ranks = {bytes.fromhex(h): i for i, h in enumerate(bpe["ranks"])}
+    n = len(ranks)
+    enc = tiktoken.Encoding("cdlm-bpe", pat_str=bpe["pattern"], mergeable_ranks=ranks,
+                            special_tokens={s: n + j for j, s in enumerate(BPE_SPECIALS)})
+    return BPETokenizer(enc, bpe["alphabet"])
+
+
+def gpt2_tokenizer():
+    """tiktoken's GPT-2 encoding, with PAD and MASK added after its 50257 tokens (EOS is its own)."""
+    import tiktoken
+    try:
+        base = tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken downloads the merges on first use, then caches them
+        raise ValueError(f"cannot load tiktoken's 'gpt2' encoding ({type(e).__name__}): it is downloaded on "
+                         f"first use, so it needs a network connection once or a filled TIKTOKEN_CACHE_DIR; "
+                         f"use the trained BPE (--tokenizer=bpe) offline") from None
+    n = base.n_vocab
+    enc = tiktoken.Encoding("gpt2-cdlm", pat_str=base._pat_str, mergeable_ranks=base._mergeable_ranks,
+                            special_tokens={BPE_SPECIALS[2]: base.eot_token, BPE_SPECIALS[0]: n,
+                                            BPE_SPECIALS[1]: n + 1})
+    return BPETokenizer(enc)
+
+
 def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
@@ -59,6 +167,10 @@ def load_meta(data_dir):
 def get_tokenizer(meta):
     if meta["tokenizer"] == "char":
         return CharTokenizer(meta["chars"])
+    if meta["tokenizer"] == "bpe":
+        return bpe_tokenizer(meta["bpe"])
+    if meta["tokenizer"] == "gpt2":
+        return gpt2_tokenizer()
     raise ValueError(f"unknown tokenizer kind {meta['tokenizer']!r} in meta.json")
 
 

@@ -34,3 +34,27 @@ def test_unknown_key_in_file(tmp_path):
     f.write_text("iters = (\n")
     with pytest.raises(SystemExit, match="SyntaxError"):
         configure(DEFAULTS, [str(f)])
+
+
+def test_every_preset_loads_against_its_script():
+    """Each file in config/ names only keys its script knows, with the right types."""
+    import glob
+    import os
+
+    import bench
+    import collect
+    import train
+    from conftest import ROOT
+    from data.wordproblems import prepare
+    files = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
+    assert len(files) >= 14
+    for f in files:
+        name = os.path.basename(f)
+        script = bench if "bench" in name else collect if "collect" in name else prepare if "data" in name else train
+        cfg = configure(script.config, [f])
+        if script is train and cfg["mode"] == "cdlm":
+            assert cfg["init_from"] == "teacher" and cfg["traj_dir"]
+        if name.startswith("cuda_") and script is train:
+            assert cfg["device"] == "cuda" and cfg["dtype"] == "auto" and cfg["compile"]
+            if cfg["mode"] != "ar":
+                assert cfg["block_size"] in (16, 32)

@@ -70,6 +70,7 @@ def lengths(max_ops, block_size):
 def prepare(cfg):
     if not 1 <= cfg["min_ops"] <= cfg["max_ops"] or not cfg["ops"] or set(cfg["ops"]) - set(APPLY):
         raise ValueError(f"need 1 <= min_ops <= max_ops and ops drawn from {''.join(APPLY)!r}")
+    os.makedirs(cfg["out_dir"], exist_ok=True)
     tok = CharTokenizer(CHARS)
     rng = np.random.default_rng(cfg["seed"])
     prompt_len, gen_len = lengths(cfg["max_ops"], cfg["block_size"])

@@ -1,0 +1,21 @@
+# The CDLM student on CUDA; block_size matches the teacher's trajectories and inference.
+mode = "cdlm"
+out_dir = "out/cuda_student"
+data_dir = "data/wordproblems_long"
+init_from = "teacher"
+teacher_dir = "out/cuda_teacher"
+traj_dir = "out/cuda_trajectories"
+block_size = 32
+w_distill = 1.0
+w_consist = 0.5
+w_dlm = 0.1
+threshold = 0.9
+batch_size = 128
+max_iters = 3000
+learning_rate = 1e-4
+min_lr = 1e-5
+warmup_iters = 100
+eval_interval = 500
+device = "cuda"
+dtype = "auto"
+compile = True

@@ -1,0 +1,17 @@
+# The CDLM student on the word problems: the teacher's weights under a block-causal mask.
+mode = "cdlm"
+out_dir = "out/wp_student"
+data_dir = "data/wordproblems"
+init_from = "teacher"
+teacher_dir = "out/wp_teacher"
+traj_dir = "out/wp_trajectories"
+block_size = 8
+w_distill = 1.0
+w_consist = 0.5
+w_dlm = 0.1
+threshold = 0.9
+batch_size = 64
+max_iters = 900
+learning_rate = 3e-4
+min_lr = 3e-5
+warmup_iters = 50

@@ -1,0 +1,151 @@
+"""
+Word problems in English in the style of GSM8K, with the reasoning written out, tokenized with a
+small BPE trained here (through tiktoken).
+
+    prompt:  Mia has 7 apples. She buys 5 more. She gives 3 to Ben. She buys 4 bags with 2 apples
+             each. How many apples does Mia have now?
+    answer:  7+5=12. 12-3=9. 4*2=8. 9+8=17. #17
+
+A person starts with some quantity and then 2 to 4 things happen to it; each is one or two
+equations of the worked solution (2 to 4 in all), and the final answer follows '#'. As in the
+arithmetic task, every value depends on the one before it, so finalizing a whole equation in one
+step means composing operations in one forward pass; the words of the prompt must be read to know
+which operation comes next.
+
+    python data/wordproblems/prepare.py                      # BPE of at most 1024 tokens, trained here
+    python data/wordproblems/prepare.py --tokenizer=gpt2     # tiktoken's GPT-2 encoding (needs it cached)
+
+Every stage then runs on it by changing only data_dir (config/*_wordproblems.py).
+"""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from configurator import configure  # noqa: E402
+from data.common import (BPE_PATTERN, atomic_write_bytes, atomic_write_json, bpe_tokenizer,  # noqa: E402
+                         gpt2_tokenizer, train_bpe)
+
+config = dict(
+    out_dir=os.path.dirname(os.path.abspath(__file__)),
+    seed=1337,
+    min_steps=2,        # equations in the worked solution, drawn uniformly in [min_steps, max_steps]
+    max_steps=4,
+    max_value=9,        # no quantity or running value exceeds this (9: one-digit arithmetic)
+    n_train=200_000,
+    n_val=1_000,
+    n_test=1_000,
+    tokenizer="bpe",    # 'bpe': trained on the generated text | 'gpt2': tiktoken's GPT-2 encoding
+    vocab_size=1024,    # the trained BPE's size at most, special tokens not counted
+    bpe_sample=20_000,  # training problems the BPE is trained on
+    block_size=8,       # gen_len is rounded up to a whole number of diffusion blocks
+)
+
+NAMES = [("Mia", "She", "her"), ("Ben", "He", "him"), ("Ava", "She", "her"), ("Leo", "He", "him"),
+         ("Zoe", "She", "her"), ("Sam", "He", "him"), ("Lily", "She", "her"), ("Omar", "He", "him"),
+         ("Nora", "She", "her"), ("Jack", "He", "him"), ("Ella", "She", "her"), ("Ravi", "He", "him")]
+ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "stamps", "shells", "cards", "coins",
+         "beads", "books", "eggs"]
+CONTAINERS = ["bags", "boxes", "packs", "jars"]
+START = ["{n} has {a} {item}.", "{n} starts with {a} {item}.", "{n} owns {a} {item}."]
+ADD = ["{P} buys {d} more.", "{P} finds {d} more.", "{o} gives {p} {d} more.", "{P} gets {d} more from {o}."]
+SUB = ["{P} gives {d} to {o}.", "{P} loses {d}.", "{P} sells {d}.", "{P} uses {d}."]
+MULADD = ["{P} buys {k} {c} with {m} {item} each.", "{P} gets {k} {c} of {m} {item}."]
+
+
+def make_problem(rng, min_steps, max_steps, max_value=99):
+    """One (prompt, answer) pair of strings; every quantity and running value stays <= max_value."""
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]
+    name, P, p = pick(NAMES)
+    other = pick([nm for nm, _, _ in NAMES if nm != name])
+    item = pick(ITEMS)
+    v = int(rng.integers(2, min(20, max_value) + 1))
+    target = int(rng.integers(min_steps, max_steps + 1))
+    words, eqs = [pick(START).format(n=name, a=v, item=item)], []
+    while len(eqs) < target:
+        kind = pick(["add", "sub", "muladd"] if target - len(eqs) >= 2 else ["add", "sub"])
+        products = [(k, m) for k in range(2, 6) for m in range(2, 6) if v + k * m <= max_value]
+        if kind == "add" and v < max_value:
+            d = int(rng.integers(1, min(9, max_value - v) + 1))
+            words.append(pick(ADD).format(P=P, p=p, o=other, d=d))
+            eqs.append(f"{v}+{d}={v + d}.")
+            v += d
+        elif kind == "sub" and v >= 1:
+            d = int(rng.integers(1, min(9, v) + 1))
+            words.append(pick(SUB).format(P=P, o=other, d=d))
+            eqs.append(f"{v}-{d}={v - d}.")
+            v -= d
+        elif kind == "muladd" and products:
+            k, m = pick(products)
+            words.append(pick(MULADD).format(P=P, k=k, c=pick(CONTAINERS), m=m, item=item))
+            eqs += [f"{k}*{m}={k * m}.", f"{v}+{k * m}={v + k * m}."]
+            v += k * m
+    words.append(f"How many {item} does {name} have now?")
+    return " ".join(words), " ".join(eqs) + f" #{v}"
+
+
+def draw_splits(cfg, rng):
+    """{split: [(prompt, answer)]}; held-out splits first, and no prompt is in two splits."""
+    sizes = {"test": cfg["n_test"], "val": cfg["n_val"], "train": cfg["n_train"]}
+    seen, out = set(), {}
+    for split, n in sizes.items():
+        rows = []
+        while len(rows) < n:
+            prompt, answer = make_problem(rng, cfg["min_steps"], cfg["max_steps"], cfg["max_value"])
+            if prompt in seen:
+                continue
+            seen.add(prompt)
+            rows.append((prompt, answer))
+        out[split] = rows
+    return out
+
+
+def prepare(cfg):
+    if not 1 <= cfg["min_steps"] <= cfg["max_steps"] or cfg["max_value"] < 2:
+        raise ValueError(f"need 1 <= min_steps <= max_steps and max_value >= 2, got {cfg['min_steps']}, "
+                         f"{cfg['max_steps']}, {cfg['max_value']}")
+    os.makedirs(cfg["out_dir"], exist_ok=True)
+    rng = np.random.default_rng(cfg["seed"])
+    splits = draw_splits(cfg, rng)
+    if cfg["tokenizer"] == "bpe":
+        sample = [t for pa in splits["train"][:cfg["bpe_sample"]] for t in pa]
+        ranks = train_bpe(sample, cfg["vocab_size"])
+        alphabet = "".join(sorted({c for s in splits.values() for pa in s for t in pa for c in t}))
+        tok_meta = dict(tokenizer="bpe", bpe=dict(pattern=BPE_PATTERN, alphabet=alphabet,
+                                                  ranks=[b.hex() for b in ranks]))
+        tok = bpe_tokenizer(tok_meta["bpe"])
+    elif cfg["tokenizer"] == "gpt2":
+        tok, tok_meta = gpt2_tokenizer(), dict(tokenizer="gpt2")
+    else:
+        raise ValueError(f"tokenizer must be 'bpe' or 'gpt2', got {cfg['tokenizer']!r}")
+    enc = {s: [(tok.encode(p), tok.encode(a) + [tok.eos_id]) for p, a in rows] for s, rows in splits.items()}
+    prompt_len = max(len(p) for rows in enc.values() for p, _ in rows)
+    answer_len = max(len(a) for rows in enc.values() for _, a in rows)
+    gen_len = -(-answer_len // cfg["block_size"]) * cfg["block_size"]
+    dtype = np.uint8 if len(tok) <= 256 else np.uint16 if len(tok) <= 65536 else np.uint32
+    for split, rows in enc.items():
+        arr = np.full((len(rows), prompt_len + gen_len), tok.eos_id, dtype=dtype)
+        for i, (p, a) in enumerate(rows):
+            arr[i, :prompt_len] = p + [tok.pad_id] * (prompt_len - len(p))
+            arr[i, prompt_len:prompt_len + len(a)] = a
+        atomic_write_bytes(os.path.join(cfg["out_dir"], f"{split}.bin"), arr.tobytes())
+    meta = dict(**tok_meta, vocab_size=len(tok), pad_id=tok.pad_id, mask_id=tok.mask_id, eos_id=tok.eos_id,
+                prompt_len=prompt_len, gen_len=gen_len, dtype=np.dtype(dtype).name,
+                splits={s: len(r) for s, r in enc.items()}, answer_marker="#", settings=cfg)
+    atomic_write_json(os.path.join(cfg["out_dir"], "meta.json"), meta)  # written last: marks done
+    return meta, splits
+
+
+if __name__ == "__main__":
+    cfg = configure(config, sys.argv[1:])
+    try:
+        meta, splits = prepare(cfg)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    prompt, answer = splits["train"][0]
+    tok = bpe_tokenizer(meta["bpe"]) if meta["tokenizer"] == "bpe" else gpt2_tokenizer()
+    print(f"wrote {meta['splits']} to {cfg['out_dir']}: {meta['tokenizer']} vocab={meta['vocab_size']} "
+          f"prompt_len={meta['prompt_len']} gen_len={meta['gen_len']}")
+    print("example:", prompt, "->", answer)
+    print("tokens: ", "|".join(tok.decode([i]) for i in tok.encode(answer)))

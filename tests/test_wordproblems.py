@@ -1,0 +1,135 @@
+"""Word problems: the generator, the trained BPE through tiktoken, and every stage end to end."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL
+from data.common import BPE_PATTERN, bpe_tokenizer, exact_match, get_tokenizer, load_meta, load_split, train_bpe
+from data.wordproblems.prepare import config, make_problem, prepare
+
+
+@pytest.fixture(scope="module")
+def wp(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("wordproblems"))
+    meta, splits = prepare({**config, "out_dir": d, "n_train": 1500, "n_val": 64, "n_test": 64, "bpe_sample": 1500})
+    return d, meta, splits
+
+
+def test_problem_is_a_valid_worked_solution():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        prompt, answer = make_problem(rng, 2, 4)
+        steps, final = answer.split(" #")
+        eqs = steps.split(" ")
+        assert 2 <= len(eqs) <= 4 and prompt.endswith("have now?")
+        value = int(re.search(r"(\d+) \w+\.", prompt).group(1))  # the starting quantity
+        for eq in eqs:
+            a, op, b, c = re.fullmatch(r"(\d+)([+*-])(\d+)=(\d+)\.", eq).groups()
+            assert int(c) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+            if op != "*":  # each step continues from the running value (a product is added next)
+                assert int(a) == value
+                value = int(c)
+            assert int(c) >= 0
+        assert int(final) == value
+        for n in re.findall(r"\d+", prompt.split(".", 1)[1]):  # every quantity of the story is used
+            assert n in steps
+
+
+@pytest.mark.parametrize("max_value", [9, 30])
+def test_values_stay_within_max_value(max_value):
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        prompt, answer = make_problem(rng, 2, 4, max_value)
+        assert max(int(n) for n in re.findall(r"\d+", prompt + answer)) <= max_value
+
+
+def test_train_bpe_hand_computed():
+    # 'aaab': pairs aa (2), ab (1) -> merge aa; then (aa, a) and (a, b) tie at 1, broken by the
+    # larger bytes -> aaa; then aaab. Ranks are the order of creation.
+    ranks = train_bpe(["aaab"], 10, pattern=r"\S+")
+    assert ranks == {b"a": 0, b"b": 1, b"aa": 2, b"aaa": 3, b"aaab": 4}
+    assert train_bpe(["aaab"], 3, pattern=r"\S+") == {b"a": 0, b"b": 1, b"aa": 2}  # stops at the size
+
+
+def test_bpe_round_trips_the_generated_text(wp):
+    d, meta, splits = wp
+    tok = get_tokenizer(load_meta(d))
+    assert meta["tokenizer"] == "bpe" and len(tok) == meta["vocab_size"] <= config["vocab_size"] + 3
+    assert {tok.pad_id, tok.mask_id, tok.eos_id} == {len(tok) - 3, len(tok) - 2, len(tok) - 1}
+    texts = [t for rows in splits.values() for pa in rows for t in pa]
+    for t in texts:
+        assert tok.decode(tok.encode(t)) == t
+    # the stored rows decode back to the problems, prompt padding and EOS dropped
+    P, rows = meta["prompt_len"], load_split(d, "test")
+    for (prompt, answer), row in zip(splits["test"], rows):
+        assert tok.decode(row[:P]) == prompt and tok.decode(row[P:]) == answer
+    # numbers are spelled digit by digit; common words are single tokens
+    assert [tok.decode([i]) for i in tok.encode("12+5=17.")] == ["1", "2", "+", "5", "=", "1", "7", "."]
+    assert len(tok.encode(" apples")) == 1
+
+
+def test_bpe_refuses_what_it_cannot_encode(wp):
+    tok = get_tokenizer(wp[1])
+    with pytest.raises(ValueError, match=r"'é' at position 10 .* not in the tokenizer's alphabet"):
+        tok.encode("Mia has 5 éclairs.")
+    with pytest.raises(ValueError, match="special token '<\\|mask\\|>'"):
+        tok.encode("Mia has <|mask|> apples.")
+
+
+def test_bpe_is_saved_with_the_data_and_deterministic(wp, tmp_path):
+    d, meta, _ = wp
+    meta2, _ = prepare({**config, "out_dir": str(tmp_path), "n_train": 1500, "n_val": 64, "n_test": 64,
+                        "bpe_sample": 1500})
+    assert meta2["bpe"] == meta["bpe"] and meta["bpe"]["pattern"] == BPE_PATTERN
+    for split in ("train", "val", "test"):
+        assert open(os.path.join(d, f"{split}.bin"), "rb").read() == (tmp_path / f"{split}.bin").read_bytes()
+    tok = bpe_tokenizer(meta["bpe"])  # rebuilt from meta.json alone (as checkpoints do)
+    assert tok.encode("Ben has 7 apples.") == get_tokenizer(meta).encode("Ben has 7 apples.")
+    prompts = {s: {bytes(r[:meta["prompt_len"]]) for r in load_split(d, s)} for s in ("train", "val", "test")}
+    assert not prompts["train"] & prompts["test"] and not prompts["val"] & prompts["test"]
+
+
+def test_gpt2_tokenizer_unavailable_is_a_clear_error(tmp_path, monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(ValueError, match="cannot load tiktoken's 'gpt2' encoding .*--tokenizer=bpe"):
+        prepare({**config, "out_dir": str(tmp_path), "tokenizer": "gpt2", "n_train": 10, "n_val": 2, "n_test": 2})
+
+
+def test_same_scorer_interface(wp):
+    _, meta, splits = wp
+    answers = [a for _, a in splits["test"][:3]]
+    assert meta["answer_marker"] == "#"
+    assert exact_match(answers, answers, meta["answer_marker"]) == [True] * 3
+    assert exact_match(["3+4=7. #7", "3+4=8. #8", "3+4=7."], ["3+5=8. #7"] * 3) == [True, False, False]
+
+
+def test_every_stage_runs_on_word_problems(wp, tmp_path):
+    """Teacher, collection, student, AR baseline and bench on the word problems, changing only data_dir."""
+    from bench import config as bench_config, run
+    from collect import collect, config as collect_config
+    from sample import decode_settings, evaluate
+    from train import config as train_config, train
+    from model import load_model
+    d, meta, splits = wp
+    out = {k: str(tmp_path / k) for k in ("teacher", "traj", "student", "ar")}
+    base = {**train_config, **TINY_MODEL, "data_dir": d, "max_iters": 20}
+    train({**base, "mode": "dlm", "out_dir": out["teacher"]})
+    collect({**collect_config, "teacher_dir": out["teacher"], "out_dir": out["traj"], "n_examples": 32,
+             "batch_size": 16, "chunk": 32, "device": "cpu"})
+    train({**base, "mode": "cdlm", "init_from": "teacher", "out_dir": out["student"], "teacher_dir": out["teacher"],
+           "traj_dir": out["traj"]})
+    train({**base, "mode": "ar", "out_dir": out["ar"]})
+    model, ckpt = load_model(os.path.join(out["student"], "ckpt.pt"))
+    acc, nfe, preds = evaluate(model, ckpt["data_meta"], load_split(d, "test")[:16], decode_settings(ckpt, {}), 8)
+    assert 0 <= acc <= 1 and 1 <= nfe <= meta["gen_len"] and all(isinstance(p, str) for p in preds)
+    report = run({**bench_config, "teacher_dir": out["teacher"], "student_dir": out["student"], "ar_dir": out["ar"],
+                  "num_eval": 8, "batch_size": 8, "latency_n": 1, "repeats": 1, "device": "cpu",
+                  "out_path": str(tmp_path / "bench.json")})
+    assert report["settings"]["gen_len"] == meta["gen_len"] and report["settings"]["data_dir"] == d
+    assert report["machine"]["dtype"] == "float32" and report["machine"]["device"] == "cpu"
