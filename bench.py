@@ -40,7 +40,7 @@ config = dict(
     out_path="out/bench.json",
     seed=1337,
     device="auto",
-    dtype="auto",          # 'float32' | 'bfloat16' | 'auto' (bf16 autocast on CUDA)
+    dtype="auto",          # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
 )
 
 

@@ -44,7 +44,7 @@ config = dict(
     hidden_dtype="float16",
     seed=1337,
     device="auto",
-    dtype="auto",         # 'float32' | 'bfloat16' | 'auto' (bf16 autocast on CUDA)
+    dtype="auto",         # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
 )
 
 FIELDS = ("prompt", "tokens", "step", "hidden", "truth")
@@ -108,16 +108,16 @@ def collect(cfg):
     import torch.distributed as dist
     from train import setup_runtime
     owns_group = not (dist.is_available() and dist.is_initialized())
-    ddp, rank, world, device, _, ctx = setup_runtime(cfg)
-    master = rank == 0
-    _collect(cfg, ddp, rank, world, device, ctx, master)
+    ddp, rank, world, device, dtype, ctx = setup_runtime(cfg)
+    _collect(cfg, ddp, rank, world, device, dtype, ctx)
     if ddp:
         dist.barrier()  # every rank returns only once rank 0 has written the trajectory set
         if owns_group:
             dist.destroy_process_group()
 
 
-def _collect(cfg, ddp, rank, world, device, ctx, master):
+def _collect(cfg, ddp, rank, world, device, dtype, ctx):
+    master = rank == 0
     teacher_path = os.path.join(cfg["teacher_dir"], "ckpt.pt")
     model, ckpt = load_model(teacher_path, device)
     if model.cfg.attn != "bidirectional":
@@ -129,7 +129,8 @@ def _collect(cfg, ddp, rank, world, device, ctx, master):
     # everything that decides the content; a finished or partial run with other settings is redone
     settings = dict(teacher=os.path.abspath(teacher_path), teacher_iter=ckpt["iter_num"], gen_len=L,
                     block_size=B, steps=L, n_examples=n, temperature=cfg["temperature"],
-                    hidden_dtype=cfg["hidden_dtype"], seed=cfg["seed"])
+                    hidden_dtype=cfg["hidden_dtype"], seed=cfg["seed"], dtype=dtype,
+                    world=world if cfg["temperature"] > 0 else None)  # sampled noise is drawn per rank
     meta_path = os.path.join(cfg["out_dir"], "meta.json")
     progress_path = os.path.join(cfg["out_dir"], "progress.json")
     done, correct = 0, 0  # rank 0 reads the state on disk; the other ranks are told
@@ -169,6 +170,7 @@ def _collect(cfg, ddp, rank, world, device, ctx, master):
                 out, _, step, hidden = generate(model, rows[:, :P], L, B, dmeta["mask_id"], dmeta["eos_id"],
                                                 steps_per_block=B, temperature=cfg["temperature"],
                                                 generator=gen, record=True)
+            # (world*bs, T), (world*bs, L), (world*bs, L), (world*bs, L, C): every rank's shard
             got = [gather_rows(t, world) for t in (rows, out, step, hidden.to(getattr(torch, cfg["hidden_dtype"])))]
             n_real = min(stop, i + bs * world) - i
             if master:  # shards arrive in rank order: the first n_real rows are rows i..i+n_real

@@ -205,7 +205,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 def pick_dtype(dtype, device):
     """'auto' is bfloat16 on a CUDA GPU that supports it (Ampere and later), else float32."""
     if dtype == "auto":
-        cuda_bf16 = str(device).startswith("cuda") and torch.cuda.is_bf16_supported()
+        cuda_bf16 = str(device).startswith("cuda") and torch.cuda.is_bf16_supported(including_emulation=False)
         return "bfloat16" if cuda_bf16 else "float32"
     if dtype not in DTYPES:
         raise SystemExit(f"config error: dtype must be 'auto' or one of {DTYPES}, got {dtype!r}")

@@ -230,9 +230,12 @@ def train(cfg):
         teacher_head = teacher["model"]["lm_head.weight"].float()  # (V, C), frozen
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
                                   weight_decay=cfg["weight_decay"], fused=device.startswith("cuda"))
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")  # float16 needs loss scaling; bf16 does not
+    # float16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")
     if cfg["init_from"] == "resume":
         optimizer.load_state_dict(init["optimizer"])
+        if init.get("scaler"):
+            scaler.load_state_dict(init["scaler"])
     raw_model = model
     if cfg["compile"]:
         model = torch.compile(model)
@@ -290,7 +293,8 @@ def train(cfg):
 
     def checkpoint():
         save_checkpoint(dict(model_config=asdict(mcfg), model=raw_model.state_dict(),
-                             optimizer=optimizer.state_dict(), iter_num=iter_num, best_val_loss=best_val,
+                             optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), iter_num=iter_num,
+                             best_val_loss=best_val,
                              config=cfg, data_meta=meta, sampling=sampling_defaults(cfg)), ckpt_path)
 
     from tqdm import tqdm

@@ -108,10 +108,10 @@ class BPETokenizer:
         for sp in BPE_SPECIALS:
             if sp in text:
                 raise ValueError(f"text {text!r} contains the special token {sp!r}")
-        for pos, c in enumerate(text):
-            if self.alphabet is not None and c not in self.alphabet:
-                raise ValueError(f"character {c!r} at position {pos} of {text!r} is not in the "
-                                 f"tokenizer's alphabet ({''.join(sorted(self.alphabet))!r})")
+        if self.alphabet is not None and not set(text) <= self.alphabet:
+            pos, c = next((i, c) for i, c in enumerate(text) if c not in self.alphabet)
+            raise ValueError(f"character {c!r} at position {pos} of {text!r} is not in the "
+                             f"tokenizer's alphabet ({''.join(sorted(self.alphabet))!r})")
         return self.enc.encode_ordinary(text)
 
     def decode(self, ids, stop_at_eos=True):
@@ -134,6 +134,9 @@ def bpe_tokenizer(bpe):
     """The trained tokenizer stored in meta.json: {'pattern', 'ranks' (hex bytes by rank), 'alphabet'}."""
     import tiktoken
     ranks = {bytes.fromhex(h): i for i, h in enumerate(bpe["ranks"])}
+    missing = [c for c in bpe["alphabet"] if any(bytes([b]) not in ranks for b in c.encode())]
+    if missing:  # tiktoken would panic on them deep inside Rust
+        raise ValueError(f"the BPE's alphabet has characters {missing!r} whose bytes are not tokens")
     n = len(ranks)
     enc = tiktoken.Encoding("cdlm-bpe", pat_str=bpe["pattern"], mergeable_ranks=ranks,
                             special_tokens={s: n + j for j, s in enumerate(BPE_SPECIALS)})
@@ -159,7 +162,8 @@ def gpt2_tokenizer():
 def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run `python {data_dir}/prepare.py` first")
+        raise FileNotFoundError(f"{path} not found: prepare the data first "
+                                f"(`python data/<task>/prepare.py --out_dir={data_dir}`)")
     with open(path) as f:
         return json.load(f)
 
@@ -183,7 +187,7 @@ def load_split(data_dir, split, meta=None):
     expected = n * seq_len * dtype.itemsize
     if not os.path.exists(path) or os.path.getsize(path) != expected:
         raise ValueError(f"{path} is missing or has the wrong size (expected {expected} bytes): "
-                         f"run `python {data_dir}/prepare.py` again")
+                         f"prepare the data again (data/<task>/prepare.py --out_dir={data_dir})")
     return np.memmap(path, dtype=dtype, mode="r", shape=(n, seq_len))
 
 

@@ -65,3 +65,8 @@ def test_mixed_precision_training_step(tmp_path, data_dir, dtype):
     assert ckpt["config"]["dtype"] == dtype and ckpt["iter_num"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert ckpt["model"]["wte.weight"].dtype == torch.float32  # autocast leaves the weights in float32
+    torch.manual_seed(ckpt["config"]["seed"])  # train.py seeds like this before building the model
+    init = Transformer(ModelConfig(**ckpt["model_config"])).state_dict()
+    assert not torch.equal(init["lm_head.weight"], ckpt["model"]["lm_head.weight"])  # steps were taken
+    if dtype == "float16":  # the scaler's state is saved for a resume
+        assert ckpt["scaler"]["scale"] > 0

@@ -91,6 +91,20 @@ def test_bpe_is_saved_with_the_data_and_deterministic(wp, tmp_path):
     assert not prompts["train"] & prompts["test"] and not prompts["val"] & prompts["test"]
 
 
+def test_bpe_with_an_alphabet_it_cannot_encode_is_refused(wp):
+    bpe = dict(wp[1]["bpe"], alphabet=wp[1]["bpe"]["alphabet"] + "%")
+    with pytest.raises(ValueError, match="alphabet has characters \\['%'\\]"):
+        bpe_tokenizer(bpe)
+
+
+def test_bench_refuses_checkpoints_of_other_data(wp):
+    from bench import same_data
+    meta = wp[1]
+    assert same_data(meta, dict(meta))
+    assert not same_data(meta, dict(meta, bpe=dict(meta["bpe"], ranks=meta["bpe"]["ranks"][:-1])))
+    assert not same_data(meta, dict(meta, gen_len=meta["gen_len"] + 8))
+
+
 def test_gpt2_tokenizer_unavailable_is_a_clear_error(tmp_path, monkeypatch):
     import tiktoken
 

@@ -111,7 +111,7 @@ def prepare(cfg):
     if cfg["tokenizer"] == "bpe":
         sample = [t for pa in splits["train"][:cfg["bpe_sample"]] for t in pa]
         ranks = train_bpe(sample, cfg["vocab_size"])
-        alphabet = "".join(sorted({c for s in splits.values() for pa in s for t in pa for c in t}))
+        alphabet = "".join(sorted({c for t in sample for c in t}))  # exactly the bytes the BPE has
         tok_meta = dict(tokenizer="bpe", bpe=dict(pattern=BPE_PATTERN, alphabet=alphabet,
                                                   ranks=[b.hex() for b in ranks]))
         tok = bpe_tokenizer(tok_meta["bpe"])
@@ -119,6 +119,7 @@ def prepare(cfg):
         tok, tok_meta = gpt2_tokenizer(), dict(tokenizer="gpt2")
     else:
         raise ValueError(f"tokenizer must be 'bpe' or 'gpt2', got {cfg['tokenizer']!r}")
+    # a problem with a character the BPE sample lacked fails here, naming it
     enc = {s: [(tok.encode(p), tok.encode(a) + [tok.eos_id]) for p, a in rows] for s, rows in splits.items()}
     prompt_len = max(len(p) for rows in enc.values() for p, _ in rows)
     answer_len = max(len(a) for rows in enc.values() for _, a in rows)
