@@ -165,8 +165,9 @@ def run(cfg):
                   settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=cfg["batch_size"],
                                 latency_n=cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,
                                 gen_len=meta["gen_len"], data_dir=data_dir),
-                  machine=dict(device=device, dtype=dtype, gpu=torch.cuda.get_device_name(device)
-                               if device.startswith("cuda") else None, threads=torch.get_num_threads(), torch=torch.__version__,
+                  machine=dict(device=device, dtype=dtype,
+                               gpu=torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
+                               threads=torch.get_num_threads(), torch=torch.__version__,
                                cpu=platform.processor() or platform.machine(), python=platform.python_version()))
     if cfg["sweep"]:
         with autocast(device, dtype):

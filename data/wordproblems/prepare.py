@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configurator import configure  # noqa: E402
 from data.common import (BPE_PATTERN, atomic_write_bytes, atomic_write_json, bpe_tokenizer,  # noqa: E402
-                         gpt2_tokenizer, train_bpe)
+                         get_tokenizer, gpt2_tokenizer, train_bpe)
 
 config = dict(
     out_dir=os.path.dirname(os.path.abspath(__file__)),
@@ -145,7 +145,7 @@ if __name__ == "__main__":
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     prompt, answer = splits["train"][0]
-    tok = bpe_tokenizer(meta["bpe"]) if meta["tokenizer"] == "bpe" else gpt2_tokenizer()
+    tok = get_tokenizer(meta)
     print(f"wrote {meta['splits']} to {cfg['out_dir']}: {meta['tokenizer']} vocab={meta['vocab_size']} "
           f"prompt_len={meta['prompt_len']} gen_len={meta['gen_len']}")
     print("example:", prompt, "->", answer)
