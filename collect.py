@@ -105,15 +105,10 @@ def broadcast(obj, ddp):
 
 
 def collect(cfg):
-    import torch.distributed as dist
-    from train import setup_runtime
-    owns_group = not (dist.is_available() and dist.is_initialized())
-    ddp, rank, world, device, dtype, ctx = setup_runtime(cfg)
+    from train import end_runtime, setup_runtime
+    ddp, rank, world, device, dtype, ctx, owns_group = setup_runtime(cfg)
     _collect(cfg, ddp, rank, world, device, dtype, ctx)
-    if ddp:
-        dist.barrier()  # every rank returns only once rank 0 has written the trajectory set
-        if owns_group:
-            dist.destroy_process_group()
+    end_runtime(ddp, owns_group)  # no rank returns before rank 0 has written the trajectory set
 
 
 def _collect(cfg, ddp, rank, world, device, dtype, ctx):

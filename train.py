@@ -167,18 +167,19 @@ def setup_runtime(cfg):
     """
     DDP (torchrun sets RANK), device, seed and autocast context; nanoGPT's recipe. A process
     group that the caller already started is used as it is (and left for the caller to end).
-    Returns (ddp, rank, world, device, dtype, autocast context).
+    Returns (ddp, rank, world, device, dtype, autocast context, whether we started the group).
     """
+    import torch.distributed as dist
     from sample import autocast, pick_device, pick_dtype
     ddp = int(os.environ.get("RANK", -1)) != -1
+    owns_group = ddp and not dist.is_initialized()
     device = pick_device(cfg["device"])
     rank, world = 0, 1
     if ddp:
-        import torch.distributed as dist
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
-        if not dist.is_initialized():
+        if owns_group:
             dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg["seed"] + rank)
@@ -186,13 +187,20 @@ def setup_runtime(cfg):
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the float32 matmuls left over
         torch.backends.cudnn.allow_tf32 = True
-    return ddp, rank, world, device, dtype, autocast(device, dtype)
+    return ddp, rank, world, device, dtype, autocast(device, dtype), owns_group
+
+
+def end_runtime(ddp, owns_group):
+    """Every rank waits here until rank 0 has written its files; then the group we started ends."""
+    if ddp:
+        import torch.distributed as dist
+        dist.barrier()
+        if owns_group:
+            dist.destroy_process_group()
 
 
 def train(cfg):
-    import torch.distributed as dist
-    owns_group = not (dist.is_available() and dist.is_initialized())
-    ddp, rank, world, device, dtype, ctx = setup_runtime(cfg)
+    ddp, rank, world, device, dtype, ctx, owns_group = setup_runtime(cfg)
     master = rank == 0
     meta = load_meta(cfg["data_dir"])
     data = {s: load_split(cfg["data_dir"], s, meta) for s in ("train", "val")}
@@ -333,10 +341,7 @@ def train(cfg):
                           + f", val {'dlm ' if cfg['mode'] == 'cdlm' else ''}loss {val:.4f}")
                 checkpoint()
     bar.close()
-    if ddp:
-        dist.barrier()  # every rank returns only once rank 0's checkpoint is on disk
-        if owns_group:
-            dist.destroy_process_group()
+    end_runtime(ddp, owns_group)  # no rank returns before rank 0's checkpoint is on disk
     return raw_model
 
 

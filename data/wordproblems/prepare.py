@@ -2,9 +2,9 @@
 Word problems in English in the style of GSM8K, with the reasoning written out, tokenized with a
 small BPE trained here (through tiktoken).
 
-    prompt:  Mia has 7 apples. She buys 5 more. She gives 3 to Ben. She buys 4 bags with 2 apples
-             each. How many apples does Mia have now?
-    answer:  7+5=12. 12-3=9. 4*2=8. 9+8=17. #17
+    prompt:  Ben has 2 books. He loses 1. He buys 2 bags with 3 books each. Mia gives him 1 more.
+             How many books does Ben have now?
+    answer:  2-1=1. 2*3=6. 1+6=7. 7+1=8. #8
 
 A person starts with some quantity and then 2 to 4 things happen to it; each is one or two
 equations of the worked solution (2 to 4 in all), and the final answer follows '#'. As in the
@@ -14,8 +14,9 @@ which operation comes next.
 
     python data/wordproblems/prepare.py                      # BPE of at most 1024 tokens, trained here
     python data/wordproblems/prepare.py --tokenizer=gpt2     # tiktoken's GPT-2 encoding (needs it cached)
+    python data/wordproblems/prepare.py config/cuda_data.py  # longer problems, values up to 999
 
-Every stage then runs on it by changing only data_dir (config/*_wordproblems.py).
+Every stage then runs on it by changing only the config (config/wordproblems_*.py).
 """
 import os
 import sys
