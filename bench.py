@@ -1,60 +1,80 @@
 """
-Side-by-side benchmark of every decoding method on the same held-out problems, in one process.
+Side-by-side benchmark of every decoding method on the same held-out problems, in one process,
+with the hardware view behind the speedups.
 
-    python bench.py                 # markdown table + out/bench.json
-    python bench.py --sweep         # also the accuracy/latency frontier over thresholds
+    python bench.py                 # markdown tables + out/bench.json (+ out/bench_roofline.png)
+    python bench.py --sweep         # also the student's threshold and block-size frontiers
 
-Methods (CDLM Sec. 5 compares the same family):
-    ar               the autoregressive model, KV cache, greedy
-    dlm              the teacher, naive: bidirectional, no cache, one token per step
-    dlm_threshold    the teacher with threshold parallel decoding, no cache (training-free)
-    dlm_fewer_steps  the teacher with the student's mean steps per block (naive step cutting)
-    cdlm             the student: block KV cache, threshold, early stop
+The methods (CDLM Sec. 5 compares the same family) are the table METHODS below: from it follow the
+checkpoints needed, the run order and the CLI choices.
 """
 import os
 import platform
 import statistics
 import sys
 import time
+from dataclasses import asdict, replace
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from configurator import configure
-from data.common import atomic_write_json, load_split
-from model import load_model
-from sample import autocast, evaluate, generate, pick_device, pick_dtype
+from configurator import Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, run_main
+from data.common import atomic_write_json, checkpoint_data, load_split, same_data
+from runtime import autocast, check_writable, pick_device, pick_dtype, sync
+from sample import DecodeSettings, evaluate, generate, load_for_decoding
+
+
+class Method(NamedTuple):
+    model: str                      # the checkpoint it decodes with: 'teacher' | 'student' | 'ar'
+    settings: Callable              # (block_size, threshold, cut_steps) -> DecodeSettings
+    about: str
+    reference: Optional[str] = None  # report the share of answers that differ from this method's
+
+
+THRESHOLDED = lambda cache: lambda B, th, cut: DecodeSettings(B, threshold=th, cache=cache, early_stop=True)
+METHODS = {  # cdlm first: dlm_fewer_steps takes the student's measured steps
+    "cdlm": Method("student", THRESHOLDED("exact"), "the student: exact block KV cache, threshold, early stop"),
+    "ar": Method("ar", lambda B, th, cut: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
+                 "the autoregressive baseline: KV cache, greedy"),
+    "dlm": Method("teacher", lambda B, th, cut: DecodeSettings(B, steps_per_block=B),
+                  "the teacher, naive (the paper's baseline): one token per step over all gen_len positions"),
+    "dlm_stop": Method("teacher", lambda B, th, cut: DecodeSettings(B, steps_per_block=B, early_stop=True),
+                       "the naive teacher stopping at EOS (a fairer naive baseline)"),
+    "dlm_threshold": Method("teacher", THRESHOLDED("none"), "the teacher with threshold decoding, no cache "
+                                                            "(training-free parallel decoding)"),
+    "dlm_prefix_cache": Method("teacher", THRESHOLDED("prefix"), "dlm_threshold with Fast-dLLM's approximate "
+                               "prefix cache, refreshed at each block", "dlm_threshold"),
+    "dlm_dual_cache": Method("teacher", THRESHOLDED("dual"), "dlm_threshold with Fast-dLLM's approximate dual "
+                             "cache (prefix and masked suffix), refreshed at each block", "dlm_threshold"),
+    "dlm_fewer_steps": Method("teacher", lambda B, th, cut: DecodeSettings(B, steps_per_block=cut, early_stop=True),
+                              "the teacher cut to the student's steps per block (naive step cutting)"),
+}
+CHECKPOINTS = {"teacher": ("teacher_dir", "dlm"), "student": ("student_dir", "cdlm"), "ar": ("ar_dir", "ar")}
 
 config = dict(
-    teacher_dir="out/teacher",
-    student_dir="out/student",
-    ar_dir="out/ar",
-    methods="ar,dlm,dlm_threshold,dlm_fewer_steps,cdlm",
-    split="test",
-    num_eval=500,          # problems for accuracy and NFE
-    batch_size=64,         # batch for accuracy and for throughput
-    latency_n=20,          # problems decoded one at a time per latency repeat
-    repeats=3,             # timings are the median of this many repeats
-    threshold=None,        # None: the student's own threshold, also used by dlm_threshold
-    sweep=False,
-    sweep_thresholds=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
-    out_path="out/bench.json",
-    seed=1337,
-    device="auto",
-    dtype="auto",          # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
+    teacher_dir=Str("out/teacher"),
+    student_dir=Str("out/student"),
+    ar_dir=Str("out/ar"),
+    data_dir=Str(None),                 # None: where the checkpoints' data was prepared
+    methods=List(list(METHODS), Choice(None, *METHODS)),
+    split=Str("test"),
+    num_eval=Int(500, "[1, inf)"),      # problems for accuracy and NFE
+    batch_size=Int(64, "[1, inf)"),     # batch for accuracy and for throughput
+    latency_n=Int(20, "[1, inf)"),      # problems decoded one at a time per latency repeat
+    repeats=Int(3, "[1, inf)"),         # timings are the median of this many repeats
+    threshold=Float(None, "(0, 1]"),    # None: the student's own threshold, also for the teacher's methods
+    sweep=Bool(False),
+    sweep_thresholds=List([0.5, 0.7, 0.8, 0.9, 0.95, 0.99], Float(None, "(0, 1]")),
+    sweep_block_sizes=List([4, 8, 16], Int(None, "[1, inf)")),
+    out_path=Str("out/bench.json"),
+    seed=Int(1337, "[0, inf)"),
+    device=Str("auto"),
+    dtype=Str("auto"),                  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
 )
 
 
-def sync(device):
-    """Wait for queued GPU work: CUDA kernels run asynchronously, so the clock is read after this."""
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def same_data(a, b):
-    """Whether two checkpoints' data metas describe the same token layout (lengths and tokenizer)."""
-    keys = ("gen_len", "prompt_len", "vocab_size", "tokenizer", "chars", "bpe", "mask_id", "eos_id")
-    return all(a.get(k) == b.get(k) for k in keys)
-
+# -----------------------------------------------------------------------------
+# what is measured
 
 def decoded_tokens(tokens, eos_id, block_size, early_stop):
     """Answer positions the sampler finalized per row: with early stop, up to the end of the block
@@ -73,11 +93,64 @@ def answer_tokens(tokens, eos_id):
     return torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((tokens.size(0),), tokens.size(1)))
 
 
+def pass_cost(cfg, b, t_query, t_key, cache, act_bytes, weight_bytes):
+    """
+    Analytic FLOPs and bytes of one forward pass over b rows computing t_query positions that
+    attend to t_key keys: matmuls at 2 FLOPs per multiply-add; bytes as a lower bound on memory
+    traffic, each tensor moved once: the weights (once per pass, whatever b), the cached keys and
+    values read, and each layer's activations written and read.
+    """
+    C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    flops = b * (L * (24 * t_query * C * C + 4 * t_query * t_key * C) + 2 * t_query * C * V)
+    weights = (L * 12 * C * C + V * C) * weight_bytes
+    kv = b * L * 2 * (t_key - t_query) * C * act_bytes if cache != "none" else 0
+    acts = b * act_bytes * (L * (16 * t_query * C + 2 * cfg.n_head * t_query * t_key) + t_query * V)
+    return flops, weights + kv + acts
+
+
+def decode_cost(model, meta, prompts, settings, act_bytes):
+    """FLOPs and bytes of decoding prompts (one at a time), and the answer tokens they made."""
+    flops = moved = 0
+    T = model.cfg.seq_len
+
+    def count(ev):
+        nonlocal flops, moved
+        keys = ev.hi if settings.cache == "exact" else T
+        f, m = pass_cost(model.cfg, len(ev.rows), ev.hi - ev.lo, keys, settings.cache, act_bytes, 4)
+        flops, moved = flops + f, moved + m
+    tokens = 0
+    for i in range(len(prompts)):
+        out = generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
+                       on_step=count).tokens
+        tokens += answer_tokens(out, meta["eos_id"]).sum().item()
+    return flops, moved, tokens
+
+
+def probe_machine(device):
+    """Measured peak compute (a large float32 matmul) and memory bandwidth (a large copy)."""
+    a = torch.randn(1024, 1024, device=device)
+    gflops, gbs = 0.0, 0.0
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ a
+        sync(device)
+        gflops = max(gflops, 2 * 1024 ** 3 / (time.perf_counter() - t0) / 1e9)
+    src = torch.empty(64 * 2 ** 20, device=device)  # 256 MB
+    dst = torch.empty_like(src)
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        gbs = max(gbs, 2 * src.numel() * 4 / (time.perf_counter() - t0) / 1e9)  # read + write
+    return gflops, gbs
+
+
 def timed_decode(model, meta, prompt, settings):
     sync(prompt.device)
     t0 = time.perf_counter()
-    out, nfe = generate(model, prompt, meta["gen_len"], model.cfg.block_size, meta["mask_id"], meta["eos_id"],
-                        **settings)
+    out, nfe = generate(model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], settings)[:2]
     sync(prompt.device)
     return out, nfe, time.perf_counter() - t0
 
@@ -85,142 +158,193 @@ def timed_decode(model, meta, prompt, settings):
 def mean_tokens_per_step(model, meta, prompts, settings):
     """Answer positions finalized per forward pass, averaged over rows, from one batched decode."""
     out, steps, _ = timed_decode(model, meta, prompts, settings)
-    decoded = decoded_tokens(out, meta["eos_id"], model.cfg.block_size, settings["early_stop"])
+    decoded = decoded_tokens(out, meta["eos_id"], settings.block_size, settings.early_stop)
     return (decoded.float() / steps.float()).mean().item()
 
 
-def bench_method(model, meta, rows, settings, cfg, bar=None):
-    """Accuracy and NFE on all rows, latency at batch 1, throughput at batch_size."""
-    acc, nfe, _ = evaluate(model, meta, rows, settings, cfg["batch_size"], seed=cfg["seed"], progress=bar)
+def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None):
+    """Accuracy and NFE on all rows, latency at batch 1, throughput at batch_size, and the cost."""
+    ev = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["seed"], bar)
     device = next(model.parameters()).device
-    P, eos = meta["prompt_len"], meta["eos_id"]
-    prompts = torch.as_tensor(rows[:, :P].astype("int64"), device=device)
+    prompts = torch.as_tensor(rows[:, :meta["prompt_len"]].astype("int64"), device=device)
     tps = mean_tokens_per_step(model, meta, prompts[:cfg["batch_size"]], settings)  # batched equals per-row
     lat, thr = [], []
     for _ in range(cfg["repeats"]):
         times = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
         lat.append(sum(times) / len(times))
         out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
-        thr.append(answer_tokens(out, eos).sum().item() / dt)
-    return dict(accuracy=acc, nfe=nfe, tokens_per_step=tps, latency_ms=1000 * statistics.median(lat),
-                throughput_tok_s=statistics.median(thr), settings=settings)
+        thr.append(answer_tokens(out, meta["eos_id"]).sum().item() / dt)
+    flops, moved, tokens = decode_cost(model, meta, prompts[:cfg["latency_n"]], settings, act_bytes)
+    latency = statistics.median(lat)
+    return dict(accuracy=ev.accuracy, nfe=ev.nfe, tokens_per_step=tps, latency_ms=1000 * latency,
+                throughput_tok_s=statistics.median(thr), flops_per_token=flops / tokens,
+                bytes_per_token=moved / tokens, arithmetic_intensity=flops / moved,
+                achieved_gflops=flops / cfg["latency_n"] / latency / 1e9, settings=asdict(settings),
+                preds=ev.preds)
+
+
+def load_models(cfg, methods, device):
+    """The checkpoints the methods need, each of the right kind, all on the same data; the student
+    must come from this teacher."""
+    models = {}
+    for which in dict.fromkeys(m for name in methods for m in needs(name)):
+        key, mode = CHECKPOINTS[which]
+        models[which] = load_for_decoding(os.path.join(cfg[key], "ckpt.pt"), {}, device, mode, key)
+    data_meta = next(iter(models.values()))[1]["data_meta"]
+    for which, (_, ckpt, _) in models.items():
+        if not same_data(ckpt["data_meta"], data_meta):
+            raise CDLMError(f"--{CHECKPOINTS[which][0]}: that checkpoint was trained on other data than the others")
+    if "teacher" in models and "student" in models and \
+            models["student"][1]["teacher_hash"] != models["teacher"][1]["weights_hash"]:
+        raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than {cfg['teacher_dir']}")
+    return models
+
+
+def needs(name):
+    return (METHODS[name].model, "student") if name == "dlm_fewer_steps" else (METHODS[name].model,)
 
 
 def run(cfg):
+    cfg = check(config, cfg)
     device = pick_device(cfg["device"])
     dtype = pick_dtype(cfg["dtype"], device)
+    check_writable(os.path.dirname(os.path.abspath(cfg["out_path"])), "the directory of option out_path")
     torch.manual_seed(cfg["seed"])
-    methods = [m.strip() for m in cfg["methods"].split(",") if m.strip()]
-    known = ("ar", "dlm", "dlm_threshold", "dlm_fewer_steps", "cdlm")
-    bad = [m for m in methods if m not in known]
-    if bad:
-        raise SystemExit(f"config error: unknown method(s) {bad}; known: {', '.join(known)}")
-    models = {}
-    for name, key in (("teacher", "teacher_dir"), ("student", "student_dir"), ("ar", "ar_dir")):
-        need = {"teacher": {"dlm", "dlm_threshold", "dlm_fewer_steps"}, "student": {"cdlm", "dlm_fewer_steps"},
-                "ar": {"ar"}}[name]
-        if need & set(methods):
-            models[name] = load_model(os.path.join(cfg[key], "ckpt.pt"), device)
-    meta = next(iter(models.values()))[1]["data_meta"]
-    for name, (_, ckpt) in models.items():
-        if not same_data(ckpt["data_meta"], meta):
-            raise SystemExit(f"error: the {name} checkpoint was trained on other data (gen_len/prompt_len/tokenizer)")
-    data_dir = next(iter(models.values()))[1]["config"]["data_dir"]
+    methods = [m for m in METHODS if m in cfg["methods"]]
+    models = load_models(cfg, methods, device)
+    first = next(iter(models.values()))[1]
+    data_dir, meta = checkpoint_data(first, cfg["data_dir"])
     rows = load_split(data_dir, cfg["split"], meta)[:cfg["num_eval"]]
-    student_ckpt = models["student"][1] if "student" in models else None
-    threshold = cfg["threshold"] if cfg["threshold"] is not None else \
-        (student_ckpt["sampling"]["threshold"] if student_ckpt else 0.9)
-    plans = {
-        "ar": ("ar", dict(steps_per_block=1, threshold=None, use_cache=True, early_stop=True)),
-        "dlm": ("teacher", dict(steps_per_block=None, threshold=None, use_cache=False, early_stop=False)),
-        "dlm_threshold": ("teacher", dict(steps_per_block=None, threshold=threshold, use_cache=False, early_stop=True)),
-        "dlm_fewer_steps": ("teacher", None),  # filled in from the student's measured steps
-        "cdlm": ("student", dict(steps_per_block=None, threshold=threshold, use_cache=True, early_stop=True)),
-    }
-    order = [m for m in ("cdlm", "ar", "dlm", "dlm_threshold", "dlm_fewer_steps") if m in methods]
+    student = models.get("student")
+    threshold = cfg["threshold"] or (student[2].threshold if student else 0.9)
+    act_bytes = 4 if dtype == "float32" else 2
+    gflops, gbs = probe_machine(device)
     from tqdm import tqdm
-    results = {}
-    with tqdm(total=len(order) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
-        for name in order:
-            which, settings = plans[name]
-            model, ckpt = models[which]
+    results, cut = {}, None
+    with tqdm(total=len(methods) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
+        for name in methods:
+            model, ckpt, _ = models[METHODS[name].model]
             B = model.cfg.block_size
-            if name == "dlm":
-                settings = {**settings, "steps_per_block": B}
             if name == "dlm_fewer_steps":
                 if "cdlm" in results:
                     tps = results["cdlm"]["tokens_per_step"]
                 else:  # no cdlm run in this bench: measure the student's steps on the side
                     p = torch.as_tensor(rows[:cfg["batch_size"], :meta["prompt_len"]].astype("int64"), device=device)
-                    tps = mean_tokens_per_step(models["student"][0], meta, p, plans["cdlm"][1])
-                steps_per_block = round(B / tps)
-                settings = dict(steps_per_block=max(1, min(B, steps_per_block)), threshold=None, use_cache=False,
-                                early_stop=True)
+                    tps = mean_tokens_per_step(student[0], meta, p, METHODS["cdlm"].settings(B, threshold, None))
+                cut = max(1, min(B, round(B / tps)))
             bar.set_description(f"bench {name}")
-            results[name] = bench_method(model, meta, rows, settings, cfg, bar)
-    if "dlm" in results:
-        for r in results.values():
-            r["speedup_latency"] = results["dlm"]["latency_ms"] / r["latency_ms"]
-    report = dict(methods={m: results[m] for m in known if m in results},
+            results[name] = bench_method(model, meta, rows, METHODS[name].settings(B, threshold, cut), cfg,
+                                         act_bytes, bar)
+    for name, r in results.items():
+        ref = METHODS[name].reference
+        if ref in results:
+            r["differs_from_" + ref] = sum(a != b for a, b in zip(r["preds"], results[ref]["preds"])) / len(rows)
+        for base in ("dlm", "dlm_stop"):
+            if base in results:
+                r[f"speedup_latency_vs_{base}"] = results[base]["latency_ms"] / r["latency_ms"]
+                r[f"speedup_throughput_vs_{base}"] = r["throughput_tok_s"] / results[base]["throughput_tok_s"]
+    for r in results.values():
+        del r["preds"]
+    report = dict(methods=results,
                   settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=cfg["batch_size"],
                                 latency_n=cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,
                                 gen_len=meta["gen_len"], data_dir=data_dir),
-                  machine=dict(device=device, dtype=dtype,
+                  machine=dict(device=device, dtype=dtype, peak_gflops=gflops, peak_gb_s=gbs,
                                gpu=torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
                                threads=torch.get_num_threads(), torch=torch.__version__,
                                cpu=platform.processor() or platform.machine(), python=platform.python_version()))
     if cfg["sweep"]:
         with autocast(device, dtype):
-            report["sweep"] = sweep(models, meta, rows, cfg)
-    os.makedirs(os.path.dirname(cfg["out_path"]) or ".", exist_ok=True)
+            report["sweep"] = sweep(models, meta, rows, cfg, act_bytes)
     atomic_write_json(cfg["out_path"], report)
+    plots(report, cfg["out_path"])
     print(table(report))
     return report
 
 
-def sweep(models, meta, rows, cfg):
-    """Accuracy and latency of threshold decoding for the teacher and the student, per threshold."""
+def sweep(models, meta, rows, cfg, act_bytes):
+    """The teacher's and the student's threshold frontiers, and the student at other block sizes."""
     out = {}
-    for name, which, cache in (("dlm_threshold", "teacher", False), ("cdlm", "student", True)):
-        if which not in models:
-            continue
-        model = models[which][0]
-        out[name] = []
-        for th in cfg["sweep_thresholds"]:
-            s = dict(steps_per_block=None, threshold=th, use_cache=cache, early_stop=True)
-            r = bench_method(model, meta, rows, s, {**cfg, "repeats": 1})
-            out[name].append(dict(threshold=th, **{k: r[k] for k in ("accuracy", "nfe", "latency_ms", "tokens_per_step")}))
+    one = {**cfg, "repeats": 1}
+    for name in ("dlm_threshold", "cdlm"):
+        if METHODS[name].model in models:
+            model = models[METHODS[name].model][0]
+            s = METHODS[name].settings(model.cfg.block_size, None, None)
+            out[name] = [dict(threshold=th, **pick(bench_method(model, meta, rows, replace(s, threshold=th), one, act_bytes)))
+                         for th in cfg["sweep_thresholds"]]
+    if "student" in models:
+        model, _, s = models["student"]
+        trained, out["cdlm_block_size"] = model.cfg.block_size, []
+        for bs in (b for b in cfg["sweep_block_sizes"] if meta["gen_len"] % b == 0):
+            model.set_mask(block_size=bs)  # the student decoding with other blocks than it learned
+            out["cdlm_block_size"].append(dict(block_size=bs, **pick(bench_method(model, meta, rows,
+                                                                              replace(s, block_size=bs), one, act_bytes))))
+        model.set_mask(block_size=trained)
+    return out
+
+
+def pick(r):
+    return {k: r[k] for k in ("accuracy", "nfe", "latency_ms", "tokens_per_step")}
+
+
+def plots(report, out_path):
+    """The roofline (and the sweep's frontier) as PNGs next to out_path, when matplotlib is installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+    except ImportError:
+        return  # matplotlib is optional: the JSON has the same numbers
+    m, base = report["machine"], os.path.splitext(out_path)[0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ai = [r["arithmetic_intensity"] for r in report["methods"].values()]
+    xs = [min(ai + [1.0]) / 3, max(ai + [m["peak_gflops"] / m["peak_gb_s"]]) * 3]
+    knee = m["peak_gflops"] / m["peak_gb_s"]
+    ax.plot([xs[0], knee, xs[1]], [xs[0] * m["peak_gb_s"], m["peak_gflops"], m["peak_gflops"]], "k-", lw=1,
+            label=f"roof: {m['peak_gb_s']:.0f} GB/s, {m['peak_gflops']:.0f} GFLOP/s")
+    for name, r in report["methods"].items():
+        ax.plot(r["arithmetic_intensity"], r["achieved_gflops"], "o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte), batch 1",
+           ylabel="achieved GFLOP/s", title=f"decoding on {m['gpu'] or m['cpu']} ({m['dtype']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(base + "_roofline.png", dpi=120)
+    if "sweep" in report:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for name, pts in out.items():
+        for name, pts in report["sweep"].items():
             ax.plot([p["latency_ms"] for p in pts], [100 * p["accuracy"] for p in pts], "o-", label=name)
-        ax.set_xlabel("latency per answer at batch 1 (ms)")
-        ax.set_ylabel("exact match (%)")
+        ax.set(xlabel="latency per answer at batch 1 (ms)", ylabel="exact match (%)")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(os.path.splitext(cfg["out_path"])[0] + "_sweep.png", dpi=120)
-    except ImportError:
-        pass  # matplotlib is optional: the JSON has the same numbers
-    return out
+        fig.savefig(base + "_sweep.png", dpi=120)
 
 
 def table(report):
-    m = report["machine"]
+    m, s = report["machine"], report["settings"]
     where = f"{m['device']}" + (f" ({m['gpu']})" if m.get("gpu") else "") + f", {m['dtype']}, torch {m['torch']}"
-    lines = [f"{report['settings']['num_eval']} {report['settings']['split']} problems of "
-             f"{report['settings']['data_dir']} on {where}", "",
+    vs = lambda r, base: (f"{r[f'speedup_latency_vs_{base}']:.1f}x / {r[f'speedup_throughput_vs_{base}']:.1f}x"
+                          if f"speedup_latency_vs_{base}" in r else "-")
+    lines = [f"{s['num_eval']} {s['split']} problems of {s['data_dir']} on {where}; measured peaks "
+             f"{m['peak_gflops']:.0f} GFLOP/s, {m['peak_gb_s']:.1f} GB/s", "",
              "| method | exact match | NFE | tokens/step | latency (ms, batch 1) | throughput (tok/s, batch "
-             f"{report['settings']['batch_size']}) | latency speedup vs dlm |",
-             "|---|---|---|---|---|---|---|"]
+             f"{s['batch_size']}) | vs dlm (latency / throughput) | vs dlm_stop |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in report["methods"].items():
-        sp = f"{r['speedup_latency']:.1f}x" if "speedup_latency" in r else "-"
-        lines.append(f"| {name} | {100 * r['accuracy']:.1f}% | {r['nfe']:.1f} | {r['tokens_per_step']:.2f} | "
-                     f"{r['latency_ms']:.1f} | {r['throughput_tok_s']:,.0f} | {sp} |")
+        differ = next((f" ({100 * v:.1f}% differ)" for k, v in r.items() if k.startswith("differs_from_")), "")
+        lines.append(f"| {name} | {100 * r['accuracy']:.1f}%{differ} | {r['nfe']:.1f} | {r['tokens_per_step']:.2f} | "
+                     f"{r['latency_ms']:.1f} | {r['throughput_tok_s']:,.0f} | {vs(r, 'dlm')} | {vs(r, 'dlm_stop')} |")
+    lines += ["", "| method | MFLOP per token | KB moved per token | FLOP/byte | achieved GFLOP/s | % of peak |",
+              "|---|---|---|---|---|---|"]
+    for name, r in report["methods"].items():
+        lines.append(f"| {name} | {r['flops_per_token'] / 1e6:.2f} | {r['bytes_per_token'] / 1e3:.0f} | "
+                     f"{r['arithmetic_intensity']:.1f} | {r['achieved_gflops']:.2f} | "
+                     f"{100 * r['achieved_gflops'] / m['peak_gflops']:.1f}% |")
     return "\n".join(lines)
 
 
+def main(argv):
+    run(configure(config, argv))
+
+
 if __name__ == "__main__":
-    run(configure(config, sys.argv[1:]))
+    run_main(main)

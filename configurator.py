@@ -1,63 +1,206 @@
 """
-nanoGPT-style configuration: defaults live at the top of each script as a dict, a config file in
-config/ (plain Python assignments) overrides them, and --key=value overrides both.
+nanoGPT-style configuration with every option typed and range-checked.
+
+Each script declares its options at the top, one line each: the default, the type and the allowed
+values. A config file in config/ (plain Python assignments) overrides the defaults, and
+--key=value overrides both:
 
     python train.py config/train_teacher.py --max_iters=500 --device=cpu
 
-Unknown keys and values of the wrong type are refused with a message naming them.
+Every value is checked before any work starts, options whose default is None included:
+`--early_stop=no` is refused, never read as truthy. The repo's own errors (bad options, bad files,
+impossible settings) are one class, CDLMError, which each script's entry prints as one line and
+turns into exit status 2; any other exception keeps its traceback, because it is a bug.
 """
 import ast
+import math
 import os
+import sys
 
 
-class ConfigError(SystemExit):
-    """Raised for bad configuration; a SystemExit so scripts print one line, no traceback."""
-
-    def __init__(self, msg):
-        super().__init__(f"config error: {msg}")
+class CDLMError(Exception):
+    """A bad option, file or setting: reported in one line that names it, never as a traceback."""
 
 
-def _coerce(key, value, default):
-    if default is None or isinstance(value, type(default)):
+def run_main(main):
+    """A script's entry: main(argv), with the repo's own errors as one line and exit status 2."""
+    try:
+        main(sys.argv[1:])
+    except CDLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+class Option:
+    """An option's default and allowed values; None is allowed only where it is the default."""
+    kind = "value"
+
+    def __init__(self, default):
+        self.default = default
+
+    def parse(self, raw):
+        """The value of a --key=raw argument (before check)."""
+        try:
+            return ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw
+
+    def valid(self, value):
+        return True
+
+    def describe(self):
+        return self.kind
+
+    def check(self, key, value):
+        if value is None and self.default is None:
+            return None
+        v = self.coerce(value)
+        if v is None or not self.valid(v):
+            allowed = self.describe() + (" or None" if self.default is None else "")
+            raise CDLMError(f"option {key}={value!r}: expected {allowed}")
+        return v
+
+    def coerce(self, value):
         return value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigError(f"{key} must be {type(default).__name__} (default {default!r}), "
-                      f"got {type(value).__name__} {value!r}")
 
 
-def configure(defaults, argv):
-    """Return a copy of defaults updated by config files and --key=value arguments in argv."""
-    cfg = dict(defaults)
+class Interval:
+    """'[1, inf)', '(0, 1]': a range in the usual notation, printed back as written."""
+
+    def __init__(self, text):
+        self.text = text.strip()
+        lo, hi = self.text[1:-1].split(",")
+        self.lo, self.hi = float(lo), float(hi)
+        self.lo_closed, self.hi_closed = self.text[0] == "[", self.text[-1] == "]"
+
+    def __contains__(self, v):
+        above = v >= self.lo if self.lo_closed else v > self.lo
+        below = v <= self.hi if self.hi_closed else v < self.hi
+        return above and below
+
+
+class Int(Option):
+    kind = "int"
+
+    def __init__(self, default, within="(-inf, inf)"):
+        super().__init__(default)
+        self.within = Interval(within)
+
+    def coerce(self, value):
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def valid(self, value):
+        return value in self.within
+
+    def describe(self):
+        return f"{self.kind} in {self.within.text}"
+
+
+class Float(Int):
+    kind = "float"
+
+    def coerce(self, value):
+        if isinstance(value, str) and value.strip().lower() in ("inf", "-inf"):
+            value = float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+            return float(value)
+        return None
+
+
+class Bool(Option):
+    kind = "True or False"
+
+    def coerce(self, value):
+        return value if isinstance(value, bool) else None
+
+
+class Str(Option):
+    """Any non-empty string, such as a path; --out_dir=123 stays the string '123'."""
+    kind = "a non-empty string"
+
+    def parse(self, raw):
+        return None if raw == "None" else raw
+
+    def coerce(self, value):
+        return value if isinstance(value, str) and value else None
+
+
+class Choice(Str):
+    def __init__(self, default, *choices):
+        super().__init__(default)
+        self.choices = choices
+
+    def valid(self, value):
+        return value in self.choices
+
+    def describe(self):
+        return "one of " + ", ".join(repr(c) for c in self.choices)
+
+
+class List(Option):
+    """A list of items each checked by `item`; on the command line a Python list or a,b,c."""
+
+    def __init__(self, default, item, min_len=1):
+        super().__init__(default)
+        self.item, self.min_len = item, min_len
+
+    def parse(self, raw):
+        value = super().parse(raw)
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        return [self.item.parse(part) for part in raw.split(",")] if raw else []
+
+    def coerce(self, value):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list) or len(value) < self.min_len:
+            return None
+        items = [self.item.coerce(v) for v in value]
+        return None if any(v is None or not self.item.valid(v) for v in items) else items
+
+    def describe(self):
+        return f"a list of at least {self.min_len} item(s), each {self.item.describe()}"
+
+
+def defaults(spec):
+    """The plain default values of a script's options."""
+    return {k: opt.default for k, opt in spec.items()}
+
+
+def check(spec, cfg):
+    """Every key known and every value of its type and range; missing keys take their default."""
+    unknown = sorted(set(cfg) - set(spec))
+    if unknown:
+        raise CDLMError(f"unknown option(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(spec))})")
+    return {k: opt.check(k, cfg.get(k, opt.default)) for k, opt in spec.items()}
+
+
+def configure(spec, argv):
+    """The checked options of a script: its defaults, updated by config files and --key=value in argv."""
+    cfg = defaults(spec)
     for arg in argv:
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
-                raise ConfigError(f"config file {arg!r} not found")
+                raise CDLMError(f"config file {arg!r} not found")
             scope = {}
             try:
                 with open(arg) as f:
                     exec(compile(f.read(), arg, "exec"), {}, scope)
-            except Exception as e:  # a config file is user code: report where it broke
-                raise ConfigError(f"{arg}: {type(e).__name__}: {e}")
+            except Exception as e:  # a config file is user code: say where it broke, in one line
+                raise CDLMError(f"config file {arg}: {type(e).__name__}: {e}")
             for key, value in scope.items():
                 if key.startswith("_") or callable(value) or type(value).__name__ == "module":
                     continue
-                if key not in cfg:
-                    raise ConfigError(f"unknown key {key!r} in {arg}")
-                cfg[key] = _coerce(key, value, cfg[key])
-        else:
-            key, eq, raw = arg[2:].partition("=")
-            if key not in cfg:
-                raise ConfigError(f"unknown key {key!r} (known: {', '.join(sorted(cfg))})")
-            if not eq:
-                if not (isinstance(cfg[key], bool) or cfg[key] is None):
-                    raise ConfigError(f"expected --{key}=value, got {arg!r}")
-                raw = "True"  # a bare --flag switches a boolean on
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw  # a bare string such as --device=cpu
-            if isinstance(cfg[key], str) and not isinstance(value, str):
-                value = raw  # --out_dir=123 is still a path
-            cfg[key] = _coerce(key, value, cfg[key])
+                if key not in spec:
+                    raise CDLMError(f"unknown option {key!r} in {arg}")
+                cfg[key] = spec[key].check(key, value)
+            continue
+        key, eq, raw = arg[2:].partition("=")
+        if key not in spec:
+            raise CDLMError(f"unknown option {key!r} (known: {', '.join(sorted(spec))})")
+        if not eq:
+            if not isinstance(spec[key], Bool):
+                raise CDLMError(f"expected --{key}=value, got {arg!r}")
+            raw = "True"  # a bare --flag switches a boolean on
+        cfg[key] = spec[key].check(key, spec[key].parse(raw))
     return cfg

@@ -11,7 +11,12 @@ KV cache. The same weights serve three roles in CDLM (arXiv 2511.19269):
 
 Every sequence has the same layout (data/common.py): prompt_len prompt tokens (padded on the right), then
 gen_len answer tokens, so one precomputed (seq_len, seq_len) mask serves every row of a batch.
+
+The KV cache is exact for block_causal and causal models. For the bidirectional teacher it can only
+be an approximation (Fast-dLLM's prefix and dual caches, refreshed by the sampler), so it must be
+asked for as one.
 """
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -20,14 +25,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from configurator import CDLMError
+
 ATTN_MODES = ("bidirectional", "block_causal", "causal")
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 32
-    seq_len: int = 73        # prompt_len + gen_len
-    prompt_len: int = 17     # answers start here
+    # from the data (meta.json), so no defaults: a model is always built for one layout
+    vocab_size: int
+    seq_len: int             # prompt_len + gen_len
+    prompt_len: int          # answers start here
     block_size: int = 8      # diffusion block (used by the block_causal mask)
     n_layer: int = 4
     n_head: int = 4
@@ -64,13 +72,23 @@ class KVCache(nn.Module):
         shape = (batch_size, n_head, seq_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.filled = 0  # positions 0..filled hold keys and values
 
     def update(self, start, k, v):
-        """Write k, v (B, nh, t, hd) at positions start..start+t; return keys and values 0..start+t."""
+        """
+        Write k, v (B, nh, t, hd) at positions start..start+t; return every key and value written so
+        far. For an exact cache that is 0..start+t; a dual cache also returns the masked suffix
+        written at the block's refresh.
+        """
         end = start + k.size(2)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hd)
+        self.filled = max(self.filled, end)
+        return self.k[:, :, :self.filled], self.v[:, :, :self.filled]  # (B, nh, filled, hd)
+
+    def keep(self, rows):
+        """Drop finished rows: rows (b,) are the indices to keep."""
+        self.k, self.v = self.k[rows], self.v[rows]
 
 
 class SelfAttention(nn.Module):
@@ -135,13 +153,23 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def set_attn(self, mode):
-        """Switch the mask, e.g. to make a block_causal student from a bidirectional teacher."""
-        self.cfg.attn = mode
-        self.mask = attention_mask(mode, self.cfg.seq_len, self.cfg.prompt_len,
+    def set_mask(self, attn=None, block_size=None):
+        """Rebuild the mask, e.g. to decode a block_causal student with another block size (the
+        weights do not depend on it)."""
+        self.cfg.attn = attn or self.cfg.attn
+        self.cfg.block_size = block_size or self.cfg.block_size
+        self.mask = attention_mask(self.cfg.attn, self.cfg.seq_len, self.cfg.prompt_len,
                                    self.cfg.block_size).to(self.mask.device)
 
-    def setup_cache(self, batch_size):
+    def setup_cache(self, batch_size, approximate=False):
+        """
+        Allocate a KV cache for every layer. Exact for block_causal and causal models; a
+        bidirectional model's keys change whenever any token does, so its cache is an
+        approximation that must be asked for (approximate=True) and refreshed by the caller.
+        """
+        if self.cfg.attn == "bidirectional" and not approximate:
+            raise ValueError("a bidirectional model has no exact KV cache (its keys change with every "
+                             "token); ask for an approximate one with setup_cache(..., approximate=True)")
         p = self.lm_head.weight
         hd = self.cfg.n_embd // self.cfg.n_head
         # under autocast, keys and values come out in the autocast dtype: store them as they are
@@ -154,6 +182,10 @@ class Transformer(nn.Module):
         for b in self.blocks:
             b.attn.cache = None
 
+    def keep_cache_rows(self, rows):
+        for b in self.blocks:
+            b.attn.cache.keep(rows)
+
     def forward(self, idx, start=None, return_hidden=False):
         """
         idx: (B, T) tokens. Without start: one uncached pass over positions 0..T.
@@ -164,6 +196,8 @@ class Transformer(nn.Module):
         s = 0 if start is None else start
         if s + T > self.cfg.seq_len:
             raise ValueError(f"positions {s}..{s + T} exceed seq_len={self.cfg.seq_len}")
+        if start is not None and self.blocks[0].attn.cache is None:
+            raise ValueError("forward(start=...) reads the KV cache: call setup_cache() first")
         pos = torch.arange(s, s + T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
         mask = None if self.cfg.attn == "bidirectional" else self.mask[s:s + T, :s + T]  # (T, s+T)
@@ -175,32 +209,98 @@ class Transformer(nn.Module):
 
 
 # -----------------------------------------------------------------------------
+# LoRA (Hu et al. 2021): the CDLM student is trained with low-rank adapters on the attention and MLP
+# projections while the teacher's weights stay frozen (CDLM Sec. 4.2, as its authors train it)
+
+class LoRALinear(nn.Module):
+    """y = W x + b + (alpha / rank) B A x with W and b frozen; B starts at zero, so training starts
+    exactly from the teacher."""
+
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        base.requires_grad_(False)
+        self.A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initializes its weight
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.A.T) @ self.B.T * self.scale
+
+    def merged_weight(self):
+        return self.base.weight + self.scale * self.B @ self.A  # (out, in)
+
+
+def lora_targets(model):
+    """(parent module, attribute) of every attention and MLP projection."""
+    for b in model.blocks:
+        yield from ((b.attn, "qkv"), (b.attn, "proj"), (b.mlp, "0"), (b.mlp, "2"))
+
+
+def add_lora(model, rank, alpha):
+    """Freeze every weight and put adapters on the attention and MLP projections."""
+    model.requires_grad_(False)
+    for parent, name in lora_targets(model):
+        setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha))
+    return model
+
+
+def merged_state_dict(model):
+    """The weights with any adapters merged in, under the plain model's names: what sampling loads."""
+    sd = model.state_dict()
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            sd = {k: v for k, v in sd.items() if not k.startswith(name + ".")}
+            sd[name + ".weight"], sd[name + ".bias"] = m.merged_weight().detach(), m.base.bias.detach()
+    return sd
+
+
+# -----------------------------------------------------------------------------
 # checkpoints: plain dicts of tensors and builtins, so torch.load(weights_only=True) reads them
+
+KINDS = {"dlm": "teacher", "cdlm": "student", "ar": "AR baseline"}  # training mode -> what it makes
+CKPT_KEYS = ("model_config", "model", "config", "data_meta", "sampling", "iter_num", "weights_hash")
+
+
+def weights_hash(state_dict):
+    """A short fingerprint of the weights: trajectories and students record their teacher's."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous().reshape(-1)
+        h.update(k.encode() + str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
 
 def save_checkpoint(ckpt, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written ckpt.pt
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written ckpt.pt
+    except OSError as e:  # disk full, permissions: the previous checkpoint is still whole
+        raise CDLMError(f"cannot write checkpoint {path}: {e.strerror or e} (the previous one, if any, is intact)")
 
 
-def read_checkpoint(path, device="cpu"):
-    """The checkpoint dict, or a one-line error naming the file."""
+def read_checkpoint(path, device="cpu", mode=None, option="out_dir"):
+    """The checkpoint dict, or a one-line error naming the file; `mode` requires a kind (dlm/cdlm/ar)."""
     if not os.path.isfile(path):
-        raise SystemExit(f"error: no checkpoint at {path} (train one first, or check --out_dir)")
+        raise CDLMError(f"no checkpoint at {path} (train one first, or check --{option})")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:200]}")
-    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
-        raise SystemExit(f"error: {path} is not a checkpoint of this repo (no model_config/model)")
+        raise CDLMError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:200]}")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS):
+        raise CDLMError(f"{path} is not a checkpoint of this version of the repo (needs {', '.join(CKPT_KEYS)})")
+    have = ckpt["config"]["mode"]
+    if mode is not None and have != mode:
+        raise CDLMError(f"--{option}: {path} holds a {KINDS[have]} ({have}); this needs a {KINDS[mode]} ({mode})")
     return ckpt
 
 
-def load_model(path, device="cpu"):
+def load_model(path, device="cpu", mode=None, option="out_dir"):
     """Rebuild the model from a checkpoint alone; returns (model in eval mode, checkpoint dict)."""
-    ckpt = read_checkpoint(path, device)
+    ckpt = read_checkpoint(path, device, mode, option)
     model = Transformer(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
-

@@ -1,70 +1,119 @@
 """
-Block-wise decoding for every model in this repo: one loop whose parts are switched by arguments.
+Block-wise decoding for every model in this repo: one loop whose parts are switched by settings.
 
-    python sample.py --out_dir=out/teacher --prompt="a7b3c9d2e5="          # one answer
-    python sample.py --out_dir=out/teacher --prompt="a7b3c9d2e5=" --show   # watch masks fill in
-    python sample.py --out_dir=out/student --eval --num_eval=500            # exact match + NFE
+    python sample.py --out_dir=out/teacher --prompt="5:+3*7+2*4+1="          # one answer
+    python sample.py --out_dir=out/teacher --prompt="5:+3*7+2*4+1=" --show   # watch masks fill in
+    python sample.py --out_dir=out/student --eval --num_eval=500              # exact match + NFE
 
 The answer is split into blocks of block_size, decoded left to right (semi-autoregressive, as in
-LLaDA). Inside a block, every step predicts all masked positions at once and finalizes some:
-  - a fixed count per step, the most confident first: low-confidence remasking (LLaDA, Alg. 5);
+LLaDA). Inside a block, every step predicts all masked positions at once and finalizes some; the
+rest stay masked for the next step ("low-confidence remasking", LLaDA Alg. 5: what is remasked is
+the model's proposals for the positions it is least sure of):
+  - a fixed count per step, the most confident first (LLaDA);
   - or every masked token whose confidence is at least `threshold`, and always at least one
     (Fast-dLLM's parallel decoding, used for CDLM inference in Sec. 4.3).
-With `use_cache` (block_causal or causal models only), the prompt and finished blocks are served
-from the KV cache and a step recomputes only the current block. With `early_stop`, a row whose
-finished text contains EOS stops; the rest of its answer is EOS.
+Caches: `exact` for block_causal and causal models (the prompt and finished blocks come from the
+cache; a step recomputes only the current block); `prefix` and `dual` are Fast-dLLM's approximate
+caches for the bidirectional teacher, refreshed at each block. With `early_stop`, a row whose
+finished text contains EOS stops and leaves the batch; the rest of its answer is EOS.
 """
 import json
 import os
 import sys
 import time
-from contextlib import nullcontext
+import typing
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-from configurator import configure
-from data.common import encode_prompt, exact_match, get_tokenizer, load_split
+from configurator import Bool, CDLMError, Float, Int, Str, configure, run_main
+from data.common import checkpoint_data, encode_prompt, exact_match, get_tokenizer, load_split
 from model import load_model
+from runtime import autocast, pick_device, pick_dtype
 
-config = dict(
-    out_dir="out/teacher",    # the checkpoint to sample: {out_dir}/ckpt.pt
-    prompt="",                # decode this prompt and print the answer
-    show=False,               # print the answer after every step
-    eval=False,               # score on a data split instead
-    split="test",
-    num_eval=500,
-    batch_size=64,
-    # decoding; None takes the checkpoint's own defaults (stored by train.py)
-    steps_per_block=None,     # fixed count: block_size / steps_per_block tokens per step
-    threshold=None,           # confidence threshold (used when steps_per_block is None)
-    use_cache=None,
-    early_stop=None,
-    temperature=0.0,          # 0 is greedy; >0 samples with Gumbel noise in float64
-    seed=1337,
-    device="auto",
-    dtype="auto",             # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
-)
+CACHES = ("none", "exact", "prefix", "dual")
+
+
+@dataclass
+class DecodeSettings:
+    """
+    How to decode: the settings that travel together. Stored in every checkpoint ('sampling', with
+    asdict) as the model's defaults, overridden by sample.py's options, set per method by bench.py.
+    """
+    block_size: int                          # answer positions decoded together, left to right
+    steps_per_block: Optional[int] = None    # fixed count: block_size / steps_per_block tokens a step
+    threshold: Optional[float] = None        # or every token at least this confident (Sec. 4.3)
+    cache: str = "none"                      # one of CACHES
+    refresh: str = "block"                   # approximate caches: recompute all at each 'block' or 'step'
+    early_stop: bool = False                 # a row stops after the block that holds its EOS
+    temperature: float = 0.0                 # 0 is greedy; > 0 samples (Gumbel-max in float64)
+
+    def check(self, attn, gen_len):
+        """A one-line error, naming the option, for settings this model and layout cannot decode."""
+        def bad(key, allowed):
+            raise CDLMError(f"option {key}={getattr(self, key)!r}: {allowed}")
+        if self.block_size < 1 or gen_len % self.block_size:
+            bad("block_size", f"expected a divisor of gen_len={gen_len}")
+        if attn == "causal" and self.block_size != 1:
+            bad("block_size", "an autoregressive model decodes one token at a time (block_size=1)")
+        if (self.steps_per_block is None) == (self.threshold is None):
+            raise CDLMError("give exactly one of steps_per_block and threshold")
+        if self.steps_per_block is not None and not 1 <= self.steps_per_block <= self.block_size:
+            bad("steps_per_block", f"expected an int in [1, block_size={self.block_size}]")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            bad("threshold", "expected a float in (0, 1]")
+        if self.cache not in CACHES:
+            bad("cache", f"expected one of {', '.join(CACHES)}")
+        if self.cache == "exact" and attn == "bidirectional":
+            bad("cache", "a bidirectional model has no exact cache (use 'prefix' or 'dual', approximate)")
+        if self.cache in ("prefix", "dual") and attn != "bidirectional":
+            bad("cache", f"a {attn} model's cache is exact: use 'exact'")
+        if self.refresh not in ("block", "step"):
+            bad("refresh", "expected 'block' or 'step'")
+        if not self.temperature >= 0:
+            bad("temperature", "expected a float in [0, inf)")
+        return self
+
+
+def decode_options():
+    """sample.py's options for DecodeSettings: one per field, typed by it; None keeps the checkpoint's."""
+    kinds = {int: Int, float: Float, bool: Bool, str: Str}
+    base = lambda t: next(a for a in typing.get_args(t) if a is not type(None)) if typing.get_args(t) else t
+    return {f.name: kinds[base(f.type)](None) for f in fields(DecodeSettings)}
+
+
+def decode_settings(ckpt, overrides):
+    """The checkpoint's stored decoding settings, updated by the non-None overrides."""
+    stored = DecodeSettings(**ckpt["sampling"])
+    s = {**asdict(stored), **{k: v for k, v in overrides.items() if v is not None}}
+    if overrides.get("steps_per_block") is not None:
+        s["threshold"] = None
+    elif overrides.get("threshold") is not None:
+        s["steps_per_block"] = None
+    elif stored.steps_per_block == stored.block_size:  # one token per step stays one per step
+        s["steps_per_block"] = s["block_size"]
+    return DecodeSettings(**s).check(ckpt["model_config"]["attn"], ckpt["data_meta"]["gen_len"])
 
 
 def tokens_per_step(block_size, steps_per_block):
     """How many tokens each of the steps_per_block steps of a block finalizes (sums to block_size)."""
-    if not 1 <= steps_per_block <= block_size:
-        raise ValueError(f"steps_per_block must be in 1..{block_size}, got {steps_per_block}")
     base, extra = divmod(block_size, steps_per_block)
     return [base + (i < extra) for i in range(steps_per_block)]
 
 
 def predict(logits, temperature=0.0, generator=None):
     """Proposed token and its confidence (probability under the model) at every position."""
-    logits = logits.double()  # Gumbel-max in float64: low precision noise hurts quality (LLaDA)
     if temperature > 0:
+        logits = logits.double()  # Gumbel-max in float64: low precision noise hurts quality (LLaDA)
         u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
         pred = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
-    else:
-        pred = logits.argmax(-1)  # (B, L)
-    conf = F.softmax(logits, dim=-1).gather(-1, pred[..., None])[..., 0]  # (B, L)
-    return pred, conf
+        return pred, logits.log_softmax(-1).gather(-1, pred[..., None])[..., 0].exp()
+    # greedy: the top token's probability is exp(top - logsumexp); float32 is plenty for ranking
+    logits = logits.float()
+    top, pred = logits.max(-1)  # (B, L)
+    return pred, (top - logits.logsumexp(-1)).exp()
 
 
 def select_tokens(conf, k=None, threshold=None):
@@ -79,106 +128,130 @@ def select_tokens(conf, k=None, threshold=None):
     else:
         rank = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0 = most confident
         pick = rank < k
-    best = F.one_hot(conf.argmax(dim=1), conf.size(1)).bool()  # (B, L)
+    best = torch.zeros_like(eligible).scatter_(1, conf.argmax(dim=1, keepdim=True), True)  # (B, L)
     return eligible & (pick | best)
 
 
+class Decoded(NamedTuple):
+    tokens: torch.Tensor                   # (B, gen_len) the answers
+    nfe: torch.Tensor                      # (B,) forward passes each row took part in
+    step: Optional[torch.Tensor] = None    # (B, gen_len) with record: the step each position was finalized
+    hidden: Optional[torch.Tensor] = None  # (B, gen_len, C) with record: its last hidden state then
+
+
+class Step(NamedTuple):
+    """What on_step sees after each step (traces and replays), for the rows still decoding."""
+    tokens: torch.Tensor   # (b, gen_len) their answers so far, MASK where not final
+    rows: torch.Tensor     # (b,) their indices in the batch (finished rows have left it)
+    block: int             # the block being decoded: answer positions block*bs .. (block+1)*bs
+    picked: torch.Tensor   # (b, bs) finalized at this step
+    pred: torch.Tensor     # (b, bs) this step's proposals
+    conf: torch.Tensor     # (b, bs) their confidence, -inf where the position was already final
+    nfe: torch.Tensor      # (b,) forward passes so far
+    lo: int                # this pass computed sequence positions lo..hi; the rest came from the
+    hi: int                # cache (without a cache: 0..seq_len)
+
+
 @torch.no_grad()
-def generate(model, prompt, gen_len, block_size, mask_id, eos_id, steps_per_block=None,
-             threshold=None, use_cache=False, early_stop=False, temperature=0.0, generator=None,
-             record=False, on_step=None):
+def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, init=None, record=False,
+             on_step=None):
     """
-    Decode answers for a batch of padded prompts (B, prompt_len).
-    Returns (tokens (B, gen_len), nfe (B,)): nfe counts the forward passes each row took part in.
-    With record=True also returns, per answer position, the step at which it was finalized and
-    the last hidden state at that step (the trajectory collect.py stores, CDLM Sec. 4.1).
+    Decode answers for a batch of padded prompts (B, prompt_len) with DecodeSettings `settings`.
+    `init` (B, gen_len) starts from a partial answer (MASK where to decode; infilling), else all MASK.
+    With record=True also the step at which each answer position was finalized and the last hidden
+    state then: the trajectory collect.py stores (CDLM Sec. 4.1).
     """
-    if gen_len % block_size:
-        raise ValueError(f"gen_len={gen_len} must be a multiple of block_size={block_size}")
-    if (steps_per_block is None) == (threshold is None):
-        raise ValueError("give exactly one of steps_per_block and threshold")
-    if use_cache and model.cfg.attn == "bidirectional":
-        raise ValueError("a bidirectional model cannot use an exact KV cache")
-    if model.cfg.attn != "bidirectional" and model.cfg.block_size != block_size:
-        raise ValueError(f"model's mask uses block_size={model.cfg.block_size}, decoding asks {block_size}")
+    st = settings.check(model.cfg.attn, gen_len)
+    if model.cfg.attn == "block_causal" and model.cfg.block_size != st.block_size:
+        raise CDLMError(f"option block_size={st.block_size}: the model's mask has blocks of "
+                        f"{model.cfg.block_size} (rebuild it with model.set_mask(block_size=...))")
     B, P = prompt.shape
+    T, bs = P + gen_len, st.block_size
     # a causal model predicts position p from the logits at p-1 (AR decoding is this loop with
     # block_size 1 and that one-position shift)
     shift = 1 if model.cfg.attn == "causal" else 0
-    counts = tokens_per_step(block_size, steps_per_block) if steps_per_block else None
-    x = torch.cat([prompt, prompt.new_full((B, gen_len), mask_id)], dim=1)  # (B, P+gen_len)
+    counts = tokens_per_step(bs, st.steps_per_block) if st.steps_per_block else None
+    answer = prompt.new_full((B, gen_len), mask_id) if init is None else init.clone()
+    x = torch.cat([prompt, answer], dim=1)  # (b, T): the rows still decoding
+    rows = torch.arange(B, device=x.device)  # their indices in the batch
+    out, nfe_out = answer, torch.zeros(B, dtype=torch.long, device=x.device)
     nfe = torch.zeros(B, dtype=torch.long, device=x.device)
-    done = torch.zeros(B, dtype=torch.bool, device=x.device)
     if record:
         step_of = torch.full((B, gen_len), -1, dtype=torch.long, device=x.device)
         hidden = torch.zeros(B, gen_len, model.cfg.n_embd, device=x.device)
-    if use_cache:
-        model.setup_cache(B)
-    cached_to, step = 0, 0  # the cache holds exact keys/values for positions < cached_to
-    for blk in range(gen_len // block_size):
-        s, e = P + blk * block_size, P + (blk + 1) * block_size
-        for i in range(block_size):
-            masked = x[:, s:e] == mask_id  # (B, block_size)
-            active = masked.any(1) & ~done  # (B,)
-            if not active.any():
-                break
-            # the first cached step of a block also writes the finished tokens before it (the
-            # prompt, or the previous block) into the cache: no separate prefill or commit pass
-            lo = cached_to if use_cache else 0
-            logits, h = model(x[:, lo:e] if use_cache else x, start=lo if use_cache else None, return_hidden=True)
-            logits = logits[:, s - shift - lo:e - shift - lo]  # (B, block_size, V)
-            h = h[:, s - shift - lo:e - shift - lo]  # (B, block_size, C)
-            cached_to = s if use_cache else 0
-            logits[..., mask_id] = float("-inf")  # never propose MASK itself
-            pred, conf = predict(logits, temperature, generator)  # (B, block_size)
-            conf = conf.masked_fill(~(masked & active[:, None]), float("-inf"))
-            pick = select_tokens(conf, k=counts[i] if counts else None, threshold=threshold)
-            x[:, s:e] = torch.where(pick, pred, x[:, s:e])
-            nfe += active
-            if record:
-                step_of[:, s - P:e - P][pick] = step
-                hidden[:, s - P:e - P][pick] = h[pick].float()
-            step += 1
-            if on_step is not None:
-                on_step(x[:, P:])
-        if early_stop:
-            # a row is finished once EOS is final and everything before it is final: here all of
-            # x[:, P:e] is final, so any EOS in it ends the row
-            done |= (x[:, P:e] == eos_id).any(1)
-            x[:, e:] = torch.where(done[:, None], torch.full_like(x[:, e:], eos_id), x[:, e:])
-            if done.all():
-                break
-    if use_cache:
+    if st.cache != "none":
+        model.setup_cache(B, approximate=st.cache != "exact")
+    try:
+        cached_to, step = 0, 0  # an exact cache holds final keys/values for positions < cached_to
+        for blk in range(gen_len // bs):
+            s, e = P + blk * bs, P + (blk + 1) * bs
+            for i in range(bs):  # each step finalizes at least one token of the block
+                masked = x[:, s:e] == mask_id  # (b, bs)
+                active = masked.any(1)  # (b,)
+                if not active.any():
+                    break
+                # the positions this pass computes: all of them without a cache or at an approximate
+                # cache's refresh; else what the cache lacks. An exact cache's first step of a block
+                # also writes the block before it, now final: no separate prefill or commit pass.
+                if st.cache == "exact":
+                    lo, hi = cached_to, e
+                elif st.cache == "none" or i == 0 or st.refresh == "step":
+                    lo, hi = 0, T
+                else:
+                    lo, hi = s, e if st.cache == "dual" else T
+                logits, h = model(x[:, lo:hi], start=None if st.cache == "none" else lo, return_hidden=True)
+                logits = logits[:, s - shift - lo:e - shift - lo]  # (b, bs, V)
+                cached_to = s
+                logits[..., mask_id] = float("-inf")  # never propose MASK itself
+                pred, conf = predict(logits, st.temperature, generator)  # (b, bs)
+                conf = conf.masked_fill(~(masked & active[:, None]), float("-inf"))
+                pick = select_tokens(conf, k=counts[i] if counts else None, threshold=st.threshold)
+                x[:, s:e] = torch.where(pick, pred, x[:, s:e])
+                nfe += active
+                if record:
+                    step_of[rows, s - P:e - P] = torch.where(pick, step, step_of[rows, s - P:e - P])
+                    hb = h[:, s - shift - lo:e - shift - lo].float()  # (b, bs, C)
+                    hidden[rows, s - P:e - P] = torch.where(pick[..., None], hb, hidden[rows, s - P:e - P])
+                step += 1
+                if on_step is not None:
+                    on_step(Step(x[:, P:].clone(), rows, blk, pick, pred, conf, nfe.clone(), lo, hi))
+            if st.early_stop:
+                # a row is finished once EOS is final and everything before it is final: here all of
+                # x[:, P:e] is final, so any EOS in it ends the row, and the row leaves the batch
+                done = (x[:, P:e] == eos_id).any(1)  # (b,)
+                if done.any():
+                    x[done, e:] = eos_id
+                    out[rows[done]], nfe_out[rows[done]] = x[done, P:], nfe[done]
+                    keep = (~done).nonzero().flatten()
+                    x, rows, nfe = x[keep], rows[keep], nfe[keep]
+                    if st.cache != "none":
+                        model.keep_cache_rows(keep)
+                    if len(rows) == 0:
+                        break
+        out[rows], nfe_out[rows] = x[:, P:], nfe
+    finally:
         model.clear_cache()
     if record:
-        return x[:, P:], nfe, step_of, hidden
-    return x[:, P:], nfe
+        return Decoded(out, nfe_out, step_of, hidden)
+    return Decoded(out, nfe_out)
 
 
-def decode_settings(ckpt, overrides):
-    """The checkpoint's stored decoding defaults, updated by non-None overrides."""
-    s = dict(steps_per_block=None, threshold=None, use_cache=False, early_stop=False)
-    s.update(ckpt.get("sampling") or {})
-    s.update({k: v for k, v in overrides.items() if v is not None})
-    if overrides.get("steps_per_block") is not None:
-        s["threshold"] = None
-    elif overrides.get("threshold") is not None:
-        s["steps_per_block"] = None
-    if s["steps_per_block"] is None and s["threshold"] is None:
-        s["steps_per_block"] = ckpt["model_config"]["block_size"]  # one token per step
-    return s
+class Evaluation(NamedTuple):
+    accuracy: float
+    nfe: float              # mean forward passes per answer
+    preds: list             # decoded answers
+    correct: list           # per-problem booleans (paired comparisons between methods)
 
 
-def evaluate(model, meta, rows, settings, batch_size=64, temperature=0.0, seed=1337, progress=None):
-    """Decode the prompts of rows (n, seq_len); returns (accuracy, mean nfe, predicted answers)."""
+def evaluate(model, meta, rows, settings, batch_size=64, seed=1337, progress=None):
+    """Decode the prompts of rows (n, seq_len) and score them against their answers."""
     tok, P, gen_len = get_tokenizer(meta), meta["prompt_len"], meta["gen_len"]
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     preds, nfes, correct = [], [], []
     for i in range(0, len(rows), batch_size):
-        batch = torch.as_tensor(rows[i:i + batch_size].astype("int64"), device=device)
-        out, nfe = generate(model, batch[:, :P], gen_len, model.cfg.block_size, meta["mask_id"],
-                            meta["eos_id"], temperature=temperature, generator=gen, **settings)
+        batch = torch.as_tensor(np.asarray(rows[i:i + batch_size], dtype=np.int64), device=device)
+        out, nfe = generate(model, batch[:, :P], gen_len, meta["mask_id"], meta["eos_id"], settings, gen)[:2]
         texts = [tok.decode(r) for r in out.tolist()]
         truth = [tok.decode(r) for r in batch[:, P:].tolist()]
         correct += exact_match(texts, truth, meta["answer_marker"])
@@ -186,76 +259,69 @@ def evaluate(model, meta, rows, settings, batch_size=64, temperature=0.0, seed=1
         nfes += nfe.tolist()
         if progress is not None:
             progress.update(len(batch))
-    return sum(correct) / len(correct), sum(nfes) / len(nfes), preds
+    return Evaluation(sum(correct) / len(correct), sum(nfes) / len(nfes), preds, correct)
 
 
-def pick_device(device):
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+config = dict(
+    out_dir=Str("out/teacher"),         # the checkpoint to sample: {out_dir}/ckpt.pt
+    prompt=Str(None),                   # decode this prompt and print the answer
+    show=Bool(False),                   # print the answer after every step, with confidences
+    eval=Bool(False),                   # score on a data split instead
+    split=Str("test"),
+    num_eval=Int(500, "[1, inf)"),
+    batch_size=Int(64, "[1, inf)"),
+    data_dir=Str(None),                 # None: where the checkpoint's data was prepared
+    # decoding (DecodeSettings); None keeps the checkpoint's own setting, stored by train.py
+    **decode_options(),
+    seed=Int(1337, "[0, inf)"),
+    device=Str("auto"),
+    dtype=Str("auto"),                  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
+)
 
 
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def pick_dtype(dtype, device):
-    """'auto' is bfloat16 on a CUDA GPU that supports it (Ampere and later), else float32."""
-    if dtype == "auto":
-        cuda_bf16 = str(device).startswith("cuda") and torch.cuda.is_bf16_supported(including_emulation=False)
-        return "bfloat16" if cuda_bf16 else "float32"
-    if dtype not in DTYPES:
-        raise SystemExit(f"config error: dtype must be 'auto' or one of {DTYPES}, got {dtype!r}")
-    return dtype
-
-
-def autocast(device, dtype):
-    """Mixed precision for forward passes (weights stay float32); a no-op context in float32."""
-    if dtype == "float32":
-        return nullcontext()
-    return torch.autocast(device_type=str(device).split(":")[0], dtype=getattr(torch, dtype))
+def load_for_decoding(path, settings_overrides, device, mode=None, option="out_dir"):
+    """A checkpoint's model, its data meta and its decoding settings with the overrides applied;
+    a block_causal model's mask follows the decoding block size."""
+    model, ckpt = load_model(path, device, mode, option)
+    settings = decode_settings(ckpt, settings_overrides)
+    if model.cfg.attn == "block_causal":
+        model.set_mask(block_size=settings.block_size)
+    return model, ckpt, settings
 
 
 def main(argv):
     cfg = configure(config, argv)
     device = pick_device(cfg["device"])
     ctx = autocast(device, pick_dtype(cfg["dtype"], device))
+    if not cfg["eval"] and not cfg["prompt"]:
+        raise CDLMError("give --prompt=... or --eval")
     torch.manual_seed(cfg["seed"])
-    model, ckpt = load_model(os.path.join(cfg["out_dir"], "ckpt.pt"), device)
-    meta = ckpt["data_meta"]
-    tok = get_tokenizer(meta)
-    settings = decode_settings(ckpt, {k: cfg[k] for k in ("steps_per_block", "threshold", "use_cache", "early_stop")})
+    overrides = {f.name: cfg[f.name] for f in fields(DecodeSettings)}
+    model, ckpt, settings = load_for_decoding(os.path.join(cfg["out_dir"], "ckpt.pt"), overrides, device)
+    meta, tok = ckpt["data_meta"], get_tokenizer(ckpt["data_meta"])
     if cfg["eval"]:
         from tqdm import tqdm
-        data_dir = ckpt["config"]["data_dir"]
+        data_dir, _ = checkpoint_data(ckpt, cfg["data_dir"])
         rows = load_split(data_dir, cfg["split"], meta)[:cfg["num_eval"]]
         t0 = time.time()
         with tqdm(total=len(rows), desc=f"eval {cfg['split']}", file=sys.stderr) as bar, ctx:
-            acc, nfe, _ = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["temperature"],
-                                   cfg["seed"], bar)
-        print(f"{cfg['out_dir']} ({model.cfg.attn}) on {len(rows)} {cfg['split']} problems with {settings}: "
-              f"exact match {acc:.2%}, mean NFE {nfe:.1f}, {time.time() - t0:.1f}s")
-        print(json.dumps({"accuracy": acc, "n": len(rows), "nfe": nfe}))
+            ev = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["seed"], bar)
+        print(f"{cfg['out_dir']} ({model.cfg.attn}) on {len(rows)} {cfg['split']} problems with {asdict(settings)}: "
+              f"exact match {ev.accuracy:.2%}, mean NFE {ev.nfe:.1f}, {time.time() - t0:.1f}s")
+        print(json.dumps({"accuracy": ev.accuracy, "n": len(rows), "nfe": ev.nfe}))
         return
-    if not cfg["prompt"]:
-        raise SystemExit("error: give --prompt=... or --eval")
-    try:
-        ids = encode_prompt(tok, cfg["prompt"], meta["prompt_len"])
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    # --show: one line per step, '_' for a masked position, '.' for EOS
-    render = lambda ids: "".join("_" if i == tok.mask_id else "." if i == tok.eos_id else tok.decode([i]) for i in ids)
-    show = (lambda ans: print(render(ans[0].tolist()))) if cfg["show"] else None
+    ids = encode_prompt(tok, cfg["prompt"], meta["prompt_len"])
+    on_step = None
+    if cfg["show"]:
+        from show import LEGEND, step_line
+        print(LEGEND)
+        on_step = lambda ev: print(step_line(tok, meta, ev, 0))
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     with ctx:
-        out, nfe = generate(model, torch.tensor([ids], device=device), meta["gen_len"], model.cfg.block_size,
-                            meta["mask_id"], meta["eos_id"], temperature=cfg["temperature"], generator=gen,
-                            on_step=show, **settings)
+        out, nfe = generate(model, torch.tensor([ids], device=device), meta["gen_len"], meta["mask_id"],
+                            meta["eos_id"], settings, gen, on_step=on_step)[:2]
     print(f"{cfg['prompt']}{tok.decode(out[0].tolist())}    ({nfe.item()} forward passes)")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

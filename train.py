@@ -6,55 +6,70 @@ Training for the three models of this repo, switched by `mode`:
     python train.py config/train_ar.py         # mode='ar':   autoregressive baseline, causal
 
 Several processes: torchrun --standalone --nproc_per_node=2 train.py config/train_teacher.py
-(gloo on CPU, nccl on CUDA), as in nanoGPT.
+(gloo on CPU, nccl on CUDA), as in nanoGPT. A run killed at any point continues exactly with
+--init_from=resume: the checkpoint holds every random state and the data position.
 """
 import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configurator import configure
-from data.common import load_meta, load_split
-from model import ModelConfig, Transformer, read_checkpoint, save_checkpoint
+from configurator import Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, run_main
+from data.common import load_meta, load_split, same_data
+from data.trajectories import load_trajectory_sets
+from model import (ModelConfig, Transformer, add_lora, merged_state_dict, read_checkpoint, save_checkpoint,
+                   weights_hash)
+from runtime import check_writable, end_runtime, gather_objects, rng_state, set_rng_state, setup_runtime
+from sample import DecodeSettings
 
 config = dict(
-    mode="dlm",               # 'dlm' (teacher) | 'cdlm' (student) | 'ar'
-    out_dir="out/teacher",
-    data_dir="data/arithmetic",
-    init_from="scratch",      # 'scratch' | 'resume' (continue {out_dir}/ckpt.pt) | 'teacher' (cdlm)
+    mode=Choice("dlm", "dlm", "cdlm", "ar"),   # teacher | student | autoregressive baseline
+    out_dir=Str("out/teacher"),
+    data_dir=Str("data/arithmetic"),
+    init_from=Choice("scratch", "scratch", "resume", "teacher"),  # resume {out_dir}/ckpt.pt | teacher (cdlm)
     # model
-    n_layer=4, n_head=4, n_embd=128, dropout=0.0,
-    block_size=8,             # diffusion block; must match the block size used at inference
+    n_layer=Int(4, "[1, inf)"), n_head=Int(4, "[1, inf)"), n_embd=Int(128, "[1, inf)"),
+    dropout=Float(0.0, "[0, 1)"),
+    block_size=Int(8, "[1, inf)"),     # diffusion block; the student's mask and its trajectories use it
     # optimization
-    batch_size=64,
-    max_iters=2000,
-    learning_rate=1e-3,
-    min_lr=1e-4,
-    warmup_iters=100,
-    weight_decay=0.1,
-    beta1=0.9, beta2=0.99,
-    grad_clip=1.0,
-    eps=1e-3,                 # smallest mask ratio t of the diffusion objective
+    batch_size=Int(64, "[1, inf)"),
+    max_iters=Int(2000, "[1, inf)"),
+    learning_rate=Float(1e-3, "(0, inf)"),
+    min_lr=Float(1e-4, "[0, inf)"),
+    warmup_iters=Int(100, "[0, inf)"),
+    weight_decay=Float(0.1, "[0, inf)"),
+    beta1=Float(0.9, "[0, 1)"), beta2=Float(0.99, "[0, 1)"),
+    grad_clip=Float(1.0, "[0, inf)"),  # 0: no clipping
+    eps=Float(1e-3, "(0, 1)"),         # smallest mask ratio t of the diffusion objective
     # CDLM student (mode='cdlm', Sec. 4.2)
-    teacher_dir="out/teacher",  # the student starts from, and distills, this checkpoint
-    traj_dir="out/trajectories",
-    w_distill=1.0,
-    w_consist=0.5,
-    w_dlm=0.1,
-    threshold=0.9,            # decoding default stored with the student checkpoint
-    # logging
-    eval_interval=250,
-    eval_iters=20,
-    seed=1337,
-    device="auto",
-    dtype="auto",             # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
-    compile=False,            # torch.compile the model (PyTorch 2, mostly worth it on CUDA)
+    teacher_dir=Str("out/teacher"),    # the student starts from, and distills, this checkpoint
+    traj_dirs=List(["out/trajectories"], Str(None)),  # trajectory sets of that teacher (e.g. per temperature)
+    y_star=Choice("completion_plus", "random", "completion", "completion_plus"),  # see draw_states
+    dlm_noise=Choice("answer", "answer", "block"),  # the auxiliary DLM loss's noising: see noise_block
+    w_distill=Float(1.0, "[0, inf)"),
+    w_consist=Float(0.5, "[0, inf)"),
+    w_dlm=Float(0.1, "[0, inf)"),
+    lora_rank=Int(0, "[0, inf)"),      # > 0: LoRA adapters of this rank, teacher weights frozen; 0: full
+    lora_alpha=Float(16.0, "(0, inf)"),
+    threshold=Float(0.9, "(0, 1]"),    # decoding default stored with the student checkpoint
+    # logging and runtime
+    eval_interval=Int(250, "[1, inf)"),  # also the checkpoint interval
+    eval_iters=Int(20, "[1, inf)"),
+    seed=Int(1337, "[0, inf)"),
+    device=Str("auto"),
+    dtype=Str("auto"),                 # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
+    compile=Bool(False),               # torch.compile the model (PyTorch 2, mostly worth it on CUDA)
 )
+ATTN = {"dlm": "bidirectional", "cdlm": "block_causal", "ar": "causal"}
+# what a resumed run must share with the run it continues
+SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise")
 
 
 # -----------------------------------------------------------------------------
@@ -73,15 +88,32 @@ def noise_answers(x, prompt_len, mask_id, eps=1e-3, generator=None):
     return torch.where(masked, torch.full_like(x, mask_id), x), masked, t
 
 
-def diffusion_loss(logits, x0, masked, t, gen_len):
+def noise_block(x, prompt_len, block_size, mask_id, eps=1e-3, generator=None):
+    """
+    Block-wise noising, the states the block-causal student meets at inference (BD3-LM): per row
+    one answer block is noised with ratio t ~ U(eps, 1), earlier blocks stay clean, later blocks
+    are all MASK (the mask hides them anyway). Same returns as noise_answers; only the chosen
+    block's masked positions count in the loss.
+    """
+    B, T = x.shape
+    n_blocks = (T - prompt_len) // block_size
+    block = torch.randint(0, n_blocks, (B,), device=x.device, generator=generator)  # (B,)
+    xt, masked, t = noise_answers(x, prompt_len, mask_id, eps, generator)
+    pos_block = (torch.arange(T, device=x.device) - prompt_len).div(block_size, rounding_mode="floor")  # (T,)
+    masked = masked & (pos_block == block[:, None])  # (B, T)
+    later = (pos_block > block[:, None]) & (pos_block >= 0)
+    return torch.where(masked | later, torch.full_like(x, mask_id), x), masked, t
+
+
+def diffusion_loss(logits, x0, masked, t, n_positions):
     """
     Masked-diffusion loss (LLaDA Eq. 5 for SFT): cross-entropy on masked positions, weighted by
-    1/t. Each row's sum is divided by its answer length gen_len (not by the number of masked
-    tokens): with the 1/t weight this makes it an unbiased per-token estimate of the negative ELBO,
-    and long and short noise levels weigh the same per answer token.
+    1/t. Each row's sum is divided by the number of positions that could be masked (gen_len, or
+    block_size for block noising), not by how many were: with the 1/t weight this makes it an
+    unbiased per-token estimate of the negative ELBO, and every noise level weighs the same.
     """
     ce = F.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")  # (B, T)
-    per_row = (ce * masked).sum(1) / t / gen_len  # (B,)
+    per_row = (ce * masked).sum(1) / t / n_positions  # (B,)
     return per_row.mean()
 
 
@@ -107,41 +139,99 @@ def kl_loss(target_logits, logits, where):
     return (kl * where).sum() / where.sum().clamp_min(1)
 
 
-def distillation_loss(student_logits, teacher_logits, newly_unmasked):
+def distillation_loss(student_logits, teacher_logits, where):
     """
-    CDLM distillation (Sec. 4.2): on positions masked in y but finalized in y*, the student at y
-    matches the teacher's distribution at the step it finalized them, rebuilt from the stored
-    hidden state through the teacher's frozen LM head. Forward KL(teacher || student); the
-    denominator is the number of newly unmasked positions.
+    CDLM distillation (Sec. 4.2): at positions masked in y, the student at y matches the teacher's
+    distribution at the step the teacher finalized them, rebuilt from the stored hidden state
+    through the teacher's frozen LM head. Forward KL(teacher || student), averaged over `where`.
     """
-    return kl_loss(teacher_logits, student_logits, newly_unmasked)
+    return kl_loss(teacher_logits, student_logits, where)
 
 
-def consistency_loss(student_logits, target_logits, still_masked):
+def consistency_loss(student_logits, target_logits, where):
     """
-    CDLM consistency (Sec. 4.2): on positions still masked in the more informed state y*, the
-    student at y matches its own prediction at y*, a stop-gradient target as in consistency models.
-    The denominator is the number of still-masked positions.
+    CDLM consistency (Sec. 4.2): at positions still masked in a more informed state, the student at
+    y matches its own prediction there, a stop-gradient target as in consistency models.
     """
-    return kl_loss(target_logits.detach(), student_logits, still_masked)
+    return kl_loss(target_logits.detach(), student_logits, where)
 
 
-def trajectory_states(step, block, k, k_star, block_size):
+def final_after(step, block, k, block_size):
     """
-    Two states of one block along the teacher's trajectory (CDLM Sec. 4.2), for a batch:
-    step (B, L) is the step at which each answer position was finalized; in block b the teacher
-    finalized one token per step, at steps b*block_size ... b*block_size + block_size - 1.
-    y has the first k tokens of the block finalized, y* the first k_star > k. Earlier blocks are
-    clean, later ones masked (the block-causal student does not see them anyway).
-    Returns answer-position masks (B, L): visible in y, visible in y*, and the block's positions.
+    Answer positions (B, L) final once the teacher had finalized k tokens of block `block` (B,):
+    every earlier block and the block's first k in the teacher's order. step (B, L) is the step at
+    which the teacher finalized each position, one token per step, so block b's tokens carry steps
+    b*block_size .. b*block_size + block_size - 1 (CDLM Sec. 4.1).
     """
     pos_block = torch.arange(step.size(1), device=step.device) // block_size  # (L,)
     in_block = pos_block[None, :] == block[:, None]  # (B, L)
-    earlier = pos_block[None, :] < block[:, None]
     rank = step - block[:, None] * block_size  # (B, L): order of finalization inside the block
-    vis = earlier | (in_block & (rank < k[:, None]))
-    vis_star = earlier | (in_block & (rank < k_star[:, None]))
-    return vis, vis_star, in_block
+    return (pos_block[None, :] < block[:, None]) | (in_block & (rank < k[:, None]))
+
+
+class States(NamedTuple):
+    y: torch.Tensor        # (B, L) answer positions final in the student's state y
+    target: torch.Tensor   # (B, L) final in the consistency target's state (y* or y')
+    distill: torch.Tensor  # (B, L) positions with a teacher target
+    consist: torch.Tensor  # (B, L) positions with a consistency target
+
+
+def draw_states(step, block_size, y_star, generator=None):
+    """
+    One training state per row (CDLM Sec. 4.2): a block b ~ U, y = the block after k ~ U{0..B-1} of
+    its tokens are final (earlier blocks clean), and a later state after k2 ~ U{k+1..B} tokens.
+    The authors' words: distillation on "positions that become newly unmasked between an
+    intermediate state y and its block completion y*"; consistency aligns "the student's predictions
+    at state y with its own predictions at the more informed state y* for still-masked positions,
+    using a stop-gradient target". Read literally, nothing is still masked in a completion, so:
+      random           y* = the later state: distillation on the positions final in y* but not y,
+                       consistency on those still masked in y* (our first reading);
+      completion       y* = the completion: distillation on every position of the block masked in
+                       y (each against the teacher at the moment it finalized that token); no
+                       consistency term;
+      completion_plus  distillation as in completion, and consistency toward the later state,
+                       renamed y', on the positions still masked there (our inference: both
+                       sentences hold, each with its own y*).
+    """
+    B, L = step.shape
+    dev = step.device
+    block = torch.randint(0, L // block_size, (B,), device=dev, generator=generator)
+    k = torch.randint(0, block_size, (B,), device=dev, generator=generator)
+    k2 = k + 1 + (torch.rand(B, device=dev, generator=generator) * (block_size - k)).long()  # k+1..B
+    y, later = final_after(step, block, k, block_size), final_after(step, block, k2, block_size)
+    done = final_after(step, block, torch.full_like(k, block_size), block_size)  # the completion
+    still = done & ~later  # in the block and still masked in the later state
+    if y_star == "random":
+        return States(y, later, later & ~y, still)
+    return States(y, later, done & ~y, still if y_star == "completion_plus" else torch.zeros_like(still))
+
+
+def cdlm_losses(model, batch, states, teacher_head, mask_id, block_size, dlm_noise="answer", eps=1e-3,
+                generator=None, target_model=None, ctx=nullcontext()):
+    """
+    The three CDLM losses (Sec. 4.2) on a batch of trajectory rows: tensors prompt (B, P), tokens
+    (B, L) the teacher's answer, truth (B, L), hidden (B, L, C) the teacher's last hidden state at
+    each token's finalization; `states` from draw_states. Returns dict(distill, consist, dlm).
+    The student's pass at y and the DLM pass on noised ground truth share one forward.
+    """
+    prompt, tokens = batch["prompt"], batch["tokens"]
+    B, P = prompt.shape
+    as_state = lambda vis: torch.cat([prompt, torch.where(vis, tokens, mask_id)], 1)  # (B, T)
+    x0 = torch.cat([prompt, batch["truth"]], 1)
+    if dlm_noise == "block":
+        xt, masked, t = noise_block(x0, P, block_size, mask_id, eps, generator)
+    else:
+        xt, masked, t = noise_answers(x0, P, mask_id, eps, generator)
+    with ctx:
+        logits = model(torch.cat([as_state(states.y), xt]))  # (2B, T, V)
+        target = torch.zeros_like(logits[:B, P:])
+        if states.consist.any():  # a stop-gradient pass at the more informed state
+            with torch.no_grad():
+                target = (target_model or model)(as_state(states.target))[:, P:]
+    teacher_logits = batch["hidden"].float() @ teacher_head.T  # (B, L, V)
+    return dict(distill=distillation_loss(logits[:B, P:], teacher_logits, states.distill),
+                consist=consistency_loss(logits[:B, P:], target, states.consist),
+                dlm=diffusion_loss(logits[B:], x0, masked, t, block_size if dlm_noise == "block" else x0.size(1) - P))
 
 
 def get_lr(it, cfg):
@@ -153,197 +243,185 @@ def get_lr(it, cfg):
 
 
 def sampling_defaults(cfg):
-    """Decoding settings stored in the checkpoint: sample.py uses them unless told otherwise."""
+    """Decoding settings stored in the checkpoint: sample.py and bench.py use them unless told otherwise."""
     if cfg["mode"] == "cdlm":
-        return dict(threshold=cfg["threshold"], steps_per_block=None, use_cache=True, early_stop=True)
+        return DecodeSettings(cfg["block_size"], threshold=cfg["threshold"], cache="exact", early_stop=True)
     if cfg["mode"] == "ar":
-        return dict(steps_per_block=1, threshold=None, use_cache=True, early_stop=True)
-    return dict(steps_per_block=cfg["block_size"], threshold=None, use_cache=False, early_stop=False)
+        return DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True)
+    return DecodeSettings(cfg["block_size"], steps_per_block=cfg["block_size"])  # one token per step
 
 
 # -----------------------------------------------------------------------------
 
-def setup_runtime(cfg):
-    """
-    DDP (torchrun sets RANK), device, seed and autocast context; nanoGPT's recipe. A process
-    group that the caller already started is used as it is (and left for the caller to end).
-    Returns (ddp, rank, world, device, dtype, autocast context, whether we started the group).
-    """
-    import torch.distributed as dist
-    from sample import autocast, pick_device, pick_dtype
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    owns_group = ddp and not dist.is_initialized()
-    device = pick_device(cfg["device"])
-    rank, world = 0, 1
-    if ddp:
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(device)
-        if owns_group:
-            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(cfg["seed"] + rank)
-    dtype = pick_dtype(cfg["dtype"], device)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the float32 matmuls left over
-        torch.backends.cudnn.allow_tf32 = True
-    return ddp, rank, world, device, dtype, autocast(device, dtype), owns_group
-
-
-def end_runtime(ddp, owns_group):
-    """Every rank waits here until rank 0 has written its files; then the group we started ends."""
-    if ddp:
-        import torch.distributed as dist
-        dist.barrier()
-        if owns_group:
-            dist.destroy_process_group()
+def check_config(cfg):
+    """Options that only make sense together, and every file the run reads, before any work."""
+    cfg = check(config, cfg)
+    cfg["data_dir"] = os.path.abspath(cfg["data_dir"])  # checkpoints find their data from anywhere
+    mode = cfg["mode"]
+    if cfg["n_embd"] % cfg["n_head"]:
+        raise CDLMError(f"option n_embd={cfg['n_embd']} is not a multiple of n_head={cfg['n_head']}")
+    if cfg["min_lr"] > cfg["learning_rate"]:
+        raise CDLMError(f"option min_lr={cfg['min_lr']} is above learning_rate={cfg['learning_rate']}")
+    if cfg["init_from"] == ("scratch" if mode == "cdlm" else "teacher"):
+        raise CDLMError(f"option init_from={cfg['init_from']!r}: mode={mode!r} starts from "
+                        f"{'the teacher' if mode == 'cdlm' else 'scratch'} (or resumes)")
+    if mode != "cdlm" and cfg["lora_rank"]:
+        raise CDLMError(f"option lora_rank={cfg['lora_rank']}: LoRA is for the student (mode='cdlm')")
+    if mode == "cdlm" and cfg["w_distill"] + cfg["w_consist"] + cfg["w_dlm"] == 0:
+        raise CDLMError("options w_distill, w_consist and w_dlm are all 0: nothing to train")
+    meta = load_meta(cfg["data_dir"])
+    if mode != "ar" and meta["gen_len"] % cfg["block_size"]:
+        raise CDLMError(f"option block_size={cfg['block_size']}: gen_len={meta['gen_len']} of "
+                        f"{cfg['data_dir']} is not a multiple of it")
+    data = {s: load_split(cfg["data_dir"], s, meta) for s in ("train", "val")}
+    check_writable(cfg["out_dir"], "option out_dir")
+    return cfg, meta, data
 
 
 def train(cfg):
-    ddp, rank, world, device, dtype, ctx, owns_group = setup_runtime(cfg)
-    master = rank == 0
-    meta = load_meta(cfg["data_dir"])
-    data = {s: load_split(cfg["data_dir"], s, meta) for s in ("train", "val")}
-    P, gen_len = meta["prompt_len"], meta["gen_len"]
-    if gen_len % cfg["block_size"] and cfg["mode"] != "ar":
-        raise SystemExit(f"config error: gen_len={gen_len} of {cfg['data_dir']} is not a multiple of block_size={cfg['block_size']}")
+    cfg, meta, data = check_config(cfg)
+    rt = setup_runtime(cfg)
+    P, gen_len, mode = meta["prompt_len"], meta["gen_len"], cfg["mode"]
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-    iter_num, best_val = 0, float("inf")
-    attn = {"dlm": "bidirectional", "cdlm": "block_causal", "ar": "causal"}[cfg["mode"]]
-    init = None
+    iter_num, best_val, init, teacher = 0, float("inf"), None, None
+    if mode == "cdlm":
+        teacher = read_checkpoint(os.path.join(cfg["teacher_dir"], "ckpt.pt"), rt.device, "dlm", "teacher_dir")
+        if not same_data(teacher["data_meta"], meta):
+            raise CDLMError(f"the teacher in {cfg['teacher_dir']} was trained on other data than {cfg['data_dir']}")
+        traj = load_trajectory_sets(cfg["traj_dirs"], teacher["weights_hash"], gen_len, cfg["block_size"])
     if cfg["init_from"] == "resume":
-        init = read_checkpoint(ckpt_path, device)
+        init = read_checkpoint(ckpt_path, rt.device, mode, "out_dir")
+        changed = [k for k in SAME_ON_RESUME if init["config"].get(k) != cfg[k]]
+        if changed or not same_data(init["data_meta"], meta):
+            was = ", ".join(f"{k}={init['config'].get(k)!r}" for k in changed) or "other data"
+            raise CDLMError(f"cannot resume {ckpt_path}: it was trained with {was}")
+        if teacher is not None and init.get("teacher_hash") != teacher["weights_hash"]:
+            raise CDLMError(f"cannot resume {ckpt_path}: it was distilled from another teacher than {cfg['teacher_dir']}")
+        if len(init["rng"]) != rt.world:
+            raise CDLMError(f"cannot resume {ckpt_path} exactly: it ran on {len(init['rng'])} process(es), this on {rt.world}")
         mcfg = ModelConfig(**init["model_config"])
         iter_num, best_val = init["iter_num"], init["best_val_loss"]
     elif cfg["init_from"] == "teacher":
-        init = read_checkpoint(os.path.join(cfg["teacher_dir"], "ckpt.pt"), device)
-        mcfg = ModelConfig(**{**init["model_config"], "attn": attn, "block_size": cfg["block_size"]})
-    elif cfg["init_from"] == "scratch":
-        mcfg = ModelConfig(vocab_size=meta["vocab_size"], seq_len=P + gen_len, prompt_len=P,
-                           block_size=1 if cfg["mode"] == "ar" else cfg["block_size"],
-                           n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
-                           dropout=cfg["dropout"], attn=attn)
+        mcfg = ModelConfig(**{**teacher["model_config"], "attn": ATTN[mode], "block_size": cfg["block_size"]})
     else:
-        raise SystemExit(f"config error: init_from must be 'scratch', 'resume' or 'teacher', got {cfg['init_from']!r}")
-    if (mcfg.vocab_size, mcfg.seq_len, mcfg.prompt_len) != (meta["vocab_size"], P + gen_len, P):
-        raise SystemExit(f"config error: the checkpoint's vocab/seq_len/prompt_len do not match {cfg['data_dir']}")
-    model = Transformer(mcfg).to(device)
+        mcfg = ModelConfig(vocab_size=meta["vocab_size"], seq_len=P + gen_len, prompt_len=P,
+                           block_size=1 if mode == "ar" else cfg["block_size"], n_layer=cfg["n_layer"],
+                           n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], attn=ATTN[mode])
+    model = Transformer(mcfg).to(rt.device)
+    if cfg["init_from"] == "teacher":
+        model.load_state_dict(teacher["model"])
+    if cfg["lora_rank"]:
+        add_lora(model, cfg["lora_rank"], cfg["lora_alpha"])
     if init is not None:
-        model.load_state_dict(init["model"])
-    if cfg["mode"] == "cdlm":
-        from collect import load_trajectories
-        traj, _ = load_trajectories(cfg["traj_dir"], gen_len, cfg["block_size"], meta["vocab_size"])
-        teacher = init if cfg["init_from"] == "teacher" else \
-            read_checkpoint(os.path.join(cfg["teacher_dir"], "ckpt.pt"), device)
-        teacher_head = teacher["model"]["lm_head.weight"].float()  # (V, C), frozen
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
-                                  weight_decay=cfg["weight_decay"], fused=device.startswith("cuda"))
+        model.load_state_dict(init["lora_state"] if cfg["lora_rank"] else init["model"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
+                                  weight_decay=cfg["weight_decay"], fused=rt.device.startswith("cuda"))
     # float16 needs loss scaling to keep small gradients from flushing to zero; bf16 does not
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")
-    if cfg["init_from"] == "resume":
+    scaler = torch.amp.GradScaler(rt.device.split(":")[0], enabled=rt.dtype == "float16")
+    # every draw of the run comes from these two (and torch's global state, for dropout)
+    rng, gen = np.random.default_rng(cfg["seed"] + rt.rank), torch.Generator(rt.device).manual_seed(cfg["seed"] + rt.rank)
+    if init is not None:
         optimizer.load_state_dict(init["optimizer"])
-        if init.get("scaler"):
-            scaler.load_state_dict(init["scaler"])
+        scaler.load_state_dict(init["scaler"])
+        set_rng_state(init["rng"][rt.rank], rng, gen)
     raw_model = model
     if cfg["compile"]:
         model = torch.compile(model)
-    if ddp:
+    if rt.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device.startswith("cuda") else None)
-
-    rng = np.random.default_rng(cfg["seed"] + rank)
+        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if rt.device.startswith("cuda") else None)
 
     def get_batch(split):
         idx = np.sort(rng.integers(0, len(data[split]), cfg["batch_size"]))
-        return torch.as_tensor(data[split][idx].astype(np.int64), device=device)  # (B, T)
+        return torch.as_tensor(data[split][idx].astype(np.int64), device=rt.device)  # (B, T)
 
-    def compute_loss(x):
-        """Loss on a (B, T) batch of the data; for 'cdlm' the auxiliary DLM loss alone."""
-        if cfg["mode"] == "ar":
-            with ctx:
+    def data_loss(x):
+        """The loss on a (B, T) batch of the data; for 'cdlm' the auxiliary DLM loss alone."""
+        if mode == "ar":
+            with rt.ctx:
                 return ar_loss(model(x), x, P, meta["eos_id"])
-        xt, masked, t = noise_answers(x, P, meta["mask_id"], cfg["eps"])
-        with ctx:
+        xt, masked, t = noise_answers(x, P, meta["mask_id"], cfg["eps"], gen)
+        with rt.ctx:
             return diffusion_loss(model(xt), x, masked, t, gen_len)
 
-    def cdlm_losses():
-        """The three CDLM losses on a batch of trajectory states (Sec. 4.2)."""
-        idx = np.sort(rng.integers(0, len(traj["tokens"]), cfg["batch_size"]))
-        get = lambda k: torch.as_tensor(traj[k][idx].astype(np.int64 if k != "hidden" else np.float32), device=device)
-        prompt, tokens, step, truth = get("prompt"), get("tokens"), get("step"), get("truth")
-        bs, blk = len(idx), cfg["block_size"]
-        block = torch.randint(0, gen_len // blk, (bs,), device=device)
-        k = torch.randint(0, blk, (bs,), device=device)  # tokens of the block visible in y: 0..blk-1
-        k_star = k + 1 + (torch.rand(bs, device=device) * (blk - k)).long()  # in y*: k+1..blk
-        vis, vis_star, in_block = trajectory_states(step, block, k, k_star, blk)
-        y = torch.cat([prompt, torch.where(vis, tokens, meta["mask_id"])], 1)  # (bs, T)
-        y_star = torch.cat([prompt, torch.where(vis_star, tokens, meta["mask_id"])], 1)
-        x0 = torch.cat([prompt, truth], 1)
-        xt, masked, t = noise_answers(x0, P, meta["mask_id"], cfg["eps"])
-        with ctx:
-            logits = model(torch.cat([y, xt]))  # one pass for y and the DLM batch (bs*2, T, V)
-            with torch.no_grad():
-                target = raw_model(y_star)[:, P:]  # stop-gradient target at y*
-        logits_y = logits[:bs, P:]
-        teacher_logits = get("hidden") @ teacher_head.T  # (bs, L, V)
-        parts = dict(distill=distillation_loss(logits_y, teacher_logits, vis_star & ~vis),
-                     consist=consistency_loss(logits_y, target, in_block & ~vis_star),
-                     dlm=diffusion_loss(logits[bs:], x0, masked, t, gen_len))
-        loss = cfg["w_distill"] * parts["distill"] + cfg["w_consist"] * parts["consist"] + cfg["w_dlm"] * parts["dlm"]
-        return loss, parts
+    def student_loss():
+        batch = traj.batch(np.sort(rng.integers(0, traj.n, cfg["batch_size"])), rt.device)
+        states = draw_states(batch["step"], cfg["block_size"], cfg["y_star"], gen)
+        parts = cdlm_losses(model, batch, states, teacher_head, meta["mask_id"], cfg["block_size"], cfg["dlm_noise"],
+                            cfg["eps"], gen, raw_model, rt.ctx)
+        return sum(cfg[f"w_{k}"] * v for k, v in parts.items()), parts
 
     @torch.no_grad()
     def estimate_val():
         model.eval()
-        losses = [compute_loss(get_batch("val")).item() for _ in range(cfg["eval_iters"])]
+        losses = [data_loss(get_batch("val")).item() for _ in range(cfg["eval_iters"])]
         model.train()
         return sum(losses) / len(losses)
 
     def checkpoint():
-        save_checkpoint(dict(model_config=asdict(mcfg), model=raw_model.state_dict(),
-                             optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), iter_num=iter_num,
-                             best_val_loss=best_val,
-                             config=cfg, data_meta=meta, sampling=sampling_defaults(cfg)), ckpt_path)
+        states = gather_objects(rng_state(rng, gen), rt.world)  # every rank's, for an exact resume
+        if not rt.master:
+            return
+        weights = merged_state_dict(raw_model)
+        save_checkpoint(dict(model_config=asdict(mcfg), model=weights, weights_hash=weights_hash(weights),
+                             lora_state=raw_model.state_dict() if cfg["lora_rank"] else None,
+                             optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=states,
+                             iter_num=iter_num, best_val_loss=best_val, config=cfg, data_meta=meta,
+                             teacher_hash=teacher["weights_hash"] if teacher else None,
+                             sampling=asdict(sampling_defaults(cfg))), ckpt_path)
 
+    if mode == "cdlm":
+        teacher_head = teacher["model"]["lm_head.weight"].float()  # (V, C), frozen
+    if iter_num >= cfg["max_iters"]:
+        if rt.master:
+            print(f"{ckpt_path} is already at iteration {iter_num} of max_iters={cfg['max_iters']}; nothing to do")
+        end_runtime(rt)
+        return raw_model
     from tqdm import tqdm
-    if master:
-        print(f"{cfg['mode']}: {raw_model.num_params() / 1e6:.2f}M parameters, attn={mcfg.attn}, "
-              f"seq_len={mcfg.seq_len}, device={device}, world={world}")
-    bar = tqdm(total=cfg["max_iters"], initial=iter_num, disable=not master, file=sys.stderr, mininterval=0.5)
-    tokens_per_iter = cfg["batch_size"] * mcfg.seq_len * world
+    if rt.master:
+        trainable = sum(p.numel() for p in params)
+        print(f"{mode}: {raw_model.num_params() / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
+              f"attn={mcfg.attn}, seq_len={mcfg.seq_len}, device={rt.device}, world={rt.world}")
+    bar = tqdm(total=cfg["max_iters"], initial=iter_num, disable=not rt.master, file=sys.stderr, mininterval=0.5)
+    tokens_per_iter = cfg["batch_size"] * mcfg.seq_len * rt.world
     t0 = time.time()
     while iter_num < cfg["max_iters"]:
         lr = get_lr(iter_num, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        if cfg["mode"] == "cdlm":
-            loss, parts = cdlm_losses()
-        else:
-            loss, parts = compute_loss(get_batch("train")), {}
+        loss, parts = student_loss() if mode == "cdlm" else (data_loss(get_batch("train")), {})
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg["grad_clip"] > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
         scaler.step(optimizer)
         scaler.update()
         iter_num += 1
+        if not math.isfinite(loss.item()):
+            raise CDLMError(f"the loss is {loss.item()} at iteration {iter_num}: lower learning_rate "
+                            f"(now {cfg['learning_rate']}) or check the data; no checkpoint written")
         dt, t0 = time.time() - t0, time.time()
         bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in parts.items()},
                         tok_s=f"{tokens_per_iter / dt:,.0f}", lr=f"{lr:.1e}")
         bar.update(1)
         if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
             val = estimate_val()
-            if master:
-                best_val = min(best_val, val)
+            best_val = min(best_val, val)
+            if rt.master:
                 bar.write(f"iter {iter_num}: train loss {loss.item():.4f} "
                           + " ".join(f"{k} {v.item():.4f}" for k, v in parts.items())
-                          + f", val {'dlm ' if cfg['mode'] == 'cdlm' else ''}loss {val:.4f}")
-                checkpoint()
+                          + f", val {'dlm ' if mode == 'cdlm' else ''}loss {val:.4f}")
+            checkpoint()
     bar.close()
-    end_runtime(ddp, owns_group)  # no rank returns before rank 0's checkpoint is on disk
+    end_runtime(rt)  # no rank returns before rank 0's checkpoint is on disk
     return raw_model
 
 
+def main(argv):
+    train(configure(config, argv))
+
+
 if __name__ == "__main__":
-    train(configure(config, sys.argv[1:]))
+    run_main(main)

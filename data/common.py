@@ -10,12 +10,15 @@ Every row has the same layout: the prompt starts at column 0 (so the k-th item o
 the same position in every row, which makes it easy to find) and the answer at column prompt_len
 (so the student's block mask is the same for all rows of a batch).
 """
+import hashlib
 import json
 import os
 import re
 from collections import Counter
 
 import numpy as np
+
+from configurator import CDLMError
 
 PAD, MASK, EOS = "<pad>", "<mask>", "<eos>"
 
@@ -35,7 +38,7 @@ class CharTokenizer:
         ids = []
         for pos, c in enumerate(text):
             if c not in self.stoi or c in (PAD, MASK, EOS):
-                raise ValueError(f"character {c!r} at position {pos} of {text!r} is not in the "
+                raise CDLMError(f"character {c!r} at position {pos} of {text!r} is not in the "
                                  f"vocabulary ({''.join(self.vocab[3:])!r})")
             ids.append(self.stoi[c])
         return ids
@@ -107,10 +110,10 @@ class BPETokenizer:
     def encode(self, text):
         for sp in BPE_SPECIALS:
             if sp in text:
-                raise ValueError(f"text {text!r} contains the special token {sp!r}")
+                raise CDLMError(f"text {text!r} contains the special token {sp!r}")
         if self.alphabet is not None and not set(text) <= self.alphabet:
             pos, c = next((i, c) for i, c in enumerate(text) if c not in self.alphabet)
-            raise ValueError(f"character {c!r} at position {pos} of {text!r} is not in the "
+            raise CDLMError(f"character {c!r} at position {pos} of {text!r} is not in the "
                              f"tokenizer's alphabet ({''.join(sorted(self.alphabet))!r})")
         return self.enc.encode_ordinary(text)
 
@@ -136,7 +139,7 @@ def bpe_tokenizer(bpe):
     ranks = {bytes.fromhex(h): i for i, h in enumerate(bpe["ranks"])}
     missing = [c for c in bpe["alphabet"] if any(bytes([b]) not in ranks for b in c.encode())]
     if missing:  # tiktoken would panic on them deep inside Rust
-        raise ValueError(f"the BPE's alphabet has characters {missing!r} whose bytes are not tokens")
+        raise CDLMError(f"the BPE's alphabet has characters {missing!r} whose bytes are not tokens")
     n = len(ranks)
     enc = tiktoken.Encoding("cdlm-bpe", pat_str=bpe["pattern"], mergeable_ranks=ranks,
                             special_tokens={s: n + j for j, s in enumerate(BPE_SPECIALS)})
@@ -149,7 +152,7 @@ def gpt2_tokenizer():
     try:
         base = tiktoken.get_encoding("gpt2")
     except Exception as e:  # tiktoken downloads the merges on first use, then caches them
-        raise ValueError(f"cannot load tiktoken's 'gpt2' encoding ({type(e).__name__}): it is downloaded on "
+        raise CDLMError(f"cannot load tiktoken's 'gpt2' encoding ({type(e).__name__}): it is downloaded on "
                          f"first use, so it needs a network connection once or a filled TIKTOKEN_CACHE_DIR; "
                          f"use the trained BPE (--tokenizer=bpe) offline") from None
     n = base.n_vocab
@@ -159,13 +162,55 @@ def gpt2_tokenizer():
     return BPETokenizer(enc)
 
 
+def read_json(path, what):
+    """A JSON file, or a one-line error naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CDLMError(f"{path} not found ({what})") from None
+    except (OSError, ValueError) as e:
+        raise CDLMError(f"{path} is unreadable or corrupt ({type(e).__name__}: {e}); {what}") from None
+
+
 def load_meta(data_dir):
-    path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: prepare the data first "
-                                f"(`python data/<task>/prepare.py --out_dir={data_dir}`)")
-    with open(path) as f:
-        return json.load(f)
+    meta = read_json(os.path.join(data_dir, "meta.json"),
+                     f"prepare the data first: python data/<task>/prepare.py --out_dir={data_dir}")
+    missing = [k for k in LAYOUT_KEYS + ("splits", "dtype", "answer_marker") if k not in meta]
+    if missing:
+        raise CDLMError(f"{data_dir}/meta.json lacks {', '.join(missing)}: prepare the data again")
+    return meta
+
+
+# what makes two datasets the same token layout; the full fingerprint adds how the problems were drawn
+LAYOUT_KEYS = ("tokenizer", "vocab_size", "pad_id", "mask_id", "eos_id", "prompt_len", "gen_len")
+
+
+def data_fingerprint(meta):
+    """A short hash of everything that defines a prepared dataset except where it was written."""
+    settings = {k: v for k, v in meta.get("settings", {}).items() if k != "out_dir"}
+    ident = {k: v for k, v in meta.items() if k != "settings"} | {"settings": settings}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_data(a, b):
+    """Whether two data metas describe the same prepared problems (seed, sizes, tokenizer, layout)."""
+    return data_fingerprint(a) == data_fingerprint(b)
+
+
+def checkpoint_data(ckpt, data_dir=None, what="the checkpoint"):
+    """
+    The data directory a checkpoint was trained on (stored as an absolute path), or the override
+    data_dir, with its meta; refused unless it holds the very data the checkpoint was trained on.
+    """
+    d = data_dir or ckpt["config"]["data_dir"]
+    if not os.path.isfile(os.path.join(d, "meta.json")):
+        raise CDLMError(f"the data {what} was trained on is not at {d} (moved?): give it with --data_dir")
+    meta = load_meta(d)
+    if not same_data(meta, ckpt["data_meta"]):
+        raise CDLMError(f"{d} holds other data than {what} was trained on (another seed, size or "
+                        f"tokenizer): give the right one with --data_dir, or prepare it again")
+    return d, meta
 
 
 def get_tokenizer(meta):
@@ -175,7 +220,7 @@ def get_tokenizer(meta):
         return bpe_tokenizer(meta["bpe"])
     if meta["tokenizer"] == "gpt2":
         return gpt2_tokenizer()
-    raise ValueError(f"unknown tokenizer kind {meta['tokenizer']!r} in meta.json")
+    raise CDLMError(f"unknown tokenizer kind {meta['tokenizer']!r} in meta.json")
 
 
 def load_split(data_dir, split, meta=None):
@@ -183,11 +228,13 @@ def load_split(data_dir, split, meta=None):
     meta = meta or load_meta(data_dir)
     path = os.path.join(data_dir, f"{split}.bin")
     dtype = np.dtype(meta["dtype"])
+    if split not in meta["splits"]:
+        raise CDLMError(f"{data_dir} has no split {split!r} (it has {', '.join(meta['splits'])})")
     n, seq_len = meta["splits"][split], meta["prompt_len"] + meta["gen_len"]
     expected = n * seq_len * dtype.itemsize
     if not os.path.exists(path) or os.path.getsize(path) != expected:
-        raise ValueError(f"{path} is missing or has the wrong size (expected {expected} bytes): "
-                         f"prepare the data again (data/<task>/prepare.py --out_dir={data_dir})")
+        raise CDLMError(f"{path} is missing or has the wrong size (expected {expected} bytes): "
+                        f"prepare the data again (data/<task>/prepare.py --out_dir={data_dir})")
     return np.memmap(path, dtype=dtype, mode="r", shape=(n, seq_len))
 
 
@@ -195,7 +242,7 @@ def encode_prompt(tok, text, prompt_len):
     """Encode a prompt and pad it on the right to prompt_len; clear error if it does not fit."""
     ids = tok.encode(text)
     if len(ids) > prompt_len:
-        raise ValueError(f"prompt {text!r} has {len(ids)} tokens, more than prompt_len={prompt_len}")
+        raise CDLMError(f"prompt {text!r} has {len(ids)} tokens, more than prompt_len={prompt_len}")
     return ids + [tok.pad_id] * (prompt_len - len(ids))
 
 
@@ -215,11 +262,44 @@ def exact_match(pred_texts, true_texts, marker="#"):
     return out
 
 
+def write_dataset(out_dir, arrays, meta):
+    """
+    Write {split}.bin for each (n, seq_len) array, then meta.json. The old meta.json goes first and
+    the new one comes last, so a crash at any instant leaves no dataset (readers are told to
+    prepare it) rather than new rows under an old meta.json.
+    """
+    meta_path = os.path.join(out_dir, "meta.json")
+    if os.path.exists(meta_path):
+        os.remove(meta_path)
+    for split, arr in arrays.items():
+        atomic_write_bytes(os.path.join(out_dir, f"{split}.bin"), arr.tobytes())
+    atomic_write_json(meta_path, meta)
+
+
+def prepared(out_dir, cfg):
+    """The meta of a complete dataset in out_dir made with exactly these settings, else None."""
+    try:
+        meta = load_meta(out_dir)
+        if meta.get("settings") != cfg:
+            return None
+        for split in meta["splits"]:
+            load_split(out_dir, split, meta)
+        return meta
+    except CDLMError:
+        return None
+
+
 def atomic_write_bytes(path, data):
+    """Write to a temporary file, flush it to disk, then rename: readers see the old file or the new."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, permissions: the old file, if any, is still whole
+        raise CDLMError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def atomic_write_json(path, obj):

@@ -7,23 +7,24 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
 
 TINY_MODEL = dict(n_layer=2, n_head=2, n_embd=32, batch_size=16, eval_interval=10, eval_iters=2,
                   warmup_iters=2, device="cpu")
+TINY_COLLECT = dict(n_examples=48, batch_size=16, chunk=32, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    from data.arithmetic.prepare import config, prepare
+    from data.arithmetic.prepare import prepare
     d = str(tmp_path_factory.mktemp("arith"))
-    prepare({**config, "out_dir": d, "n_train": 2000, "n_val": 64, "n_test": 64})
+    prepare({"out_dir": d, "n_train": 2000, "n_val": 64, "n_test": 64})
     return d
 
 
 def train_tiny(out_dir, data_dir, **kw):
-    from train import config, train
-    train({**config, **TINY_MODEL, "out_dir": out_dir, "data_dir": data_dir, "max_iters": 20, **kw})
+    from train import train
+    train({**TINY_MODEL, "out_dir": out_dir, "data_dir": data_dir, "max_iters": 20, **kw})
     return out_dir
 
 
@@ -34,17 +35,16 @@ def teacher_dir(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="session")
 def traj_dir(tmp_path_factory, teacher_dir):
-    from collect import collect, config
+    from collect import collect
     d = str(tmp_path_factory.mktemp("traj"))
-    collect({**config, "teacher_dir": teacher_dir, "out_dir": d, "n_examples": 48, "batch_size": 16,
-             "chunk": 32, "device": "cpu"})
+    collect({"teacher_dir": teacher_dir, "out_dir": d, **TINY_COLLECT})
     return d
 
 
 @pytest.fixture(scope="session")
 def student_dir(tmp_path_factory, data_dir, teacher_dir, traj_dir):
     return train_tiny(str(tmp_path_factory.mktemp("student")), data_dir, mode="cdlm", init_from="teacher",
-                      teacher_dir=teacher_dir, traj_dir=traj_dir)
+                      teacher_dir=teacher_dir, traj_dirs=[traj_dir])
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from collect import collect, config as collect_config  # noqa: E402
-from train import config as train_config, train  # noqa: E402
+from collect import collect  # noqa: E402
+from train import train  # noqa: E402
 
 data_dir, out_root, check_dir = (os.path.abspath(a) for a in sys.argv[1:4])
 writes = []
@@ -47,12 +47,12 @@ tiny = dict(n_layer=2, n_head=2, n_embd=32, batch_size=8, max_iters=6, eval_inte
             warmup_iters=2, device="cpu", data_dir=data_dir)
 out = {k: os.path.join(out_root, k) for k in ("teacher", "traj", "student", "ar")}
 models = {}
-models["teacher"] = train({**train_config, **tiny, "mode": "dlm", "out_dir": out["teacher"]})
-collect({**collect_config, "teacher_dir": out["teacher"], "out_dir": out["traj"], "n_examples": 44,
-         "batch_size": 8, "chunk": 24, "device": "cpu"})
-models["student"] = train({**train_config, **tiny, "mode": "cdlm", "init_from": "teacher", "out_dir": out["student"],
-                           "teacher_dir": out["teacher"], "traj_dir": out["traj"]})
-models["ar"] = train({**train_config, **tiny, "mode": "ar", "out_dir": out["ar"]})
+models["teacher"] = train({**tiny, "mode": "dlm", "out_dir": out["teacher"]})
+collect({"teacher_dir": out["teacher"], "out_dir": out["traj"], "n_examples": 44, "batch_size": 8, "chunk": 24,
+         "device": "cpu"})
+models["student"] = train({**tiny, "mode": "cdlm", "init_from": "teacher", "out_dir": out["student"],
+                           "teacher_dir": out["teacher"], "traj_dirs": [out["traj"]]})
+models["ar"] = train({**tiny, "mode": "ar", "out_dir": out["ar"]})
 
 dist.barrier()
 os.makedirs(check_dir, exist_ok=True)  # outside OUT_ROOT: not counted as a write

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from bench import answer_tokens, config, decoded_tokens, run
+from bench import METHODS, answer_tokens, decoded_tokens, run
 
 
 def test_decoded_and_answer_tokens():
@@ -16,20 +16,27 @@ def test_decoded_and_answer_tokens():
 
 def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir):
     out = tmp_path / "bench.json"
-    report = run({**config, "teacher_dir": teacher_dir, "student_dir": student_dir, "ar_dir": ar_dir,
+    report = run({"teacher_dir": teacher_dir, "student_dir": student_dir, "ar_dir": ar_dir,
                   "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 3, "out_path": str(out),
                   "device": "cpu", "sweep": True, "sweep_thresholds": [0.5, 0.9]})
     saved = json.loads(out.read_text())
-    assert set(saved["methods"]) == {"ar", "dlm", "dlm_threshold", "dlm_fewer_steps", "cdlm"}
+    assert set(saved["methods"]) == set(METHODS)
     for r in saved["methods"].values():
-        assert set(r) >= {"accuracy", "nfe", "tokens_per_step", "latency_ms", "throughput_tok_s", "speedup_latency"}
-        assert r["latency_ms"] > 0 and r["throughput_tok_s"] > 0
+        assert set(r) >= {"accuracy", "nfe", "tokens_per_step", "latency_ms", "throughput_tok_s",
+                          "speedup_latency_vs_dlm", "speedup_throughput_vs_dlm_stop", "flops_per_token",
+                          "bytes_per_token", "arithmetic_intensity", "achieved_gflops"}
+        assert r["latency_ms"] > 0 and r["throughput_tok_s"] > 0 and r["flops_per_token"] > 0
     m = saved["methods"]
-    assert m["dlm"]["nfe"] == 48 and m["dlm"]["tokens_per_step"] == 1.0 and m["dlm"]["speedup_latency"] == 1.0
+    assert m["dlm"]["nfe"] == 48 and m["dlm"]["tokens_per_step"] == 1.0 and m["dlm"]["speedup_latency_vs_dlm"] == 1.0
+    assert m["dlm_stop"]["nfe"] <= 48 and m["dlm_stop"]["settings"]["early_stop"]
     assert m["ar"]["tokens_per_step"] == 1.0
-    assert m["cdlm"]["settings"]["use_cache"] and not m["dlm_threshold"]["settings"]["use_cache"]
+    assert m["cdlm"]["settings"]["cache"] == "exact" and m["dlm_threshold"]["settings"]["cache"] == "none"
+    assert m["dlm_dual_cache"]["settings"]["cache"] == "dual" and 0 <= m["dlm_dual_cache"]["differs_from_dlm_threshold"] <= 1
     # naive step cutting uses the student's steps per block, rounded
     spb = m["dlm_fewer_steps"]["settings"]["steps_per_block"]
     assert spb == max(1, min(8, round(8 / m["cdlm"]["tokens_per_step"])))
     assert [p["threshold"] for p in saved["sweep"]["cdlm"]] == [0.5, 0.9]
-    assert saved["machine"]["torch"] == torch.__version__ and report["settings"]["num_eval"] == 16
+    assert [p["block_size"] for p in saved["sweep"]["cdlm_block_size"]] == [4, 8, 16]
+    mach = saved["machine"]
+    assert mach["torch"] == torch.__version__ and mach["peak_gflops"] > 0 and mach["peak_gb_s"] > 0
+    assert report["settings"]["num_eval"] == 16

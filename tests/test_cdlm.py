@@ -6,10 +6,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_COLLECT
 
-from collect import collect, config as collect_config, load_trajectories
+from collect import collect
+from configurator import CDLMError
+from data.trajectories import load_trajectories
 from model import load_model
-from sample import generate
+from sample import DecodeSettings, generate
 
 
 def test_trajectory_files_and_meta(traj_dir, teacher_dir):
@@ -18,7 +21,7 @@ def test_trajectory_files_and_meta(traj_dir, teacher_dir):
     assert arrays["hidden"].dtype == np.float16 and arrays["hidden"].shape == (48, meta["gen_len"], 32)
     assert meta["bytes_per_example"] == meta["prompt_len"] + meta["gen_len"] * (1 + 2 + 32 * 2 + 1)
     assert 0.0 <= meta["teacher_accuracy"] <= 1.0
-    assert not [f for f in os.listdir(traj_dir) if f.endswith((".partial", ".tmp"))]
+    assert sorted(os.listdir(traj_dir)) == ["meta.json", meta["set"]]  # no partial work, no old set
     L, B = meta["gen_len"], 8
     step = np.asarray(arrays["step"])
     assert (np.sort(step, 1) == np.arange(L)).all()  # one token per step, N = gen_len steps
@@ -31,8 +34,8 @@ def test_stored_hidden_state_rebuilds_teacher_logits(traj_dir, teacher_dir):
     model, ckpt = load_model(os.path.join(teacher_dir, "ckpt.pt"))
     prompt = torch.as_tensor(arrays["prompt"][:4].astype(np.int64))
     dm = ckpt["data_meta"]
-    out, _, step, hidden = generate(model, prompt, dm["gen_len"], 8, dm["mask_id"], dm["eos_id"],
-                                    steps_per_block=8, record=True)
+    out, _, step, hidden = generate(model, prompt, dm["gen_len"], dm["mask_id"], dm["eos_id"],
+                                    DecodeSettings(8, steps_per_block=8), record=True)
     assert torch.equal(out, torch.as_tensor(arrays["tokens"][:4].astype(np.int64)))
     assert torch.equal(step, torch.as_tensor(arrays["step"][:4].astype(np.int64)))
     stored = torch.as_tensor(arrays["hidden"][:4].astype(np.float32))
@@ -46,30 +49,31 @@ def test_stored_hidden_state_rebuilds_teacher_logits(traj_dir, teacher_dir):
 
 
 def test_second_collect_does_no_work(traj_dir, teacher_dir, capsys):
-    before = os.path.getmtime(os.path.join(traj_dir, "hidden.bin"))
-    collect({**collect_config, "teacher_dir": teacher_dir, "out_dir": traj_dir, "n_examples": 48,
-             "batch_size": 16, "chunk": 32, "device": "cpu"})
+    hidden = os.path.join(traj_dir, load_trajectories(traj_dir)[1]["set"], "hidden.bin")
+    before = os.path.getmtime(hidden)
+    collect({"teacher_dir": teacher_dir, "out_dir": traj_dir, **TINY_COLLECT})
     assert "nothing to do" in capsys.readouterr().out
-    assert os.path.getmtime(os.path.join(traj_dir, "hidden.bin")) == before
+    assert os.path.getmtime(hidden) == before
 
 
 def test_mismatched_or_corrupt_trajectories_are_refused(tmp_path, traj_dir):
-    with pytest.raises(SystemExit, match="gen_len=48, but this run needs gen_len=64"):
+    with pytest.raises(CDLMError, match="gen_len=48, but this run needs gen_len=64"):
         load_trajectories(traj_dir, gen_len=64)
-    with pytest.raises(SystemExit, match="block_size=8, but this run needs block_size=4"):
+    with pytest.raises(CDLMError, match="block_size=8, but this run needs block_size=4"):
         load_trajectories(traj_dir, block_size=4)
-    with pytest.raises(SystemExit, match="vocab_size"):
-        load_trajectories(traj_dir, vocab_size=99)
+    with pytest.raises(CDLMError, match="come from another teacher"):
+        load_trajectories(traj_dir, teacher_hash="0123456789abcdef")
     bad = tmp_path / "bad"
     shutil.copytree(traj_dir, bad)
-    with open(bad / "hidden.bin", "r+b") as f:
+    _, meta = load_trajectories(str(bad))
+    with open(bad / meta["set"] / "hidden.bin", "r+b") as f:
         f.truncate(100)
-    with pytest.raises(SystemExit, match="hidden.bin is missing or truncated"):
+    with pytest.raises(CDLMError, match="hidden.bin is missing or truncated"):
         load_trajectories(str(bad))
     (bad / "meta.json").write_text("{not json")
-    with pytest.raises(SystemExit, match="corrupt"):
+    with pytest.raises(CDLMError, match="corrupt"):
         load_trajectories(str(bad))
-    with pytest.raises(SystemExit, match="no trajectories"):
+    with pytest.raises(CDLMError, match="no trajectories"):
         load_trajectories(str(tmp_path / "nowhere"))
 
 
@@ -77,7 +81,9 @@ def test_student_checkpoint(student_dir, teacher_dir):
     s = torch.load(os.path.join(student_dir, "ckpt.pt"), weights_only=True)
     t = torch.load(os.path.join(teacher_dir, "ckpt.pt"), weights_only=True)
     assert s["model_config"]["attn"] == "block_causal" and t["model_config"]["attn"] == "bidirectional"
-    assert s["sampling"] == dict(threshold=0.9, steps_per_block=None, use_cache=True, early_stop=True)
+    assert s["sampling"] == dict(block_size=8, threshold=0.9, steps_per_block=None, cache="exact", refresh="block",
+                                 early_stop=True, temperature=0.0)
+    assert s["teacher_hash"] == t["weights_hash"]
     assert s["iter_num"] == 20
     assert any(not torch.equal(s["model"][k], t["model"][k]) for k in t["model"])
 
@@ -86,20 +92,20 @@ def test_student_checkpoint(student_dir, teacher_dir):
 def test_student_trains_with_each_loss_removed(tmp_path, data_dir, teacher_dir, traj_dir, drop):
     from tests.conftest import train_tiny
     model = train_tiny(str(tmp_path), data_dir, mode="cdlm", init_from="teacher", teacher_dir=teacher_dir,
-                       traj_dir=traj_dir, max_iters=3, **{drop: 0.0})
+                       traj_dirs=[traj_dir], max_iters=3, **{drop: 0.0})
     assert os.path.isfile(os.path.join(model, "ckpt.pt"))
 
 
 def test_student_refuses_trajectories_of_another_block_size(tmp_path, data_dir, teacher_dir, traj_dir):
     from tests.conftest import train_tiny
-    with pytest.raises(SystemExit, match="block_size=8, but this run needs block_size=4"):
+    with pytest.raises(CDLMError, match="block_size=8, but this run needs block_size=4"):
         train_tiny(str(tmp_path), data_dir, mode="cdlm", init_from="teacher", teacher_dir=teacher_dir,
-                   traj_dir=traj_dir, block_size=4, max_iters=2)
+                   traj_dirs=[traj_dir], block_size=4, max_iters=2)
 
 
 def test_sample_eval_of_student_uses_its_stored_settings(student_dir, capsys):
     import sample
     sample.main([f"--out_dir={student_dir}", "--eval", "--num_eval=16"])
     out = capsys.readouterr().out.splitlines()
-    assert "'threshold': 0.9" in out[-2] and "'use_cache': True" in out[-2]
+    assert "'threshold': 0.9" in out[-2] and "'cache': 'exact'" in out[-2]
     assert json.loads(out[-1])["n"] == 16

@@ -1,46 +1,73 @@
-"""nanoGPT-style configuration: files, --key=value, and refusals."""
+"""nanoGPT-style configuration: files, --key=value, types and ranges of every option, refusals."""
+import glob
+import os
+
 import pytest
 
-from configurator import configure
+from configurator import Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, defaults
 
-DEFAULTS = dict(out_dir="out", lr=1e-3, iters=10, flag=False, threshold=None)
+SPEC = dict(out_dir=Str("out"), lr=Float(1e-3, "(0, inf)"), iters=Int(10, "[1, inf)"), flag=Bool(False),
+            threshold=Float(None, "(0, 1]"), cache=Bool(None), mode=Choice("a", "a", "b"),
+            sizes=List([4, 8], Int(None, "[1, inf)")), note=Str(None))
 
 
 def test_file_then_flags(tmp_path):
     f = tmp_path / "c.py"
     f.write_text("iters = 20\nlr = 1  # an int where a float is expected is fine\nimport math\n")
-    cfg = configure(DEFAULTS, [str(f), "--iters=30", "--out_dir=runs/a", "--flag", "--threshold=0.9"])
-    assert cfg == dict(out_dir="runs/a", lr=1.0, iters=30, flag=True, threshold=0.9)
-    assert DEFAULTS["iters"] == 10  # defaults untouched
+    cfg = configure(SPEC, [str(f), "--iters=30", "--out_dir=123", "--flag", "--threshold=0.9", "--cache=False",
+                           "--sizes=16,32", "--mode=b"])
+    assert cfg == dict(out_dir="123", lr=1.0, iters=30, flag=True, threshold=0.9, cache=False, mode="b",
+                       sizes=[16, 32], note=None)
+    assert defaults(SPEC)["iters"] == 10  # defaults untouched
+    assert configure(SPEC, ["--sizes=[1, 2]", "--threshold=None"])["sizes"] == [1, 2]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--itres=3"], "unknown key 'itres'"),
-    (["--iters=3.5"], "iters must be int"),
-    (["--flag=yes"], "flag must be bool"),
+    (["--itres=3"], "unknown option 'itres'"),
+    (["--iters=3.5"], r"iters=3.5: expected int in \[1, inf\)"),
+    (["--iters=0"], r"iters=0: expected int in \[1, inf\)"),
+    (["--flag=yes"], "flag='yes': expected True or False"),
+    (["--flag=1"], "flag=1: expected True or False"),
     (["--iters"], "expected --iters=value"),
     (["nope.py"], "config file 'nope.py' not found"),
+    # options whose default is None are typed too: never read as truthy
+    (["--cache=no"], "cache='no': expected True or False or None"),
+    (["--cache=false"], "cache='false': expected True or False or None"),
+    (["--threshold=high"], r"threshold='high': expected float in \(0, 1\] or None"),
+    (["--threshold=1.5"], r"threshold=1.5: expected float in \(0, 1\]"),
+    (["--threshold=0"], r"threshold=0: expected float in \(0, 1\]"),
+    (["--threshold=nan"], "threshold='nan'"),
+    (["--lr=0"], r"lr=0: expected float in \(0, inf\)"),
+    (["--mode=c"], "mode='c': expected one of 'a', 'b'"),
+    (["--sizes=4,x"], "sizes="),
+    (["--sizes=4,0"], r"each int in \[1, inf\)"),
+    (["--note="], "note"),
 ])
 def test_refusals(argv, message):
-    with pytest.raises(SystemExit, match=message):
-        configure(DEFAULTS, argv)
+    with pytest.raises(CDLMError, match=message):
+        configure(SPEC, argv)
 
 
-def test_unknown_key_in_file(tmp_path):
+def test_config_file_values_are_checked(tmp_path):
     f = tmp_path / "c.py"
-    f.write_text("learning_rate = 1e-3\n")
-    with pytest.raises(SystemExit, match=f"unknown key 'learning_rate' in {f}"):
-        configure(DEFAULTS, [str(f)])
-    f.write_text("iters = (\n")
-    with pytest.raises(SystemExit, match="SyntaxError"):
-        configure(DEFAULTS, [str(f)])
+    for text, message in [("learning_rate = 1e-3\n", f"unknown option 'learning_rate' in {f}"),
+                          ("iters = (\n", "SyntaxError"), ("flag = 'yes'\n", "flag='yes'"),
+                          ("threshold = 2\n", "threshold=2:"), ("iters = None\n", "iters=None")]:
+        f.write_text(text)
+        with pytest.raises(CDLMError, match=message):
+            configure(SPEC, [str(f)])
+
+
+def test_check_fills_defaults_and_refuses_unknown_keys():
+    assert check(SPEC, {"iters": 5})["lr"] == 1e-3
+    with pytest.raises(CDLMError, match="unknown option"):
+        check(SPEC, {"iterz": 5})
+    with pytest.raises(CDLMError, match="iters=True"):
+        check(SPEC, {"iters": True})  # a bool is not an int
 
 
 def test_every_preset_loads_against_its_script():
-    """Each file in config/ names only keys its script knows, with the right types."""
-    import glob
-    import os
-
+    """Each file in config/ names only keys its script knows, with the right types and ranges."""
     import bench
     import collect
     import train
@@ -53,7 +80,7 @@ def test_every_preset_loads_against_its_script():
         script = bench if "bench" in name else collect if "collect" in name else prepare if "data" in name else train
         cfg = configure(script.config, [f])
         if script is train and cfg["mode"] == "cdlm":
-            assert cfg["init_from"] == "teacher" and cfg["traj_dir"]
+            assert cfg["init_from"] == "teacher" and cfg["traj_dirs"]
         if name.startswith("cuda_") and script is train:
             assert cfg["device"] == "cuda" and cfg["dtype"] == "auto" and cfg["compile"]
             if cfg["mode"] != "ar":

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from data.arithmetic.prepare import config, make_problem, prepare, worked_solution
+from configurator import CDLMError
+from data.arithmetic.prepare import make_problem, prepare, worked_solution
 from data.common import CharTokenizer, encode_prompt, exact_match, final_answer, get_tokenizer, load_meta, load_split
 
 
@@ -32,7 +33,7 @@ def test_worked_solution_hand_computed():
 
 
 def test_prepare_is_deterministic_and_splits_are_disjoint(tmp_path):
-    cfg = {**config, "n_train": 500, "n_val": 50, "n_test": 50, "max_ops": 6}
+    cfg = {"n_train": 500, "n_val": 50, "n_test": 50, "max_ops": 6}
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     meta = prepare({**cfg, "out_dir": str(a)})
@@ -50,7 +51,7 @@ def test_prepare_is_deterministic_and_splits_are_disjoint(tmp_path):
 
 
 def test_answers_span_several_blocks_and_vary_in_length(tmp_path):
-    meta = prepare({**config, "out_dir": str(tmp_path), "n_train": 1000, "n_val": 10, "n_test": 10})
+    meta = prepare({"out_dir": str(tmp_path), "n_train": 1000, "n_val": 10, "n_test": 10})
     rows = load_split(str(tmp_path), "train")
     lengths = (rows[:, meta["prompt_len"]:] != meta["eos_id"]).sum(1)
     assert meta["gen_len"] >= 48 and meta["gen_len"] % 8 == 0
@@ -65,15 +66,15 @@ def test_tokenizer_round_trip_and_bad_characters():
     text = "5:+3*7=+3>8,*7>6#6"
     assert tok.decode(tok.encode(text)) == text
     assert tok.decode(tok.encode("1+2") + [tok.eos_id] + tok.encode("9")) == "1+2"
-    with pytest.raises(ValueError, match="'x' at position 2"):
+    with pytest.raises(CDLMError, match="'x' at position 2"):
         tok.encode("1+x")
-    with pytest.raises(ValueError, match="more than prompt_len"):
+    with pytest.raises(CDLMError, match="more than prompt_len"):
         encode_prompt(tok, "1:+2+3=", 4)
     assert encode_prompt(tok, "1=", 4)[2:] == [tok.pad_id, tok.pad_id]
 
 
 def test_vocabulary_is_saved_with_the_data(tmp_path):
-    prepare({**config, "out_dir": str(tmp_path), "n_train": 10, "n_val": 5, "n_test": 5})
+    prepare({"out_dir": str(tmp_path), "n_train": 10, "n_val": 5, "n_test": 5})
     meta = load_meta(str(tmp_path))
     tok = get_tokenizer(meta)
     assert len(tok) == meta["vocab_size"] and tok.vocab[meta["mask_id"]] == "<mask>"
@@ -88,5 +89,5 @@ def test_exact_match_scores_the_final_answer_only():
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="prepare.py"):
+    with pytest.raises(CDLMError, match="prepare.py"):
         load_meta(str(tmp_path))

@@ -28,8 +28,9 @@ def test_rank0_alone_writes(ddp_run):
     writes = [json.load(open(os.path.join(check, f"writes_rank{r}.json"))) for r in (0, 1)]
     assert writes[1] == [], f"rank 1 wrote {writes[1]}"
     expected = {f"{m}/ckpt.pt" for m in ("teacher", "student", "ar")} | \
-        {f"traj/{f}.bin" for f in ("prompt", "tokens", "step", "hidden", "truth")} | {"traj/meta.json"}
+        {f"traj/partial/{f}.bin" for f in ("prompt", "tokens", "step", "hidden", "truth")} | {"traj/meta.json"}
     assert expected <= set(writes[0])
+    assert any(w.startswith("traj/set-") for w in writes[0])  # the finished set, renamed into place
 
 
 @pytest.mark.parametrize("stage", ["teacher", "student", "ar"])
@@ -45,9 +46,10 @@ def test_ranks_agree_on_weights(ddp_run, stage):
 
 def test_sharded_collection_equals_one_process(ddp_run, tmp_path):
     """The shards of 2 ranks merge into exactly the set one process collects (same batches)."""
-    from collect import collect, config, load_trajectories
+    from collect import collect
+    from data.trajectories import load_trajectories
     out_root, _ = ddp_run
-    collect({**config, "teacher_dir": os.path.join(out_root, "teacher"), "out_dir": str(tmp_path),
+    collect({"teacher_dir": os.path.join(out_root, "teacher"), "out_dir": str(tmp_path),
              "n_examples": 44, "batch_size": 8, "chunk": 24, "device": "cpu"})
     two, meta2 = load_trajectories(os.path.join(out_root, "traj"))
     one, meta1 = load_trajectories(str(tmp_path))

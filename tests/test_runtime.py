@@ -5,9 +5,10 @@ import warnings
 import pytest
 import torch
 
-from bench import sync
+from configurator import CDLMError
 from model import ModelConfig, Transformer
-from sample import autocast, generate, pick_dtype
+from runtime import autocast, pick_dtype, sync
+from sample import DecodeSettings, generate
 
 
 def test_auto_dtype_is_bf16_on_a_cuda_gpu_only(monkeypatch):
@@ -17,7 +18,7 @@ def test_auto_dtype_is_bf16_on_a_cuda_gpu_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
     assert pick_dtype("auto", "cuda") == "float32"
     assert pick_dtype("float16", "cpu") == "float16"
-    with pytest.raises(SystemExit, match="dtype must be 'auto' or one of"):
+    with pytest.raises(CDLMError, match="dtype='fp8': expected 'auto' or one of"):
         pick_dtype("fp8", "cuda")
 
 
@@ -50,8 +51,8 @@ def test_bf16_autocast_forward_and_exact_cache():
         model.setup_cache(3)
         assert model.blocks[0].attn.cache.k.dtype == torch.bfloat16
         model.clear_cache()
-        cached, _ = generate(model, prompt, 16, 4, mask_id=1, eos_id=2, threshold=0.5, use_cache=True)
-        plain, _ = generate(model, prompt, 16, 4, mask_id=1, eos_id=2, threshold=0.5, use_cache=False)
+        cached = generate(model, prompt, 16, 1, 2, DecodeSettings(4, threshold=0.5, cache="exact")).tokens
+        plain = generate(model, prompt, 16, 1, 2, DecodeSettings(4, threshold=0.5)).tokens
     assert torch.equal(cached, plain)
 
 

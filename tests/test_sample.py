@@ -8,7 +8,8 @@ import torch
 import sample
 from data.common import load_split
 from model import load_model
-from sample import generate, select_tokens, tokens_per_step
+from configurator import CDLMError
+from sample import DecodeSettings, generate, select_tokens, tokens_per_step
 
 NEG = float("-inf")
 
@@ -16,8 +17,6 @@ NEG = float("-inf")
 def test_tokens_per_step_sums_to_block():
     assert tokens_per_step(8, 3) == [3, 3, 2]
     assert tokens_per_step(8, 8) == [1] * 8
-    with pytest.raises(ValueError):
-        tokens_per_step(8, 9)
 
 
 def test_select_top_k_and_threshold():
@@ -37,8 +36,11 @@ def rows_and_model(data_dir, ckpt_dir, n=6):
     return model, meta, rows[:, :meta["prompt_len"]]
 
 
-def run(model, meta, prompt, **kw):
-    return generate(model, prompt, meta["gen_len"], model.cfg.block_size, meta["mask_id"], meta["eos_id"], **kw)
+def run(model, meta, prompt, record=False, on_step=None, **kw):
+    """(tokens, nfe), or the whole Decoded result with record."""
+    r = generate(model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"],
+                    DecodeSettings(model.cfg.block_size, **kw), record=record, on_step=on_step)
+    return r if record else r[:2]
 
 
 SETTINGS = [dict(steps_per_block=8), dict(steps_per_block=2), dict(threshold=0.5)]
@@ -48,7 +50,7 @@ SETTINGS = [dict(steps_per_block=8), dict(steps_per_block=2), dict(threshold=0.5
 @pytest.mark.parametrize("settings", SETTINGS)
 def test_batched_equals_per_row(request, data_dir, which, settings):
     model, meta, prompt = rows_and_model(data_dir, request.getfixturevalue(f"{which}_dir"))
-    extra = dict(use_cache=True, early_stop=True) if which == "student" else {}
+    extra = dict(cache="exact", early_stop=True) if which == "student" else {}
     out, nfe = run(model, meta, prompt, **settings, **extra)
     for i in range(len(prompt)):
         o, n = run(model, meta, prompt[i:i + 1], **settings, **extra)
@@ -58,15 +60,15 @@ def test_batched_equals_per_row(request, data_dir, which, settings):
 @pytest.mark.parametrize("settings", SETTINGS)
 def test_student_cached_equals_uncached(data_dir, student_dir, settings):
     model, meta, prompt = rows_and_model(data_dir, student_dir)
-    a, nfe_a = run(model, meta, prompt, use_cache=True, **settings)
-    b, nfe_b = run(model, meta, prompt, use_cache=False, **settings)
+    a, nfe_a = run(model, meta, prompt, cache="exact", **settings)
+    b, nfe_b = run(model, meta, prompt, cache="none", **settings)
     assert torch.equal(a, b) and torch.equal(nfe_a, nfe_b)
 
 
 def test_ar_cached_equals_uncached_and_greedy(data_dir, ar_dir):
     model, meta, prompt = rows_and_model(data_dir, ar_dir)
-    a, nfe = run(model, meta, prompt, steps_per_block=1, use_cache=True)
-    b, _ = run(model, meta, prompt, steps_per_block=1, use_cache=False)
+    a, nfe = run(model, meta, prompt, steps_per_block=1, cache="exact")
+    b, _ = run(model, meta, prompt, steps_per_block=1, cache="none")
     assert torch.equal(a, b) and (nfe == meta["gen_len"]).all()
     # greedy next-token decoding, written out directly
     x = torch.cat([prompt, torch.full((len(prompt), meta["gen_len"]), meta["mask_id"])], 1)
@@ -80,15 +82,15 @@ def test_ar_cached_equals_uncached_and_greedy(data_dir, ar_dir):
 
 def test_bidirectional_model_refuses_the_cache(data_dir, teacher_dir):
     model, meta, prompt = rows_and_model(data_dir, teacher_dir)
-    with pytest.raises(ValueError, match="cannot use an exact KV cache"):
-        run(model, meta, prompt, steps_per_block=8, use_cache=True)
+    with pytest.raises(CDLMError, match="no exact cache"):
+        run(model, meta, prompt, steps_per_block=8, cache="exact")
 
 
 def test_early_stop_fills_eos_and_saves_steps(data_dir, student_dir):
     model, meta, prompt = rows_and_model(data_dir, student_dir, n=16)
     eos = meta["eos_id"]
-    a, nfe_a = run(model, meta, prompt, steps_per_block=8, use_cache=True, early_stop=True)
-    b, nfe_b = run(model, meta, prompt, steps_per_block=8, use_cache=True, early_stop=False)
+    a, nfe_a = run(model, meta, prompt, steps_per_block=8, cache="exact", early_stop=True)
+    b, nfe_b = run(model, meta, prompt, steps_per_block=8, cache="exact", early_stop=False)
     assert (nfe_a <= nfe_b).all()
     for ra, rb, n in zip(a.tolist(), b.tolist(), nfe_a.tolist()):
         if eos in ra:
@@ -104,8 +106,12 @@ def test_threshold_progress_stays_in_current_block(data_dir, student_dir):
     model, meta, prompt = rows_and_model(data_dir, student_dir, n=4)
     mask_id, B = meta["mask_id"], model.cfg.block_size
     states = []
-    out, nfe = run(model, meta, prompt, threshold=0.99, use_cache=True,
-                   on_step=lambda ans: states.append(ans.clone()))
+
+    def on_step(ev):  # the whole batch's answers after each step (rows that finished keep theirs)
+        ans = states[-1].clone() if states else torch.full((len(prompt), meta["gen_len"]), mask_id)
+        ans[ev.rows] = ev.tokens
+        states.append(ans)
+    out, nfe = run(model, meta, prompt, threshold=0.99, cache="exact", on_step=on_step)
     prev = torch.full_like(states[0], mask_id)
     for ans in states:
         newly = (prev == mask_id) & (ans != mask_id)  # (B, L)
@@ -133,9 +139,9 @@ def test_recorded_trajectory(data_dir, teacher_dir):
 
 
 def cli(argv, capsys):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(CDLMError) as e:
         sample.main(argv)
-    return str(e.value.code) + capsys.readouterr().out
+    return str(e.value)
 
 
 def test_cli_errors(tmp_path, teacher_dir, capsys):
@@ -144,14 +150,15 @@ def test_cli_errors(tmp_path, teacher_dir, capsys):
     assert "no checkpoint" in cli([f"--out_dir={tmp_path}", "--prompt=1:+2="], capsys)
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
     assert "cannot read checkpoint" in cli([f"--out_dir={tmp_path}", "--prompt=1:+2="], capsys)
-    assert "unknown key 'promt'" in cli([f"--out_dir={teacher_dir}", "--promt=1+2="], capsys)
-    assert "num_eval must be int" in cli([f"--out_dir={teacher_dir}", "--num_eval=many"], capsys)
+    assert "unknown option 'promt'" in cli([f"--out_dir={teacher_dir}", "--promt=1+2="], capsys)
+    assert "num_eval='many'" in cli([f"--out_dir={teacher_dir}", "--num_eval=many"], capsys)
+    assert "give --prompt=... or --eval" in cli([f"--out_dir={teacher_dir}"], capsys)
 
 
 def test_cli_prompt_and_eval(teacher_dir, capsys):
     sample.main([f"--out_dir={teacher_dir}", "--prompt=5:+3*7+2*4+1=", "--show"])
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 48 + 1 and out[-1].startswith("5:+3*7+2*4+1=") and "forward passes" in out[-1]
+    assert len(out) == 1 + 48 + 1 and out[0].startswith("legend") and out[-1].startswith("5:+3*7+2*4+1=") and "forward passes" in out[-1]
     sample.main([f"--out_dir={teacher_dir}", "--eval", "--num_eval=8", "--steps_per_block=4"])
     last = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert last["n"] == 8 and last["nfe"] == 48 / 2 and 0 <= last["accuracy"] <= 1

@@ -5,9 +5,11 @@ import os
 import pytest
 import torch
 
+from configurator import defaults
 from model import read_checkpoint
-from train import (ar_loss, config, consistency_loss, diffusion_loss, distillation_loss, get_lr, kl_loss,
-                   noise_answers, trajectory_states)
+from model import ModelConfig, Transformer
+from train import (States, ar_loss, cdlm_losses, config, consistency_loss, diffusion_loss, distillation_loss,
+                   draw_states, final_after, get_lr, kl_loss, noise_answers, noise_block)
 
 
 def test_diffusion_loss_hand_computed():
@@ -69,19 +71,103 @@ def test_distillation_and_consistency_positions_and_gradients():
     assert student.grad[0, :2].abs().sum() == 0 and student.grad[0, 2:].abs().sum() > 0
 
 
-def test_trajectory_states_follow_the_finalization_order():
-    # two blocks of 4; block 1 was finalized in the order of positions 6, 4, 7, 5 (steps 4..7)
-    step = torch.tensor([[2, 0, 3, 1, 5, 7, 4, 6]])
-    vis, vis_star, in_block = trajectory_states(step, torch.tensor([1]), torch.tensor([1]), torch.tensor([3]), 4)
-    assert vis.tolist() == [[True] * 4 + [False, False, True, False]]
-    assert vis_star.tolist() == [[True] * 4 + [True, False, True, True]]
-    assert in_block.tolist() == [[False] * 4 + [True] * 4]
-    vis, vis_star, _ = trajectory_states(step, torch.tensor([0]), torch.tensor([0]), torch.tensor([4]), 4)
-    assert not vis.any() and vis_star.tolist() == [[True] * 4 + [False] * 4]
+# two blocks of 4; block 0 was finalized in the order of positions 1, 3, 0, 2 (steps 0..3), block 1
+# in the order 6, 4, 7, 5 (steps 4..7)
+STEP = torch.tensor([[2, 0, 3, 1, 5, 7, 4, 6]])
+
+
+def test_final_after_follows_the_finalization_order():
+    f = lambda block, k: final_after(STEP, torch.tensor([block]), torch.tensor([k]), 4)[0].int().tolist()
+    assert f(1, 1) == [1, 1, 1, 1, 0, 0, 1, 0]  # block 0 all final, then position 6
+    assert f(1, 3) == [1, 1, 1, 1, 1, 0, 1, 1]
+    assert f(0, 0) == [0] * 8
+    assert f(0, 2) == [0, 1, 0, 1, 0, 0, 0, 0]
+    assert f(1, 4) == [1] * 8  # the completion
+
+
+@pytest.mark.parametrize("y_star", ["random", "completion", "completion_plus"])
+def test_draw_states_position_sets(y_star):
+    """Every reading's position sets, checked row by row against counts made from the definitions."""
+    bs, L = 8, 32
+    step = torch.stack([torch.randperm(bs) + b * bs for b in range(L // bs)]).flatten()[None].repeat(4000, 1)
+    st = draw_states(step, bs, y_star, torch.Generator().manual_seed(0))
+    block = torch.arange(L) // bs
+    first_masked = (~st.y).float().argmax(1)  # the block is the one holding y's first masked position
+    in_block = block[None] == (first_masked // bs)[:, None]
+    k = (st.y & in_block).sum(1)  # tokens of the block final in y: 0..bs-1
+    k2 = (st.target & in_block).sum(1)  # in the later state: k+1..bs
+    assert (k >= 0).all() and (k < bs).all() and (k2 > k).all() and (k2 <= bs).all()
+    assert (st.y <= st.target).all() and not (st.target & (block[None] > (first_masked // bs)[:, None])).any()
+    masked_in_y = in_block & ~st.y
+    if y_star == "random":
+        assert torch.equal(st.distill.sum(1), k2 - k) and torch.equal(st.distill, st.target & ~st.y)
+        assert torch.equal(st.consist.sum(1), bs - k2)
+        # y* is the block's completion only with probability E[1/(bs-k)] = H_8/8 = 0.34 at bs=8
+        assert (k2 == bs).float().mean().item() == pytest.approx(sum(1 / i for i in range(1, 9)) / 8, abs=0.03)
+    else:  # distillation on every position of the block still masked in y
+        assert torch.equal(st.distill, masked_in_y) and torch.equal(st.distill.sum(1), bs - k)
+        want = bs - k2 if y_star == "completion_plus" else torch.zeros_like(k)
+        assert torch.equal(st.consist.sum(1), want)
+    assert (st.consist <= masked_in_y).all()
+    if y_star == "random":  # each masked position has one target; in completion_plus some have both
+        assert not (st.distill & st.consist).any()
+
+
+def test_cdlm_losses_on_a_hand_built_trajectory():
+    """The three losses against direct, position-by-position computations on hand-picked sets."""
+    torch.manual_seed(0)
+    P, L, V, C, mask_id = 3, 8, 11, 16, 1
+    model = Transformer(ModelConfig(vocab_size=V, seq_len=P + L, prompt_len=P, block_size=4, n_layer=1, n_head=2,
+                                    n_embd=C, attn="block_causal")).eval()
+    for w in model.parameters():  # sharper than at init, so that the KLs are far from 0
+        torch.nn.init.normal_(w, std=0.5)
+    batch = dict(prompt=torch.randint(3, V, (2, P)), tokens=torch.randint(3, V, (2, L)),
+                 truth=torch.randint(3, V, (2, L)), hidden=torch.randn(2, L, C), step=STEP.repeat(2, 1))
+    head = torch.randn(V, C)
+    b = lambda rows: torch.tensor(rows, dtype=torch.bool)
+    # row 0: block 1 with 1 token final in y (position 6), 3 in the target (6, 4, 7); row 1: block 0, none
+    # final in y, 2 in the target (1, 3)
+    states = States(y=b([[1, 1, 1, 1, 0, 0, 1, 0], [0] * 8]), target=b([[1, 1, 1, 1, 1, 0, 1, 1], [0, 1, 0, 1, 0, 0, 0, 0]]),
+                    distill=b([[0, 0, 0, 0, 1, 0, 0, 1], [0, 1, 0, 1, 0, 0, 0, 0]]),
+                    consist=b([[0, 0, 0, 0, 0, 1, 0, 0], [1, 0, 1, 0, 0, 0, 0, 0]]))
+    parts = cdlm_losses(model, batch, states, head, mask_id, 4, "answer", generator=torch.Generator().manual_seed(1))
+    state = lambda vis: torch.cat([batch["prompt"], torch.where(vis, batch["tokens"], mask_id)], 1)
+    student = model(state(states.y))[:, P:]
+    target = model(state(states.target))[:, P:]
+    teacher = batch["hidden"] @ head.T
+
+    def kl(p_logits, q_logits):  # KL(p || q) at one position, written out
+        p, q = p_logits.double().softmax(-1), q_logits.double().softmax(-1)
+        return (p * (p.log() - q.log())).sum().item()
+    distill = [kl(teacher[0, 4], student[0, 4]), kl(teacher[0, 7], student[0, 7]),
+               kl(teacher[1, 1], student[1, 1]), kl(teacher[1, 3], student[1, 3])]
+    consist = [kl(target[0, 5], student[0, 5]), kl(target[1, 0], student[1, 0]), kl(target[1, 2], student[1, 2])]
+    assert parts["distill"].item() == pytest.approx(sum(distill) / 4, rel=1e-4)
+    assert parts["consist"].item() == pytest.approx(sum(consist) / 3, rel=1e-4)
+    assert min(distill + consist) > 1e-3
+    x0 = torch.cat([batch["prompt"], batch["truth"]], 1)
+    xt, masked, t = noise_answers(x0, P, mask_id, generator=torch.Generator().manual_seed(1))
+    assert parts["dlm"].item() == pytest.approx(diffusion_loss(model(xt), x0, masked, t, L).item(), rel=1e-4)
+    # no consistency position anywhere: the term is 0 and its extra pass is skipped
+    none = states._replace(consist=torch.zeros_like(states.consist))
+    assert cdlm_losses(model, batch, none, head, mask_id, 4)["consist"].item() == 0.0
+
+
+def test_block_noising_keeps_earlier_blocks_clean():
+    x = torch.randint(3, 9, (2000, 3 + 16))
+    xt, masked, t = noise_block(x, 3, 4, 1, generator=torch.Generator().manual_seed(0))
+    blk = (torch.arange(16) // 4)[None]
+    cur = torch.where(masked[:, 3:].any(1), masked[:, 3:].float().argmax(1) // 4, -1)  # the noised block
+    rows = cur >= 0
+    assert torch.equal(xt[:, :3], x[:, :3])
+    earlier = blk < cur[:, None]
+    assert torch.equal(xt[:, 3:][rows][earlier[rows]], x[:, 3:][rows][earlier[rows]])  # clean
+    assert (xt[:, 3:][rows][(blk > cur[:, None])[rows]] == 1).all()  # later blocks all MASK
+    assert not (masked[:, 3:] & (blk != cur[:, None])).any()  # only the chosen block counts
 
 
 def test_lr_schedule():
-    cfg = {**config, "learning_rate": 1.0, "min_lr": 0.1, "warmup_iters": 10, "max_iters": 110}
+    cfg = {**defaults(config), "learning_rate": 1.0, "min_lr": 0.1, "warmup_iters": 10, "max_iters": 110}
     assert get_lr(0, cfg) < get_lr(5, cfg) < get_lr(9, cfg) <= 1.0
     assert get_lr(10, cfg) == pytest.approx(1.0)
     assert get_lr(60, cfg) == pytest.approx(0.55)

@@ -7,13 +7,14 @@ import pytest
 
 from conftest import TINY_MODEL
 from data.common import BPE_PATTERN, bpe_tokenizer, exact_match, get_tokenizer, load_meta, load_split, train_bpe
+from configurator import CDLMError
 from data.wordproblems.prepare import config, make_problem, prepare
 
 
 @pytest.fixture(scope="module")
 def wp(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("wordproblems"))
-    meta, splits = prepare({**config, "out_dir": d, "n_train": 1500, "n_val": 64, "n_test": 64, "bpe_sample": 1500})
+    meta, splits = prepare({"out_dir": d, "n_train": 1500, "n_val": 64, "n_test": 64, "bpe_sample": 1500})
     return d, meta, splits
 
 
@@ -56,7 +57,7 @@ def test_train_bpe_hand_computed():
 def test_bpe_round_trips_the_generated_text(wp):
     d, meta, splits = wp
     tok = get_tokenizer(load_meta(d))
-    assert meta["tokenizer"] == "bpe" and len(tok) == meta["vocab_size"] <= config["vocab_size"] + 3
+    assert meta["tokenizer"] == "bpe" and len(tok) == meta["vocab_size"] <= config["vocab_size"].default + 3
     assert {tok.pad_id, tok.mask_id, tok.eos_id} == {len(tok) - 3, len(tok) - 2, len(tok) - 1}
     texts = [t for rows in splits.values() for pa in rows for t in pa]
     for t in texts:
@@ -72,15 +73,15 @@ def test_bpe_round_trips_the_generated_text(wp):
 
 def test_bpe_refuses_what_it_cannot_encode(wp):
     tok = get_tokenizer(wp[1])
-    with pytest.raises(ValueError, match=r"'é' at position 10 .* not in the tokenizer's alphabet"):
+    with pytest.raises(CDLMError, match=r"'é' at position 10 .* not in the tokenizer's alphabet"):
         tok.encode("Mia has 5 éclairs.")
-    with pytest.raises(ValueError, match="special token '<\\|mask\\|>'"):
+    with pytest.raises(CDLMError, match="special token '<\\|mask\\|>'"):
         tok.encode("Mia has <|mask|> apples.")
 
 
 def test_bpe_is_saved_with_the_data_and_deterministic(wp, tmp_path):
     d, meta, _ = wp
-    meta2, _ = prepare({**config, "out_dir": str(tmp_path), "n_train": 1500, "n_val": 64, "n_test": 64,
+    meta2, _ = prepare({"out_dir": str(tmp_path), "n_train": 1500, "n_val": 64, "n_test": 64,
                         "bpe_sample": 1500})
     assert meta2["bpe"] == meta["bpe"] and meta["bpe"]["pattern"] == BPE_PATTERN
     for split in ("train", "val", "test"):
@@ -93,12 +94,12 @@ def test_bpe_is_saved_with_the_data_and_deterministic(wp, tmp_path):
 
 def test_bpe_with_an_alphabet_it_cannot_encode_is_refused(wp):
     bpe = dict(wp[1]["bpe"], alphabet=wp[1]["bpe"]["alphabet"] + "%")
-    with pytest.raises(ValueError, match="alphabet has characters \\['%'\\]"):
+    with pytest.raises(CDLMError, match="alphabet has characters \\['%'\\]"):
         bpe_tokenizer(bpe)
 
 
 def test_bench_refuses_checkpoints_of_other_data(wp):
-    from bench import same_data
+    from data.common import same_data
     meta = wp[1]
     assert same_data(meta, dict(meta))
     assert not same_data(meta, dict(meta, bpe=dict(meta["bpe"], ranks=meta["bpe"]["ranks"][:-1])))
@@ -111,8 +112,8 @@ def test_gpt2_tokenizer_unavailable_is_a_clear_error(tmp_path, monkeypatch):
     def offline(name):
         raise ConnectionError("no network")
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(ValueError, match="cannot load tiktoken's 'gpt2' encoding .*--tokenizer=bpe"):
-        prepare({**config, "out_dir": str(tmp_path), "tokenizer": "gpt2", "n_train": 10, "n_val": 2, "n_test": 2})
+    with pytest.raises(CDLMError, match="cannot load tiktoken's 'gpt2' encoding .*--tokenizer=bpe"):
+        prepare({"out_dir": str(tmp_path), "tokenizer": "gpt2", "n_train": 10, "n_val": 2, "n_test": 2})
 
 
 def test_same_scorer_interface(wp):
@@ -125,24 +126,24 @@ def test_same_scorer_interface(wp):
 
 def test_every_stage_runs_on_word_problems(wp, tmp_path):
     """Teacher, collection, student, AR baseline and bench on the word problems, changing only data_dir."""
-    from bench import config as bench_config, run
-    from collect import collect, config as collect_config
+    from bench import run
+    from collect import collect
     from sample import decode_settings, evaluate
-    from train import config as train_config, train
+    from train import train
     from model import load_model
     d, meta, splits = wp
     out = {k: str(tmp_path / k) for k in ("teacher", "traj", "student", "ar")}
-    base = {**train_config, **TINY_MODEL, "data_dir": d, "max_iters": 20}
+    base = {**TINY_MODEL, "data_dir": d, "max_iters": 20}
     train({**base, "mode": "dlm", "out_dir": out["teacher"]})
-    collect({**collect_config, "teacher_dir": out["teacher"], "out_dir": out["traj"], "n_examples": 32,
+    collect({"teacher_dir": out["teacher"], "out_dir": out["traj"], "n_examples": 32,
              "batch_size": 16, "chunk": 32, "device": "cpu"})
     train({**base, "mode": "cdlm", "init_from": "teacher", "out_dir": out["student"], "teacher_dir": out["teacher"],
-           "traj_dir": out["traj"]})
+           "traj_dirs": [out["traj"]]})
     train({**base, "mode": "ar", "out_dir": out["ar"]})
     model, ckpt = load_model(os.path.join(out["student"], "ckpt.pt"))
-    acc, nfe, preds = evaluate(model, ckpt["data_meta"], load_split(d, "test")[:16], decode_settings(ckpt, {}), 8)
+    acc, nfe, preds, _ = evaluate(model, ckpt["data_meta"], load_split(d, "test")[:16], decode_settings(ckpt, {}), 8)
     assert 0 <= acc <= 1 and 1 <= nfe <= meta["gen_len"] and all(isinstance(p, str) for p in preds)
-    report = run({**bench_config, "teacher_dir": out["teacher"], "student_dir": out["student"], "ar_dir": out["ar"],
+    report = run({"teacher_dir": out["teacher"], "student_dir": out["student"], "ar_dir": out["ar"],
                   "num_eval": 8, "batch_size": 8, "latency_n": 1, "repeats": 1, "device": "cpu",
                   "out_path": str(tmp_path / "bench.json")})
     assert report["settings"]["gen_len"] == meta["gen_len"] and report["settings"]["data_dir"] == d

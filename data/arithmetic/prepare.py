@@ -22,19 +22,20 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configurator import configure  # noqa: E402
-from data.common import CharTokenizer, atomic_write_bytes, atomic_write_json, encode_prompt  # noqa: E402
+from configurator import CDLMError, Int, Str, check, configure, run_main  # noqa: E402
+from data.common import CharTokenizer, encode_prompt, prepared, write_dataset  # noqa: E402
+from runtime import check_writable  # noqa: E402
 
 config = dict(
-    out_dir=os.path.dirname(os.path.abspath(__file__)),
-    seed=1337,
-    min_ops=5,         # operations per problem, drawn uniformly in [min_ops, max_ops]
-    max_ops=9,
-    ops="+*",          # which operations appear ('+', '*', '-')
-    n_train=200_000,
-    n_val=1_000,
-    n_test=1_000,
-    block_size=8,      # gen_len is rounded up to a whole number of diffusion blocks
+    out_dir=Str(os.path.dirname(os.path.abspath(__file__))),
+    seed=Int(1337, "[0, inf)"),
+    min_ops=Int(5, "[1, 30]"),        # operations per problem, drawn uniformly in [min_ops, max_ops]
+    max_ops=Int(9, "[1, 30]"),
+    ops=Str("+*"),                    # which operations appear ('+', '*', '-')
+    n_train=Int(200_000, "[1, inf)"),
+    n_val=Int(1_000, "[1, inf)"),
+    n_test=Int(1_000, "[1, inf)"),
+    block_size=Int(8, "[1, inf)"),    # gen_len is rounded up to a whole number of diffusion blocks
 )
 
 CHARS = "0123456789+*->,#=:"
@@ -67,10 +68,29 @@ def lengths(max_ops, block_size):
     return prompt_len, gen_len
 
 
+def distinct_prompts(min_ops, max_ops, ops):
+    """How many different prompts exist: a start digit, then each operation and digit 1..9."""
+    return sum(10 * (9 * len(ops)) ** n for n in range(min_ops, max_ops + 1))
+
+
 def prepare(cfg):
-    if not 1 <= cfg["min_ops"] <= cfg["max_ops"] or not cfg["ops"] or set(cfg["ops"]) - set(APPLY):
-        raise ValueError(f"need 1 <= min_ops <= max_ops and ops drawn from {''.join(APPLY)!r}")
-    os.makedirs(cfg["out_dir"], exist_ok=True)
+    cfg = check(config, cfg)
+    if cfg["min_ops"] > cfg["max_ops"]:
+        raise CDLMError(f"option min_ops={cfg['min_ops']} is above max_ops={cfg['max_ops']}")
+    if set(cfg["ops"]) - set(APPLY) or len(set(cfg["ops"])) != len(cfg["ops"]):
+        raise CDLMError(f"option ops={cfg['ops']!r}: expected distinct characters from {''.join(APPLY)!r}")
+    # held-out prompts are distinct and never in train: ask for at most half of what exists, so
+    # the draws below end quickly and train keeps problems of its own
+    total, held_out = distinct_prompts(cfg["min_ops"], cfg["max_ops"], cfg["ops"]), cfg["n_val"] + cfg["n_test"]
+    if held_out > total // 2:
+        raise CDLMError(f"n_val + n_test = {held_out} distinct problems, but only {total} exist with "
+                        f"min_ops={cfg['min_ops']}, max_ops={cfg['max_ops']}, ops={cfg['ops']!r}; "
+                        f"ask for at most {total // 2} or allow more operations")
+    check_writable(cfg["out_dir"], "option out_dir")
+    meta = prepared(cfg["out_dir"], cfg)
+    if meta is not None:
+        print(f"{cfg['out_dir']} already holds this dataset; nothing to do")
+        return meta
     tok = CharTokenizer(CHARS)
     rng = np.random.default_rng(cfg["seed"])
     prompt_len, gen_len = lengths(cfg["max_ops"], cfg["block_size"])
@@ -92,17 +112,15 @@ def prepare(cfg):
             i += 1
         seen |= used
         rows[split] = out
-    for split, arr in rows.items():
-        atomic_write_bytes(os.path.join(cfg["out_dir"], f"{split}.bin"), arr.tobytes())
     meta = dict(tokenizer="char", chars=CHARS, vocab_size=len(tok), pad_id=tok.pad_id,
                 mask_id=tok.mask_id, eos_id=tok.eos_id, prompt_len=prompt_len, gen_len=gen_len,
                 dtype="uint8", splits=sizes, answer_marker="#", settings=cfg)
-    atomic_write_json(os.path.join(cfg["out_dir"], "meta.json"), meta)  # written last: marks done
+    write_dataset(cfg["out_dir"], rows, meta)
     return meta
 
 
-if __name__ == "__main__":
-    cfg = configure(config, sys.argv[1:])
+def main(argv):
+    cfg = configure(config, argv)
     meta = prepare(cfg)
     tok = CharTokenizer(meta["chars"])
     example = np.fromfile(os.path.join(cfg["out_dir"], "train.bin"), dtype=np.uint8,
@@ -111,3 +129,7 @@ if __name__ == "__main__":
           f"gen_len={meta['gen_len']} vocab={meta['vocab_size']}")
     print("example:", tok.decode(example[:meta["prompt_len"]]), "->",
           tok.decode(example[meta["prompt_len"]:]))
+
+
+if __name__ == "__main__":
+    run_main(main)

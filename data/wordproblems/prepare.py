@@ -24,23 +24,24 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configurator import configure  # noqa: E402
-from data.common import (BPE_PATTERN, atomic_write_bytes, atomic_write_json, bpe_tokenizer,  # noqa: E402
-                         get_tokenizer, gpt2_tokenizer, train_bpe)
+from configurator import CDLMError, Choice, Int, Str, check, configure, run_main  # noqa: E402
+from data.common import (BPE_PATTERN, bpe_tokenizer, get_tokenizer, gpt2_tokenizer, prepared,  # noqa: E402
+                         train_bpe, write_dataset)
+from runtime import check_writable  # noqa: E402
 
 config = dict(
-    out_dir=os.path.dirname(os.path.abspath(__file__)),
-    seed=1337,
-    min_steps=2,        # equations in the worked solution, drawn uniformly in [min_steps, max_steps]
-    max_steps=4,
-    max_value=9,        # no quantity or running value exceeds this (9: one-digit arithmetic)
-    n_train=200_000,
-    n_val=1_000,
-    n_test=1_000,
-    tokenizer="bpe",    # 'bpe': trained on the generated text | 'gpt2': tiktoken's GPT-2 encoding
-    vocab_size=1024,    # the trained BPE's size at most, special tokens not counted
-    bpe_sample=20_000,  # training problems the BPE is trained on
-    block_size=8,       # gen_len is rounded up to a whole number of diffusion blocks
+    out_dir=Str(os.path.dirname(os.path.abspath(__file__))),
+    seed=Int(1337, "[0, inf)"),
+    min_steps=Int(2, "[1, 64]"),      # equations in the worked solution, drawn uniformly in [min_steps, max_steps]
+    max_steps=Int(4, "[1, 64]"),
+    max_value=Int(9, "[2, 100000]"),  # no quantity or running value exceeds this (9: one-digit arithmetic)
+    n_train=Int(200_000, "[1, inf)"),
+    n_val=Int(1_000, "[1, inf)"),
+    n_test=Int(1_000, "[1, inf)"),
+    tokenizer=Choice("bpe", "bpe", "gpt2"),  # 'bpe': trained on the generated text | 'gpt2': tiktoken's GPT-2
+    vocab_size=Int(1024, "[1, 65000]"),     # the trained BPE's size at most, special tokens not counted
+    bpe_sample=Int(20_000, "[1, inf)"),     # training problems the BPE is trained on
+    block_size=Int(8, "[1, inf)"),          # gen_len is rounded up to a whole number of diffusion blocks
 )
 
 NAMES = [("Mia", "She", "her"), ("Ben", "He", "him"), ("Ava", "She", "her"), ("Leo", "He", "him"),
@@ -86,16 +87,25 @@ def make_problem(rng, min_steps, max_steps, max_value=99):
     return " ".join(words), " ".join(eqs) + f" #{v}"
 
 
+STALL = 200_000  # repeats in a row after which the problems are taken to be exhausted
+
+
 def draw_splits(cfg, rng):
     """{split: [(prompt, answer)]}; held-out splits first, and no prompt is in two splits."""
     sizes = {"test": cfg["n_test"], "val": cfg["n_val"], "train": cfg["n_train"]}
     seen, out = set(), {}
     for split, n in sizes.items():
-        rows = []
+        rows, misses = [], 0
         while len(rows) < n:
             prompt, answer = make_problem(rng, cfg["min_steps"], cfg["max_steps"], cfg["max_value"])
             if prompt in seen:
+                misses += 1
+                if misses > STALL:  # the settings allow fewer distinct problems than asked for
+                    raise CDLMError(f"found only {len(seen)} distinct problems with min_steps={cfg['min_steps']}, "
+                                    f"max_steps={cfg['max_steps']}, max_value={cfg['max_value']} ({STALL:,} draws "
+                                    f"in a row were repeats); ask for fewer (n_train, n_val, n_test)")
                 continue
+            misses = 0
             seen.add(prompt)
             rows.append((prompt, answer))
         out[split] = rows
@@ -103,10 +113,14 @@ def draw_splits(cfg, rng):
 
 
 def prepare(cfg):
-    if not 1 <= cfg["min_steps"] <= cfg["max_steps"] or cfg["max_value"] < 2:
-        raise ValueError(f"need 1 <= min_steps <= max_steps and max_value >= 2, got {cfg['min_steps']}, "
-                         f"{cfg['max_steps']}, {cfg['max_value']}")
-    os.makedirs(cfg["out_dir"], exist_ok=True)
+    cfg = check(config, cfg)
+    if cfg["min_steps"] > cfg["max_steps"]:
+        raise CDLMError(f"option min_steps={cfg['min_steps']} is above max_steps={cfg['max_steps']}")
+    check_writable(cfg["out_dir"], "option out_dir")
+    meta = prepared(cfg["out_dir"], cfg)
+    if meta is not None:
+        print(f"{cfg['out_dir']} already holds this dataset; nothing to do")
+        return meta, None
     rng = np.random.default_rng(cfg["seed"])
     splits = draw_splits(cfg, rng)
     if cfg["tokenizer"] == "bpe":
@@ -116,38 +130,40 @@ def prepare(cfg):
         tok_meta = dict(tokenizer="bpe", bpe=dict(pattern=BPE_PATTERN, alphabet=alphabet,
                                                   ranks=[b.hex() for b in ranks]))
         tok = bpe_tokenizer(tok_meta["bpe"])
-    elif cfg["tokenizer"] == "gpt2":
-        tok, tok_meta = gpt2_tokenizer(), dict(tokenizer="gpt2")
     else:
-        raise ValueError(f"tokenizer must be 'bpe' or 'gpt2', got {cfg['tokenizer']!r}")
+        tok, tok_meta = gpt2_tokenizer(), dict(tokenizer="gpt2")
     # a problem with a character the BPE sample lacked fails here, naming it
     enc = {s: [(tok.encode(p), tok.encode(a) + [tok.eos_id]) for p, a in rows] for s, rows in splits.items()}
     prompt_len = max(len(p) for rows in enc.values() for p, _ in rows)
     answer_len = max(len(a) for rows in enc.values() for _, a in rows)
     gen_len = -(-answer_len // cfg["block_size"]) * cfg["block_size"]
     dtype = np.uint8 if len(tok) <= 256 else np.uint16 if len(tok) <= 65536 else np.uint32
+    arrays = {}
     for split, rows in enc.items():
         arr = np.full((len(rows), prompt_len + gen_len), tok.eos_id, dtype=dtype)
         for i, (p, a) in enumerate(rows):
             arr[i, :prompt_len] = p + [tok.pad_id] * (prompt_len - len(p))
             arr[i, prompt_len:prompt_len + len(a)] = a
-        atomic_write_bytes(os.path.join(cfg["out_dir"], f"{split}.bin"), arr.tobytes())
+        arrays[split] = arr
     meta = dict(**tok_meta, vocab_size=len(tok), pad_id=tok.pad_id, mask_id=tok.mask_id, eos_id=tok.eos_id,
                 prompt_len=prompt_len, gen_len=gen_len, dtype=np.dtype(dtype).name,
                 splits={s: len(r) for s, r in enc.items()}, answer_marker="#", settings=cfg)
-    atomic_write_json(os.path.join(cfg["out_dir"], "meta.json"), meta)  # written last: marks done
+    write_dataset(cfg["out_dir"], arrays, meta)
     return meta, splits
 
 
-if __name__ == "__main__":
-    cfg = configure(config, sys.argv[1:])
-    try:
-        meta, splits = prepare(cfg)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+def main(argv):
+    cfg = configure(config, argv)
+    meta, splits = prepare(cfg)
+    if splits is None:
+        return
     prompt, answer = splits["train"][0]
     tok = get_tokenizer(meta)
     print(f"wrote {meta['splits']} to {cfg['out_dir']}: {meta['tokenizer']} vocab={meta['vocab_size']} "
           f"prompt_len={meta['prompt_len']} gen_len={meta['gen_len']}")
     print("example:", prompt, "->", answer)
     print("tokens: ", "|".join(tok.decode([i]) for i in tok.encode(answer)))
+
+
+if __name__ == "__main__":
+    run_main(main)

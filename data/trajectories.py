@@ -1,0 +1,169 @@
+"""
+The on-disk trajectory set that collect.py writes and train.py reads (CDLM Sec. 4.1):
+
+    {out_dir}/meta.json        the commit record: settings, counts, field shapes, which set-* is live
+    {out_dir}/set-<id>/        a complete set, never changed once committed:
+        prompt.bin  (n, prompt_len)       uint8/16  the padded prompt
+        tokens.bin  (n, gen_len)          uint8/16  the teacher's finalized answer
+        step.bin    (n, gen_len)          int16     the step at which each answer position was finalized
+        hidden.bin  (n, gen_len, n_embd)  float16   last hidden state of each position at that step
+        truth.bin   (n, gen_len)          uint8/16  the ground-truth answer
+        progress.json                     how many rows are written (the set is complete when all are)
+    {out_dir}/partial/         the set being written, in chunks, with the same files
+
+A set is written in partial/, renamed to set-<id> when complete, and becomes the live set when
+meta.json (written to a temporary file, then renamed) names it. A reader therefore sees the old
+complete set or the new complete set, whatever instant a crash hits; a rerun finds what it can
+reuse (a complete set not yet committed, or partial chunks with matching settings and sizes) and
+removes the rest.
+"""
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from configurator import CDLMError
+from data.common import atomic_write_json, read_json
+
+FIELDS = ("prompt", "tokens", "step", "hidden", "truth")
+
+
+def field_specs(data_meta, n, n_embd, hidden_dtype):
+    """name -> (shape, dtype) of every stored array."""
+    tok, P, L = data_meta["dtype"], data_meta["prompt_len"], data_meta["gen_len"]
+    return {"prompt": ((n, P), tok), "tokens": ((n, L), tok), "step": ((n, L), "int16"),
+            "hidden": ((n, L, n_embd), hidden_dtype), "truth": ((n, L), tok)}
+
+
+def nbytes(spec):
+    shape, dtype = spec
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def sizes_match(d, specs):
+    return all(os.path.isfile(os.path.join(d, f"{k}.bin")) and os.path.getsize(os.path.join(d, f"{k}.bin"))
+               == nbytes(s) for k, s in specs.items())
+
+
+class Writer:
+    """Rows of a set in {out_dir}/partial, written in place with plain file I/O: a full disk is an
+    OSError with a message, never a SIGBUS from a memory map."""
+
+    def __init__(self, out_dir, specs, settings):
+        self.out_dir, self.specs, self.settings = out_dir, specs, settings
+        self.dir = os.path.join(out_dir, "partial")
+
+    def resume(self):
+        """Rows already written with these settings, or 0 after clearing anything else."""
+        prog = os.path.join(self.dir, "progress.json")
+        if os.path.isfile(prog):
+            try:
+                p = read_json(prog, "")
+            except CDLMError:
+                p = {}
+            if p.get("settings") == self.settings and sizes_match(self.dir, self.specs):
+                return p["done"], p["correct"]
+            print(f"{self.dir} holds work of other settings or damaged files: starting over")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        for k, s in self.specs.items():
+            with open(os.path.join(self.dir, f"{k}.bin"), "wb") as f:
+                f.truncate(nbytes(s))
+        return 0, 0
+
+    def write(self, rows, arrays):
+        """Write arrays {field: (r, ...)} at rows rows.start..rows.stop."""
+        for k, a in arrays.items():
+            shape, dtype = self.specs[k]
+            row_bytes = nbytes(((1,) + tuple(shape[1:]), dtype))
+            data = np.ascontiguousarray(a, dtype=dtype).tobytes()
+            fd = os.open(os.path.join(self.dir, f"{k}.bin"), os.O_WRONLY)
+            try:
+                written = os.pwrite(fd, data, rows.start * row_bytes)
+                if written != len(data):
+                    raise OSError(28, "short write (disk full?)")
+            finally:
+                os.close(fd)
+
+    def checkpoint(self, done, correct):
+        """Make the rows so far durable, then record them: progress.json never runs ahead of the data."""
+        for k in self.specs:
+            fd = os.open(os.path.join(self.dir, f"{k}.bin"), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        atomic_write_json(os.path.join(self.dir, "progress.json"), dict(settings=self.settings, done=done,
+                                                                        correct=correct))
+
+    def commit(self, set_id, meta):
+        """partial/ becomes set-<id>, then meta.json names it (the commit point), then old sets go."""
+        final = os.path.join(self.out_dir, set_id)
+        shutil.rmtree(final, ignore_errors=True)  # an uncommitted leftover of the same settings
+        os.replace(self.dir, final)
+        commit(self.out_dir, set_id, meta)
+
+
+def commit(out_dir, set_id, meta):
+    atomic_write_json(os.path.join(out_dir, "meta.json"), {**meta, "set": set_id})
+    for name in os.listdir(out_dir):
+        if name.startswith("set-") and name != set_id:
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+
+def committed(out_dir):
+    """The meta.json of the live set, or None (no set, or one from an older format)."""
+    path = os.path.join(out_dir, "meta.json")
+    if not os.path.isfile(path):
+        return None
+    meta = read_json(path, "collect the trajectories again")
+    return meta if "set" in meta else None
+
+
+def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None):
+    """The live set's arrays as read-only memmaps, and its meta; refuses a set that does not match."""
+    meta = committed(traj_dir)
+    if meta is None:
+        raise CDLMError(f"no trajectories at {traj_dir} (run `python collect.py` first)")
+    try:
+        specs = {k: (tuple(s), d) for k, (s, d) in meta["fields"].items()}
+        have = dict(teacher_hash=meta["settings"]["teacher_hash"], gen_len=meta["gen_len"], block_size=meta["block_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CDLMError(f"{traj_dir}/meta.json is corrupt ({type(e).__name__}: {e}): collect again")
+    for key, want in dict(teacher_hash=teacher_hash, gen_len=gen_len, block_size=block_size).items():
+        if want is not None and have[key] != want:
+            what = "another teacher" if key == "teacher_hash" else f"{key}={have[key]}"
+            raise CDLMError(f"trajectories in {traj_dir} come from {what}, but this run needs "
+                            f"{'the teacher in use' if key == 'teacher_hash' else f'{key}={want}'}: collect them again")
+    d = os.path.join(traj_dir, meta["set"])
+    for name in FIELDS:
+        f = os.path.join(d, f"{name}.bin")
+        if not os.path.isfile(f) or os.path.getsize(f) != nbytes(specs[name]):
+            raise CDLMError(f"{f} is missing or truncated (expected {nbytes(specs[name])} bytes): collect again")
+    arrays = {k: np.memmap(os.path.join(d, f"{k}.bin"), dtype=specs[k][1], mode="r", shape=specs[k][0])
+              for k in FIELDS}
+    return arrays, meta
+
+
+class TrajectorySets:
+    """Several sets of one teacher (e.g. one per temperature) as one indexable training set."""
+
+    def __init__(self, sets):
+        self.sets = sets
+        self.starts = np.cumsum([0] + [len(a["tokens"]) for a in sets])
+        self.n = int(self.starts[-1])
+
+    def batch(self, idx, device):
+        """Rows idx (sorted, global) as tensors: token fields int64, hidden float32."""
+        parts = []
+        for a, lo, hi in zip(self.sets, self.starts[:-1], self.starts[1:]):
+            local = idx[(idx >= lo) & (idx < hi)] - lo
+            parts.append({k: a[k][local] for k in FIELDS})
+        out = {k: np.concatenate([p[k] for p in parts]) for k in FIELDS}
+        return {k: torch.as_tensor(v.astype(np.float32 if k == "hidden" else np.int64), device=device)
+                for k, v in out.items()}
+
+
+def load_trajectory_sets(dirs, teacher_hash, gen_len, block_size):
+    return TrajectorySets([load_trajectories(d, teacher_hash, gen_len, block_size)[0] for d in dirs])

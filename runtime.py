@@ -1,0 +1,172 @@
+"""
+Runtime plumbing shared by every script (nanochat's common module): device, precision, DDP set-up
+and collectives, clocks, random states and output checks. No script imports these from another
+script.
+"""
+import os
+import re
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import torch
+
+from configurator import CDLMError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def pick_device(device):
+    """'auto' is the best device present; an explicit one must exist, or a one-line error says so."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise CDLMError(f"option device={device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CDLMError(f"option device={device!r}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                            f"use --device=cpu")
+        if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise CDLMError(f"option device={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CDLMError("option device='mps': no Apple GPU is available; use --device=cpu")
+    return device
+
+
+def pick_dtype(dtype, device):
+    """'auto' is bfloat16 on a CUDA GPU that supports it natively (Ampere and later), else float32."""
+    if dtype == "auto":
+        cuda_bf16 = str(device).startswith("cuda") and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bfloat16" if cuda_bf16 else "float32"
+    if dtype not in DTYPES:
+        raise CDLMError(f"option dtype={dtype!r}: expected 'auto' or one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def autocast(device, dtype):
+    """Mixed precision for forward passes (weights stay float32); a no-op context in float32."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=str(device).split(":")[0], dtype=getattr(torch, dtype))
+
+
+def sync(device):
+    """Wait for queued GPU work: CUDA kernels run asynchronously, so a clock is read after this."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Runtime(NamedTuple):
+    ddp: bool
+    rank: int
+    world: int
+    device: str
+    dtype: str
+    ctx: object          # the autocast context for forward passes
+    owns_group: bool     # we started the process group, so we end it
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def setup_runtime(cfg):
+    """
+    DDP (torchrun sets RANK), device, seed and autocast context; nanoGPT's recipe. A process
+    group that the caller already started is used as it is (and left for the caller to end).
+    """
+    import torch.distributed as dist
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    owns_group = ddp and not dist.is_initialized()
+    device = pick_device(cfg["device"])
+    dtype = pick_dtype(cfg["dtype"], device)
+    rank, world = 0, 1
+    if ddp:
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+        if owns_group:
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(cfg["seed"] + rank)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the float32 matmuls left over
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(ddp, rank, world, device, dtype, autocast(device, dtype), owns_group)
+
+
+def end_runtime(rt):
+    """Every rank waits here until rank 0 has written its files; then the group we started ends."""
+    if rt.ddp:
+        import torch.distributed as dist
+        dist.barrier()
+        if rt.owns_group:
+            dist.destroy_process_group()
+
+
+def gather_rows(t, world):
+    """Concatenate a same-shaped tensor from every rank along dim 0, in rank order."""
+    if world == 1:
+        return t
+    import torch.distributed as dist
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def gather_objects(obj, world):
+    """A small picklable object from every rank, as a list in rank order."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj, ddp):
+    """Rank 0's value of a small Python object, on every rank."""
+    if not ddp:
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# -----------------------------------------------------------------------------
+# random states: everything a run draws from, so a resumed run continues exactly
+
+def rng_state(np_rng, gen):
+    """The numpy batch generator, the torch noise generator and torch's global state (dropout)."""
+    state = dict(numpy=np_rng.bit_generator.state, torch=gen.get_state(), torch_global=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state, np_rng, gen):
+    np_rng.bit_generator.state = state["numpy"]
+    gen.set_state(state["torch"])
+    torch.set_rng_state(state["torch_global"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_writable(path, what):
+    """Make the directory path and prove a file can be written there, before any work is done.
+    Under torchrun only rank 0 writes files, so only rank 0 checks."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test_{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        raise CDLMError(f"{what} {path!r} is not writable: {e.strerror or e}")
+
