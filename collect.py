@@ -30,7 +30,7 @@ import torch
 
 from configurator import CDLMError, Choice, Float, Int, Str, check, configure, run_main
 from data.common import checkpoint_data, data_fingerprint, exact_match, get_tokenizer, load_split, read_json
-from data.trajectories import Writer, commit, committed, field_specs, load_trajectories, sizes_match
+from data.trajectories import Writer, commit, committed, field_specs, load_trajectories, remove_stale, sizes_match
 from model import load_model
 from runtime import broadcast, check_writable, end_runtime, gather_rows, setup_runtime
 from sample import DecodeSettings, generate
@@ -136,6 +136,7 @@ def _reuse(out_dir, set_id, settings, specs, meta):
     live = committed(out_dir)
     if live is not None and live["settings"] == settings:
         load_trajectories(out_dir)  # refuses damaged files
+        remove_stale(out_dir, live["set"])
         return "done"
     d = os.path.join(out_dir, set_id)
     prog = os.path.join(d, "progress.json")

@@ -294,7 +294,7 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir"):
         raise CDLMError(f"{path} is not a checkpoint of this version of the repo (needs {', '.join(CKPT_KEYS)})")
     have = ckpt["config"]["mode"]
     if mode is not None and have != mode:
-        raise CDLMError(f"--{option}: {path} holds a {KINDS[have]} ({have}); this needs a {KINDS[mode]} ({mode})")
+        raise CDLMError(f"--{option}: {path} holds the {KINDS[have]} ({have}), but this needs the {KINDS[mode]} ({mode})")
     return ckpt
 
 

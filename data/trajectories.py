@@ -107,6 +107,11 @@ class Writer:
 
 def commit(out_dir, set_id, meta):
     atomic_write_json(os.path.join(out_dir, "meta.json"), {**meta, "set": set_id})
+    remove_stale(out_dir, set_id)
+
+
+def remove_stale(out_dir, set_id):
+    """Sets other than the live one: left by the commit that replaced them."""
     for name in os.listdir(out_dir):
         if name.startswith("set-") and name != set_id:
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
