@@ -5,8 +5,8 @@ with the hardware view behind the speedups.
     python bench.py                 # markdown tables + out/bench.json (+ out/bench_roofline.png)
     python bench.py --sweep         # also the student's threshold and block-size frontiers
 
-The methods (CDLM Sec. 5 compares the same family) are the table METHODS below: from it follow the
-checkpoints needed, the run order and the CLI choices.
+The methods (CDLM Sec. 5 compares the same family) are the table METHODS in sample.py: from it follow
+the checkpoints needed, the run order and the CLI choices (and show.py's side-by-side view).
 """
 import os
 import platform
@@ -14,42 +14,16 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, replace
-from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from configurator import Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, run_main
-from data.common import atomic_write_json, checkpoint_data, load_split, same_data
+from configurator import Bool, Choice, Float, Int, List, Str, check, configure, run_main
+from data.common import atomic_write_json, checkpoint_data, load_split
 from runtime import autocast, check_writable, pick_device, pick_dtype, sync
-from sample import DecodeSettings, evaluate, generate, load_for_decoding
+from model import read_checkpoint
+from sample import CHECKPOINTS, METHODS, evaluate, generate, load_models, needs
 
 
-class Method(NamedTuple):
-    model: str                      # the checkpoint it decodes with: 'teacher' | 'student' | 'ar'
-    settings: Callable              # (block_size, threshold, cut_steps) -> DecodeSettings
-    about: str
-    reference: Optional[str] = None  # report the share of answers that differ from this method's
-
-
-THRESHOLDED = lambda cache: lambda B, th, cut: DecodeSettings(B, threshold=th, cache=cache, early_stop=True)
-METHODS = {  # cdlm first: dlm_fewer_steps takes the student's measured steps
-    "cdlm": Method("student", THRESHOLDED("exact"), "the student: exact block KV cache, threshold, early stop"),
-    "ar": Method("ar", lambda B, th, cut: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
-                 "the autoregressive baseline: KV cache, greedy"),
-    "dlm": Method("teacher", lambda B, th, cut: DecodeSettings(B, steps_per_block=B),
-                  "the teacher, naive (the paper's baseline): one token per step over all gen_len positions"),
-    "dlm_stop": Method("teacher", lambda B, th, cut: DecodeSettings(B, steps_per_block=B, early_stop=True),
-                       "the naive teacher stopping at EOS (a fairer naive baseline)"),
-    "dlm_threshold": Method("teacher", THRESHOLDED("none"), "the teacher with threshold decoding, no cache "
-                                                            "(training-free parallel decoding)"),
-    "dlm_prefix_cache": Method("teacher", THRESHOLDED("prefix"), "dlm_threshold with Fast-dLLM's approximate "
-                               "prefix cache, refreshed at each block", "dlm_threshold"),
-    "dlm_dual_cache": Method("teacher", THRESHOLDED("dual"), "dlm_threshold with Fast-dLLM's approximate dual "
-                             "cache (prefix and masked suffix), refreshed at each block", "dlm_threshold"),
-    "dlm_fewer_steps": Method("teacher", lambda B, th, cut: DecodeSettings(B, steps_per_block=cut, early_stop=True),
-                              "the teacher cut to the student's steps per block (naive step cutting)"),
-}
-CHECKPOINTS = {"teacher": ("teacher_dir", "dlm"), "student": ("student_dir", "cdlm"), "ar": ("ar_dir", "ar")}
 
 config = dict(
     teacher_dir=Str("out/teacher"),
@@ -183,25 +157,13 @@ def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None):
                 preds=ev.preds)
 
 
-def load_models(cfg, methods, device):
-    """The checkpoints the methods need, each of the right kind, all on the same data; the student
-    must come from this teacher."""
-    models = {}
-    for which in dict.fromkeys(m for name in methods for m in needs(name)):
+def checkpoint_hashes(cfg):
+    """The weights of every checkpoint the chosen methods use: a stored report is reused only for them."""
+    out = {}
+    for which in dict.fromkeys(m for name in cfg["methods"] for m in needs(name)):
         key, mode = CHECKPOINTS[which]
-        models[which] = load_for_decoding(os.path.join(cfg[key], "ckpt.pt"), {}, device, mode, key)
-    data_meta = next(iter(models.values()))[1]["data_meta"]
-    for which, (_, ckpt, _) in models.items():
-        if not same_data(ckpt["data_meta"], data_meta):
-            raise CDLMError(f"--{CHECKPOINTS[which][0]}: that checkpoint was trained on other data than the others")
-    if "teacher" in models and "student" in models and \
-            models["student"][1]["teacher_hash"] != models["teacher"][1]["weights_hash"]:
-        raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than {cfg['teacher_dir']}")
-    return models
-
-
-def needs(name):
-    return (METHODS[name].model, "student") if name == "dlm_fewer_steps" else (METHODS[name].model,)
+        out[which] = read_checkpoint(os.path.join(cfg[key], "ckpt.pt"), "cpu", mode, key)["weights_hash"]
+    return out
 
 
 def run(cfg):
@@ -245,7 +207,7 @@ def run(cfg):
                 r[f"speedup_throughput_vs_{base}"] = r["throughput_tok_s"] / results[base]["throughput_tok_s"]
     for r in results.values():
         del r["preds"]
-    report = dict(methods=results,
+    report = dict(methods=results, config=cfg, checkpoints={w: m[1]["weights_hash"] for w, m in models.items()},
                   settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=cfg["batch_size"],
                                 latency_n=cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,
                                 gen_len=meta["gen_len"], data_dir=data_dir),

@@ -1,23 +1,371 @@
 """
-The trace renderer: how decoding looks, step by step.
+See decoding: the trace renderer and the teaching views, made from your own checkpoints.
 
-    python sample.py --out_dir=out/student --prompt="5:+3*7+2*4+1=" --show
+    python show.py --prompt="5:+3*7+2*4+1="                        # every method, side by side, step by step
+    python show.py --prompt="5:+3*7+2*4+1=" --html=out/replay.html  # the same as a self-contained HTML replay
+    python show.py --view=masks                                     # the three attention masks and the KV cache
+    python show.py --view=states                                    # one CDLM training state and its targets
+    python show.py --view=confidence --state="+3>8,*7>_,+2>_"       # teacher vs student on a partial answer
+    python show.py --view=infill                                    # what bidirectional attention buys
+
+In the traces '_' is a masked position and '.' is EOS; the tokens finalized at a step are coloured
+(on a terminal) or marked with '^' on the line below (when piped).
 """
-LEGEND = "legend: _ masked, . EOS, [x] finalized at this step (confidence in brackets below)"
+import html
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from configurator import CDLMError, Choice, Int, List, Str, configure, run_main
+from data.common import checkpoint_data, encode_prompt, get_tokenizer, load_split
+from model import attention_mask
+from runtime import pick_device
+from sample import METHODS, DecodeSettings, generate, load_models
+
+config = dict(
+    view=Choice("compare", "compare", "masks", "states", "confidence", "infill"),
+    prompt=Str("5:+3*7+2*4+1="),
+    state=Str(None),                    # confidence: the answer so far, '_' where masked (the rest masked)
+    methods=List(list(METHODS), Choice(None, *METHODS)),
+    teacher_dir=Str("out/teacher"),
+    student_dir=Str("out/student"),
+    ar_dir=Str("out/ar"),
+    traj_dir=Str("out/trajectories"),   # states: the trajectory set to draw from
+    index=Int(0, "[0, inf)"),           # states: which stored trajectory
+    y_star=Choice(None, "random", "completion", "completion_plus"),  # states: None is the student's reading
+    html=Str(None),                     # compare: also write the replay here
+    png=Str(None),                      # masks, states: also draw a picture here (needs matplotlib)
+    color=Choice("auto", "auto", "always", "never"),
+    num_eval=Int(500, "[1, inf)"),      # infill: test problems
+    data_dir=Str(None),
+    seed=Int(1337, "[0, inf)"),
+    device=Str("cpu"),
+)
+LEGEND = "legend: _ masked, . EOS; the tokens finalized at this step are highlighted (or marked ^ below)"
+NEW, DIM, OFF = "\033[1;30;42m", "\033[2m", "\033[0m"
 
 
-def render(tok, meta, ids):
-    """An answer as text: '_' for a masked position, '.' for EOS, each token as its text."""
-    return "".join("_" if i == meta["mask_id"] else "." if i == meta["eos_id"] else tok.decode([i]) for i in ids)
+def token_texts(tok, meta, ids):
+    """Each position's text: '_' for a masked position, '.' for EOS."""
+    return ["_" if i == meta["mask_id"] else "." if i == meta["eos_id"] else tok.decode([i]) for i in ids]
 
 
 def step_line(tok, meta, ev, row):
-    """One line per step for row `row` of a Step: the answer so far and what this step finalized."""
-    r = (ev.rows == row).nonzero()
+    """sample.py --show: row `row` of a Step as one line, with what this step finalized and how sure."""
+    r = (ev.rows == row).nonzero().flatten()
     if len(r) == 0:
         return ""
-    r = r.item()
-    picked = ev.picked[r].nonzero().flatten().tolist()
-    bs = ev.picked.size(1)
-    confs = ", ".join(f"{tok.decode([ev.pred[r, j].item()])}@{ev.block * bs + j}: {ev.conf[r, j].item():.2f}" for j in picked)
-    return f"{render(tok, meta, ev.tokens[r].tolist())}   nfe {ev.nfe[r].item():2d}  finalized {confs}"
+    r, bs = r.item(), ev.picked.size(1)
+    new = [(ev.block * bs + j, tok.decode([ev.pred[r, j].item()]) or ".", ev.conf[r, j].item())
+           for j in ev.picked[r].nonzero().flatten().tolist()]
+    text = "".join(token_texts(tok, meta, ev.tokens[r].tolist()))
+    return f"{text}   nfe {ev.nfe[r].item():2d}   " + " ".join(f"{t!r}@{p} {c:.2f}" for p, t, c in new)
+
+
+# -----------------------------------------------------------------------------
+# compare: every method on one prompt
+
+def trace(model, meta, prompt, settings):
+    """Decode one prompt (1, prompt_len) and keep every step: tokens, what was finalized, confidences."""
+    frames, t0 = [], time.perf_counter()
+
+    def on_step(ev):
+        bs, lo = ev.picked.size(1), ev.block * ev.picked.size(1)
+        picked = [False] * meta["gen_len"]
+        conf = [None] * meta["gen_len"]
+        for j in range(bs):
+            c = ev.conf[0, j].item()
+            conf[lo + j] = None if c == float("-inf") else round(c, 3)
+            picked[lo + j] = bool(ev.picked[0, j])
+        P = meta["prompt_len"]
+        frames.append(dict(tokens=ev.tokens[0].tolist(), picked=picked, conf=conf, nfe=ev.nfe[0].item(),
+                           ms=round(1000 * (time.perf_counter() - t0), 2), lo=ev.lo - P, hi=ev.hi - P))
+    out = generate(model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], settings, on_step=on_step)
+    return frames, out.tokens[0].tolist()
+
+
+def compare(cfg, models, meta, tok):
+    """Every method on one prompt: a list of dict(name, about, block_size, cache, frames, answer)."""
+    device = next(iter(models.values()))[0].lm_head.weight.device
+    prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], meta["prompt_len"])], device=device)
+    runs, cut = [], None
+    threshold = models["student"][2].threshold if "student" in models else 0.9
+    for name in (m for m in METHODS if m in cfg["methods"]):
+        model = models[METHODS[name].model][0]
+        B = model.cfg.block_size
+        if name == "dlm_fewer_steps":  # the teacher cut to the student's steps per block on this prompt
+            s_frames, s_ans = trace(models["student"][0], meta, prompt, METHODS["cdlm"].settings(B, threshold, None))
+            cut = max(1, min(B, round(B * s_frames[-1]["nfe"] / decoded_positions(s_ans, meta, B))))
+        s = METHODS[name].settings(B, threshold, cut)
+        frames, answer = trace(model, meta, prompt, s)
+        runs.append(dict(name=name, about=METHODS[name].about, block_size=s.block_size, cache=s.cache,
+                         frames=frames, answer=answer))
+    return runs
+
+
+def decoded_positions(answer, meta, B):
+    eos = [i for i, t in enumerate(answer) if t == meta["eos_id"]]
+    return min(len(answer), (eos[0] // B + 1) * B) if eos else len(answer)
+
+
+def render_compare(runs, tok, meta, color):
+    """The frames as text: at each step t, every method's answer after its t-th forward pass."""
+    # each pass's answer, then the final one (early stop fills the blocks after EOS without a pass)
+    texts = {r["name"]: [token_texts(tok, meta, f["tokens"]) for f in r["frames"]] + [token_texts(tok, meta, r["answer"])]
+             for r in runs}
+    L = meta["gen_len"]
+    width = [max(len(t[-1][j]) for t in texts.values()) for j in range(L)]
+    name_w = max(len(r["name"]) for r in runs)
+    lines = [LEGEND]
+    for t in range(max(len(r["frames"]) for r in runs)):
+        lines.append(f"step {t + 1}")
+        for r in runs:
+            f = r["frames"][min(t, len(r["frames"]) - 1)]
+            done = t >= len(r["frames"])
+            cells, marks = [], []
+            for j, text in enumerate(texts[r["name"]][min(t, len(r["frames"]))]):
+                text = text.ljust(width[j])
+                new = f["picked"][j] and not done
+                cells.append(NEW + text + OFF if new and color else DIM + text + OFF if text[0] == "_" and color
+                             else text)
+                marks.append(("^" if new else " ").ljust(width[j]))
+            status = "done" if done else f"nfe {f['nfe']:2d}"
+            lines.append(f"{r['name']:<{name_w}}  {''.join(cells)}  {status}, {f['ms']:6.1f} ms")
+            if not color and not done and any(f["picked"]):
+                lines.append(" " * (name_w + 2) + "".join(marks).rstrip())
+    return "\n".join(lines)
+
+
+REPLAY = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CDLM decoding replay</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:24px;color:#222}
+h1{font-size:18px} .prompt{font-family:monospace;font-size:15px}
+table{border-collapse:collapse;margin-top:12px} td{padding:0}
+td.name{font-family:monospace;padding-right:12px;white-space:nowrap;font-size:13px}
+td.info{font-family:monospace;font-size:12px;padding-left:12px;white-space:nowrap;color:#555}
+span.c{display:inline-block;min-width:14px;height:22px;line-height:22px;text-align:center;font-family:monospace;
+font-size:14px;border-bottom:3px solid transparent;border-left:1px solid #eee}
+span.b{border-left:2px solid #333} span.m{color:#bbb} span.n{outline:2px solid #d33;font-weight:bold}
+span.k{border-bottom-color:#39c} .legend span.c{margin-right:4px}
+#controls{margin:12px 0} .about{font-size:12px;color:#666}
+</style></head><body>
+<h1>Decoding one prompt with every method</h1>
+<div class="prompt">prompt: PROMPT</div>
+<div id="controls"><button id="play">play</button>
+<input id="t" type="range" min="1" max="1" value="1" style="width:420px"> step <span id="tv">1</span></div>
+<div class="legend"><span class="c m">_</span>masked &nbsp; <span class="c n">7</span>finalized at this step &nbsp;
+<span class="c" style="background:rgba(40,160,70,.5)">7</span>shading: confidence when finalized (hover for it) &nbsp;
+<span class="c k">7</span>keys and values served from the cache at this step &nbsp; <span class="c b">&nbsp;</span>block boundary</div>
+<table id="grid"></table>
+<div id="about"></div>
+<script>
+const RUNS = DATA;
+const grid = document.getElementById("grid"), slider = document.getElementById("t");
+slider.max = Math.max(...RUNS.map(r => r.frames.length));
+function cell(text, cls, title, shade) {
+  const s = document.createElement("span");
+  s.className = "c " + cls; s.textContent = text; if (title) s.title = title;
+  if (shade !== null) s.style.background = "rgba(40,160,70," + (0.15 + 0.6 * shade).toFixed(2) + ")";
+  return s;
+}
+function draw() {
+  const t = +slider.value; document.getElementById("tv").textContent = t; grid.innerHTML = "";
+  for (const r of RUNS) {
+    const i = Math.min(t, r.frames.length) - 1, f = r.frames[i], done = t > r.frames.length;
+    const row = grid.insertRow(), name = row.insertCell(), ans = row.insertCell(), info = row.insertCell();
+    name.className = "name"; name.textContent = r.name; name.title = r.about; info.className = "info";
+    (done ? r.answer_text : f.text).forEach((text, j) => {
+      let cls = (j % r.block_size === 0 ? "b " : "") + (!done && f.tokens[j] === MASK ? "m " : "");
+      if (f.picked[j] && !done) cls += "n ";
+      if (r.cache !== "none" && !done && j < f.lo) cls += "k ";
+      let conf = null;
+      for (let k = 0; k <= i; k++) if (r.frames[k].picked[j]) conf = r.frames[k].conf[j];
+      ans.appendChild(cell(text, cls, conf === null ? "masked" : "confidence " + conf, conf));
+    });
+    info.textContent = (done ? "done: " : "") + "nfe " + f.nfe + ", " + f.ms.toFixed(1) + " ms";
+  }
+}
+slider.oninput = draw;
+let timer = null;
+document.getElementById("play").onclick = () => {
+  if (timer) { clearInterval(timer); timer = null; return; }
+  if (+slider.value >= +slider.max) slider.value = 1;
+  timer = setInterval(() => { if (+slider.value >= +slider.max) { clearInterval(timer); timer = null; return; }
+                               slider.value = +slider.value + 1; draw(); }, 250);
+};
+document.getElementById("about").innerHTML = RUNS.map(r => "<div class='about'><b>" + r.name + "</b>: " +
+  r.about + "</div>").join("");
+draw();
+</script></body></html>
+"""
+
+
+def replay_html(runs, tok, meta, prompt):
+    """One self-contained page (inline CSS and JS, no network): a step slider over every method."""
+    data = [{**r, "frames": [{**f, "text": token_texts(tok, meta, f["tokens"])} for f in r["frames"]],
+             "answer_text": token_texts(tok, meta, r["answer"])} for r in runs]
+    return (REPLAY.replace("PROMPT", html.escape(prompt)).replace("MASK", str(meta["mask_id"]))
+            .replace("DATA", json.dumps(data).replace("</", "<\\/")))
+
+
+# -----------------------------------------------------------------------------
+# masks, training states, confidences, infilling
+
+def mask_grids(prompt_len=2, block_size=3, n_blocks=3, decoding=2):
+    """The three masks as character grids for a prompt and n_blocks blocks ('#' may attend), and the
+    block-causal mask while block `decoding` is decoded with the exact cache: 'C' keys read from
+    the cache, '#' keys computed in this pass, blank rows not computed at all."""
+    T = prompt_len + block_size * n_blocks
+    label = ["p"] * prompt_len + [str(b) for b in range(n_blocks) for _ in range(block_size)]
+    out = []
+    for mode in ("bidirectional", "block_causal", "causal"):
+        m = attention_mask(mode, T, prompt_len, block_size)
+        out.append((mode, [" ".join("#" if v else "." for v in row) for row in m.tolist()]))
+    s, e = prompt_len + decoding * block_size, prompt_len + (decoding + 1) * block_size
+    m = attention_mask("block_causal", T, prompt_len, block_size)
+    rows = [" ".join(("C" if j < s else "#") if m[i, j] else "." for j in range(T)) if s <= i < e else ""
+            for i in range(T)]
+    out.append((f"block_causal, decoding block {decoding} (cache)", rows))
+    header = " ".join(label)
+    text = []
+    for title, rows in out:
+        text += [title, "   keys: " + header] + [f"q {label[i]}:   {r}" for i, r in enumerate(rows)] + [""]
+    return "\n".join(text)
+
+
+def training_state(cfg, device):
+    """One stored trajectory, one drawn (y, y*) pair of the student's reading, and what each position
+    is trained on."""
+    from data.trajectories import load_trajectories
+    from model import read_checkpoint
+    from train import draw_states, noise_answers
+    arrays, tmeta = load_trajectories(cfg["traj_dir"])
+    student = read_checkpoint(os.path.join(cfg["student_dir"], "ckpt.pt"), device, "cdlm", "student_dir")
+    meta, y_star = student["data_meta"], cfg["y_star"] or student["config"]["y_star"]
+    i = cfg["index"]
+    if i >= tmeta["n"]:
+        raise CDLMError(f"option index={i}: {cfg['traj_dir']} holds {tmeta['n']} trajectories")
+    tok, bs = get_tokenizer(meta), tmeta["block_size"]
+    step = torch.as_tensor(arrays["step"][i:i + 1].astype(np.int64))
+    tokens = arrays["tokens"][i].tolist()
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    st = draw_states(step, bs, y_star, gen)
+    b = int(st.distill[0].nonzero()[0].item() // bs)
+    span = range(b * bs, (b + 1) * bs)
+    x0 = torch.as_tensor(np.concatenate([arrays["prompt"][i], arrays["truth"][i]]).astype(np.int64))[None]
+    _, dlm_masked, t = noise_answers(x0, meta["prompt_len"], meta["mask_id"], generator=gen)
+    dlm_masked = dlm_masked[0, meta["prompt_len"]:]
+    show = lambda vis: [tok.decode([tokens[j]]) or "." if vis[0, j] else "_" for j in span]
+    order = (step[0, list(span)] - b * bs).tolist()
+    rows = [("teacher's order", [str(o) for o in order]), ("y", show(st.y)),
+            ("y*" if y_star == "random" else "y' (consistency)", show(st.target)),
+            ("distill (D)", ["D" if st.distill[0, j] else "." for j in span]),
+            ("consist (C)", ["C" if st.consist[0, j] else "." for j in span]),
+            (f"DLM loss (t={t.item():.2f})", ["L" if dlm_masked[j] else "." for j in span])]
+    lines = [f"trajectory {i} of {cfg['traj_dir']}: {tok.decode(arrays['prompt'][i].tolist())} -> "
+             f"{tok.decode(tokens)}", f"block {b} (answer positions {span.start}..{span.stop - 1}), "
+             f"y_star={y_star!r}; D: a teacher target, C: a consistency target, L: masked in the DLM loss's "
+             f"own noised copy of the ground truth (every answer position can be)"]
+    lines += [f"{name:<22}" + " ".join(f"{c:>2}" for c in cells) for name, cells in rows]
+    return "\n".join(lines), rows
+
+
+def proposals(model, meta, prompt, state):
+    """Each position's proposal and confidence under `model` at one partial answer (1, gen_len)."""
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, state], 1))[0, meta["prompt_len"]:]
+    logits[:, meta["mask_id"]] = float("-inf")
+    p = logits.float().softmax(-1)
+    return p.max(-1)
+
+
+def confidence_view(cfg, models, meta, tok):
+    """Teacher and student at the same partial answer: the student is confident where a value
+    depends on a still-masked one (it learned the later, better-informed state: CDLM Sec. 4.2)."""
+    device = next(iter(models.values()))[0].lm_head.weight.device
+    P, L = meta["prompt_len"], meta["gen_len"]
+    prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], P)], device=device)
+    given = [meta["mask_id"] if c == "_" else tok.encode(c)[0] for c in (cfg["state"] or "")]
+    if len(given) > L:
+        raise CDLMError(f"option state is longer than gen_len={L}")
+    state = torch.tensor([given + [meta["mask_id"]] * (L - len(given))], device=device)
+    bs = models["student"][0].cfg.block_size
+    upto = -(-max(len(given), 1) // bs) * bs  # through the block the state ends in
+    rows = {w: proposals(models[w][0], meta, prompt, state) for w in ("teacher", "student")}
+    lines = [f"prompt {cfg['prompt']}  state {''.join(token_texts(tok, meta, state[0].tolist()))[:upto]}",
+             f"{'position':>8}  {'teacher':>14}  {'student':>14}"]
+    for j in range(upto):
+        if state[0, j] == meta["mask_id"]:
+            cells = [f"{tok.decode([rows[w][1][j].item()])!r} {rows[w][0][j].item():.2f}" for w in ("teacher", "student")]
+            lines.append(f"{j:>8}  {cells[0]:>14}  {cells[1]:>14}")
+    return "\n".join(lines)
+
+
+def infill(cfg, models, meta, tok, rows):
+    """
+    Fill one hidden middle value of each test answer (the value after its middle '>' or '='). The
+    bidirectional teacher sees both sides of the hole; the block-causal student and the AR model
+    see only what precedes it (the rest of the answer masked), as they decode. Returns accuracies.
+    """
+    P, L, device = meta["prompt_len"], meta["gen_len"], next(iter(models.values()))[0].lm_head.weight.device
+    truth = torch.as_tensor(np.asarray(rows[:, P:], dtype=np.int64), device=device)  # (n, L)
+    prompt = torch.as_tensor(np.asarray(rows[:, :P], dtype=np.int64), device=device)
+    marks = {tok.encode(c)[0] for c in "=>" if c in "".join(tok.decode(r) for r in truth[:20].tolist())}
+    hole = torch.zeros_like(truth, dtype=torch.bool)
+    for r, ans in enumerate(truth.tolist()):
+        at = [j for j, t in enumerate(ans) if t in marks]
+        j = at[len(at) // 2] + 1
+        while j < L and tok.decode([ans[j]]).strip().isdigit():
+            hole[r, j], j = True, j + 1
+    acc = {}
+    for name, (model, ckpt, s) in models.items():
+        left_only = model.cfg.attn != "bidirectional"
+        after = hole.cumsum(1) > 0  # the hole and everything after it
+        init = torch.where(hole | (after if left_only else hole), meta["mask_id"], truth)
+        s = DecodeSettings(s.block_size if left_only else L, steps_per_block=s.block_size if left_only else L,
+                           cache=s.cache)
+        out = generate(model, prompt, L, meta["mask_id"], meta["eos_id"], s, init=init).tokens
+        acc[name] = ((out == truth) | ~hole).all(1).float().mean().item()
+    return acc
+
+
+def main(argv):
+    cfg = configure(config, argv)
+    device = pick_device(cfg["device"])
+    torch.manual_seed(cfg["seed"])
+    if cfg["view"] == "masks":
+        print(mask_grids())
+        return
+    if cfg["view"] == "states":
+        text, _ = training_state(cfg, device)
+        print(text)
+        return
+    need = {"compare": cfg["methods"], "confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"]}[cfg["view"]]
+    models = load_models(cfg, need, device)
+    meta = next(iter(models.values()))[1]["data_meta"]
+    tok = get_tokenizer(meta)
+    if cfg["view"] == "confidence":
+        print(confidence_view(cfg, models, meta, tok))
+    elif cfg["view"] == "infill":
+        data_dir, _ = checkpoint_data(next(iter(models.values()))[1], cfg["data_dir"])
+        rows = load_split(data_dir, "test", meta)[:cfg["num_eval"]]
+        acc = infill(cfg, models, meta, tok, rows)
+        print(json.dumps({k: round(v, 4) for k, v in acc.items()}))
+    else:
+        runs = compare(cfg, models, meta, tok)
+        color = cfg["color"] == "always" or (cfg["color"] == "auto" and sys.stdout.isatty())
+        print(render_compare(runs, tok, meta, color))
+        if cfg["html"]:
+            from data.common import atomic_write_bytes
+            os.makedirs(os.path.dirname(os.path.abspath(cfg["html"])), exist_ok=True)
+            atomic_write_bytes(cfg["html"], replay_html(runs, tok, meta, cfg["prompt"]).encode())
+            print(f"wrote {cfg['html']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -109,3 +109,17 @@ def test_sample_eval_of_student_uses_its_stored_settings(student_dir, capsys):
     out = capsys.readouterr().out.splitlines()
     assert "'threshold': 0.9" in out[-2] and "'cache': 'exact'" in out[-2]
     assert json.loads(out[-1])["n"] == 16
+
+
+def test_lora_student_keeps_the_teacher_frozen_and_saves_merged_weights(tmp_path, data_dir, teacher_dir, traj_dir):
+    from tests.conftest import train_tiny
+    out = train_tiny(str(tmp_path), data_dir, mode="cdlm", init_from="teacher", teacher_dir=teacher_dir,
+                     traj_dirs=[traj_dir], max_iters=5, lora_rank=4, learning_rate=1e-2)
+    s = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    t = torch.load(os.path.join(teacher_dir, "ckpt.pt"), weights_only=True)
+    assert set(s["model"]) == set(t["model"])  # merged: the plain model's names
+    for k in ("wte.weight", "wpe.weight", "lm_head.weight", "blocks.0.ln_1.weight", "blocks.0.attn.qkv.bias"):
+        assert torch.equal(s["model"][k], t["model"][k]), k  # frozen
+    assert not torch.equal(s["model"]["blocks.0.attn.qkv.weight"], t["model"]["blocks.0.attn.qkv.weight"])
+    model, _ = load_model(os.path.join(out, "ckpt.pt"))
+    assert model.cfg.attn == "block_causal"

@@ -261,9 +261,11 @@ def test_collect_disk_full_is_one_line_and_keeps_the_last_good_state(tmp_path, t
 # -----------------------------------------------------------------------------
 # exact resume
 
-@pytest.mark.parametrize("mode", ["dlm", "cdlm", "ar"])
+@pytest.mark.parametrize("mode", ["dlm", "cdlm", "ar", "cdlm_lora"])
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, teacher_dir, traj_dir, monkeypatch, mode):
-    extra = dict(init_from="teacher", teacher_dir=teacher_dir, traj_dirs=[traj_dir]) if mode == "cdlm" else {}
+    extra = dict(init_from="teacher", teacher_dir=teacher_dir, traj_dirs=[traj_dir]) if "cdlm" in mode else {}
+    if mode == "cdlm_lora":
+        mode, extra["lora_rank"] = "cdlm", 4
     kw = dict(mode=mode, max_iters=30, eval_interval=10, **extra)
     whole = train_tiny(str(tmp_path / "whole"), data_dir, **kw)
     real = train.get_lr

@@ -85,3 +85,34 @@ def test_block_causal_logits_ignore_later_blocks():
 def test_positions_past_seq_len_are_refused():
     with pytest.raises(ValueError, match="exceed seq_len"):
         tiny("block_causal")(torch.zeros(1, 18, dtype=torch.long))
+
+
+def test_cached_forward_is_refused_where_it_would_be_wrong():
+    teacher = tiny("bidirectional")
+    x = torch.randint(0, 11, (1, 17))
+    with pytest.raises(ValueError, match="call setup_cache"):
+        teacher(x[:, 5:9], start=5)  # without a cache it would attend to positions 5..9 only
+    with pytest.raises(ValueError, match="no exact KV cache"):
+        teacher.setup_cache(1)
+    teacher.setup_cache(1, approximate=True)  # Fast-dLLM's caches: asked for as approximations
+    full = teacher(x)
+    torch.testing.assert_close(teacher(x, start=0), full, atol=1e-5, rtol=0)  # a refresh is the full pass
+    teacher.clear_cache()
+
+
+def test_lora_starts_at_the_base_model_and_merges_exactly():
+    from model import add_lora, merged_state_dict
+    base = tiny("block_causal")
+    x = torch.randint(0, 11, (2, 17))
+    want = base(x)
+    model = add_lora(tiny("block_causal"), rank=2, alpha=4.0)
+    torch.testing.assert_close(model(x), want)  # B = 0: the adapters start as a no-op
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith((".A", ".B")) for n in trainable)  # everything else frozen
+    for n, p in model.named_parameters():
+        if n.endswith(".B"):
+            torch.nn.init.normal_(p)
+    merged = Transformer(model.cfg).eval()
+    merged.load_state_dict(merged_state_dict(model))  # plain weights: sampling needs nothing new
+    torch.testing.assert_close(merged(x), model(x), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(merged(x), want)

@@ -1,0 +1,61 @@
+"""demo.py: every stage in one command, skipped on a second run; several seeds in one table."""
+import os
+
+import pytest
+
+import demo
+
+
+@pytest.fixture
+def tiny_task(tmp_path, monkeypatch, data_dir):
+    """The demo's arithmetic task on tiny presets, run in an empty directory."""
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("config")
+    model = "n_layer = 2\nn_head = 2\nn_embd = 32\nbatch_size = 16\neval_interval = 10\neval_iters = 2\n" \
+            "warmup_iters = 2\ndevice = 'cpu'\n"
+    presets = {
+        "teacher.py": model + f"mode = 'dlm'\nout_dir = 'out/teacher'\ndata_dir = {data_dir!r}\nmax_iters = 20\n",
+        "collect.py": "teacher_dir = 'out/teacher'\nout_dir = 'out/trajectories'\nn_examples = 32\nbatch_size = 16\n"
+                      "chunk = 32\ndevice = 'cpu'\n",
+        "student.py": model + f"mode = 'cdlm'\ninit_from = 'teacher'\nout_dir = 'out/student'\ndata_dir = {data_dir!r}\n"
+                      "traj_dirs = ['out/trajectories', 'out/trajectories_t05']\nmax_iters = 10\n",
+        "ar.py": model + f"mode = 'ar'\nout_dir = 'out/ar'\ndata_dir = {data_dir!r}\nmax_iters = 10\n",
+        "bench.py": "latency_n = 2\nrepeats = 1\nbatch_size = 8\ndevice = 'cpu'\n",
+    }
+    for name, text in presets.items():
+        (tmp_path / "config" / name).write_text(text)
+    task = dict(prepare=("data.arithmetic.prepare", [f"--out_dir={data_dir}", "--n_train=2000", "--n_val=64",
+                                                     "--n_test=64"]),
+                teacher=["config/teacher.py"], collect=[["config/collect.py"], ["config/collect.py", "--temperature=0.5",
+                                                                                "--out_dir=out/trajectories_t05"]],
+                student=["config/student.py"], ar=["config/ar.py"], bench=["config/bench.py"])
+    monkeypatch.setitem(demo.TASKS, "arithmetic", task)
+    return tmp_path
+
+
+def test_demo_runs_every_stage_then_skips_them(tiny_task, capsys):
+    demo.main(["--num_eval=16"])
+    first = capsys.readouterr().out
+    assert "| student (cdlm) |" in first and "| method | exact match |" in first
+    ckpts = {d: os.path.getmtime(f"out/{d}/ckpt.pt") for d in ("teacher", "student", "ar")}
+    demo.main(["--num_eval=16"])
+    second = capsys.readouterr().out
+    assert second.count("done (iteration") == 3 and "out/bench.json: done, skipped" in second
+    assert "nothing to do" in second  # prepare and both collections
+    assert {d: os.path.getmtime(f"out/{d}/ckpt.pt") for d in ckpts} == ckpts
+    assert first.splitlines()[-3] == second.splitlines()[-3]  # the same table
+
+
+def test_demo_over_seeds_and_resume(tiny_task, capsys):
+    demo.main(["--num_eval=16", "--seeds=1,2"])
+    out = capsys.readouterr().out
+    assert os.path.isfile("out/seed2/student/ckpt.pt") and os.path.isfile("out/seed1/bench.json")
+    assert "| teacher, 1 token/step |" in out and "seed 1 | seed 2 |" in out
+    # a student killed mid-run resumes where it stopped
+    import torch
+    path = "out/seed1/student/ckpt.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["iter_num"] = 5
+    torch.save(ckpt, path)
+    demo.run_train(demo.options(demo.train.config, ["config/student.py"], 1))
+    assert "resuming at iteration 5" in capsys.readouterr().out

@@ -1,0 +1,108 @@
+"""show.py: the side-by-side trace, the HTML replay's structure, masks, training states, infilling."""
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+import show
+from sample import METHODS
+
+
+@pytest.fixture(scope="module")
+def runs(teacher_dir, student_dir, ar_dir):
+    from configurator import check
+    from data.common import get_tokenizer
+    from sample import load_models
+    cfg = check(show.config, dict(teacher_dir=teacher_dir, student_dir=student_dir, ar_dir=ar_dir))
+    models = load_models(cfg, list(METHODS), "cpu")
+    meta = models["teacher"][1]["data_meta"]
+    return show.compare(cfg, models, meta, get_tokenizer(meta)), meta, get_tokenizer(meta)
+
+
+def test_every_method_every_step(runs):
+    runs, meta, tok = runs
+    assert [r["name"] for r in runs] == list(METHODS)
+    for r in runs:
+        assert [f["nfe"] for f in r["frames"]] == list(range(1, len(r["frames"]) + 1))  # one frame per pass
+        last = r["frames"][-1]["tokens"]  # final where decoded; early stop filled the rest with EOS
+        assert all(a == b or a == meta["mask_id"] and b == meta["eos_id"] for a, b in zip(last, r["answer"]))
+        assert sum(sum(f["picked"]) for f in r["frames"]) <= meta["gen_len"]
+    naive = next(r for r in runs if r["name"] == "dlm")
+    assert len(naive["frames"]) == meta["gen_len"] and all(sum(f["picked"]) == 1 for f in naive["frames"])
+
+
+def test_terminal_rendering_aligns_methods(runs):
+    runs, meta, tok = runs
+    text = show.render_compare(runs, tok, meta, color=False)
+    assert "\033" not in text  # plain marks when piped
+    step1 = text.split("step 2")[0].splitlines()
+    rows = [l for l in step1 if l.split() and l.split()[0] in METHODS]
+    assert len(rows) == len(METHODS) and len({l.index("  ", len(l.split()[0])) for l in rows}) >= 1
+    assert "^" in text
+    colored = show.render_compare(runs, tok, meta, color=True)
+    assert show.NEW in colored
+
+
+class Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.urls = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+        if tag not in ("meta", "input", "br"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(tag)
+
+
+def test_html_replay_is_self_contained_and_complete(runs):
+    runs, meta, tok = runs
+    page = show.replay_html(runs, tok, meta, "5:+3*7+2*4+1=")
+    parser = Tags()
+    parser.feed(page)
+    assert not parser.errors and not parser.stack and not parser.urls  # well-formed, nothing fetched
+    assert not re.search(r"https?://", page)
+    data = json.loads(re.search(r"const RUNS = (\[.*?\]);\n", page, re.S).group(1))
+    assert [d["name"] for d in data] == [r["name"] for r in runs]
+    for d, r in zip(data, runs):
+        assert len(d["frames"]) == len(r["frames"]) and all(len(f["text"]) == meta["gen_len"] for f in d["frames"])
+
+
+def test_mask_grids_match_the_masks():
+    from model import attention_mask
+    text = show.mask_grids(prompt_len=2, block_size=3, n_blocks=3, decoding=2)
+    sections = text.strip().split("\n\n")
+    assert len(sections) == 4
+    for section, mode in zip(sections, ("bidirectional", "block_causal", "causal")):
+        rows = [l.split(":", 1)[1].split() for l in section.splitlines()[2:]]
+        assert [[c == "#" for c in r] for r in rows] == attention_mask(mode, 11, 2, 3).tolist()
+    cache = [l.split(":", 1)[1].split() for l in sections[3].splitlines()[2:]]
+    assert cache[8] == ["C"] * 8 + ["#"] * 3 and cache[0] == []  # block 2 reads 8 cached keys
+
+
+def test_training_state_view(student_dir, traj_dir):
+    from configurator import check
+    cfg = check(show.config, dict(view="states", student_dir=student_dir, traj_dir=traj_dir, index=3))
+    text, rows = show.training_state(cfg, "cpu")
+    table = dict(rows)
+    assert len(table["distill (D)"]) == 8 and "D" in table["distill (D)"]
+    assert all(y == "_" for y, d in zip(table["y"], table["distill (D)"]) if d == "D")  # targets where y is masked
+
+
+def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir):
+    from configurator import check
+    from data.common import get_tokenizer, load_split
+    from sample import load_models
+    cfg = check(show.config, dict(teacher_dir=teacher_dir, student_dir=student_dir, ar_dir=ar_dir,
+                                  state="+3>8,*7>_,+2>_"))
+    models = load_models(cfg, ["dlm", "cdlm", "ar"], "cpu")
+    meta = models["teacher"][1]["data_meta"]
+    tok = get_tokenizer(meta)
+    text = show.confidence_view(cfg, models, meta, tok)
+    assert len(text.splitlines()) == 2 + 4  # two header lines, then the 4 masked positions of blocks 0-1
+    acc = show.infill(cfg, models, meta, tok, load_split(data_dir, "test", meta)[:16])
+    assert set(acc) == {"teacher", "student", "ar"} and all(0 <= a <= 1 for a in acc.values())
