@@ -363,8 +363,8 @@ def main(argv):
     ids = encode_prompt(tok, cfg["prompt"], meta["prompt_len"])
     on_step = None
     if cfg["show"]:
-        from show import LEGEND, step_line
-        print(LEGEND)
+        from show import STEP_LEGEND, step_line
+        print(STEP_LEGEND)
         on_step = lambda ev: print(step_line(tok, meta, ev, 0))
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     with ctx:

@@ -46,6 +46,8 @@ config = dict(
     device=Str("cpu"),
 )
 LEGEND = "legend: _ masked, . EOS; the tokens finalized at this step are highlighted (or marked ^ below)"
+STEP_LEGEND = ("one line per forward pass: the answer so far ('_' masked, '.' EOS), the passes so far, and each "
+               "token finalized by this pass as 'token'@position confidence")
 NEW, DIM, OFF = "\033[1;30;42m", "\033[2m", "\033[0m"
 
 
@@ -217,25 +219,59 @@ def replay_html(runs, tok, meta, prompt):
 # masks, training states, confidences, infilling
 
 def mask_grids(prompt_len=2, block_size=3, n_blocks=3, decoding=2):
-    """The three masks as character grids for a prompt and n_blocks blocks ('#' may attend), and the
+    """
+    The three masks for a prompt and n_blocks blocks ('#' may attend, '.' may not), and the
     block-causal mask while block `decoding` is decoded with the exact cache: 'C' keys read from
-    the cache, '#' keys computed in this pass, blank rows not computed at all."""
+    the cache, '#' keys computed in this pass, rows not computed at all left blank.
+    Returns (labels, [(title, rows of cells)]).
+    """
     T = prompt_len + block_size * n_blocks
-    label = ["p"] * prompt_len + [str(b) for b in range(n_blocks) for _ in range(block_size)]
-    out = []
-    for mode in ("bidirectional", "block_causal", "causal"):
-        m = attention_mask(mode, T, prompt_len, block_size)
-        out.append((mode, [" ".join("#" if v else "." for v in row) for row in m.tolist()]))
+    labels = ["p"] * prompt_len + [str(b) for b in range(n_blocks) for _ in range(block_size)]
+    grids = [(mode, [["#" if v else "." for v in row] for row in attention_mask(mode, T, prompt_len, block_size).tolist()])
+             for mode in ("bidirectional", "block_causal", "causal")]
     s, e = prompt_len + decoding * block_size, prompt_len + (decoding + 1) * block_size
-    m = attention_mask("block_causal", T, prompt_len, block_size)
-    rows = [" ".join(("C" if j < s else "#") if m[i, j] else "." for j in range(T)) if s <= i < e else ""
-            for i in range(T)]
-    out.append((f"block_causal, decoding block {decoding} (cache)", rows))
-    header = " ".join(label)
-    text = []
-    for title, rows in out:
-        text += [title, "   keys: " + header] + [f"q {label[i]}:   {r}" for i, r in enumerate(rows)] + [""]
-    return "\n".join(text)
+    cached = [[("C" if j < s else "#") if c == "#" else "." for j, c in enumerate(row)] if s <= i < e else [" "] * T
+              for i, row in enumerate(grids[1][1])]
+    return labels, grids + [(f"block_causal, decoding block {decoding} (cache)", cached)]
+
+
+def grids_text(labels, grids):
+    out = []
+    for title, rows in grids:
+        out += [title, "   keys: " + " ".join(labels)] + [f"q {labels[i]}:   " + " ".join(r).rstrip()
+                                                           for i, r in enumerate(rows)] + [""]
+    return "\n".join(out)
+
+
+def save_png(path, panels, rows=None, cols=None):
+    """panels: [(title, 2-D array of cell codes, {code: (colour, label)})] side by side, as a PNG;
+    rows and cols label the cells."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import ListedColormap
+    except ImportError:
+        raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)") from None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + (1 if rows else 0), 3.8), squeeze=False)
+    for ax, (title, grid, key) in zip(axes[0], panels):
+        codes = sorted(key)
+        ax.imshow([[codes.index(c) for c in row] for row in grid], cmap=ListedColormap([key[c][0] for c in codes]),
+                  vmin=0, vmax=max(1, len(codes) - 1))
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(cols)) if cols else [], cols or [], fontsize=7)
+        ax.set_yticks(range(len(rows)) if rows else [], rows or [], fontsize=7)
+        ax.set_xticks([x - 0.5 for x in range(len(grid[0]))], minor=True)
+        ax.set_yticks([y - 0.5 for y in range(len(grid))], minor=True)
+        ax.grid(which="minor", color="white", lw=0.8)
+        ax.tick_params(which="minor", length=0)
+        for c in codes:
+            ax.plot([], [], "s", color=key[c][0], label=key[c][1])
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=2, frameon=False)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=130)
+    print(f"wrote {path}")
 
 
 def training_state(cfg, device):
@@ -306,31 +342,55 @@ def confidence_view(cfg, models, meta, tok):
     return "\n".join(lines)
 
 
-def infill(cfg, models, meta, tok, rows):
+def infill_probes(tok, meta, rows, device):
     """
-    Fill one hidden middle value of each test answer (the value after its middle '>' or '='). The
-    bidirectional teacher sees both sides of the hole; the block-causal student and the AR model
-    see only what precedes it (the rest of the answer masked), as they decode. Returns accuracies.
+    The holes to fill, per probe: {name: (prompts (n, P), answers (n, L), hole (n, L) bool)}.
+      value    the value after the answer's middle '>' (or '='): given by the prompt and the left
+               context, so every model can fill it;
+      operand  arithmetic only: the digit of the middle '+' step, hidden in the answer and in the
+               prompt; the value right after it tells what it was (v_k - v_{k-1} mod 10), so only a
+               model that sees the right context can fill it.
     """
-    P, L, device = meta["prompt_len"], meta["gen_len"], next(iter(models.values()))[0].lm_head.weight.device
-    truth = torch.as_tensor(np.asarray(rows[:, P:], dtype=np.int64), device=device)  # (n, L)
-    prompt = torch.as_tensor(np.asarray(rows[:, :P], dtype=np.int64), device=device)
-    marks = {tok.encode(c)[0] for c in "=>" if c in "".join(tok.decode(r) for r in truth[:20].tolist())}
-    hole = torch.zeros_like(truth, dtype=torch.bool)
-    for r, ans in enumerate(truth.tolist()):
-        at = [j for j, t in enumerate(ans) if t in marks]
+    P, L = meta["prompt_len"], meta["gen_len"]
+    prompts = torch.as_tensor(np.asarray(rows[:, :P], dtype=np.int64), device=device)
+    answers = torch.as_tensor(np.asarray(rows[:, P:], dtype=np.int64), device=device)
+    texts = [tok.decode(a) for a in answers.tolist()]
+    digit = lambda ids: tok.decode([ids]).strip().isdigit()
+    hole = torch.zeros_like(answers, dtype=torch.bool)
+    for r, text in enumerate(texts):
+        at = [j for j, t in enumerate(answers[r].tolist()) if tok.decode([t]) in (">", "=")]
         j = at[len(at) // 2] + 1
-        while j < L and tok.decode([ans[j]]).strip().isdigit():
+        while j < L and digit(answers[r, j].item()):
             hole[r, j], j = True, j + 1
-    acc = {}
-    for name, (model, ckpt, s) in models.items():
+    probes = {"value": (prompts, answers, hole)}
+    if meta["tokenizer"] == "char" and ":" in tok.decode(prompts[0].tolist()):  # the arithmetic chain
+        keep, p2, h2 = [], prompts.clone(), torch.zeros_like(hole)
+        for r, text in enumerate(texts):
+            steps = [k for k, piece in enumerate(text.split("#")[0].split(",")) if piece.startswith("+")]
+            if steps:
+                k = min(steps, key=lambda k: abs(k - len(text.split(",")) // 2))
+                h2[r, 5 * k + 1], p2[r, 3 + 2 * k] = True, meta["mask_id"]  # '+d>v,' per step; 'v:' then 'od'
+                keep.append(r)
+        probes["operand"] = (p2[keep], answers[keep], h2[keep])
+    return probes
+
+
+def infill(models, meta, probes):
+    """
+    Accuracy of filling each probe's holes. The bidirectional teacher sees both sides of a hole and
+    fills holes in any order; the block-causal student and the AR model see what precedes it (the
+    rest of the answer is masked), as they decode.
+    """
+    L, acc = meta["gen_len"], {}
+    for name, (model, _, s) in models.items():
         left_only = model.cfg.attn != "bidirectional"
-        after = hole.cumsum(1) > 0  # the hole and everything after it
-        init = torch.where(hole | (after if left_only else hole), meta["mask_id"], truth)
-        s = DecodeSettings(s.block_size if left_only else L, steps_per_block=s.block_size if left_only else L,
-                           cache=s.cache)
-        out = generate(model, prompt, L, meta["mask_id"], meta["eos_id"], s, init=init).tokens
-        acc[name] = ((out == truth) | ~hole).all(1).float().mean().item()
+        bs = s.block_size if left_only else L
+        s = DecodeSettings(bs, steps_per_block=bs, cache=s.cache)
+        for probe, (prompts, answers, hole) in probes.items():
+            given = ~(hole.cumsum(1) > 0) if left_only else ~hole  # left context only, or everything else
+            init = torch.where(given, answers, meta["mask_id"])
+            out = generate(model, prompts, L, meta["mask_id"], meta["eos_id"], s, init=init).tokens
+            acc[probe, name] = ((out == answers) | ~hole).all(1).float().mean().item()
     return acc
 
 
@@ -339,11 +399,25 @@ def main(argv):
     device = pick_device(cfg["device"])
     torch.manual_seed(cfg["seed"])
     if cfg["view"] == "masks":
-        print(mask_grids())
+        labels, grids = mask_grids()
+        print(grids_text(labels, grids))
+        if cfg["png"]:
+            key = {"#": ("#2a7", "may attend"), ".": ("#eee", "hidden"), "C": ("#39c", "read from the cache"),
+                   " ": ("#fff", "not computed")}
+            save_png(cfg["png"], [(t, g, {c: key[c] for c in {c for row in g for c in row}}) for t, g in grids],
+                     rows=labels, cols=labels)
         return
     if cfg["view"] == "states":
-        text, _ = training_state(cfg, device)
+        text, rows = training_state(cfg, device)
         print(text)
+        if cfg["png"]:
+            key = {"D": ("#d73", "teacher target"), "C": ("#39c", "consistency target"), "L": ("#7a4", "DLM loss"),
+                   ".": ("#eee", "nothing"), "_": ("#bbb", "masked"), "k": ("#555", "final")}
+            grid = [["_" if c == "_" else "k" for c in cells] if name in ("y", "y*", "y' (consistency)") else cells
+                    for name, cells in rows[1:]]
+            save_png(cfg["png"], [("one training state of the block", grid,
+                                   {c: key[c] for c in {c for row in grid for c in row}})],
+                     rows=[name for name, _ in rows[1:]], cols=rows[0][1])
         return
     need = {"compare": cfg["methods"], "confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"]}[cfg["view"]]
     models = load_models(cfg, need, device)
@@ -353,9 +427,12 @@ def main(argv):
         print(confidence_view(cfg, models, meta, tok))
     elif cfg["view"] == "infill":
         data_dir, _ = checkpoint_data(next(iter(models.values()))[1], cfg["data_dir"])
-        rows = load_split(data_dir, "test", meta)[:cfg["num_eval"]]
-        acc = infill(cfg, models, meta, tok, rows)
-        print(json.dumps({k: round(v, 4) for k, v in acc.items()}))
+        probes = infill_probes(tok, meta, load_split(data_dir, "test", meta)[:cfg["num_eval"]], device)
+        acc = infill(models, meta, probes)
+        print("| hole | n | " + " | ".join(f"{w} ({models[w][0].cfg.attn})" for w in models) + " |")
+        print("|---|---|" + "---|" * len(models))
+        for probe, (p, _, _) in probes.items():
+            print(f"| {probe} | {len(p)} | " + " | ".join(f"{100 * acc[probe, w]:.1f}%" for w in models) + " |")
     else:
         runs = compare(cfg, models, meta, tok)
         color = cfg["color"] == "always" or (cfg["color"] == "auto" and sys.stdout.isatty())

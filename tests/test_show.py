@@ -74,14 +74,14 @@ def test_html_replay_is_self_contained_and_complete(runs):
 
 def test_mask_grids_match_the_masks():
     from model import attention_mask
-    text = show.mask_grids(prompt_len=2, block_size=3, n_blocks=3, decoding=2)
-    sections = text.strip().split("\n\n")
-    assert len(sections) == 4
-    for section, mode in zip(sections, ("bidirectional", "block_causal", "causal")):
-        rows = [l.split(":", 1)[1].split() for l in section.splitlines()[2:]]
-        assert [[c == "#" for c in r] for r in rows] == attention_mask(mode, 11, 2, 3).tolist()
-    cache = [l.split(":", 1)[1].split() for l in sections[3].splitlines()[2:]]
-    assert cache[8] == ["C"] * 8 + ["#"] * 3 and cache[0] == []  # block 2 reads 8 cached keys
+    labels, grids = show.mask_grids(prompt_len=2, block_size=3, n_blocks=3, decoding=2)
+    assert labels == ["p", "p", "0", "0", "0", "1", "1", "1", "2", "2", "2"] and len(grids) == 4
+    for (title, rows), mode in zip(grids, ("bidirectional", "block_causal", "causal")):
+        assert title == mode and [[c == "#" for c in r] for r in rows] == attention_mask(mode, 11, 2, 3).tolist()
+    cache = grids[3][1]
+    assert cache[8] == ["C"] * 8 + ["#"] * 3 and cache[0] == [" "] * 11  # block 2 reads 8 cached keys
+    text = show.grids_text(labels, grids)
+    assert text.count("keys: p p 0 0 0 1 1 1 2 2 2") == 4
 
 
 def test_training_state_view(student_dir, traj_dir):
@@ -104,5 +104,13 @@ def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir)
     tok = get_tokenizer(meta)
     text = show.confidence_view(cfg, models, meta, tok)
     assert len(text.splitlines()) == 2 + 4  # two header lines, then the 4 masked positions of blocks 0-1
-    acc = show.infill(cfg, models, meta, tok, load_split(data_dir, "test", meta)[:16])
-    assert set(acc) == {"teacher", "student", "ar"} and all(0 <= a <= 1 for a in acc.values())
+    probes = show.infill_probes(tok, meta, load_split(data_dir, "test", meta)[:16], "cpu")
+    prompts, answers, hole = probes["operand"]
+    for p, a, h in zip(prompts.tolist(), answers.tolist(), hole.tolist()):  # the '+' step's digit, twice
+        j = h.index(True)
+        assert sum(h) == 1 and tok.decode([a[j - 1]]) == "+" and tok.decode([a[j + 1]]) == ">"
+        assert p.count(meta["mask_id"]) == 1 and tok.decode([p[p.index(meta["mask_id"]) - 1]]) == "+"
+    assert probes["value"][2].sum(1).eq(1).all()  # one-digit values
+    acc = show.infill(models, meta, probes)
+    assert set(acc) == {(p, w) for p in ("value", "operand") for w in ("teacher", "student", "ar")}
+    assert all(0 <= a <= 1 for a in acc.values())

@@ -9,9 +9,10 @@ after every step; the final answer follows '#'. Each value is a small table look
 before it, so one token per step is easy. But adds and multiplies do not commute, so a value
 cannot be read off the prompt without the values before it: a model that finalizes two values of
 the same block in one step must compose two operations in one forward pass, which a small model
-does badly. That serial dependency between answer tokens is what naive step cutting breaks, and
-what CDLM's student learns to respect: it finalizes the easy tokens (copied operations,
-punctuation) in parallel and each value once the one before it is final.
+does badly. That serial dependency between answer tokens is what naive step cutting breaks. CDLM's
+student gets around it: distilled toward the teacher's later, better-informed states, it proposes
+a value confidently even while the value before it is still masked, so it finalizes most blocks
+whole in one or two steps (see `python show.py --view=confidence`).
 
     python data/arithmetic/prepare.py                 # default: 5-9 operations
     python data/arithmetic/prepare.py --max_ops=6     # difficulty knobs: min_ops, max_ops, ops
