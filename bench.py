@@ -186,16 +186,16 @@ def run(cfg):
     with tqdm(total=len(methods) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
         for name in methods:
             model, ckpt, _ = models[METHODS[name].model]
-            B = model.cfg.block_size
+            bs = model.cfg.block_size
             if name == "dlm_fewer_steps":
                 if "cdlm" in results:
                     tps = results["cdlm"]["tokens_per_step"]
                 else:  # no cdlm run in this bench: measure the student's steps on the side
                     p = torch.as_tensor(rows[:cfg["batch_size"], :meta["prompt_len"]].astype("int64"), device=device)
-                    tps = mean_tokens_per_step(student[0], meta, p, METHODS["cdlm"].settings(B, threshold, None))
-                cut = max(1, min(B, round(B / tps)))
+                    tps = mean_tokens_per_step(student[0], meta, p, METHODS["cdlm"].settings(bs, threshold, None))
+                cut = max(1, min(bs, round(bs / tps)))
             bar.set_description(f"bench {name}")
-            results[name] = bench_method(model, meta, rows, METHODS[name].settings(B, threshold, cut), cfg,
+            results[name] = bench_method(model, meta, rows, METHODS[name].settings(bs, threshold, cut), cfg,
                                          act_bytes, bar)
     for name, r in results.items():
         ref = METHODS[name].reference

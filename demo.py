@@ -105,9 +105,9 @@ def teacher_steps(cfg, num_eval):
             return got["accuracy"]
     data_dir, meta = checkpoint_data(ckpt)
     rows = load_split(data_dir, "test", meta)[:num_eval]
-    B = model.cfg.block_size
-    acc = {str(B // spb): sample.evaluate(model, meta, rows, sample.DecodeSettings(B, steps_per_block=spb)).accuracy
-           for spb in (B, B // 2, B // 4, 1)}
+    bs = model.cfg.block_size
+    acc = {str(bs // spb): sample.evaluate(model, meta, rows, sample.DecodeSettings(bs, steps_per_block=spb)).accuracy
+           for spb in (bs, bs // 2, bs // 4, 1)}
     atomic_write_json(path, dict(weights_hash=ckpt["weights_hash"], num_eval=num_eval, accuracy=acc))
     return acc
 

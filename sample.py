@@ -270,14 +270,14 @@ class Method(NamedTuple):
     reference: Optional[str] = None  # report the share of answers that differ from this method's
 
 
-THRESHOLDED = lambda cache: lambda B, th, cut: DecodeSettings(B, threshold=th, cache=cache, early_stop=True)
+THRESHOLDED = lambda cache: lambda bs, th, cut: DecodeSettings(bs, threshold=th, cache=cache, early_stop=True)
 METHODS = {  # cdlm first: dlm_fewer_steps takes the student's measured steps
     "cdlm": Method("student", THRESHOLDED("exact"), "the student: exact block KV cache, threshold, early stop"),
-    "ar": Method("ar", lambda B, th, cut: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
+    "ar": Method("ar", lambda bs, th, cut: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
                  "the autoregressive baseline: KV cache, greedy"),
-    "dlm": Method("teacher", lambda B, th, cut: DecodeSettings(B, steps_per_block=B),
+    "dlm": Method("teacher", lambda bs, th, cut: DecodeSettings(bs, steps_per_block=bs),
                   "the teacher, naive (the paper's baseline): one token per step over all gen_len positions"),
-    "dlm_stop": Method("teacher", lambda B, th, cut: DecodeSettings(B, steps_per_block=B, early_stop=True),
+    "dlm_stop": Method("teacher", lambda bs, th, cut: DecodeSettings(bs, steps_per_block=bs, early_stop=True),
                        "the naive teacher stopping at EOS (a fairer naive baseline)"),
     "dlm_threshold": Method("teacher", THRESHOLDED("none"), "the teacher with threshold decoding, no cache "
                                                             "(training-free parallel decoding)"),
@@ -285,7 +285,7 @@ METHODS = {  # cdlm first: dlm_fewer_steps takes the student's measured steps
                                "prefix cache, refreshed at each block", "dlm_threshold"),
     "dlm_dual_cache": Method("teacher", THRESHOLDED("dual"), "dlm_threshold with Fast-dLLM's approximate dual "
                              "cache (prefix and masked suffix), refreshed at each block", "dlm_threshold"),
-    "dlm_fewer_steps": Method("teacher", lambda B, th, cut: DecodeSettings(B, steps_per_block=cut, early_stop=True),
+    "dlm_fewer_steps": Method("teacher", lambda bs, th, cut: DecodeSettings(bs, steps_per_block=cut, early_stop=True),
                               "the teacher cut to the student's steps per block (naive step cutting)"),
 }
 CHECKPOINTS = {"teacher": ("teacher_dir", "dlm"), "student": ("student_dir", "cdlm"), "ar": ("ar_dir", "ar")}

@@ -98,20 +98,21 @@ def compare(cfg, models, meta, tok):
     threshold = models["student"][2].threshold if "student" in models else 0.9
     for name in (m for m in METHODS if m in cfg["methods"]):
         model = models[METHODS[name].model][0]
-        B = model.cfg.block_size
+        bs = model.cfg.block_size
         if name == "dlm_fewer_steps":  # the teacher cut to the student's steps per block on this prompt
-            s_frames, s_ans = trace(models["student"][0], meta, prompt, METHODS["cdlm"].settings(B, threshold, None))
-            cut = max(1, min(B, round(B * s_frames[-1]["nfe"] / decoded_positions(s_ans, meta, B))))
-        s = METHODS[name].settings(B, threshold, cut)
+            s_frames, s_ans = trace(models["student"][0], meta, prompt, METHODS["cdlm"].settings(bs, threshold, None))
+            cut = max(1, min(bs, round(bs * s_frames[-1]["nfe"] / decoded_positions(s_ans, meta, bs))))
+        s = METHODS[name].settings(bs, threshold, cut)
         frames, answer = trace(model, meta, prompt, s)
         runs.append(dict(name=name, about=METHODS[name].about, block_size=s.block_size, cache=s.cache,
                          frames=frames, answer=answer))
     return runs
 
 
-def decoded_positions(answer, meta, B):
+def decoded_positions(answer, meta, bs):
+    """Answer positions decoded before early stop: through the block holding the first EOS."""
     eos = [i for i, t in enumerate(answer) if t == meta["eos_id"]]
-    return min(len(answer), (eos[0] // B + 1) * B) if eos else len(answer)
+    return min(len(answer), (eos[0] // bs + 1) * bs) if eos else len(answer)
 
 
 def render_compare(runs, tok, meta, color):

@@ -178,8 +178,8 @@ class States(NamedTuple):
 
 def draw_states(step, block_size, y_star, generator=None):
     """
-    One training state per row (CDLM Sec. 4.2): a block b ~ U, y = the block after k ~ U{0..B-1} of
-    its tokens are final (earlier blocks clean), and a later state after k2 ~ U{k+1..B} tokens.
+    One training state per row (CDLM Sec. 4.2): a block b, y = the block after k ~ U{0..block_size-1}
+    of its tokens are final (earlier blocks clean), and a later state after k2 ~ U{k+1..block_size}.
     The authors' words: distillation on "positions that become newly unmasked between an
     intermediate state y and its block completion y*"; consistency aligns "the student's predictions
     at state y with its own predictions at the more informed state y* for still-masked positions,
@@ -197,7 +197,7 @@ def draw_states(step, block_size, y_star, generator=None):
     dev = step.device
     block = torch.randint(0, L // block_size, (B,), device=dev, generator=generator)
     k = torch.randint(0, block_size, (B,), device=dev, generator=generator)
-    k2 = k + 1 + (torch.rand(B, device=dev, generator=generator) * (block_size - k)).long()  # k+1..B
+    k2 = k + 1 + (torch.rand(B, device=dev, generator=generator) * (block_size - k)).long()  # k+1..block_size
     y, later = final_after(step, block, k, block_size), final_after(step, block, k2, block_size)
     done = final_after(step, block, torch.full_like(k, block_size), block_size)  # the completion
     still = done & ~later  # in the block and still masked in the later state
