@@ -74,17 +74,19 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.filled = 0  # positions 0..filled hold keys and values
 
-    def update(self, start, k, v):
+    def update(self, start, k, v, rows=None):
         """
-        Write k, v (B, nh, t, hd) at positions start..start+t; return every key and value written so
-        far. For an exact cache that is 0..start+t; a dual cache also returns the masked suffix
-        written at the block's refresh.
+        Write k, v (b, nh, t, hd) at positions start..start+t of the batch's rows `rows` (all when
+        None); return their keys and values written so far. For an exact cache that is 0..start+t;
+        a dual cache also returns the masked suffix written at the block's refresh.
         """
         end = start + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
         self.filled = max(self.filled, end)
-        return self.k[:, :, :self.filled], self.v[:, :, :self.filled]  # (B, nh, filled, hd)
+        if rows is None:
+            self.k[:, :, start:end], self.v[:, :, start:end] = k, v
+            return self.k[:, :, :self.filled], self.v[:, :, :self.filled]  # (B, nh, filled, hd)
+        self.k[rows, :, start:end], self.v[rows, :, start:end] = k, v
+        return self.k[rows, :, :self.filled], self.v[rows, :, :self.filled]  # (b, nh, filled, hd)
 
     def keep(self, rows):
         """Drop finished rows: rows (b,) are the indices to keep."""
@@ -99,12 +101,12 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.cache = None
 
-    def forward(self, x, mask, start):
+    def forward(self, x, mask, start, rows):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         if self.cache is not None and start is not None:
-            k, v = self.cache.update(start, k, v)  # (B, nh, start+T, hd)
+            k, v = self.cache.update(start, k, v, rows)  # (B, nh, start+T, hd)
         # an explicit mask, never is_causal: with a cache, queries and keys differ in length
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -120,8 +122,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
                                  nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, mask, start):
-        x = x + self.attn(self.ln_1(x), mask, start)
+    def forward(self, x, mask, start, rows):
+        x = x + self.attn(self.ln_1(x), mask, start, rows)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -186,10 +188,11 @@ class Transformer(nn.Module):
         for b in self.blocks:
             b.attn.cache.keep(rows)
 
-    def forward(self, idx, start=None, return_hidden=False):
+    def forward(self, idx, start=None, return_hidden=False, rows=None):
         """
         idx: (B, T) tokens. Without start: one uncached pass over positions 0..T.
-        With start (after setup_cache): positions start..start+T, attending to the cache.
+        With start (after setup_cache): positions start..start+T, attending to the cache; `rows`
+        names the cache's batch rows that idx holds (all of them when None).
         Returns logits (B, T, V), and the last hidden state (B, T, C), the LM head's input.
         """
         B, T = idx.shape
@@ -202,7 +205,7 @@ class Transformer(nn.Module):
         x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
         mask = None if self.cfg.attn == "bidirectional" else self.mask[s:s + T, :s + T]  # (T, s+T)
         for b in self.blocks:
-            x = b(x, mask, start)
+            x = b(x, mask, start, rows)
         h = self.ln_f(x)  # (B, T, C)
         logits = self.lm_head(h)  # (B, T, V)
         return (logits, h) if return_hidden else logits

@@ -140,9 +140,9 @@ class Decoded(NamedTuple):
 
 
 class Step(NamedTuple):
-    """What on_step sees after each step (traces and replays), for the rows still decoding."""
+    """What on_step sees after each step (traces and replays), for the rows that ran this pass."""
     tokens: torch.Tensor   # (b, gen_len) their answers so far, MASK where not final
-    rows: torch.Tensor     # (b,) their indices in the batch (finished rows have left it)
+    rows: torch.Tensor     # (b,) their indices in the batch
     block: int             # the block being decoded: answer positions block*bs .. (block+1)*bs
     picked: torch.Tensor   # (b, bs) finalized at this step
     pred: torch.Tensor     # (b, bs) this step's proposals
@@ -199,22 +199,27 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
                     lo, hi = 0, T
                 else:
                     lo, hi = s, e if st.cache == "dual" else T
-                logits, h = model(x[:, lo:hi], start=None if st.cache == "none" else lo, return_hidden=True)
+                # inside a block only the rows with masked positions left run a pass (an exact cache
+                # holds what the others need; their block is written at the next block's first step)
+                run = slice(None) if i == 0 or bool(active.all()) else active.nonzero().flatten()
+                logits, h = model(x[run, lo:hi], start=None if st.cache == "none" else lo, return_hidden=True,
+                                  rows=None if isinstance(run, slice) else run)
                 logits = logits[:, s - shift - lo:e - shift - lo]  # (b, bs, V)
                 cached_to = s
                 logits[..., mask_id] = float("-inf")  # never propose MASK itself
                 pred, conf = predict(logits, st.temperature, generator)  # (b, bs)
-                conf = conf.masked_fill(~(masked & active[:, None]), float("-inf"))
+                conf = conf.masked_fill(~(masked & active[:, None])[run], float("-inf"))
                 pick = select_tokens(conf, k=counts[i] if counts else None, threshold=st.threshold)
-                x[:, s:e] = torch.where(pick, pred, x[:, s:e])
+                x[run, s:e] = torch.where(pick, pred, x[run, s:e])
                 nfe += active
                 if record:
-                    step_of[rows, s - P:e - P] = torch.where(pick, step, step_of[rows, s - P:e - P])
+                    r = rows[run]
+                    step_of[r, s - P:e - P] = torch.where(pick, step, step_of[r, s - P:e - P])
                     hb = h[:, s - shift - lo:e - shift - lo].float()  # (b, bs, C)
-                    hidden[rows, s - P:e - P] = torch.where(pick[..., None], hb, hidden[rows, s - P:e - P])
+                    hidden[r, s - P:e - P] = torch.where(pick[..., None], hb, hidden[r, s - P:e - P])
                 step += 1
                 if on_step is not None:
-                    on_step(Step(x[:, P:].clone(), rows, blk, pick, pred, conf, nfe.clone(), lo, hi))
+                    on_step(Step(x[run, P:].clone(), rows[run], blk, pick, pred, conf, nfe[run].clone(), lo, hi))
             if st.early_stop:
                 # a row is finished once EOS is final and everything before it is final: here all of
                 # x[:, P:e] is final, so any EOS in it ends the row, and the row leaves the batch

@@ -162,3 +162,21 @@ def test_cli_prompt_and_eval(teacher_dir, capsys):
     sample.main([f"--out_dir={teacher_dir}", "--eval", "--num_eval=8", "--steps_per_block=4"])
     last = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert last["n"] == 8 and last["nfe"] == 48 / 2 and 0 <= last["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("settings", [dict(threshold=0.5), dict(steps_per_block=4)])
+def test_approximate_caches_refreshed_every_step_equal_uncached(data_dir, teacher_dir, cache, settings):
+    """Fast-dLLM's caches on the bidirectional teacher: exact when refreshed at every step, an
+    approximation (still a complete, valid answer) when refreshed once per block."""
+    model, meta, prompt = rows_and_model(data_dir, teacher_dir, n=6)
+    want, nfe = run(model, meta, prompt, early_stop=True, **settings)
+    got, nfe2 = run(model, meta, prompt, early_stop=True, cache=cache, refresh="step", **settings)
+    assert torch.equal(got, want) and torch.equal(nfe, nfe2)
+    approx, _ = run(model, meta, prompt, early_stop=True, cache=cache, **settings)
+    assert (approx != meta["mask_id"]).all()
+    with torch.no_grad():  # a dual cache's pass inside a block computes only the block
+        seen = []
+        run(model, meta, prompt, cache=cache, on_step=lambda ev: seen.append((ev.lo, ev.hi)), **settings)
+    P, T = meta["prompt_len"], meta["prompt_len"] + meta["gen_len"]
+    assert (0, T) in seen and any(hi - lo == (8 if cache == "dual" else T - lo) and lo >= P for lo, hi in seen)
