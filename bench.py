@@ -21,7 +21,7 @@ from configurator import Bool, Choice, Float, Int, List, Str, check, configure, 
 from data.common import atomic_write_json, checkpoint_data, load_split
 from runtime import autocast, check_writable, pick_device, pick_dtype, sync
 from model import read_checkpoint
-from sample import CHECKPOINTS, METHODS, evaluate, generate, load_models, needs
+from sample import CHECKPOINTS, METHODS, DecodeSettings, evaluate, generate, load_models, needs
 
 
 
@@ -38,6 +38,7 @@ config = dict(
     repeats=Int(3, "[1, inf)"),         # timings are the median of this many repeats
     threshold=Float(None, "(0, 1]"),    # None: the student's own threshold, also for the teacher's methods
     sweep=Bool(False),
+    profile=Bool(False),                # also where a decode's time goes (cdlm and dlm, batch 1)
     sweep_thresholds=List([0.5, 0.7, 0.8, 0.9, 0.95, 0.99], Float(None, "(0, 1]")),
     sweep_block_sizes=List([4, 8, 16], Int(None, "[1, inf)")),
     out_path=Str("out/bench.json"),
@@ -119,6 +120,37 @@ def probe_machine(device):
         sync(device)
         gbs = max(gbs, 2 * src.numel() * 4 / (time.perf_counter() - t0) / 1e9)  # read + write
     return gflops, gbs
+
+
+def profile_decode(model, meta, prompts, settings, peak_gflops):
+    """
+    Where a decode's time goes at batch 1: inside the model's forward passes (timed by hooks) and
+    in the sampler around them; per pass, the ATen ops launched (torch.profiler) and the time the
+    arithmetic alone would take at the measured peak. Fixed per-op costs are what a small model
+    on a CPU pays for.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    inside, t = [0.0], [0.0]
+    pre = model.register_forward_pre_hook(lambda *a: t.__setitem__(0, time.perf_counter()))
+    post = model.register_forward_hook(lambda *a: inside.__setitem__(0, inside[0] + time.perf_counter() - t[0]))
+    try:
+        timed_decode(model, meta, prompts[:1], settings)  # warm up
+        inside[0], wall, passes = 0.0, 0.0, 0
+        for i in range(len(prompts)):
+            out, nfe, dt = timed_decode(model, meta, prompts[i:i + 1], settings)
+            wall, passes = wall + dt, passes + nfe.item()
+        model_s = inside[0]
+    finally:
+        pre.remove(), post.remove()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        nfe = timed_decode(model, meta, prompts[:1], settings)[1].item()
+    ops = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
+    flops = decode_cost(model, meta, prompts[:1], settings, 4)[0]
+    n = len(prompts)
+    return dict(ms_per_answer=1000 * wall / n, model_ms_per_answer=1000 * model_s / n,
+                sampler_ms_per_answer=1000 * (wall - model_s) / n, passes_per_answer=passes / n,
+                ms_per_pass=1000 * model_s / passes, aten_ops_per_step=ops / nfe,
+                arithmetic_ms_per_pass=flops / nfe / (peak_gflops * 1e9) * 1000)
 
 
 def timed_decode(model, meta, prompt, settings):
@@ -218,6 +250,12 @@ def run(cfg):
     if cfg["sweep"]:
         with autocast(device, dtype):
             report["sweep"] = sweep(models, meta, rows, cfg, act_bytes)
+    if cfg["profile"]:
+        prompts = torch.as_tensor(rows[:cfg["latency_n"], :meta["prompt_len"]].astype("int64"), device=device)
+        with autocast(device, dtype):
+            report["profile"] = {name: profile_decode(models[METHODS[name].model][0], meta, prompts,
+                                                      DecodeSettings(**results[name]["settings"]), gflops)
+                                 for name in ("cdlm", "dlm", "ar") if name in results}
     atomic_write_json(cfg["out_path"], report)
     plots(report, cfg["out_path"])
     print(table(report))
@@ -301,6 +339,13 @@ def table(report):
         lines.append(f"| {name} | {r['flops_per_token'] / 1e6:.2f} | {r['bytes_per_token'] / 1e3:.0f} | "
                      f"{r['arithmetic_intensity']:.1f} | {r['achieved_gflops']:.2f} | "
                      f"{100 * r['achieved_gflops'] / m['peak_gflops']:.1f}% |")
+    if "profile" in report:
+        names = list(report["profile"])
+        lines += ["", "| where a decode's time goes (batch 1) | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for key in report["profile"][names[0]]:
+            lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(f"{report['profile'][n][key]:.2f}"
+                                                                      for n in names) + " |")
     return "\n".join(lines)
 
 

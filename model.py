@@ -103,8 +103,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, mask, start, rows):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
         if self.cache is not None and start is not None:
             k, v = self.cache.update(start, k, v, rows)  # (B, nh, start+T, hd)
         # an explicit mask, never is_causal: with a cache, queries and keys differ in length
@@ -201,8 +200,7 @@ class Transformer(nn.Module):
             raise ValueError(f"positions {s}..{s + T} exceed seq_len={self.cfg.seq_len}")
         if start is not None and self.blocks[0].attn.cache is None:
             raise ValueError("forward(start=...) reads the KV cache: call setup_cache() first")
-        pos = torch.arange(s, s + T, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        x = self.wte(idx) + self.wpe.weight[s:s + T]  # (B, T, C)
         mask = None if self.cfg.attn == "bidirectional" else self.mask[s:s + T, :s + T]  # (T, s+T)
         for b in self.blocks:
             x = b(x, mask, start, rows)

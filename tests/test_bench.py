@@ -1,6 +1,7 @@
 """bench.py end to end on the tiny models, and its helpers."""
 import json
 
+import pytest
 import torch
 
 from bench import METHODS, answer_tokens, decoded_tokens, run
@@ -18,7 +19,7 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir):
     out = tmp_path / "bench.json"
     report = run({"teacher_dir": teacher_dir, "student_dir": student_dir, "ar_dir": ar_dir,
                   "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 3, "out_path": str(out),
-                  "device": "cpu", "sweep": True, "sweep_thresholds": [0.5, 0.9]})
+                  "device": "cpu", "sweep": True, "profile": True, "sweep_thresholds": [0.5, 0.9]})
     saved = json.loads(out.read_text())
     assert set(saved["methods"]) == set(METHODS)
     for r in saved["methods"].values():
@@ -40,3 +41,6 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir):
     mach = saved["machine"]
     assert mach["torch"] == torch.__version__ and mach["peak_gflops"] > 0 and mach["peak_gb_s"] > 0
     assert report["settings"]["num_eval"] == 16
+    prof = saved["profile"]["cdlm"]
+    assert 0 < prof["model_ms_per_answer"] < prof["ms_per_answer"] and prof["aten_ops_per_step"] > 10
+    assert prof["passes_per_answer"] == pytest.approx(m["cdlm"]["nfe"], rel=0.5)
