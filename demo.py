@@ -48,8 +48,8 @@ ABLATIONS = {
     "no consistency": ["--w_consist=0.0"],
     "no DLM loss": ["--w_dlm=0.0"],
     "dlm_noise=block": ["--dlm_noise=block"],
-    "greedy trajectories only": ["--traj_dirs=TRAJ0"],
-    "LoRA rank 16": ["--lora_rank=16", "--lora_alpha=32", "--learning_rate=2e-3", "--min_lr=2e-4"],
+    "trajectories at T=0 and T=0.5": ["--traj_dirs=TRAJS"],
+    "LoRA rank 16": ["--lora_rank=16", "--lora_alpha=32", "--learning_rate=3e-3", "--min_lr=3e-4"],
 }
 
 config = dict(
@@ -157,12 +157,11 @@ def pipeline(task, seed, num_eval):
 def ablate(task, seeds, iters, num_eval):
     """Each ABLATIONS student from the preset teacher and trajectories, over the seeds."""
     t = TASKS[task]
-    base = configure(train.config, t["student"])
-    traj0 = base["traj_dirs"][0]
+    every = ",".join(configure(collect.config, argv)["out_dir"] for argv in t["collect"])
     out = {}
     for name, variant in ABLATIONS.items():
         for seed in seeds:
-            argv = [a.replace("TRAJ0", traj0) for a in variant]
+            argv = [a.replace("TRAJS", every) for a in variant]
             slug = name.replace(" ", "_").replace("=", "_")
             cfg = configure(train.config, t["student"] + argv + [f"--max_iters={iters}", f"--seed={seed}",
                                                                  f"--out_dir=out/ablate/{task}/{slug}/seed{seed}"])

@@ -201,6 +201,8 @@ document.getElementById("play").onclick = () => {
   timer = setInterval(() => { if (+slider.value >= +slider.max) { clearInterval(timer); timer = null; return; }
                                slider.value = +slider.value + 1; draw(); }, 250);
 };
+const start = location.hash.match(/step=(\\d+)/);  // replay.html#step=5 opens at step 5
+if (start) slider.value = start[1];
 document.getElementById("about").innerHTML = RUNS.map(r => "<div class='about'><b>" + r.name + "</b>: " +
   r.about + "</div>").join("");
 draw();

@@ -59,3 +59,20 @@ def test_demo_over_seeds_and_resume(tiny_task, capsys):
     torch.save(ckpt, path)
     demo.run_train(demo.options(demo.train.config, ["config/student.py"], 1))
     assert "resuming at iteration 5" in capsys.readouterr().out
+
+
+def test_demo_ablation_table(tiny_task, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "ABLATIONS", {k: demo.ABLATIONS[k] for k in
+                                            ("default", "y_star=random", "trajectories at T=0 and T=0.5", "LoRA rank 16")})
+    demo.main(["--num_eval=16"])  # the teacher and both trajectory sets
+    capsys.readouterr()
+    demo.main(["--ablate", "--ablate_iters=5", "--num_eval=16", "--seeds=1,2"])
+    out = capsys.readouterr().out
+    for name in demo.ABLATIONS:
+        assert f"| {name} |" in out
+    import json
+    got = json.load(open("out/ablate/arithmetic.json"))
+    assert [r["seed"] for r in got["LoRA rank 16"]] == [1, 2]
+    import torch
+    ck = torch.load("out/ablate/arithmetic/trajectories_at_T_0_and_T_0.5/seed1/ckpt.pt", weights_only=True)
+    assert ck["config"]["traj_dirs"] == ["out/trajectories", "out/trajectories_t05"]
