@@ -30,12 +30,13 @@ from runtime import pick_device
 # each stage: the script's options as its preset file and overrides (what you would type)
 TASKS = {
     "arithmetic": dict(prepare=("data.arithmetic.prepare", []), teacher=["config/train_teacher.py"],
-                       collect=[["config/collect.py"], ["config/collect.py", "--temperature=0.5",
-                                                        "--out_dir=out/trajectories_t05"]],
+                       collect=["config/collect.py"],
+                       collect_t05=["config/collect.py", "--temperature=0.5", "--out_dir=out/trajectories_t05"],
                        student=["config/train_student.py"], ar=["config/train_ar.py"], bench=[]),
     "wordproblems": dict(prepare=("data.wordproblems.prepare", []), teacher=["config/wordproblems_teacher.py"],
-                         collect=[["config/wordproblems_collect.py"], ["config/wordproblems_collect.py",
-                                  "--temperature=0.5", "--out_dir=out/wp_trajectories_t05"]],
+                         collect=["config/wordproblems_collect.py"],
+                         collect_t05=["config/wordproblems_collect.py", "--temperature=0.5",
+                                      "--out_dir=out/wp_trajectories_t05"],
                          student=["config/wordproblems_student.py"], ar=["config/wordproblems_ar.py"],
                          bench=["config/wordproblems_bench.py"]),
 }
@@ -133,9 +134,8 @@ def pipeline(task, seed, num_eval):
     stage("teacher")
     teacher = options(train.config, t["teacher"], seed)
     run_train(teacher)
-    for argv in t["collect"]:
-        stage("trajectories")
-        collect.collect(options(collect.config, argv, seed))
+    stage("trajectories")
+    collect.collect(options(collect.config, t["collect"], seed))
     stage("student")
     run_train(options(train.config, t["student"], seed))
     stage("AR baseline")
@@ -157,7 +157,7 @@ def pipeline(task, seed, num_eval):
 def ablate(task, seeds, iters, num_eval):
     """Each ABLATIONS student from the preset teacher and trajectories, over the seeds."""
     t = TASKS[task]
-    every = ",".join(configure(collect.config, argv)["out_dir"] for argv in t["collect"])
+    every = ",".join(configure(collect.config, t[k])["out_dir"] for k in ("collect", "collect_t05"))
     out = {}
     for name, variant in ABLATIONS.items():
         for seed in seeds:
@@ -189,8 +189,8 @@ def main(argv):
     cfg = configure(config, argv)
     t0 = time.time()
     if cfg["ablate"]:
-        for argv in TASKS[cfg["task"]]["collect"]:
-            collect.collect(configure(collect.config, argv))
+        for k in ("collect", "collect_t05"):  # greedy trajectories, and the T=0.5 set for one variant
+            collect.collect(configure(collect.config, TASKS[cfg["task"]][k]))
         results, text = ablate(cfg["task"], cfg["seeds"], cfg["ablate_iters"], cfg["num_eval"])
         atomic_write_json(f"out/ablate/{cfg['task']}.json", results)
     else:
