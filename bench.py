@@ -339,6 +339,12 @@ def table(report):
         lines.append(f"| {name} | {r['flops_per_token'] / 1e6:.2f} | {r['bytes_per_token'] / 1e3:.0f} | "
                      f"{r['arithmetic_intensity']:.1f} | {r['achieved_gflops']:.2f} | "
                      f"{100 * r['achieved_gflops'] / m['peak_gflops']:.1f}% |")
+    for name, pts in report.get("sweep", {}).items():
+        key = "block_size" if name.endswith("block_size") else "threshold"
+        lines += ["", f"| {name}: {key} | " + " | ".join(str(p[key]) for p in pts) + " |", "|---|" + "---|" * len(pts)]
+        for field, f in (("accuracy", lambda v: f"{100 * v:.1f}%"), ("nfe", "{:.1f}".format),
+                         ("latency_ms", "{:.1f}".format)):
+            lines.append(f"| {field.replace('_ms', ' (ms, batch 1)')} | " + " | ".join(f(p[field]) for p in pts) + " |")
     if "profile" in report:
         names = list(report["profile"])
         lines += ["", "| where a decode's time goes (batch 1) | " + " | ".join(names) + " |",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from configurator import CDLMError, Choice, Int, List, Str, configure, run_main
-from data.common import checkpoint_data, encode_prompt, get_tokenizer, load_split
+from data.common import atomic_write_bytes, checkpoint_data, encode_prompt, get_tokenizer, load_split
 from model import attention_mask
 from runtime import pick_device
 from sample import METHODS, DecodeSettings, generate, load_models
@@ -441,7 +441,6 @@ def main(argv):
         color = cfg["color"] == "always" or (cfg["color"] == "auto" and sys.stdout.isatty())
         print(render_compare(runs, tok, meta, color))
         if cfg["html"]:
-            from data.common import atomic_write_bytes
             os.makedirs(os.path.dirname(os.path.abspath(cfg["html"])), exist_ok=True)
             atomic_write_bytes(cfg["html"], replay_html(runs, tok, meta, cfg["prompt"]).encode())
             print(f"wrote {cfg['html']}")

@@ -15,7 +15,7 @@ def test_decoded_and_answer_tokens():
     assert answer_tokens(t, eos).tolist() == [4, 6, 8]
 
 
-def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir):
+def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
     out = tmp_path / "bench.json"
     report = run({"teacher_dir": teacher_dir, "student_dir": student_dir, "ar_dir": ar_dir,
                   "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 3, "out_path": str(out),
@@ -38,6 +38,8 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir):
     assert spb == max(1, min(8, round(8 / m["cdlm"]["tokens_per_step"])))
     assert [p["threshold"] for p in saved["sweep"]["cdlm"]] == [0.5, 0.9]
     assert [p["block_size"] for p in saved["sweep"]["cdlm_block_size"]] == [4, 8, 16]
+    printed = capsys.readouterr().out
+    assert "| cdlm: threshold | 0.5 | 0.9 |" in printed and "| cdlm_block_size: block_size | 4 | 8 | 16 |" in printed
     mach = saved["machine"]
     assert mach["torch"] == torch.__version__ and mach["peak_gflops"] > 0 and mach["peak_gb_s"] > 0
     assert report["settings"]["num_eval"] == 16
