@@ -122,7 +122,7 @@ def probe_machine(device):
     return gflops, gbs
 
 
-def profile_decode(model, meta, prompts, settings, peak_gflops):
+def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
     """
     Where a decode's time goes at batch 1: inside the model's forward passes (timed by hooks) and
     in the sampler around them; per pass, the ATen ops launched (torch.profiler) and the time the
@@ -141,11 +141,12 @@ def profile_decode(model, meta, prompts, settings, peak_gflops):
             wall, passes = wall + dt, passes + nfe.item()
         model_s = inside[0]
     finally:
-        pre.remove(), post.remove()
+        pre.remove()
+        post.remove()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         nfe = timed_decode(model, meta, prompts[:1], settings)[1].item()
     ops = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
-    flops = decode_cost(model, meta, prompts[:1], settings, 4)[0]
+    flops = decode_cost(model, meta, prompts[:1], settings, act_bytes)[0]
     n = len(prompts)
     return dict(ms_per_answer=1000 * wall / n, model_ms_per_answer=1000 * model_s / n,
                 sampler_ms_per_answer=1000 * (wall - model_s) / n, passes_per_answer=passes / n,
@@ -254,7 +255,8 @@ def run(cfg):
         prompts = torch.as_tensor(rows[:cfg["latency_n"], :meta["prompt_len"]].astype("int64"), device=device)
         with autocast(device, dtype):
             report["profile"] = {name: profile_decode(models[METHODS[name].model][0], meta, prompts,
-                                                      DecodeSettings(**results[name]["settings"]), gflops)
+                                                      DecodeSettings(**results[name]["settings"]), gflops,
+                                                      act_bytes)
                                  for name in ("cdlm", "dlm", "ar") if name in results}
     atomic_write_json(cfg["out_path"], report)
     plots(report, cfg["out_path"])

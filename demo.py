@@ -155,9 +155,12 @@ def pipeline(task, seed, num_eval):
 
 
 def ablate(task, seeds, iters, num_eval):
-    """Each ABLATIONS student from the preset teacher and trajectories, over the seeds."""
+    """Each ABLATIONS student from the preset teacher and trajectories (collected if missing), over the seeds."""
     t = TASKS[task]
-    every = ",".join(configure(collect.config, t[k])["out_dir"] for k in ("collect", "collect_t05"))
+    sets = [configure(collect.config, t[k]) for k in ("collect", "collect_t05")]  # greedy, and T=0.5 for one variant
+    for c in sets:
+        collect.collect(c)
+    every = ",".join(c["out_dir"] for c in sets)
     out = {}
     for name, variant in ABLATIONS.items():
         for seed in seeds:
@@ -189,8 +192,6 @@ def main(argv):
     cfg = configure(config, argv)
     t0 = time.time()
     if cfg["ablate"]:
-        for k in ("collect", "collect_t05"):  # greedy trajectories, and the T=0.5 set for one variant
-            collect.collect(configure(collect.config, TASKS[cfg["task"]][k]))
         results, text = ablate(cfg["task"], cfg["seeds"], cfg["ablate_iters"], cfg["num_eval"])
         atomic_write_json(f"out/ablate/{cfg['task']}.json", results)
     else:

@@ -1,7 +1,9 @@
 """demo.py: every stage in one command, skipped on a second run; several seeds in one table."""
+import json
 import os
 
 import pytest
+import torch
 
 import demo
 
@@ -52,7 +54,6 @@ def test_demo_over_seeds_and_resume(tiny_task, capsys):
     assert os.path.isfile("out/seed2/student/ckpt.pt") and os.path.isfile("out/seed1/bench.json")
     assert "| teacher, 1 token/step |" in out and "seed 1 | seed 2 |" in out
     # a student killed mid-run resumes where it stopped
-    import torch
     path = "out/seed1/student/ckpt.pt"
     ckpt = torch.load(path, weights_only=True)
     ckpt["iter_num"] = 5
@@ -70,9 +71,7 @@ def test_demo_ablation_table(tiny_task, capsys, monkeypatch):
     out = capsys.readouterr().out
     for name in demo.ABLATIONS:
         assert f"| {name} |" in out
-    import json
     got = json.load(open("out/ablate/arithmetic.json"))
     assert [r["seed"] for r in got["LoRA rank 16"]] == [1, 2]
-    import torch
     ck = torch.load("out/ablate/arithmetic/trajectories_at_T_0_and_T_0.5/seed1/ckpt.pt", weights_only=True)
     assert ck["config"]["traj_dirs"] == ["out/trajectories", "out/trajectories_t05"]
