@@ -183,11 +183,11 @@ def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None):
         thr.append(answer_tokens(out, meta["eos_id"]).sum().item() / dt)
     flops, moved, tokens = decode_cost(model, meta, prompts[:cfg["latency_n"]], settings, act_bytes)
     latency = statistics.median(lat)
-    return dict(accuracy=ev.accuracy, nfe=ev.nfe, tokens_per_step=tps, latency_ms=1000 * latency,
+    return dict(final_acc=ev.final_acc, whole_acc=ev.whole_acc, nfe=ev.nfe, tokens_per_step=tps, latency_ms=1000 * latency,
                 throughput_tok_s=statistics.median(thr), flops_per_token=flops / tokens,
                 bytes_per_token=moved / tokens, arithmetic_intensity=flops / moved,
                 achieved_gflops=flops / cfg["latency_n"] / latency / 1e9, settings=asdict(settings),
-                preds=ev.preds)
+                preds=ev.preds, chance=ev.chance)
 
 
 def checkpoint_hashes(cfg):
@@ -238,12 +238,13 @@ def run(cfg):
             if base in results:
                 r[f"speedup_latency_vs_{base}"] = results[base]["latency_ms"] / r["latency_ms"]
                 r[f"speedup_throughput_vs_{base}"] = r["throughput_tok_s"] / results[base]["throughput_tok_s"]
+    chance = next(iter(results.values()))["chance"]
     for r in results.values():
-        del r["preds"]
+        del r["preds"], r["chance"]
     report = dict(methods=results, config=cfg, checkpoints={w: m[1]["weights_hash"] for w, m in models.items()},
                   settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=cfg["batch_size"],
                                 latency_n=cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,
-                                gen_len=meta["gen_len"], data_dir=data_dir),
+                                gen_len=meta["gen_len"], data_dir=data_dir, chance=chance),
                   machine=dict(device=device, dtype=dtype, peak_gflops=gflops, peak_gb_s=gbs,
                                gpu=torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
                                threads=torch.get_num_threads(), torch=torch.__version__,
@@ -286,7 +287,7 @@ def sweep(models, meta, rows, cfg, act_bytes):
 
 
 def pick(r):
-    return {k: r[k] for k in ("accuracy", "nfe", "latency_ms", "tokens_per_step")}
+    return {k: r[k] for k in ("final_acc", "whole_acc", "nfe", "latency_ms", "tokens_per_step")}
 
 
 def plots(report, out_path):
@@ -314,8 +315,8 @@ def plots(report, out_path):
     if "sweep" in report:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for name, pts in report["sweep"].items():
-            ax.plot([p["latency_ms"] for p in pts], [100 * p["accuracy"] for p in pts], "o-", label=name)
-        ax.set(xlabel="latency per answer at batch 1 (ms)", ylabel="exact match (%)")
+            ax.plot([p["latency_ms"] for p in pts], [100 * p["whole_acc"] for p in pts], "o-", label=name)
+        ax.set(xlabel="latency per answer at batch 1 (ms)", ylabel="whole answer right (%)")
         ax.legend()
         fig.tight_layout()
         fig.savefig(base + "_sweep.png", dpi=120)
@@ -327,13 +328,15 @@ def table(report):
     vs = lambda r, base: (f"{r[f'speedup_latency_vs_{base}']:.1f}x / {r[f'speedup_throughput_vs_{base}']:.1f}x"
                           if f"speedup_latency_vs_{base}" in r else "-")
     lines = [f"{s['num_eval']} {s['split']} problems of {s['data_dir']} on {where}; measured peaks "
-             f"{m['peak_gflops']:.0f} GFLOP/s, {m['peak_gb_s']:.1f} GB/s", "",
-             "| method | exact match | NFE | tokens/step | latency (ms, batch 1) | throughput (tok/s, batch "
+             f"{m['peak_gflops']:.0f} GFLOP/s, {m['peak_gb_s']:.1f} GB/s; a guess (the most frequent answer) "
+             f"scores {100 * s['chance']['final_acc']:.1f}% on the final answer, "
+             f"{100 * s['chance']['whole_acc']:.1f}% on the whole", "",
+             "| method | final answer | whole answer | NFE | tokens/step | latency (ms, batch 1) | throughput (tok/s, batch "
              f"{s['batch_size']}) | vs dlm (latency / throughput) | vs dlm_stop |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["methods"].items():
         differ = next((f" ({100 * v:.1f}% differ)" for k, v in r.items() if k.startswith("differs_from_")), "")
-        lines.append(f"| {name} | {100 * r['accuracy']:.1f}%{differ} | {r['nfe']:.1f} | {r['tokens_per_step']:.2f} | "
+        lines.append(f"| {name} | {100 * r['final_acc']:.1f}% | {100 * r['whole_acc']:.1f}%{differ} | {r['nfe']:.1f} | {r['tokens_per_step']:.2f} | "
                      f"{r['latency_ms']:.1f} | {r['throughput_tok_s']:,.0f} | {vs(r, 'dlm')} | {vs(r, 'dlm_stop')} |")
     lines += ["", "| method | MFLOP per token | KB moved per token | FLOP/byte | achieved GFLOP/s | % of peak |",
               "|---|---|---|---|---|---|"]
@@ -344,7 +347,8 @@ def table(report):
     for name, pts in report.get("sweep", {}).items():
         key = "block_size" if name.endswith("block_size") else "threshold"
         lines += ["", f"| {name}: {key} | " + " | ".join(str(p[key]) for p in pts) + " |", "|---|" + "---|" * len(pts)]
-        for field, f in (("accuracy", lambda v: f"{100 * v:.1f}%"), ("nfe", "{:.1f}".format),
+        for field, f in (("final_acc", lambda v: f"{100 * v:.1f}%"), ("whole_acc", lambda v: f"{100 * v:.1f}%"),
+                         ("nfe", "{:.1f}".format),
                          ("latency_ms", "{:.1f}".format)):
             lines.append(f"| {field.replace('_ms', ' (ms, batch 1)')} | " + " | ".join(f(p[field]) for p in pts) + " |")
     if "profile" in report:

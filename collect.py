@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from configurator import CDLMError, Choice, Float, Int, Str, check, configure, run_main
-from data.common import checkpoint_data, data_fingerprint, exact_match, get_tokenizer, load_split, read_json
+from data.common import checkpoint_data, data_fingerprint, get_tokenizer, load_split, read_json, score
 from data.trajectories import Writer, commit, committed, field_specs, load_trajectories, remove_stale, sizes_match
 from model import load_model
 from runtime import broadcast, check_writable, end_runtime, gather_rows, setup_runtime
@@ -115,8 +115,8 @@ def _collect(cfg, rt):
                 rows, out, step, hidden = (t[:n_real].cpu().numpy() for t in got)
                 writer.write(range(i, i + n_real), dict(prompt=rows[:, :P], tokens=out, step=step, hidden=hidden,
                                                         truth=rows[:, P:]))
-                correct += sum(exact_match([tok.decode(r) for r in out.tolist()],
-                                           [tok.decode(r) for r in rows[:, P:].tolist()], dmeta["answer_marker"]))
+                correct += sum(score([tok.decode(r) for r in out.tolist()], [tok.decode(r) for r in rows[:, P:].tolist()],
+                                     dmeta["answer_marker"])["final_acc"])
             bar.update(n_real)
             bar.set_postfix(teacher_acc=f"{correct / max(bar.n - start, 1):.3f}" if rt.master else "")
         done = stop
@@ -125,9 +125,9 @@ def _collect(cfg, rt):
     bar.close()
     elapsed = time.time() - t0
     if rt.master:
-        writer.commit(set_id, {**meta, "teacher_accuracy": correct / n})
+        writer.commit(set_id, {**meta, "teacher_final_acc": correct / n})
         print(f"collected {n} trajectories ({n - start} in this run, {(n - start) / max(elapsed, 1e-9):.1f} "
-              f"examples/s), {meta['bytes_per_example']} bytes per example, teacher exact match {correct / n:.2%}")
+              f"examples/s), {meta['bytes_per_example']} bytes per example, teacher final answer right {correct / n:.2%}")
 
 
 def _reuse(out_dir, set_id, settings, specs, meta):
@@ -146,7 +146,7 @@ def _reuse(out_dir, set_id, settings, specs, meta):
         except CDLMError:  # damaged by the crash: collect again
             p = {}
         if p.get("settings") == settings and p.get("done") == settings["n_examples"]:
-            commit(out_dir, set_id, {**meta, "teacher_accuracy": p["correct"] / p["done"]})
+            commit(out_dir, set_id, {**meta, "teacher_final_acc": p["correct"] / p["done"]})
             return "done"
     return None
 

@@ -1,18 +1,29 @@
 """
 The whole pipeline in one command: data, teacher, trajectories, student, AR baseline, benchmark.
 
-    python demo.py                         # arithmetic (about 40 minutes on a 2-core CPU)
-    python demo.py --task=wordproblems     # English word problems through a BPE tokenizer
-    python demo.py --seeds=1,2,3           # the headline figures over seeds: mean and spread
-    python demo.py --ablate                # the student-objective ablation (ABLATIONS below)
+    python demo.py                                  # arithmetic (about 40 minutes on a 2-core CPU)
+    python demo.py --task=wordproblems              # English word problems through a BPE tokenizer
+    python demo.py --seeds=1337,2,3 --jobs=2        # the headline figures over seeds: mean and spread
+    python demo.py --ablate --seeds=1337,2,3 --jobs=2   # the student-objective ablation (ABLATIONS)
+    python demo.py --report                         # the README's tables, from the files in results/
 
 It runs the repo's own scripts in-process with the presets in config/, so every stage can also be
 run by hand. A stage is skipped when its output is there and was made with the same settings (a
 second run only prints the tables); an interrupted stage resumes where it stopped. With seeds other
-than the presets' own, outputs go to out/seed<N>/...; the problems stay the same for every seed.
+than the presets' own, outputs go to out/seed<N>/...; the problems stay the same for every seed, and
+the AR baseline is trained once, at AR_SEED (its accuracy is not in the spread tables).
+
+With --jobs=N the training stages of N seeds (or ablation students) run side by side, each in its
+own process at one thread (accuracy does not depend on timing); the timed benchmarks come after,
+one at a time, alone. Each finished run writes a small JSON under results/ (commit, machine, seed,
+every figure): `--report` prints the README's tables from those files alone.
 """
+import glob
+import math
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -22,10 +33,10 @@ import bench
 import collect
 import sample
 import train
-from configurator import Bool, Choice, Int, List, configure, run_main
-from data.common import atomic_write_json, checkpoint_data, load_split, read_json
+from configurator import Bool, CDLMError, Choice, Int, List, Str, configure, run_main
+from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json
 from model import load_model, read_checkpoint
-from runtime import pick_device
+from runtime import check_writable, code_version, machine_info, pick_device
 
 # each stage: the script's options as its preset file and overrides (what you would type)
 TASKS = {
@@ -40,11 +51,13 @@ TASKS = {
                          student=["config/wordproblems_student.py"], ar=["config/wordproblems_ar.py"],
                          bench=["config/wordproblems_bench.py"]),
 }
+AR_SEED = 1337  # the presets' own seed; every seed's bench decodes with this one AR baseline
 # student variants, each trained from the same teacher and trajectories for ablate_iters iterations
 ABLATIONS = {
     "default": [],
     "y_star=random": ["--y_star=random"],
     "y_star=completion": ["--y_star=completion"],
+    "y_star=literal": ["--y_star=literal"],
     "no distillation": ["--w_distill=0.0"],
     "no consistency": ["--w_consist=0.0"],
     "no DLM loss": ["--w_dlm=0.0"],
@@ -52,13 +65,26 @@ ABLATIONS = {
     "trajectories at T=0 and T=0.5": ["--traj_dirs=TRAJS"],
     "LoRA rank 16": ["--lora_rank=16", "--lora_alpha=32", "--learning_rate=3e-3", "--min_lr=3e-4"],
 }
+# the headline figures: (label, method or teacher steps, field); accuracies are shares, both metrics
+HEADLINE = [(f"teacher, {k} token{'s' * (k > 1)}/step: {m.split('_')[0]} answer", f"steps:{k}", m)
+            for k in (1, 2, 8) for m in METRICS] + \
+           [(f"student (cdlm): {m.split('_')[0]} answer", "cdlm", m) for m in METRICS] + \
+           [("student NFE", "cdlm", "nfe"), ("teacher NFE (dlm)", "dlm", "nfe")] + \
+           [(f"cdlm vs {b}: {w}", "cdlm", f"speedup_{w}_vs_{b}") for b in ("dlm", "dlm_stop")
+            for w in ("latency", "throughput")]
 
 config = dict(
     task=Choice("arithmetic", *TASKS),
     seeds=List([1337], Int(None, "[0, inf)")),  # 1337: the presets' own seed and out/ directories
+    jobs=Int(1, "[1, 8]"),             # training stages side by side, one thread each; benches after
+    stage=Choice("all", "all", "train", "ar"),  # the untimed stages of the seeds, or the AR baseline alone
+                                          # (what each of the --jobs runs)
     ablate=Bool(False),
     ablate_iters=Int(300, "[1, inf)"),
+    variants=List(list(ABLATIONS), Choice(None, *ABLATIONS)),  # the ablation's students
     num_eval=Int(500, "[1, inf)"),
+    report=Bool(False),                # print the tables from results_dir and stop
+    results_dir=Str("results"),
 )
 
 
@@ -96,21 +122,27 @@ def run_train(cfg):
     train.train(cfg)
 
 
+def scores(ev):
+    return {**{m: getattr(ev, m) for m in METRICS}, "nfe": ev.nfe, "chance": ev.chance}
+
+
 def teacher_steps(cfg, num_eval):
     """The teacher at 1, 2, 4 and 8 tokens per step (naive step cutting), on the test problems."""
     path = os.path.join(cfg["out_dir"], "steps.json")
     model, ckpt = load_model(os.path.join(cfg["out_dir"], "ckpt.pt"), pick_device(cfg["device"]), "dlm")
     if os.path.isfile(path):
         got = read_json(path, "")
-        if got.get("weights_hash") == ckpt["weights_hash"] and got.get("num_eval") == num_eval:
-            return got["accuracy"]
+        if got.get("weights_hash") == ckpt["weights_hash"] and got.get("num_eval") == num_eval \
+                and got.get("metrics") == list(METRICS):
+            return got["steps"]
     data_dir, meta = checkpoint_data(ckpt)
     rows = load_split(data_dir, "test", meta)[:num_eval]
     bs = model.cfg.block_size
-    acc = {str(bs // spb): sample.evaluate(model, meta, rows, sample.DecodeSettings(bs, steps_per_block=spb)).accuracy
-           for spb in (bs, bs // 2, bs // 4, 1)}
-    atomic_write_json(path, dict(weights_hash=ckpt["weights_hash"], num_eval=num_eval, accuracy=acc))
-    return acc
+    steps = {str(bs // spb): scores(sample.evaluate(model, meta, rows, sample.DecodeSettings(bs, steps_per_block=spb)))
+             for spb in (bs, bs // 2, bs // 4, 1)}
+    atomic_write_json(path, dict(weights_hash=ckpt["weights_hash"], num_eval=num_eval, metrics=list(METRICS),
+                                 steps=steps))
+    return steps
 
 
 def run_bench(cfg):
@@ -124,8 +156,9 @@ def run_bench(cfg):
     return bench.run(cfg)
 
 
-def pipeline(task, seed, num_eval):
-    """Every stage for one seed; returns the headline figures."""
+def train_stages(task, seed, num_eval):
+    """Every untimed stage for one seed: data, teacher, trajectories, student, AR (at AR_SEED), and
+    the teacher at fewer steps. Returns the latter."""
     t = TASKS[task]
     module = __import__(t["prepare"][0], fromlist=["prepare"])
     stage = lambda name: print(f"\n=== {task}, seed {seed}: {name} ===", flush=True)
@@ -138,48 +171,80 @@ def pipeline(task, seed, num_eval):
     collect.collect(options(collect.config, t["collect"], seed))
     stage("student")
     run_train(options(train.config, t["student"], seed))
-    stage("AR baseline")
-    run_train(options(train.config, t["ar"], seed))
     stage("teacher at fewer steps")
-    steps = teacher_steps(teacher, num_eval)
-    stage("benchmark")
-    rep = run_bench(options(bench.config, t["bench"], seed, num_eval=num_eval))
-    m = rep["methods"]
-    return {"teacher, 1 token/step": m["dlm"]["accuracy"], "teacher, 2 tokens/step": steps["2"],
-            "teacher, 1 step/block": steps[str(max(map(int, steps)))], "student (cdlm)": m["cdlm"]["accuracy"],
-            "student NFE": m["cdlm"]["nfe"], "teacher NFE (dlm)": m["dlm"]["nfe"], "AR baseline": m["ar"]["accuracy"],
-            "latency vs dlm": m["cdlm"]["speedup_latency_vs_dlm"],
-            "throughput vs dlm": m["cdlm"]["speedup_throughput_vs_dlm"],
-            "latency vs dlm_stop": m["cdlm"]["speedup_latency_vs_dlm_stop"],
-            "throughput vs dlm_stop": m["cdlm"]["speedup_throughput_vs_dlm_stop"]}
+    return teacher_steps(teacher, num_eval)
 
 
-def ablate(task, seeds, iters, num_eval):
-    """Each ABLATIONS student from the preset teacher and trajectories (collected if missing), over the seeds."""
-    t = TASKS[task]
+def train_ar(task):
+    """The AR baseline, once, with the preset's own options (seed AR_SEED) whatever the seeds."""
+    print(f"\n=== {task}: AR baseline (seed {AR_SEED}) ===", flush=True)
+    run_train(configure(train.config, TASKS[task]["ar"] + [f"--seed={AR_SEED}"]))
+
+
+def pipeline(task, seed, num_eval, results_dir):
+    """Every stage for one seed, the timed bench last; writes and returns its results file."""
+    steps = train_stages(task, seed, num_eval)
+    print(f"\n=== {task}, seed {seed}: benchmark ===", flush=True)
+    ar_dir = configure(train.config, TASKS[task]["ar"])["out_dir"]  # AR_SEED's, for every seed
+    rep = run_bench({**options(bench.config, TASKS[task]["bench"], seed, num_eval=num_eval), "ar_dir": ar_dir})
+    out = dict(task=task, seed=seed, commit=code_version(), machine=machine_info(), num_eval=num_eval,
+               ar_seed=AR_SEED, teacher_steps=steps, bench=rep["methods"], bench_settings=rep["settings"],
+               bench_machine=rep["machine"])
+    atomic_write_json(os.path.join(results_dir, task, f"seed{seed}.json"), out)
+    return out
+
+
+def run_jobs(argvs, jobs, log_dir):
+    """demo.py with each argv in its own process, `jobs` at a time, one thread each; logs in log_dir."""
+    os.makedirs(log_dir, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending, running = list(argvs), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            argv = pending.pop(0)
+            name = re.sub(r"[^A-Za-z0-9.-]+", "_", " ".join(a.lstrip("-").replace("=", "-") for a in argv))
+            log = os.path.join(log_dir, name[:120] + ".log")
+            print(f"started: python demo.py {' '.join(argv)}  (log: {log})", flush=True)
+            running.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], env=env,
+                                             stdout=open(log, "w"), stderr=subprocess.STDOUT), log))
+        time.sleep(1)
+        for p, log in list(running):
+            if p.poll() is not None:
+                running.remove((p, log))
+                if p.returncode:
+                    for q, _ in running:
+                        q.terminate()
+                    raise CDLMError(f"a job failed (exit {p.returncode}): see {log}")
+
+
+def ablate(cfg):
+    """Each chosen ABLATIONS student from the preset teacher and trajectories (collected if missing),
+    over the seeds; each student's scores go to results/<task>/ablation/."""
+    task, t = cfg["task"], TASKS[cfg["task"]]
     sets = [configure(collect.config, t[k]) for k in ("collect", "collect_t05")]  # greedy, and T=0.5 for one variant
     for c in sets:
         collect.collect(c)
     every = ",".join(c["out_dir"] for c in sets)
-    out = {}
-    for name, variant in ABLATIONS.items():
-        for seed in seeds:
-            argv = [a.replace("TRAJS", every) for a in variant]
-            slug = name.replace(" ", "_").replace("=", "_")
-            cfg = configure(train.config, t["student"] + argv + [f"--max_iters={iters}", f"--seed={seed}",
-                                                                 f"--out_dir=out/ablate/{task}/{slug}/seed{seed}"])
-            print(f"\n=== ablation {name}, seed {seed} ===", flush=True)
-            run_train(cfg)
-            model, ckpt, s = sample.load_for_decoding(os.path.join(cfg["out_dir"], "ckpt.pt"), {}, "cpu", "cdlm")
-            data_dir, meta = checkpoint_data(ckpt)
-            ev = sample.evaluate(model, meta, load_split(data_dir, "test", meta)[:num_eval], s)
-            out.setdefault(name, []).append(dict(seed=seed, accuracy=ev.accuracy, nfe=ev.nfe))
-    lines = [f"students of {iters} iterations, {num_eval} test problems, seeds {seeds}", "",
-             "| student | exact match | NFE |", "|---|---|---|"]
-    for name, runs in out.items():
-        lines.append(f"| {name} | {spread([100 * r['accuracy'] for r in runs], '%')} | "
-                     f"{spread([r['nfe'] for r in runs], '')} |")
-    return out, "\n".join(lines)
+    todo = [(name, seed) for name in cfg["variants"] for seed in cfg["seeds"]]
+    if cfg["jobs"] > 1:
+        common = [f"--task={task}", "--ablate", f"--ablate_iters={cfg['ablate_iters']}", f"--num_eval={cfg['num_eval']}",
+                  f"--results_dir={cfg['results_dir']}"]
+        run_jobs([common + [f"--variants={name}", f"--seeds={seed}"] for name, seed in todo], cfg["jobs"], "out/logs")
+        return
+    for name, seed in todo:
+        slug = name.replace(" ", "_").replace("=", "_")
+        argv = [a.replace("TRAJS", every) for a in ABLATIONS[name]]
+        tcfg = configure(train.config, t["student"] + argv + [f"--max_iters={cfg['ablate_iters']}", f"--seed={seed}",
+                                                              f"--out_dir=out/ablate/{task}/{slug}/seed{seed}"])
+        print(f"\n=== ablation {name}, seed {seed} ===", flush=True)
+        run_train(tcfg)
+        model, ckpt, s = sample.load_for_decoding(os.path.join(tcfg["out_dir"], "ckpt.pt"), {}, "cpu", "cdlm")
+        data_dir, meta = checkpoint_data(ckpt)
+        ev = sample.evaluate(model, meta, load_split(data_dir, "test", meta)[:cfg["num_eval"]], s)
+        atomic_write_json(os.path.join(cfg["results_dir"], task, "ablation", f"{slug}_seed{seed}.json"),
+                          dict(task=task, variant=name, seed=seed, iters=cfg["ablate_iters"], num_eval=cfg["num_eval"],
+                               commit=code_version(), machine=machine_info(), weights_hash=ckpt["weights_hash"],
+                               **scores(ev)))
 
 
 def spread(xs, unit, digits=1):
@@ -188,26 +253,80 @@ def spread(xs, unit, digits=1):
     return f(statistics.mean(xs)) + (f" ({f(min(xs))}-{f(max(xs))})" if len(xs) > 1 else "")
 
 
+def headline(run, source, field):
+    if source.startswith("steps:"):
+        return run["teacher_steps"][source[6:]][field]
+    return run["bench"][source][field]
+
+
+def report(task, results_dir):
+    """The README's tables, from the results files alone: headline figures over seeds, AR, ablation."""
+    runs = sorted((read_json(p, "") for p in glob.glob(os.path.join(results_dir, task, "seed*.json"))),
+                  key=lambda r: r["seed"])
+    lines = []
+    if runs:
+        r0 = runs[0]
+        n, chance = r0["num_eval"], r0["bench_settings"]["chance"]
+        lines += [f"{task}: {len(runs)} seed(s) {[r['seed'] for r in runs]}, {n} test problems; accuracy on {r0['machine']['cpu']} "
+                  f"({r0['machine']['cores']} cores), timings at {r0['bench_machine']['threads']} threads, torch "
+                  f"{r0['machine']['torch']}; commits {', '.join(sorted({str(r['commit']) for r in runs}))}",
+                  f"a guess scores {100 * chance['final_acc']:.1f}% (final answer) and {100 * chance['whole_acc']:.1f}% "
+                  f"(whole answer); at n={n} one standard error is {100 * math.sqrt(0.5 * 0.5 / n):.1f} points at 50%, "
+                  f"{100 * math.sqrt(0.9 * 0.1 / n):.1f} at 90%, {100 * math.sqrt(0.99 * 0.01 / n):.2f} at 99%", "",
+                  "| | mean (min-max) |" + "".join(f" seed {r['seed']} |" for r in runs), "|---|---|" + "---|" * len(runs)]
+        for label, source, field in HEADLINE:
+            if not all(source.startswith("steps:") or source in r["bench"] for r in runs):
+                continue
+            pct = field in METRICS
+            xs = [(100 if pct else 1) * headline(r, source, field) for r in runs]
+            unit = "%" if pct else "x" if field.startswith("speedup") else ""
+            lines.append(f"| {label} | {spread(xs, unit)} |" + "".join(f" {x:.1f}{unit} |" for x in xs))
+        ar = r0["bench"].get("ar")
+        if ar:
+            lines += ["", f"AR baseline (trained once, seed {r0['ar_seed']}): final answer {100 * ar['final_acc']:.1f}%, "
+                          f"whole answer {100 * ar['whole_acc']:.1f}%, {ar['nfe']:.1f} NFE"]
+    abl = [read_json(p, "") for p in sorted(glob.glob(os.path.join(results_dir, task, "ablation", "*.json")))]
+    if abl:
+        by = {}
+        for r in abl:
+            by.setdefault(r["variant"], []).append(r)
+        lines += ["", f"ablation: students of {abl[0]['iters']} iterations, {abl[0]['num_eval']} test problems, "
+                      f"seeds {sorted({r['seed'] for r in abl})}", "",
+                  "| student | final answer | whole answer | NFE | seeds |", "|---|---|---|---|---|"]
+        for name in [v for v in ABLATIONS if v in by] + [v for v in by if v not in ABLATIONS]:
+            rs = by[name]
+            lines.append(f"| {name} | {spread([100 * r['final_acc'] for r in rs], '%')} | "
+                         f"{spread([100 * r['whole_acc'] for r in rs], '%')} | {spread([r['nfe'] for r in rs], '', 2)} | "
+                         f"{len(rs)} |")
+    return "\n".join(lines) if lines else f"no results for {task} in {results_dir}/ yet"
+
+
 def main(argv):
     cfg = configure(config, argv)
     t0 = time.time()
-    if cfg["ablate"]:
-        results, text = ablate(cfg["task"], cfg["seeds"], cfg["ablate_iters"], cfg["num_eval"])
-        atomic_write_json(f"out/ablate/{cfg['task']}.json", results)
-    else:
-        runs = {s: pipeline(cfg["task"], s, cfg["num_eval"]) for s in cfg["seeds"]}
-        lines = [f"{cfg['task']}: {len(runs)} seed(s) {cfg['seeds']}, {cfg['num_eval']} test problems, "
-                 f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
-                 "| | mean (min-max) |" + "".join(f" seed {s} |" for s in runs), "|---|---|" + "---|" * len(runs)]
-        for key in next(iter(runs.values())):
-            pct = "NFE" not in key and "vs" not in key
-            xs = [100 * r[key] if pct else r[key] for r in runs.values()]
-            unit = "%" if pct else "" if "NFE" in key else "x"
-            lines.append(f"| {key} | {spread(xs, unit)} |" + "".join(f" {x:.1f}{unit} |" for x in xs))
-        text = "\n".join(lines)
-        atomic_write_json(f"out/demo_{cfg['task']}.json", dict(seeds=cfg["seeds"], runs=runs))
-    print("\n" + text)
-    print(f"\n(demo took {time.time() - t0:.0f} s)")
+    task, seeds = cfg["task"], cfg["seeds"]
+    if not cfg["report"]:
+        check_writable(os.path.join(cfg["results_dir"], task, "ablation" if cfg["ablate"] else ""), "option results_dir")
+        module = __import__(TASKS[task]["prepare"][0], fromlist=["prepare"])
+        module.prepare(configure(module.config, TASKS[task]["prepare"][1]))  # before any job reads it
+        if cfg["ablate"]:
+            ablate(cfg)
+        elif cfg["stage"] == "train":
+            for s in seeds:
+                train_stages(task, s, cfg["num_eval"])
+            return
+        elif cfg["stage"] == "ar":
+            return train_ar(task)
+        else:
+            if cfg["jobs"] > 1:
+                run_jobs([[f"--task={task}", f"--seeds={s}", "--stage=train", f"--num_eval={cfg['num_eval']}"]
+                          for s in seeds] + [[f"--task={task}", "--stage=ar"]], cfg["jobs"], "out/logs")
+            train_ar(task)
+            for s in seeds:
+                pipeline(task, s, cfg["num_eval"], cfg["results_dir"])
+    print("\n" + report(task, cfg["results_dir"]))
+    if not cfg["report"]:
+        print(f"\n(demo took {time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -170,3 +170,26 @@ def check_writable(path, what):
     except OSError as e:
         raise CDLMError(f"{what} {path!r} is not writable: {e.strerror or e}")
 
+
+
+def machine_info():
+    """What a timing or an accuracy was measured on: the CPU model, cores, threads, torch, python."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version())
+
+
+def code_version(root=os.path.dirname(os.path.abspath(__file__))):
+    """The git commit of this checkout, '+dirty' when tracked files differ from it; None outside git."""
+    import subprocess
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True, text=True, check=True).stdout
+        return run("rev-parse", "--short=12", "HEAD").strip() + ("+dirty" if run("status", "--porcelain", "-uno").strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None

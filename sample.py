@@ -3,7 +3,7 @@ Block-wise decoding for every model in this repo: one loop whose parts are switc
 
     python sample.py --out_dir=out/teacher --prompt="5:+3*7+2*4+1="          # one answer
     python sample.py --out_dir=out/teacher --prompt="5:+3*7+2*4+1=" --show   # watch masks fill in
-    python sample.py --out_dir=out/student --eval --num_eval=500              # exact match + NFE
+    python sample.py --out_dir=out/student --eval --num_eval=500              # both scores + NFE
 
 The answer is split into blocks of block_size, decoded left to right (semi-autoregressive, as in
 LLaDA). Inside a block, every step predicts all masked positions at once and finalizes some; the
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from configurator import Bool, CDLMError, Float, Int, Str, configure, run_main
-from data.common import checkpoint_data, encode_prompt, exact_match, get_tokenizer, load_split, same_data
+from data.common import (chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, same_data,
+                         score)
 from model import load_model
 from runtime import autocast, pick_device, pick_dtype
 
@@ -104,16 +105,23 @@ def tokens_per_step(block_size, steps_per_block):
 
 
 def predict(logits, temperature=0.0, generator=None):
-    """Proposed token and its confidence (probability under the model) at every position."""
+    """
+    Proposed token and its confidence (probability under the model, float64) at every position.
+    Greedy: p_top = 1 / (1 + r) with r = sum over the other tokens of exp(logit - top), each term
+    exact to float32's relative precision; the float32 form exp(top - logsumexp) moves in steps of
+    about 1e-6 near 1 (the ulp of a logit of ~10), so near-certain positions tie and the tie goes to
+    the lowest position instead of the more confident one. The step order collect.py stores as the
+    teacher's trajectory depends on that ranking.
+    """
     if temperature > 0:
         logits = logits.double()  # Gumbel-max in float64: low precision noise hurts quality (LLaDA)
         u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
         pred = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
         return pred, logits.log_softmax(-1).gather(-1, pred[..., None])[..., 0].exp()
-    # greedy: the top token's probability is exp(top - logsumexp); float32 is plenty for ranking
     logits = logits.float()
     top, pred = logits.max(-1)  # (B, L)
-    return pred, (top - logits.logsumexp(-1)).exp()
+    rest = (logits - top[..., None]).exp().scatter(-1, pred[..., None], 0.0).sum(-1)  # (B, L)
+    return pred, 1.0 / (1.0 + rest.double())
 
 
 def select_tokens(conf, k=None, threshold=None):
@@ -242,10 +250,12 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
 
 
 class Evaluation(NamedTuple):
-    accuracy: float
+    final_acc: float        # share of problems whose final answer is right (data.common.METRICS)
+    whole_acc: float        # share whose whole worked answer is right
     nfe: float              # mean forward passes per answer
     preds: list             # decoded answers
-    correct: list           # per-problem booleans (paired comparisons between methods)
+    correct: dict           # per-problem booleans for each metric (paired comparisons between methods)
+    chance: dict            # what the best constant guess scores on these problems, per metric
 
 
 def evaluate(model, meta, rows, settings, batch_size=64, seed=1337, progress=None):
@@ -253,18 +263,25 @@ def evaluate(model, meta, rows, settings, batch_size=64, seed=1337, progress=Non
     tok, P, gen_len = get_tokenizer(meta), meta["prompt_len"], meta["gen_len"]
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    preds, nfes, correct = [], [], []
+    preds, nfes, truth = [], [], []
     for i in range(0, len(rows), batch_size):
         batch = torch.as_tensor(np.asarray(rows[i:i + batch_size], dtype=np.int64), device=device)
         out, nfe = generate(model, batch[:, :P], gen_len, meta["mask_id"], meta["eos_id"], settings, gen)[:2]
-        texts = [tok.decode(r) for r in out.tolist()]
-        truth = [tok.decode(r) for r in batch[:, P:].tolist()]
-        correct += exact_match(texts, truth, meta["answer_marker"])
-        preds += texts
+        preds += [tok.decode(r) for r in out.tolist()]
+        truth += [tok.decode(r) for r in batch[:, P:].tolist()]
         nfes += nfe.tolist()
         if progress is not None:
             progress.update(len(batch))
-    return Evaluation(sum(correct) / len(correct), sum(nfes) / len(nfes), preds, correct)
+    correct = score(preds, truth, meta["answer_marker"])
+    acc = {k: sum(v) / len(v) for k, v in correct.items()}
+    return Evaluation(acc["final_acc"], acc["whole_acc"], sum(nfes) / len(nfes), preds, correct,
+                      chance_levels(truth, meta["answer_marker"]))
+
+
+def describe(ev):
+    """One line: both scores with their chance levels, and the forward passes."""
+    return (f"final answer {ev.final_acc:.1%} (chance {ev.chance['final_acc']:.1%}), whole answer "
+            f"{ev.whole_acc:.1%} (chance {ev.chance['whole_acc']:.1%}), mean NFE {ev.nfe:.2f}")
 
 
 # The decoding family that bench.py measures and show.py draws, one row each (CDLM Sec. 5).
@@ -362,8 +379,9 @@ def main(argv):
         with tqdm(total=len(rows), desc=f"eval {cfg['split']}", file=sys.stderr) as bar, ctx:
             ev = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["seed"], bar)
         print(f"{cfg['out_dir']} ({model.cfg.attn}) on {len(rows)} {cfg['split']} problems with {asdict(settings)}: "
-              f"exact match {ev.accuracy:.2%}, mean NFE {ev.nfe:.1f}, {time.time() - t0:.1f}s")
-        print(json.dumps({"accuracy": ev.accuracy, "n": len(rows), "nfe": ev.nfe}))
+              f"{describe(ev)}, {time.time() - t0:.1f}s")
+        print(json.dumps({"final_acc": ev.final_acc, "whole_acc": ev.whole_acc, "chance": ev.chance,
+                          "n": len(rows), "nfe": ev.nfe}))
         return
     ids = encode_prompt(tok, cfg["prompt"], meta["prompt_len"])
     on_step = None

@@ -25,6 +25,7 @@ from data.common import atomic_write_bytes, checkpoint_data, encode_prompt, get_
 from model import attention_mask
 from runtime import pick_device
 from sample import METHODS, DecodeSettings, generate, load_models
+from train import Y_STARS
 
 config = dict(
     view=Choice("compare", "compare", "masks", "states", "confidence", "infill"),
@@ -36,7 +37,7 @@ config = dict(
     ar_dir=Str("out/ar"),
     traj_dir=Str("out/trajectories"),   # states: the trajectory set to draw from
     index=Int(0, "[0, inf)"),           # states: which stored trajectory
-    y_star=Choice(None, "random", "completion", "completion_plus"),  # states: None is the student's reading
+    y_star=Choice(None, *Y_STARS),  # states: None is the student's reading
     html=Str(None),                     # compare: also write the replay here
     png=Str(None),                      # masks, states: also draw a picture here (needs matplotlib)
     color=Choice("auto", "auto", "always", "never"),
@@ -302,7 +303,7 @@ def training_state(cfg, device):
     show = lambda vis: [tok.decode([tokens[j]]) or "." if vis[0, j] else "_" for j in span]
     order = (step[0, list(span)] - b * bs).tolist()
     rows = [("teacher's order", [str(o) for o in order]), ("y", show(st.y)),
-            ("y*" if y_star == "random" else "y' (consistency)", show(st.target)),
+            ("y*" if y_star in ("random", "literal") else "y' (consistency)", show(st.target)),
             ("distill (D)", ["D" if st.distill[0, j] else "." for j in span]),
             ("consist (C)", ["C" if st.consist[0, j] else "." for j in span]),
             (f"DLM loss (t={t.item():.2f})", ["L" if dlm_masked[j] else "." for j in span])]

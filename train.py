@@ -29,6 +29,8 @@ from model import (ModelConfig, Transformer, add_lora, merged_state_dict, read_c
 from runtime import check_writable, end_runtime, gather_objects, rng_state, set_rng_state, setup_runtime
 from sample import DecodeSettings
 
+Y_STARS = ("random", "completion", "completion_plus", "literal")  # draw_states' readings of the paper
+
 config = dict(
     mode=Choice("dlm", "dlm", "cdlm", "ar"),   # teacher | student | autoregressive baseline
     out_dir=Str("out/teacher"),
@@ -51,7 +53,7 @@ config = dict(
     # CDLM student (mode='cdlm', Sec. 4.2)
     teacher_dir=Str("out/teacher"),    # the student starts from, and distills, this checkpoint
     traj_dirs=List(["out/trajectories"], Str(None)),  # trajectory sets of that teacher (e.g. per temperature)
-    y_star=Choice("completion_plus", "random", "completion", "completion_plus"),  # see draw_states
+    y_star=Choice("completion_plus", *Y_STARS),  # the readings of the paper's y*: see draw_states
     dlm_noise=Choice("answer", "answer", "block"),  # the auxiliary DLM loss's noising: see noise_block
     w_distill=Float(1.0, "[0, inf)"),
     w_consist=Float(0.5, "[0, inf)"),
@@ -192,6 +194,10 @@ def draw_states(step, block_size, y_star, generator=None):
       completion_plus  distillation as in completion, and consistency toward the later state,
                        renamed y', on the positions still masked there (our inference: both
                        sentences hold, each with its own y*).
+      literal          y* = the completion, read word for word: distillation as in completion;
+                       consistency on the positions still masked in y*, which are the later
+                       blocks' (under the block-causal mask they see the current block, so their
+                       predictions at y and at y* differ); the target is the student at y*.
     """
     B, L = step.shape
     dev = step.device
@@ -203,6 +209,9 @@ def draw_states(step, block_size, y_star, generator=None):
     still = done & ~later  # in the block and still masked in the later state
     if y_star == "random":
         return States(y, later, later & ~y, still)
+    if y_star == "literal":
+        pos_block = torch.arange(L, device=dev) // block_size  # (L,)
+        return States(y, done, done & ~y, pos_block[None, :] > block[:, None])
     return States(y, later, done & ~y, still if y_star == "completion_plus" else torch.zeros_like(still))
 
 

@@ -1,5 +1,5 @@
 """
-Shared by every dataset: the tokenizer, the on-disk layout, and the exact-match scorer.
+Shared by every dataset: the tokenizer, the on-disk layout, and the two scores of an answer.
 
 Layout of a prepared dataset directory (written by data/<name>/prepare.py):
   meta.json        tokenizer (characters, or a trained BPE's merges), special ids, prompt_len,
@@ -253,13 +253,32 @@ def final_answer(text, marker="#"):
     return text.rsplit(marker, 1)[1].strip()
 
 
-def exact_match(pred_texts, true_texts, marker="#"):
-    """Per-example booleans: the final answers are present and equal."""
-    out = []
+# The two scores of a decoded answer, each a share of problems (README, section 7):
+#   final_acc  the final answer (the text after the last marker) is present and right: what
+#              GSM8K-style benchmarks score; on arithmetic one digit, right by chance 1 time in 10
+#   whole_acc  the whole worked answer is right: every token up to EOS, each intermediate value too
+METRICS = ("final_acc", "whole_acc")
+
+
+def score(pred_texts, true_texts, marker="#"):
+    """Per-example booleans for each of METRICS: {'final_acc': [...], 'whole_acc': [...]}."""
+    final, whole = [], []
     for p, t in zip(pred_texts, true_texts):
         a = final_answer(p, marker)
-        out.append(a is not None and a != "" and a == final_answer(t, marker))
-    return out
+        final.append(a is not None and a != "" and a == final_answer(t, marker))
+        whole.append(p == t)
+    return dict(final_acc=final, whole_acc=whole)
+
+
+def chance_levels(true_texts, marker="#"):
+    """
+    What a guess scores on these problems, for each of METRICS: the best constant answer (the most
+    frequent final answer; the most frequent whole answer). A model must beat these to have learned.
+    """
+    finals = Counter(final_answer(t, marker) for t in true_texts)
+    wholes = Counter(true_texts)
+    n = max(1, len(true_texts))
+    return dict(final_acc=max(finals.values(), default=0) / n, whole_acc=max(wholes.values(), default=0) / n)
 
 
 def write_dataset(out_dir, arrays, meta):

@@ -20,7 +20,7 @@ def test_trajectory_files_and_meta(traj_dir, teacher_dir):
     assert meta["n"] == 48 and meta["block_size"] == 8 and meta["settings"]["steps"] == meta["gen_len"]
     assert arrays["hidden"].dtype == np.float16 and arrays["hidden"].shape == (48, meta["gen_len"], 32)
     assert meta["bytes_per_example"] == meta["prompt_len"] + meta["gen_len"] * (1 + 2 + 32 * 2 + 1)
-    assert 0.0 <= meta["teacher_accuracy"] <= 1.0
+    assert 0.0 <= meta["teacher_final_acc"] <= 1.0
     assert sorted(os.listdir(traj_dir)) == ["meta.json", meta["set"]]  # no partial work, no old set
     L, B = meta["gen_len"], 8
     step = np.asarray(arrays["step"])

@@ -7,7 +7,8 @@ import pytest
 
 from configurator import CDLMError
 from data.arithmetic.prepare import make_problem, prepare, worked_solution
-from data.common import CharTokenizer, encode_prompt, exact_match, final_answer, get_tokenizer, load_meta, load_split
+from data.common import (CharTokenizer, chance_levels, encode_prompt, final_answer, get_tokenizer, load_meta, load_split,
+                         score)
 
 
 def test_problem_is_a_valid_chain():
@@ -82,10 +83,16 @@ def test_vocabulary_is_saved_with_the_data(tmp_path):
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
 
 
-def test_exact_match_scores_the_final_answer_only():
+def test_two_scores_final_answer_and_whole_answer():
     assert final_answer("+3>8,*7>6#6") == "6"
-    assert exact_match(["+3>8,*7>6#6", "+3>1,*7>2#6", "+3>8,*7>6#7", "+3>8,*7>6", "#"],
-                       ["+3>8,*7>6#6"] * 5) == [True, True, False, False, False]
+    got = score(["+3>8,*7>6#6", "+3>1,*7>2#6", "+3>8,*7>6#7", "+3>8,*7>6", "#"], ["+3>8,*7>6#6"] * 5)
+    assert got["final_acc"] == [True, True, False, False, False]  # a wrong worked answer can end right
+    assert got["whole_acc"] == [True, False, False, False, False]
+
+
+def test_chance_levels_are_the_best_constant_guess():
+    truth = ["+1>1#1", "+2>2#2", "+3>3#2", "+1>1#1", "*2>2#2"]
+    assert chance_levels(truth) == dict(final_acc=3 / 5, whole_acc=2 / 5)  # '2' thrice; '+1>1#1' twice
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

@@ -54,7 +54,7 @@ def test_sharded_collection_equals_one_process(ddp_run, tmp_path):
     two, meta2 = load_trajectories(os.path.join(out_root, "traj"))
     one, meta1 = load_trajectories(str(tmp_path))
     assert meta2["n"] == meta1["n"] == 44
-    assert meta2["teacher_accuracy"] == meta1["teacher_accuracy"]
+    assert meta2["teacher_final_acc"] == meta1["teacher_final_acc"]
     for k in ("prompt", "tokens", "step", "truth"):
         np.testing.assert_array_equal(two[k], one[k], err_msg=k)
     np.testing.assert_allclose(two["hidden"].astype(np.float32), one["hidden"].astype(np.float32), atol=1e-2)

@@ -38,7 +38,7 @@ def tiny_task(tmp_path, monkeypatch, data_dir):
 def test_demo_runs_every_stage_then_skips_them(tiny_task, capsys):
     demo.main(["--num_eval=16"])
     first = capsys.readouterr().out
-    assert "| student (cdlm) |" in first and "| method | exact match |" in first
+    assert "| student (cdlm): final answer |" in first and "| method | final answer | whole answer |" in first
     ckpts = {d: os.path.getmtime(f"out/{d}/ckpt.pt") for d in ("teacher", "student", "ar")}
     demo.main(["--num_eval=16"])
     second = capsys.readouterr().out
@@ -52,7 +52,10 @@ def test_demo_over_seeds_and_resume(tiny_task, capsys):
     demo.main(["--num_eval=16", "--seeds=1,2"])
     out = capsys.readouterr().out
     assert os.path.isfile("out/seed2/student/ckpt.pt") and os.path.isfile("out/seed1/bench.json")
-    assert "| teacher, 1 token/step |" in out and "seed 1 | seed 2 |" in out
+    assert "| teacher, 1 token/step: final answer |" in out and "seed 1 | seed 2 |" in out
+    assert {json.load(open(f"results/arithmetic/seed{s}.json"))["seed"] for s in (1, 2)} == {1, 2}
+    assert os.path.isfile("out/ar/ckpt.pt") and not os.path.exists("out/seed1/ar")  # one AR, at AR_SEED
+    assert demo.report("arithmetic", "results") in out  # the table comes from the files alone
     # a student killed mid-run resumes where it stopped
     path = "out/seed1/student/ckpt.pt"
     ckpt = torch.load(path, weights_only=True)
@@ -62,16 +65,26 @@ def test_demo_over_seeds_and_resume(tiny_task, capsys):
     assert "resuming at iteration 5" in capsys.readouterr().out
 
 
-def test_demo_ablation_table(tiny_task, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "ABLATIONS", {k: demo.ABLATIONS[k] for k in
-                                            ("default", "y_star=random", "trajectories at T=0 and T=0.5", "LoRA rank 16")})
+def test_demo_ablation_table(tiny_task, capsys):
+    names = ("default", "y_star=literal", "trajectories at T=0 and T=0.5", "LoRA rank 16")
     demo.main(["--num_eval=16"])  # the teacher and both trajectory sets
     capsys.readouterr()
-    demo.main(["--ablate", "--ablate_iters=5", "--num_eval=16", "--seeds=1,2"])
+    demo.main(["--ablate", "--ablate_iters=5", "--num_eval=16", "--seeds=1,2", "--variants=" + ",".join(names)])
     out = capsys.readouterr().out
     for name in demo.ABLATIONS:
-        assert f"| {name} |" in out
-    got = json.load(open("out/ablate/arithmetic.json"))
-    assert [r["seed"] for r in got["LoRA rank 16"]] == [1, 2]
+        assert (f"| {name} |" in out) == (name in names)
+    got = [json.load(open(f"results/arithmetic/ablation/LoRA_rank_16_seed{s}.json")) for s in (1, 2)]
+    assert [r["seed"] for r in got] == [1, 2] and all(r["whole_acc"] <= r["final_acc"] for r in got)
     ck = torch.load("out/ablate/arithmetic/trajectories_at_T_0_and_T_0.5/seed1/ckpt.pt", weights_only=True)
     assert ck["config"]["traj_dirs"] == ["out/trajectories", "out/trajectories_t05"]
+
+
+def test_jobs_run_side_by_side_and_a_failure_names_its_log(tmp_path, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    logs = str(tmp_path / "logs")
+    demo.run_jobs([["--report", f"--results_dir={tmp_path}"], ["--report", "--task=wordproblems",
+                                                               f"--results_dir={tmp_path}"]], 2, logs)
+    texts = sorted(open(os.path.join(logs, f)).read() for f in os.listdir(logs))
+    assert len(texts) == 2 and all("no results for" in t for t in texts)
+    with pytest.raises(demo.CDLMError, match=r"a job failed \(exit 2\): see .*jobs-0.log"):
+        demo.run_jobs([["--jobs=0"]], 2, logs)

@@ -9,7 +9,7 @@ import sample
 from data.common import load_split
 from model import load_model
 from configurator import CDLMError
-from sample import DecodeSettings, generate, select_tokens, tokens_per_step
+from sample import DecodeSettings, generate, predict, select_tokens, tokens_per_step
 
 NEG = float("-inf")
 
@@ -161,7 +161,7 @@ def test_cli_prompt_and_eval(teacher_dir, capsys):
     assert len(out) == 1 + 48 + 1 and out[0].startswith("one line per forward pass") and out[-1].startswith("5:+3*7+2*4+1=") and "forward passes" in out[-1]
     sample.main([f"--out_dir={teacher_dir}", "--eval", "--num_eval=8", "--steps_per_block=4"])
     last = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert last["n"] == 8 and last["nfe"] == 48 / 2 and 0 <= last["accuracy"] <= 1
+    assert last["n"] == 8 and last["nfe"] == 48 / 2 and 0 <= last["whole_acc"] <= last["final_acc"] <= 1
 
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
@@ -180,3 +180,20 @@ def test_approximate_caches_refreshed_every_step_equal_uncached(data_dir, teache
         run(model, meta, prompt, cache=cache, on_step=lambda ev: seen.append((ev.lo, ev.hi)), **settings)
     P, T = meta["prompt_len"], meta["prompt_len"] + meta["gen_len"]
     assert (0, T) in seen and any(hi - lo == (8 if cache == "dual" else T - lo) and lo >= P for lo, hi in seen)
+
+
+def test_confidence_ranks_near_certain_positions_as_the_model_does():
+    """Position 1 is the more confident (a logit gap of 20 against 18), but exp(top - logsumexp) in
+    float32 rounds both to 1.0 and the tie goes to position 0; predict keeps the difference."""
+    logits = torch.tensor([[[18.0, 0.0, 0.0], [20.0, 0.0, 0.0]]])
+    float32_form = (logits.max(-1).values - logits.logsumexp(-1)).exp()
+    assert float32_form[0, 0] == float32_form[0, 1] == 1.0
+    assert select_tokens(float32_form, k=1).tolist() == [[True, False]]  # the wrong order
+    pred, conf = predict(logits)
+    exact = logits.double().softmax(-1).max(-1).values
+    assert pred.tolist() == [[0, 0]] and conf.dtype == torch.float64
+    assert torch.allclose(1 - conf, 1 - exact, rtol=1e-6) and conf[0, 1] > conf[0, 0]  # 1 - p to 6 digits
+    assert select_tokens(conf, k=1).tolist() == [[False, True]]
+    # and away from 1 it is the softmax probability as before
+    wide = torch.randn(4, 8, 21) * 3
+    assert torch.allclose(predict(wide)[1], wide.double().softmax(-1).max(-1).values, rtol=1e-6)

@@ -8,7 +8,7 @@ import torch
 from configurator import defaults
 from model import read_checkpoint
 from model import ModelConfig, Transformer
-from train import (States, ar_loss, cdlm_losses, config, consistency_loss, diffusion_loss, distillation_loss,
+from train import (Y_STARS, States, ar_loss, cdlm_losses, config, consistency_loss, diffusion_loss, distillation_loss,
                    draw_states, final_after, get_lr, kl_loss, noise_answers, noise_block)
 
 
@@ -85,7 +85,7 @@ def test_final_after_follows_the_finalization_order():
     assert f(1, 4) == [1] * 8  # the completion
 
 
-@pytest.mark.parametrize("y_star", ["random", "completion", "completion_plus"])
+@pytest.mark.parametrize("y_star", Y_STARS)
 def test_draw_states_position_sets(y_star):
     """Every reading's position sets, checked row by row against counts made from the definitions."""
     bs, L = 8, 32
@@ -106,9 +106,13 @@ def test_draw_states_position_sets(y_star):
         assert (k2 == bs).float().mean().item() == pytest.approx(sum(1 / i for i in range(1, 9)) / 8, abs=0.03)
     else:  # distillation on every position of the block still masked in y
         assert torch.equal(st.distill, masked_in_y) and torch.equal(st.distill.sum(1), bs - k)
-        want = bs - k2 if y_star == "completion_plus" else torch.zeros_like(k)
-        assert torch.equal(st.consist.sum(1), want)
-    assert (st.consist <= masked_in_y).all()
+        if y_star == "literal":  # y* is the completion; still masked there: every later block
+            assert (k2 == bs).all()
+            assert torch.equal(st.consist, block[None] > (first_masked // bs)[:, None])
+        else:
+            want = bs - k2 if y_star == "completion_plus" else torch.zeros_like(k)
+            assert torch.equal(st.consist.sum(1), want)
+            assert (st.consist <= masked_in_y).all()
     if y_star == "random":  # each masked position has one target; in completion_plus some have both
         assert not (st.distill & st.consist).any()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL
-from data.common import BPE_PATTERN, bpe_tokenizer, exact_match, get_tokenizer, load_meta, load_split, train_bpe
+from data.common import BPE_PATTERN, bpe_tokenizer, get_tokenizer, load_meta, load_split, score, train_bpe
 from configurator import CDLMError
 from data.wordproblems.prepare import config, make_problem, prepare
 
@@ -120,8 +120,8 @@ def test_same_scorer_interface(wp):
     _, meta, splits = wp
     answers = [a for _, a in splits["test"][:3]]
     assert meta["answer_marker"] == "#"
-    assert exact_match(answers, answers, meta["answer_marker"]) == [True] * 3
-    assert exact_match(["3+4=7. #7", "3+4=8. #8", "3+4=7."], ["3+5=8. #7"] * 3) == [True, False, False]
+    assert score(answers, answers, meta["answer_marker"]) == dict(final_acc=[True] * 3, whole_acc=[True] * 3)
+    assert score(["3+4=7. #7", "3+4=8. #8", "3+4=7."], ["3+5=8. #7"] * 3)["final_acc"] == [True, False, False]
 
 
 def test_every_stage_runs_on_word_problems(wp, tmp_path):
@@ -141,8 +141,9 @@ def test_every_stage_runs_on_word_problems(wp, tmp_path):
            "traj_dirs": [out["traj"]]})
     train({**base, "mode": "ar", "out_dir": out["ar"]})
     model, ckpt = load_model(os.path.join(out["student"], "ckpt.pt"))
-    acc, nfe, preds, _ = evaluate(model, ckpt["data_meta"], load_split(d, "test")[:16], decode_settings(ckpt, {}), 8)
-    assert 0 <= acc <= 1 and 1 <= nfe <= meta["gen_len"] and all(isinstance(p, str) for p in preds)
+    ev = evaluate(model, ckpt["data_meta"], load_split(d, "test")[:16], decode_settings(ckpt, {}), 8)
+    assert 0 <= ev.whole_acc <= ev.final_acc <= 1 and 1 <= ev.nfe <= meta["gen_len"]
+    assert all(isinstance(p, str) for p in ev.preds)
     report = run({"teacher_dir": out["teacher"], "student_dir": out["student"], "ar_dir": out["ar"],
                   "num_eval": 8, "batch_size": 8, "latency_n": 1, "repeats": 1, "device": "cpu",
                   "out_path": str(tmp_path / "bench.json")})
