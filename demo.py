@@ -77,8 +77,8 @@ config = dict(
     task=Choice("arithmetic", *TASKS),
     seeds=List([1337], Int(None, "[0, inf)")),  # 1337: the presets' own seed and out/ directories
     jobs=Int(1, "[1, 8]"),             # training stages side by side, one thread each; benches after
-    stage=Choice("all", "all", "train", "ar"),  # the untimed stages of the seeds, or the AR baseline alone
-                                          # (what each of the --jobs runs)
+    stage=Choice("all", "all", "train", "seed", "ar"),  # 'train': all but the timed benches; the jobs of
+                                                        # --jobs: 'seed' (a seed's stages), 'ar' (AR alone)
     ablate=Bool(False),
     ablate_iters=Int(300, "[1, inf)"),
     variants=List(list(ABLATIONS), Choice(None, *ABLATIONS)),  # the ablation's students
@@ -311,19 +311,22 @@ def main(argv):
         module.prepare(configure(module.config, TASKS[task]["prepare"][1]))  # before any job reads it
         if cfg["ablate"]:
             ablate(cfg)
-        elif cfg["stage"] == "train":
+        elif cfg["stage"] == "ar":
+            return train_ar(task)
+        elif cfg["stage"] == "seed":
             for s in seeds:
                 train_stages(task, s, cfg["num_eval"])
             return
-        elif cfg["stage"] == "ar":
-            return train_ar(task)
         else:
             if cfg["jobs"] > 1:
-                run_jobs([[f"--task={task}", f"--seeds={s}", "--stage=train", f"--num_eval={cfg['num_eval']}"]
+                run_jobs([[f"--task={task}", f"--seeds={s}", "--stage=seed", f"--num_eval={cfg['num_eval']}"]
                           for s in seeds] + [[f"--task={task}", "--stage=ar"]], cfg["jobs"], "out/logs")
-            train_ar(task)
+            train_ar(task)  # each stage is skipped when its output is there
             for s in seeds:
-                pipeline(task, s, cfg["num_eval"], cfg["results_dir"])
+                if cfg["stage"] == "train":
+                    train_stages(task, s, cfg["num_eval"])
+                else:
+                    pipeline(task, s, cfg["num_eval"], cfg["results_dir"])
     print("\n" + report(task, cfg["results_dir"]))
     if not cfg["report"]:
         print(f"\n(demo took {time.time() - t0:.0f} s)")
