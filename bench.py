@@ -19,7 +19,7 @@ import torch
 
 from configurator import Bool, Choice, Float, Int, List, Str, check, configure, run_main
 from data.common import atomic_write_json, checkpoint_data, load_split
-from runtime import autocast, check_writable, pick_device, pick_dtype, sync
+from runtime import autocast, check_writable, compiled, pick_device, pick_dtype, sync
 from model import read_checkpoint
 from sample import CHECKPOINTS, METHODS, DecodeSettings, evaluate, generate, load_models, needs
 
@@ -39,6 +39,7 @@ config = dict(
     threshold=Float(None, "(0, 1]"),    # None: the student's own threshold, also for the teacher's methods
     sweep=Bool(False),
     profile=Bool(False),                # also where a decode's time goes (cdlm and dlm, batch 1)
+    compile=Choice("both", "off", "on", "both"),  # time every method eager, under torch.compile, or both
     sweep_thresholds=List([0.5, 0.7, 0.8, 0.9, 0.95, 0.99], Float(None, "(0, 1]")),
     sweep_block_sizes=List([4, 8, 16], Int(None, "[1, inf)")),
     out_path=Str("out/bench.json"),
@@ -169,23 +170,42 @@ def mean_tokens_per_step(model, meta, prompts, settings):
     return (decoded.float() / steps.float()).mean().item()
 
 
-def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None):
-    """Accuracy and NFE on all rows, latency at batch 1, throughput at batch_size, and the cost."""
+def timings(model, meta, prompts, settings, cfg):
+    """Latency at batch 1 (mean over latency_n prompts) and throughput at batch_size, each the median
+    of `repeats`, after one untimed round (warm caches; a compiled model compiles there)."""
+    lat, thr = [], []
+    for r in range(cfg["repeats"] + 1):
+        times = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
+        out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
+        if r:
+            lat.append(sum(times) / len(times))
+            thr.append(answer_tokens(out, meta["eos_id"]).sum().item() / dt)
+    return dict(latency_ms=1000 * statistics.median(lat), throughput_tok_s=statistics.median(thr))
+
+
+def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=None):
+    """Accuracy and NFE on all rows, latency at batch 1, throughput at batch_size, and the cost;
+    with cmodel (the model compiled) also its timings, its compile time and the answers it changes."""
     ev = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["seed"], bar)
     device = next(model.parameters()).device
     prompts = torch.as_tensor(rows[:, :meta["prompt_len"]].astype("int64"), device=device)
     tps = mean_tokens_per_step(model, meta, prompts[:cfg["batch_size"]], settings)  # batched equals per-row
-    lat, thr = [], []
-    for _ in range(cfg["repeats"]):
-        times = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
-        lat.append(sum(times) / len(times))
-        out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
-        thr.append(answer_tokens(out, meta["eos_id"]).sum().item() / dt)
+    out = dict(final_acc=ev.final_acc, whole_acc=ev.whole_acc, nfe=ev.nfe, tokens_per_step=tps)
+    if cfg["compile"] != "on":
+        out.update(timings(model, meta, prompts, settings, cfg))
+    if cmodel is not None:
+        t0 = time.perf_counter()  # the first calls compile: one graph per kind of pass
+        timed_decode(cmodel, meta, prompts[:1], settings)
+        timed_decode(cmodel, meta, prompts[:cfg["batch_size"]], settings)
+        compile_s = time.perf_counter() - t0
+        cev = evaluate(cmodel, meta, rows, settings, cfg["batch_size"], cfg["seed"])
+        out["compiled"] = dict(timings(cmodel, meta, prompts, settings, cfg), compile_s=compile_s,
+                               differs_from_eager=sum(a != b for a, b in zip(cev.preds, ev.preds)) / len(rows))
+        if cfg["compile"] == "on":
+            out.update({k: out["compiled"][k] for k in ("latency_ms", "throughput_tok_s")})
     flops, moved, tokens = decode_cost(model, meta, prompts[:cfg["latency_n"]], settings, act_bytes)
-    latency = statistics.median(lat)
-    return dict(final_acc=ev.final_acc, whole_acc=ev.whole_acc, nfe=ev.nfe, tokens_per_step=tps, latency_ms=1000 * latency,
-                throughput_tok_s=statistics.median(thr), flops_per_token=flops / tokens,
-                bytes_per_token=moved / tokens, arithmetic_intensity=flops / moved,
+    latency = out["latency_ms"] / 1000
+    return dict(out, flops_per_token=flops / tokens, bytes_per_token=moved / tokens, arithmetic_intensity=flops / moved,
                 achieved_gflops=flops / cfg["latency_n"] / latency / 1e9, settings=asdict(settings),
                 preds=ev.preds, chance=ev.chance)
 
@@ -216,6 +236,8 @@ def run(cfg):
     gflops, gbs = probe_machine(device)
     from tqdm import tqdm
     results, cut = {}, None
+    # one compiled wrapper per model, shared by its methods (compiled graphs are per kind of pass)
+    cmodels = {w: compiled(m[0]) for w, m in models.items()} if cfg["compile"] != "off" else {}
     with tqdm(total=len(methods) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
         for name in methods:
             model, ckpt, _ = models[METHODS[name].model]
@@ -229,15 +251,18 @@ def run(cfg):
                 cut = max(1, min(bs, round(bs / tps)))
             bar.set_description(f"bench {name}")
             results[name] = bench_method(model, meta, rows, METHODS[name].settings(bs, threshold, cut), cfg,
-                                         act_bytes, bar)
+                                         act_bytes, bar, cmodels.get(METHODS[name].model))
     for name, r in results.items():
         ref = METHODS[name].reference
         if ref in results:
             r["differs_from_" + ref] = sum(a != b for a, b in zip(r["preds"], results[ref]["preds"])) / len(rows)
         for base in ("dlm", "dlm_stop"):
-            if base in results:
-                r[f"speedup_latency_vs_{base}"] = results[base]["latency_ms"] / r["latency_ms"]
-                r[f"speedup_throughput_vs_{base}"] = r["throughput_tok_s"] / results[base]["throughput_tok_s"]
+            if base not in results:
+                continue
+            for mine, theirs in ((r, results[base]), (r.get("compiled"), results[base].get("compiled"))):
+                if mine is not None and theirs is not None:  # eager against eager, compiled against compiled
+                    mine[f"speedup_latency_vs_{base}"] = theirs["latency_ms"] / mine["latency_ms"]
+                    mine[f"speedup_throughput_vs_{base}"] = mine["throughput_tok_s"] / theirs["throughput_tok_s"]
     chance = next(iter(results.values()))["chance"]
     for r in results.values():
         del r["preds"], r["chance"]
@@ -255,10 +280,10 @@ def run(cfg):
     if cfg["profile"]:
         prompts = torch.as_tensor(rows[:cfg["latency_n"], :meta["prompt_len"]].astype("int64"), device=device)
         with autocast(device, dtype):
-            report["profile"] = {name: profile_decode(models[METHODS[name].model][0], meta, prompts,
-                                                      DecodeSettings(**results[name]["settings"]), gflops,
-                                                      act_bytes)
-                                 for name in ("cdlm", "dlm", "ar") if name in results}
+            which = [(name, "", models[METHODS[name].model][0]) for name in ("cdlm", "dlm", "ar") if name in results]
+            which += [(name, " compiled", cmodels[METHODS[name].model]) for name, _, _ in which if cmodels]
+            report["profile"] = {name + tag: profile_decode(model, meta, prompts, DecodeSettings(**results[name]["settings"]),
+                                                            gflops, act_bytes) for name, tag, model in which}
     atomic_write_json(cfg["out_path"], report)
     plots(report, cfg["out_path"])
     print(table(report))
@@ -268,7 +293,7 @@ def run(cfg):
 def sweep(models, meta, rows, cfg, act_bytes):
     """The teacher's and the student's threshold frontiers, and the student at other block sizes."""
     out = {}
-    one = {**cfg, "repeats": 1}
+    one = {**cfg, "repeats": 1, "compile": "off"}
     for name in ("dlm_threshold", "cdlm"):
         if METHODS[name].model in models:
             model = models[METHODS[name].model][0]
@@ -338,6 +363,15 @@ def table(report):
         differ = next((f" ({100 * v:.1f}% differ)" for k, v in r.items() if k.startswith("differs_from_")), "")
         lines.append(f"| {name} | {100 * r['final_acc']:.1f}% | {100 * r['whole_acc']:.1f}%{differ} | {r['nfe']:.1f} | {r['tokens_per_step']:.2f} | "
                      f"{r['latency_ms']:.1f} | {r['throughput_tok_s']:,.0f} | {vs(r, 'dlm')} | {vs(r, 'dlm_stop')} |")
+    if any("compiled" in r for r in report["methods"].values()):
+        lines += ["", "| under torch.compile | latency (ms, batch 1) | throughput (tok/s) | vs dlm (latency / throughput) "
+                      "| vs dlm_stop | first calls (s, compile included) | answers that differ from eager |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in report["methods"].items():
+            c = r.get("compiled")
+            if c:
+                lines.append(f"| {name} | {c['latency_ms']:.1f} | {c['throughput_tok_s']:,.0f} | {vs(c, 'dlm')} | "
+                             f"{vs(c, 'dlm_stop')} | {c['compile_s']:.1f} | {100 * c['differs_from_eager']:.1f}% |")
     lines += ["", "| method | MFLOP per token | KB moved per token | FLOP/byte | achieved GFLOP/s | % of peak |",
               "|---|---|---|---|---|---|"]
     for name, r in report["methods"].items():

@@ -70,8 +70,8 @@ HEADLINE = [(f"teacher, {k} token{'s' * (k > 1)}/step: {m.split('_')[0]} answer"
             for k in (1, 2, 8) for m in METRICS] + \
            [(f"student (cdlm): {m.split('_')[0]} answer", "cdlm", m) for m in METRICS] + \
            [("student NFE", "cdlm", "nfe"), ("teacher NFE (dlm)", "dlm", "nfe")] + \
-           [(f"cdlm vs {b}: {w}", "cdlm", f"speedup_{w}_vs_{b}") for b in ("dlm", "dlm_stop")
-            for w in ("latency", "throughput")]
+           [(f"cdlm vs {b}: {w}{', compiled' * c}", "cdlm", "compiled." * c + f"speedup_{w}_vs_{b}")
+            for c in (False, True) for b in ("dlm", "dlm_stop") for w in ("latency", "throughput")]
 
 config = dict(
     task=Choice("arithmetic", *TASKS),
@@ -254,9 +254,11 @@ def spread(xs, unit, digits=1):
 
 
 def headline(run, source, field):
-    if source.startswith("steps:"):
-        return run["teacher_steps"][source[6:]][field]
-    return run["bench"][source][field]
+    """One figure of a results file, or None where that run did not measure it."""
+    got = run["teacher_steps"][source[6:]] if source.startswith("steps:") else run["bench"].get(source, {})
+    for key in field.split("."):  # 'compiled.speedup_latency_vs_dlm': the compiled timings' ratio
+        got = got.get(key) if isinstance(got, dict) else None
+    return got
 
 
 def report(task, results_dir):
@@ -275,11 +277,11 @@ def report(task, results_dir):
                   f"{100 * math.sqrt(0.9 * 0.1 / n):.1f} at 90%, {100 * math.sqrt(0.99 * 0.01 / n):.2f} at 99%", "",
                   "| | mean (min-max) |" + "".join(f" seed {r['seed']} |" for r in runs), "|---|---|" + "---|" * len(runs)]
         for label, source, field in HEADLINE:
-            if not all(source.startswith("steps:") or source in r["bench"] for r in runs):
+            if any(headline(r, source, field) is None for r in runs):
                 continue
             pct = field in METRICS
             xs = [(100 if pct else 1) * headline(r, source, field) for r in runs]
-            unit = "%" if pct else "x" if field.startswith("speedup") else ""
+            unit = "%" if pct else "x" if "speedup" in field else ""
             lines.append(f"| {label} | {spread(xs, unit)} |" + "".join(f" {x:.1f}{unit} |" for x in xs))
         ar = r0["bench"].get("ar")
         if ar:

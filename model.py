@@ -65,28 +65,31 @@ def attention_mask(mode, seq_len, prompt_len, block_size):
 
 
 class KVCache(nn.Module):
-    """Preallocated keys and values for one layer, written in place at given positions (gpt-fast)."""
+    """
+    Preallocated keys and values for one layer over all seq_len positions, written in place at a
+    tensor of positions (gpt-fast). Its shape never changes while a batch decodes (except when
+    finished rows leave), so a compiled forward sees the same shapes at every step; positions not
+    written yet are never read, because the mask hides them.
+    """
 
     def __init__(self, batch_size, n_head, seq_len, head_dim, dtype, device):
         super().__init__()
         shape = (batch_size, n_head, seq_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.filled = 0  # positions 0..filled hold keys and values
 
-    def update(self, start, k, v, rows=None):
+    def update(self, pos, k, v, rows=None):
         """
-        Write k, v (b, nh, t, hd) at positions start..start+t of the batch's rows `rows` (all when
-        None); return their keys and values written so far. For an exact cache that is 0..start+t;
-        a dual cache also returns the masked suffix written at the block's refresh.
+        Write k, v (b, nh, t, hd) at positions pos (t,) of the batch's rows `rows` (all when None);
+        return those rows' keys and values at every position (b, nh, seq_len, hd).
         """
-        end = start + k.size(2)
-        self.filled = max(self.filled, end)
         if rows is None:
-            self.k[:, :, start:end], self.v[:, :, start:end] = k, v
-            return self.k[:, :, :self.filled], self.v[:, :, :self.filled]  # (B, nh, filled, hd)
-        self.k[rows, :, start:end], self.v[rows, :, start:end] = k, v
-        return self.k[rows, :, :self.filled], self.v[rows, :, :self.filled]  # (b, nh, filled, hd)
+            self.k.index_copy_(2, pos, k.to(self.k.dtype))
+            self.v.index_copy_(2, pos, v.to(self.v.dtype))
+            return self.k, self.v
+        self.k[rows[:, None], :, pos[None, :]] = k.to(self.k.dtype).transpose(1, 2)
+        self.v[rows[:, None], :, pos[None, :]] = v.to(self.v.dtype).transpose(1, 2)
+        return self.k[rows], self.v[rows]
 
     def keep(self, rows):
         """Drop finished rows: rows (b,) are the indices to keep."""
@@ -101,11 +104,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.cache = None
 
-    def forward(self, x, mask, start, rows):
+    def forward(self, x, mask, pos, rows):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
-        if self.cache is not None and start is not None:
-            k, v = self.cache.update(start, k, v, rows)  # (B, nh, start+T, hd)
+        if self.cache is not None and pos is not None:
+            k, v = self.cache.update(pos, k, v, rows)  # (B, nh, seq_len, hd)
         # an explicit mask, never is_causal: with a cache, queries and keys differ in length
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -121,8 +124,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
                                  nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, mask, start, rows):
-        x = x + self.attn(self.ln_1(x), mask, start, rows)
+    def forward(self, x, mask, pos, rows):
+        x = x + self.attn(self.ln_1(x), mask, pos, rows)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -191,19 +194,26 @@ class Transformer(nn.Module):
         """
         idx: (B, T) tokens. Without start: one uncached pass over positions 0..T.
         With start (after setup_cache): positions start..start+T, attending to the cache; `rows`
-        names the cache's batch rows that idx holds (all of them when None).
+        names the cache's batch rows that idx holds (all of them when None). start may be a 0-d
+        tensor, so that a compiled forward is not specialized to each position (the sampler's).
         Returns logits (B, T, V), and the last hidden state (B, T, C), the LM head's input.
         """
         B, T = idx.shape
-        s = 0 if start is None else start
-        if s + T > self.cfg.seq_len:
-            raise ValueError(f"positions {s}..{s + T} exceed seq_len={self.cfg.seq_len}")
-        if start is not None and self.blocks[0].attn.cache is None:
-            raise ValueError("forward(start=...) reads the KV cache: call setup_cache() first")
-        x = self.wte(idx) + self.wpe.weight[s:s + T]  # (B, T, C)
-        mask = None if self.cfg.attn == "bidirectional" else self.mask[s:s + T, :s + T]  # (T, s+T)
+        if (0 if start is None or torch.is_tensor(start) else start) + T > self.cfg.seq_len:
+            raise ValueError(f"positions {start or 0}..{(start or 0) + T} exceed seq_len={self.cfg.seq_len}")
+        if start is None:
+            x = self.wte(idx) + self.wpe.weight[:T]  # (B, T, C)
+            mask = None if self.cfg.attn == "bidirectional" else self.mask[:T, :T]  # (T, T)
+            pos = None
+        else:
+            if self.blocks[0].attn.cache is None:
+                raise ValueError("forward(start=...) reads the KV cache: call setup_cache() first")
+            pos = start + torch.arange(T, device=idx.device)  # (T,)
+            x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+            # every query row sees the whole static cache; the mask hides what is not theirs
+            mask = None if self.cfg.attn == "bidirectional" else self.mask.index_select(0, pos)  # (T, seq_len)
         for b in self.blocks:
-            x = b(x, mask, start, rows)
+            x = b(x, mask, pos, rows)
         h = self.ln_f(x)  # (B, T, C)
         logits = self.lm_head(h)  # (B, T, V)
         return (logits, h) if return_hidden else logits

@@ -193,3 +193,19 @@ def code_version(root=os.path.dirname(os.path.abspath(__file__))):
         return run("rev-parse", "--short=12", "HEAD").strip() + ("+dirty" if run("status", "--porcelain", "-uno").strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def compiled(model, on=True):
+    """
+    The model with its forward under torch.compile, or the model itself (on=False). The sampler
+    calls it as it is; each kind of pass (prefill, a block's first step, a later step) has fixed
+    shapes apart from the batch, so it compiles a handful of graphs once, then reuses them. On CUDA
+    'reduce-overhead' adds CUDA graphs (launch overhead dominates a model this small). Compile time
+    is spent at the first calls: time decoding after a warm-up (bench.py does).
+    """
+    if not on:
+        return model
+    import torch._dynamo
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    cuda = next(model.parameters()).device.type == "cuda"
+    return torch.compile(model, mode="reduce-overhead" if cuda else None)

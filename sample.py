@@ -32,7 +32,7 @@ from configurator import Bool, CDLMError, Float, Int, Str, configure, run_main
 from data.common import (chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, same_data,
                          score)
 from model import load_model
-from runtime import autocast, pick_device, pick_dtype
+from runtime import autocast, compiled, pick_device, pick_dtype
 
 CACHES = ("none", "exact", "prefix", "dual")
 
@@ -148,7 +148,7 @@ class Decoded(NamedTuple):
 
 
 class Step(NamedTuple):
-    """What on_step sees after each step (traces and replays), for the rows that ran this pass."""
+    """What the hooks (on_step, recording) see after each step, for the rows that ran this pass."""
     tokens: torch.Tensor   # (b, gen_len) their answers so far, MASK where not final
     rows: torch.Tensor     # (b,) their indices in the batch
     block: int             # the block being decoded: answer positions block*bs .. (block+1)*bs
@@ -158,6 +158,60 @@ class Step(NamedTuple):
     nfe: torch.Tensor      # (b,) forward passes so far
     lo: int                # this pass computed sequence positions lo..hi; the rest came from the
     hi: int                # cache (without a cache: 0..seq_len)
+    step: int = 0          # steps taken so far in this decode, this one excluded
+    hidden: Optional[torch.Tensor] = None  # (b, bs, C) the block's last hidden states in this pass
+
+
+# The three phases of a decoding step, each a small function; `generate` is the loop around them.
+
+def pass_window(cache, refresh, i, s, e, T, cached_to):
+    """
+    Phase 1, what this pass computes: sequence positions lo..hi; the rest comes from the cache.
+    An exact cache computes what it lacks (a block's first step also writes the block before it,
+    now final: no separate prefill or commit pass); the approximate caches everything at a refresh,
+    then the block and the suffix ('prefix') or the block alone ('dual'); no cache, everything.
+    """
+    if cache == "exact":
+        return cached_to, e
+    if cache == "none" or i == 0 or refresh == "step":
+        return 0, T
+    return s, e if cache == "dual" else T
+
+
+def denoise_step(logits, block, masked, mask_id, count, threshold, temperature, generator=None):
+    """
+    Phase 2, one denoising step of the current block: predict every position (never MASK itself),
+    select which masked ones to finalize (select_tokens), write them. logits (b, bs, V), block
+    (b, bs) its tokens, masked (b, bs). Returns the new block, picked, proposals, confidences.
+    """
+    logits[..., mask_id] = float("-inf")
+    pred, conf = predict(logits, temperature, generator)  # (b, bs)
+    conf = conf.masked_fill(~masked, float("-inf"))
+    pick = select_tokens(conf, k=count, threshold=threshold)
+    return torch.where(pick, pred, block), pick, pred, conf
+
+
+def finished(answer_so_far, eos_id):
+    """
+    Phase 3, early stop: the rows whose answer is over, given x[:, P:e] (b, e-P) with everything
+    final up to the block's end e: an EOS anywhere there is final with everything before it.
+    """
+    return (answer_so_far == eos_id).any(1)  # (b,)
+
+
+class Recorder:
+    """A hook that keeps the trajectory collect.py stores (CDLM Sec. 4.1): the step at which each
+    answer position was finalized, and its last hidden state at that pass."""
+
+    def __init__(self, B, gen_len, n_embd, bs, device):
+        self.step = torch.full((B, gen_len), -1, dtype=torch.long, device=device)
+        self.hidden = torch.zeros(B, gen_len, n_embd, device=device)
+        self.bs = bs
+
+    def __call__(self, ev):
+        r, a = ev.rows, slice(ev.block * self.bs, (ev.block + 1) * self.bs)
+        self.step[r, a] = torch.where(ev.picked, ev.step, self.step[r, a])
+        self.hidden[r, a] = torch.where(ev.picked[..., None], ev.hidden.float(), self.hidden[r, a])
 
 
 @torch.no_grad()
@@ -167,7 +221,8 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     Decode answers for a batch of padded prompts (B, prompt_len) with DecodeSettings `settings`.
     `init` (B, gen_len) starts from a partial answer (MASK where to decode; infilling), else all MASK.
     With record=True also the step at which each answer position was finalized and the last hidden
-    state then: the trajectory collect.py stores (CDLM Sec. 4.1).
+    state then: the trajectory collect.py stores (CDLM Sec. 4.1). `model` may be compiled
+    (runtime.compiled): the shapes a pass sees depend only on the kind of step and the batch.
     """
     st = settings.check(model.cfg.attn, gen_len)
     if model.cfg.attn == "block_causal" and model.cfg.block_size != st.block_size:
@@ -184,9 +239,9 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     rows = torch.arange(B, device=x.device)  # their indices in the batch
     out, nfe_out = answer, torch.zeros(B, dtype=torch.long, device=x.device)
     nfe = torch.zeros(B, dtype=torch.long, device=x.device)
-    if record:
-        step_of = torch.full((B, gen_len), -1, dtype=torch.long, device=x.device)
-        hidden = torch.zeros(B, gen_len, model.cfg.n_embd, device=x.device)
+    recorder = Recorder(B, gen_len, model.cfg.n_embd, bs, x.device) if record else None
+    hooks = [h for h in (recorder, on_step) if h is not None]  # outside the hot path when empty
+    positions = torch.arange(T + 1, device=x.device)  # 0-d start tensors: no recompile per position
     if st.cache != "none":
         model.setup_cache(B, approximate=st.cache != "exact")
     try:
@@ -196,46 +251,33 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
             for i in range(bs):  # each step finalizes at least one token of the block
                 masked = x[:, s:e] == mask_id  # (b, bs)
                 active = masked.any(1)  # (b,)
-                if not active.any():
+                n_active = int(active.sum())  # the step's one host synchronisation
+                if n_active == 0:
                     break
-                # the positions this pass computes: all of them without a cache or at an approximate
-                # cache's refresh; else what the cache lacks. An exact cache's first step of a block
-                # also writes the block before it, now final: no separate prefill or commit pass.
-                if st.cache == "exact":
-                    lo, hi = cached_to, e
-                elif st.cache == "none" or i == 0 or st.refresh == "step":
-                    lo, hi = 0, T
-                else:
-                    lo, hi = s, e if st.cache == "dual" else T
+                lo, hi = pass_window(st.cache, st.refresh, i, s, e, T, cached_to)
                 # inside a block only the rows with masked positions left run a pass (an exact cache
                 # holds what the others need; their block is written at the next block's first step)
-                run = slice(None) if i == 0 or bool(active.all()) else active.nonzero().flatten()
-                logits, h = model(x[run, lo:hi], start=None if st.cache == "none" else lo, return_hidden=True,
-                                  rows=None if isinstance(run, slice) else run)
-                logits = logits[:, s - shift - lo:e - shift - lo]  # (b, bs, V)
+                run = slice(None) if i == 0 or n_active == len(rows) else active.nonzero().flatten()
+                logits, h = model(x[run, lo:hi], start=None if st.cache == "none" else positions[lo],
+                                  return_hidden=True, rows=None if isinstance(run, slice) else run)
                 cached_to = s
-                logits[..., mask_id] = float("-inf")  # never propose MASK itself
-                pred, conf = predict(logits, st.temperature, generator)  # (b, bs)
-                conf = conf.masked_fill(~(masked & active[:, None])[run], float("-inf"))
-                pick = select_tokens(conf, k=counts[i] if counts else None, threshold=st.threshold)
-                x[run, s:e] = torch.where(pick, pred, x[run, s:e])
+                window = slice(s - shift - lo, e - shift - lo)  # the block's logits in this pass
+                x[run, s:e], pick, pred, conf = denoise_step(
+                    logits[:, window], x[run, s:e], masked[run], mask_id, counts[i] if counts else None,
+                    st.threshold, st.temperature, generator)
                 nfe += active
-                if record:
-                    r = rows[run]
-                    step_of[r, s - P:e - P] = torch.where(pick, step, step_of[r, s - P:e - P])
-                    hb = h[:, s - shift - lo:e - shift - lo].float()  # (b, bs, C)
-                    hidden[r, s - P:e - P] = torch.where(pick[..., None], hb, hidden[r, s - P:e - P])
+                if hooks:
+                    ev = Step(x[run, P:].clone(), rows[run], blk, pick, pred, conf, nfe[run].clone(), lo, hi,
+                              step, h[:, window])
+                    for hook in hooks:
+                        hook(ev)
                 step += 1
-                if on_step is not None:
-                    on_step(Step(x[run, P:].clone(), rows[run], blk, pick, pred, conf, nfe[run].clone(), lo, hi))
             if st.early_stop:
-                # a row is finished once EOS is final and everything before it is final: here all of
-                # x[:, P:e] is final, so any EOS in it ends the row, and the row leaves the batch
-                done = (x[:, P:e] == eos_id).any(1)  # (b,)
+                done = finished(x[:, P:e], eos_id)  # (b,)
                 if done.any():
                     x[done, e:] = eos_id
                     out[rows[done]], nfe_out[rows[done]] = x[done, P:], nfe[done]
-                    keep = (~done).nonzero().flatten()
+                    keep = (~done).nonzero().flatten()  # the finished rows leave the batch
                     x, rows, nfe = x[keep], rows[keep], nfe[keep]
                     if st.cache != "none":
                         model.keep_cache_rows(keep)
@@ -245,7 +287,7 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     finally:
         model.clear_cache()
     if record:
-        return Decoded(out, nfe_out, step_of, hidden)
+        return Decoded(out, nfe_out, recorder.step, recorder.hidden)
     return Decoded(out, nfe_out)
 
 
@@ -327,6 +369,7 @@ config = dict(
     seed=Int(1337, "[0, inf)"),
     device=Str("auto"),
     dtype=Str("auto"),                  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
+    compile=Bool(False),                # torch.compile the forward: pays off over many decodes (--eval)
 )
 
 
@@ -371,6 +414,7 @@ def main(argv):
     overrides = {f.name: cfg[f.name] for f in fields(DecodeSettings)}
     model, ckpt, settings = load_for_decoding(os.path.join(cfg["out_dir"], "ckpt.pt"), overrides, device)
     meta, tok = ckpt["data_meta"], get_tokenizer(ckpt["data_meta"])
+    model = compiled(model, cfg["compile"])
     if cfg["eval"]:
         from tqdm import tqdm
         data_dir, _ = checkpoint_data(ckpt, cfg["data_dir"])

@@ -19,7 +19,7 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
     out = tmp_path / "bench.json"
     report = run({"teacher_dir": teacher_dir, "student_dir": student_dir, "ar_dir": ar_dir,
                   "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 3, "out_path": str(out),
-                  "device": "cpu", "sweep": True, "profile": True, "sweep_thresholds": [0.5, 0.9]})
+                  "device": "cpu", "sweep": True, "profile": True, "sweep_thresholds": [0.5, 0.9], "compile": "off"})
     saved = json.loads(out.read_text())
     assert set(saved["methods"]) == set(METHODS)
     for r in saved["methods"].values():
@@ -46,3 +46,14 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
     prof = saved["profile"]["cdlm"]
     assert 0 < prof["model_ms_per_answer"] < prof["ms_per_answer"] and prof["aten_ops_per_step"] > 10
     assert prof["passes_per_answer"] == pytest.approx(m["cdlm"]["nfe"], rel=0.5)
+
+
+def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
+    run({"student_dir": student_dir, "methods": ["cdlm"], "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 1,
+         "out_path": str(tmp_path / "bench.json"), "device": "cpu", "compile": "both", "profile": True})
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    r = saved["methods"]["cdlm"]
+    assert r["latency_ms"] > 0 and r["compiled"]["latency_ms"] > 0 and r["compiled"]["compile_s"] > 0
+    assert r["compiled"]["differs_from_eager"] == 0.0
+    assert set(saved["profile"]) == {"cdlm", "cdlm compiled"}
+    assert "| under torch.compile |" in capsys.readouterr().out

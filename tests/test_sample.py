@@ -197,3 +197,19 @@ def test_confidence_ranks_near_certain_positions_as_the_model_does():
     # and away from 1 it is the softmax probability as before
     wide = torch.randn(4, 8, 21) * 3
     assert torch.allclose(predict(wide)[1], wide.double().softmax(-1).max(-1).values, rtol=1e-6)
+
+
+def test_compiled_decoding_gives_the_eager_answers(data_dir, student_dir):
+    """torch.compile'd forward passes, every kind of pass (prefill, a block's first step, later steps,
+    rows leaving the batch), give the tokens and passes of eager decoding."""
+    from runtime import compiled
+    for path, settings in ((student_dir, None),):  # the student's exact cache: each graph costs seconds to compile
+        model, ckpt = load_model(os.path.join(path, "ckpt.pt"))
+        meta = ckpt["data_meta"]
+        settings = settings or sample.decode_settings(ckpt, {"threshold": 0.5})
+        prompts = torch.as_tensor(load_split(data_dir, "test")[:12, :meta["prompt_len"]].astype("int64"))
+        run = lambda m, p: generate(m, p, meta["gen_len"], meta["mask_id"], meta["eos_id"], settings)
+        eager, cm = run(model, prompts), compiled(model)
+        for p, want in ((prompts, eager), (prompts[:1], run(model, prompts[:1]))):
+            got = run(cm, p)
+            assert torch.equal(got.tokens, want.tokens) and torch.equal(got.nfe, want.nfe)
