@@ -5,7 +5,7 @@ with the hardware view behind the speedups.
     python bench.py                 # markdown tables + out/bench.json (+ out/bench_roofline.png)
     python bench.py --sweep         # also the student's threshold and block-size frontiers
 
-The methods (CDLM Sec. 5 compares the same family) are the table METHODS in sample.py: from it follow
+The methods (CDLM Sec. 5 compares the same family) are the table METHODS below: from it follow
 the checkpoints needed, the run order and the CLI choices (and show.py's side-by-side view).
 """
 import os
@@ -14,15 +14,71 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, replace
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from configurator import Bool, Choice, Float, Int, List, Str, check, configure, run_main
-from data.common import atomic_write_json, checkpoint_data, load_split
+from configurator import Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, run_main
+from data.common import atomic_write_json, checkpoint_data, load_split, same_data
 from runtime import autocast, check_writable, compiled, pick_device, pick_dtype, sync
-from model import read_checkpoint
-from sample import CHECKPOINTS, METHODS, DecodeSettings, evaluate, generate, load_models, needs
+from model import ROLES, read_checkpoint
+from sample import DecodeSettings, evaluate, generate, load_for_decoding
 
+
+
+# -----------------------------------------------------------------------------
+# the decoding family that this bench measures and show.py draws, one row each (CDLM Sec. 5)
+
+class Method(NamedTuple):
+    role: str                        # the checkpoint it decodes with: a key of model.ROLES
+    settings: Callable               # (block_size, threshold, measured) -> DecodeSettings
+    about: str
+    reference: Optional[str] = None  # report the share of answers that differ from this method's
+    depends_on: Optional[str] = None  # `measured` is this method's tokens per step (else None)
+
+
+THRESHOLDED = lambda cache: lambda bs, th, _: DecodeSettings(bs, threshold=th, cache=cache, early_stop=True)
+METHODS = {  # cdlm first: dlm_fewer_steps takes the student's measured steps
+    "cdlm": Method("student", THRESHOLDED("exact"), "the student: exact block KV cache, threshold, early stop"),
+    "ar": Method("ar", lambda bs, th, _: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
+                 "the autoregressive baseline: KV cache, greedy"),
+    "dlm": Method("teacher", lambda bs, th, _: DecodeSettings(bs, steps_per_block=bs),
+                  "the teacher, naive (the paper's baseline): one token per step over all gen_len positions"),
+    "dlm_stop": Method("teacher", lambda bs, th, _: DecodeSettings(bs, steps_per_block=bs, early_stop=True),
+                       "the naive teacher stopping at EOS (a fairer naive baseline)"),
+    "dlm_threshold": Method("teacher", THRESHOLDED("none"), "the teacher with threshold decoding, no cache "
+                                                            "(training-free parallel decoding)"),
+    "dlm_prefix_cache": Method("teacher", THRESHOLDED("prefix"), "dlm_threshold with Fast-dLLM's approximate "
+                               "prefix cache, refreshed at each block", "dlm_threshold"),
+    "dlm_dual_cache": Method("teacher", THRESHOLDED("dual"), "dlm_threshold with Fast-dLLM's approximate dual "
+                             "cache (prefix and masked suffix), refreshed at each block", "dlm_threshold"),
+    "dlm_fewer_steps": Method("teacher", lambda bs, th, tps: DecodeSettings(bs, steps_per_block=max(1, min(bs, round(bs / tps))),
+                                                                            early_stop=True),
+                              "the teacher cut to the student's steps per block (naive step cutting)", depends_on="cdlm"),
+}
+
+
+def needs(name):
+    """The roles whose checkpoints a method needs: its own and those of the methods it depends on."""
+    m = METHODS[name]
+    return (m.role,) + (needs(m.depends_on) if m.depends_on else ())
+
+
+def load_models(cfg, methods, device):
+    """The checkpoints the methods need, each of the right kind, all on the same data; the student
+    must come from this teacher."""
+    models = {}
+    for role in dict.fromkeys(r for name in methods for r in needs(name)):
+        key = ROLES[role].option
+        models[role] = load_for_decoding(os.path.join(cfg[key], "ckpt.pt"), {}, device, ROLES[role].mode, key)
+    data_meta = next(iter(models.values()))[1]["data_meta"]
+    for role, (_, ckpt, _) in models.items():
+        if not same_data(ckpt["data_meta"], data_meta):
+            raise CDLMError(f"--{ROLES[role].option}: that checkpoint was trained on other data than the others")
+    if "teacher" in models and "student" in models and \
+            models["student"][1]["teacher_hash"] != models["teacher"][1]["weights_hash"]:
+        raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than {cfg['teacher_dir']}")
+    return models
 
 
 config = dict(
@@ -213,9 +269,9 @@ def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=N
 def checkpoint_hashes(cfg):
     """The weights of every checkpoint the chosen methods use: a stored report is reused only for them."""
     out = {}
-    for which in dict.fromkeys(m for name in cfg["methods"] for m in needs(name)):
-        key, mode = CHECKPOINTS[which]
-        out[which] = read_checkpoint(os.path.join(cfg[key], "ckpt.pt"), "cpu", mode, key)["weights_hash"]
+    for role in dict.fromkeys(r for name in cfg["methods"] for r in needs(name)):
+        key = ROLES[role].option
+        out[role] = read_checkpoint(os.path.join(cfg[key], "ckpt.pt"), "cpu", ROLES[role].mode, key)["weights_hash"]
     return out
 
 
@@ -235,23 +291,27 @@ def run(cfg):
     act_bytes = 4 if dtype == "float32" else 2
     gflops, gbs = probe_machine(device)
     from tqdm import tqdm
-    results, cut = {}, None
+    results = {}
     # one compiled wrapper per model, shared by its methods (compiled graphs are per kind of pass)
-    cmodels = {w: compiled(m[0]) for w, m in models.items()} if cfg["compile"] != "off" else {}
+    cmodels = {role: compiled(m[0]) for role, m in models.items()} if cfg["compile"] != "off" else {}
+
+    def measured(name, bs):
+        """The tokens per step of the method `name` depends on: from this run, or measured on the side."""
+        dep = METHODS[name].depends_on
+        if dep is None:
+            return None
+        if dep in results:
+            return results[dep]["tokens_per_step"]
+        p = torch.as_tensor(rows[:cfg["batch_size"], :meta["prompt_len"]].astype("int64"), device=device)
+        return mean_tokens_per_step(models[METHODS[dep].role][0], meta, p, METHODS[dep].settings(bs, threshold, None))
+
     with tqdm(total=len(methods) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
         for name in methods:
-            model, ckpt, _ = models[METHODS[name].model]
+            model, ckpt, _ = models[METHODS[name].role]
             bs = model.cfg.block_size
-            if name == "dlm_fewer_steps":
-                if "cdlm" in results:
-                    tps = results["cdlm"]["tokens_per_step"]
-                else:  # no cdlm run in this bench: measure the student's steps on the side
-                    p = torch.as_tensor(rows[:cfg["batch_size"], :meta["prompt_len"]].astype("int64"), device=device)
-                    tps = mean_tokens_per_step(student[0], meta, p, METHODS["cdlm"].settings(bs, threshold, None))
-                cut = max(1, min(bs, round(bs / tps)))
             bar.set_description(f"bench {name}")
-            results[name] = bench_method(model, meta, rows, METHODS[name].settings(bs, threshold, cut), cfg,
-                                         act_bytes, bar, cmodels.get(METHODS[name].model))
+            results[name] = bench_method(model, meta, rows, METHODS[name].settings(bs, threshold, measured(name, bs)),
+                                         cfg, act_bytes, bar, cmodels.get(METHODS[name].role))
     for name, r in results.items():
         ref = METHODS[name].reference
         if ref in results:
@@ -280,8 +340,8 @@ def run(cfg):
     if cfg["profile"]:
         prompts = torch.as_tensor(rows[:cfg["latency_n"], :meta["prompt_len"]].astype("int64"), device=device)
         with autocast(device, dtype):
-            which = [(name, "", models[METHODS[name].model][0]) for name in ("cdlm", "dlm", "ar") if name in results]
-            which += [(name, " compiled", cmodels[METHODS[name].model]) for name, _, _ in which if cmodels]
+            which = [(name, "", models[METHODS[name].role][0]) for name in ("cdlm", "dlm", "ar") if name in results]
+            which += [(name, " compiled", cmodels[METHODS[name].role]) for name, _, _ in which if cmodels]
             report["profile"] = {name + tag: profile_decode(model, meta, prompts, DecodeSettings(**results[name]["settings"]),
                                                             gflops, act_bytes) for name, tag, model in which}
     atomic_write_json(cfg["out_path"], report)
@@ -295,8 +355,8 @@ def sweep(models, meta, rows, cfg, act_bytes):
     out = {}
     one = {**cfg, "repeats": 1, "compile": "off"}
     for name in ("dlm_threshold", "cdlm"):
-        if METHODS[name].model in models:
-            model = models[METHODS[name].model][0]
+        if METHODS[name].role in models:
+            model = models[METHODS[name].role][0]
             s = METHODS[name].settings(model.cfg.block_size, None, None)
             out[name] = [dict(threshold=th, **pick(bench_method(model, meta, rows, replace(s, threshold=th), one, act_bytes)))
                          for th in cfg["sweep_thresholds"]]

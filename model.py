@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -269,7 +270,18 @@ def merged_state_dict(model):
 # -----------------------------------------------------------------------------
 # checkpoints: plain dicts of tensors and builtins, so torch.load(weights_only=True) reads them
 
-KINDS = {"dlm": "teacher", "cdlm": "student", "ar": "AR baseline"}  # training mode -> what it makes
+class Role(NamedTuple):
+    mode: str     # train.py's mode that makes it
+    attn: str     # its attention mask (ATTN_MODES)
+    option: str   # the option of bench.py and show.py naming its checkpoint folder
+    label: str    # what messages call it
+
+
+# The three roles one architecture plays in CDLM, in one table: everything else derives from it.
+ROLES = {"teacher": Role("dlm", "bidirectional", "teacher_dir", "teacher"),
+         "student": Role("cdlm", "block_causal", "student_dir", "student"),
+         "ar": Role("ar", "causal", "ar_dir", "AR baseline")}
+KINDS = {r.mode: r.label for r in ROLES.values()}  # training mode -> what it makes
 CKPT_KEYS = ("model_config", "model", "config", "data_meta", "sampling", "iter_num", "weights_hash")
 
 

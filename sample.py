@@ -23,7 +23,7 @@ import sys
 import time
 import typing
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from configurator import Bool, CDLMError, Float, Int, Str, configure, run_main
 from data.common import (chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, same_data,
                          score)
 from model import load_model
+from render import STEP_LEGEND, step_line
 from runtime import autocast, compiled, pick_device, pick_dtype
 
 CACHES = ("none", "exact", "prefix", "dual")
@@ -326,35 +327,6 @@ def describe(ev):
             f"{ev.whole_acc:.1%} (chance {ev.chance['whole_acc']:.1%}), mean NFE {ev.nfe:.2f}")
 
 
-# The decoding family that bench.py measures and show.py draws, one row each (CDLM Sec. 5).
-class Method(NamedTuple):
-    model: str                      # the checkpoint it decodes with: 'teacher' | 'student' | 'ar'
-    settings: Callable              # (block_size, threshold, cut_steps) -> DecodeSettings
-    about: str
-    reference: Optional[str] = None  # report the share of answers that differ from this method's
-
-
-THRESHOLDED = lambda cache: lambda bs, th, cut: DecodeSettings(bs, threshold=th, cache=cache, early_stop=True)
-METHODS = {  # cdlm first: dlm_fewer_steps takes the student's measured steps
-    "cdlm": Method("student", THRESHOLDED("exact"), "the student: exact block KV cache, threshold, early stop"),
-    "ar": Method("ar", lambda bs, th, cut: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
-                 "the autoregressive baseline: KV cache, greedy"),
-    "dlm": Method("teacher", lambda bs, th, cut: DecodeSettings(bs, steps_per_block=bs),
-                  "the teacher, naive (the paper's baseline): one token per step over all gen_len positions"),
-    "dlm_stop": Method("teacher", lambda bs, th, cut: DecodeSettings(bs, steps_per_block=bs, early_stop=True),
-                       "the naive teacher stopping at EOS (a fairer naive baseline)"),
-    "dlm_threshold": Method("teacher", THRESHOLDED("none"), "the teacher with threshold decoding, no cache "
-                                                            "(training-free parallel decoding)"),
-    "dlm_prefix_cache": Method("teacher", THRESHOLDED("prefix"), "dlm_threshold with Fast-dLLM's approximate "
-                               "prefix cache, refreshed at each block", "dlm_threshold"),
-    "dlm_dual_cache": Method("teacher", THRESHOLDED("dual"), "dlm_threshold with Fast-dLLM's approximate dual "
-                             "cache (prefix and masked suffix), refreshed at each block", "dlm_threshold"),
-    "dlm_fewer_steps": Method("teacher", lambda bs, th, cut: DecodeSettings(bs, steps_per_block=cut, early_stop=True),
-                              "the teacher cut to the student's steps per block (naive step cutting)"),
-}
-CHECKPOINTS = {"teacher": ("teacher_dir", "dlm"), "student": ("student_dir", "cdlm"), "ar": ("ar_dir", "ar")}
-
-
 config = dict(
     out_dir=Str("out/teacher"),         # the checkpoint to sample: {out_dir}/ckpt.pt
     prompt=Str(None),                   # decode this prompt and print the answer
@@ -383,27 +355,6 @@ def load_for_decoding(path, settings_overrides, device, mode=None, option="out_d
     return model, ckpt, settings
 
 
-def load_models(cfg, methods, device):
-    """The checkpoints the methods need, each of the right kind, all on the same data; the student
-    must come from this teacher."""
-    models = {}
-    for which in dict.fromkeys(m for name in methods for m in needs(name)):
-        key, mode = CHECKPOINTS[which]
-        models[which] = load_for_decoding(os.path.join(cfg[key], "ckpt.pt"), {}, device, mode, key)
-    data_meta = next(iter(models.values()))[1]["data_meta"]
-    for which, (_, ckpt, _) in models.items():
-        if not same_data(ckpt["data_meta"], data_meta):
-            raise CDLMError(f"--{CHECKPOINTS[which][0]}: that checkpoint was trained on other data than the others")
-    if "teacher" in models and "student" in models and \
-            models["student"][1]["teacher_hash"] != models["teacher"][1]["weights_hash"]:
-        raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than {cfg['teacher_dir']}")
-    return models
-
-
-def needs(name):
-    return (METHODS[name].model, "student") if name == "dlm_fewer_steps" else (METHODS[name].model,)
-
-
 def main(argv):
     cfg = configure(config, argv)
     device = pick_device(cfg["device"])
@@ -430,7 +381,6 @@ def main(argv):
     ids = encode_prompt(tok, cfg["prompt"], meta["prompt_len"])
     on_step = None
     if cfg["show"]:
-        from show import STEP_LEGEND, step_line
         print(STEP_LEGEND)
         on_step = lambda ev: print(step_line(tok, meta, ev, 0))
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])

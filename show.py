@@ -23,8 +23,10 @@ import torch
 from configurator import CDLMError, Choice, Int, List, Str, configure, run_main
 from data.common import atomic_write_bytes, checkpoint_data, encode_prompt, get_tokenizer, load_split
 from model import attention_mask
+from render import DIM, LEGEND, NEW, OFF, token_texts
 from runtime import pick_device
-from sample import METHODS, DecodeSettings, generate, load_models
+from bench import METHODS, decoded_tokens, load_models
+from sample import DecodeSettings, generate
 from train import Y_STARS
 
 config = dict(
@@ -46,29 +48,6 @@ config = dict(
     seed=Int(1337, "[0, inf)"),
     device=Str("cpu"),
 )
-LEGEND = "legend: _ masked, . EOS; the tokens finalized at this step are highlighted (or marked ^ below)"
-STEP_LEGEND = ("one line per forward pass: the answer so far ('_' masked, '.' EOS), the passes so far, and each "
-               "token finalized by this pass as 'token'@position confidence")
-NEW, DIM, OFF = "\033[1;30;42m", "\033[2m", "\033[0m"
-
-
-def token_texts(tok, meta, ids):
-    """Each position's text: '_' for a masked position, '.' for EOS."""
-    return ["_" if i == meta["mask_id"] else "." if i == meta["eos_id"] else tok.decode([i]) for i in ids]
-
-
-def step_line(tok, meta, ev, row):
-    """sample.py --show: row `row` of a Step as one line, with what this step finalized and how sure."""
-    r = (ev.rows == row).nonzero().flatten()
-    if len(r) == 0:
-        return ""
-    r, bs = r.item(), ev.picked.size(1)
-    new = [(ev.block * bs + j, tok.decode([ev.pred[r, j].item()]) or ".", ev.conf[r, j].item())
-           for j in ev.picked[r].nonzero().flatten().tolist()]
-    text = "".join(token_texts(tok, meta, ev.tokens[r].tolist()))
-    return f"{text}   nfe {ev.nfe[r].item():2d}   " + " ".join(f"{t!r}@{p} {c:.2f}" for p, t, c in new)
-
-
 # -----------------------------------------------------------------------------
 # compare: every method on one prompt
 
@@ -95,25 +74,19 @@ def compare(cfg, models, meta, tok):
     """Every method on one prompt: a list of dict(name, about, block_size, cache, frames, answer)."""
     device = next(iter(models.values()))[0].lm_head.weight.device
     prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], meta["prompt_len"])], device=device)
-    runs, cut = [], None
+    runs = []
     threshold = models["student"][2].threshold if "student" in models else 0.9
     for name in (m for m in METHODS if m in cfg["methods"]):
-        model = models[METHODS[name].model][0]
-        bs = model.cfg.block_size
-        if name == "dlm_fewer_steps":  # the teacher cut to the student's steps per block on this prompt
-            s_frames, s_ans = trace(models["student"][0], meta, prompt, METHODS["cdlm"].settings(bs, threshold, None))
-            cut = max(1, min(bs, round(bs * s_frames[-1]["nfe"] / decoded_positions(s_ans, meta, bs))))
-        s = METHODS[name].settings(bs, threshold, cut)
+        model = models[METHODS[name].role][0]
+        bs, dep, tps = model.cfg.block_size, METHODS[name].depends_on, None
+        if dep:  # the tokens per step of the method this one depends on, on this prompt
+            d_frames, d_ans = trace(models[METHODS[dep].role][0], meta, prompt, METHODS[dep].settings(bs, threshold, None))
+            tps = decoded_tokens(torch.tensor([d_ans]), meta["eos_id"], bs, True).item() / d_frames[-1]["nfe"]
+        s = METHODS[name].settings(bs, threshold, tps)
         frames, answer = trace(model, meta, prompt, s)
         runs.append(dict(name=name, about=METHODS[name].about, block_size=s.block_size, cache=s.cache,
                          frames=frames, answer=answer))
     return runs
-
-
-def decoded_positions(answer, meta, bs):
-    """Answer positions decoded before early stop: through the block holding the first EOS."""
-    eos = [i for i, t in enumerate(answer) if t == meta["eos_id"]]
-    return min(len(answer), (eos[0] // bs + 1) * bs) if eos else len(answer)
 
 
 def render_compare(runs, tok, meta, color):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from configurator import Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, run_main
 from data.common import load_meta, load_split, same_data
 from data.trajectories import load_trajectory_sets
-from model import (ModelConfig, Transformer, add_lora, merged_state_dict, read_checkpoint, save_checkpoint,
+from model import (ROLES, ModelConfig, Transformer, add_lora, merged_state_dict, read_checkpoint, save_checkpoint,
                    weights_hash)
 from runtime import check_writable, end_runtime, gather_objects, rng_state, set_rng_state, setup_runtime
 from sample import DecodeSettings
@@ -69,7 +69,7 @@ config = dict(
     dtype=Str("auto"),                 # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
     compile=Bool(False),               # torch.compile the model (PyTorch 2, mostly worth it on CUDA)
 )
-ATTN = {"dlm": "bidirectional", "cdlm": "block_causal", "ar": "causal"}
+ATTN = {r.mode: r.attn for r in ROLES.values()}  # mode -> the mask it trains
 # what a resumed run must share with the run it continues
 SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise")
 

@@ -6,14 +6,14 @@ from html.parser import HTMLParser
 import pytest
 
 import show
-from sample import METHODS
+from bench import METHODS
 
 
 @pytest.fixture(scope="module")
 def runs(teacher_dir, student_dir, ar_dir):
     from configurator import check
     from data.common import get_tokenizer
-    from sample import load_models
+    from bench import load_models
     cfg = check(show.config, dict(teacher_dir=teacher_dir, student_dir=student_dir, ar_dir=ar_dir))
     models = load_models(cfg, list(METHODS), "cpu")
     meta = models["teacher"][1]["data_meta"]
@@ -96,7 +96,7 @@ def test_training_state_view(student_dir, traj_dir):
 def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir):
     from configurator import check
     from data.common import get_tokenizer, load_split
-    from sample import load_models
+    from bench import load_models
     cfg = check(show.config, dict(teacher_dir=teacher_dir, student_dir=student_dir, ar_dir=ar_dir,
                                   state="+3>8,*7>_,+2>_"))
     models = load_models(cfg, ["dlm", "cdlm", "ar"], "cpu")
