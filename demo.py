@@ -58,9 +58,7 @@ ABLATIONS = {
     "y_star=random": ["--y_star=random"],
     "y_star=completion": ["--y_star=completion"],
     "y_star=literal": ["--y_star=literal"],
-    "no distillation": ["--w_distill=0.0"],
-    "no consistency": ["--w_consist=0.0"],
-    "no DLM loss": ["--w_dlm=0.0"],
+    **{f"no {loss.title}": [f"--w_{name}=0.0"] for name, loss in train.LOSSES.items()},
     "dlm_noise=block": ["--dlm_noise=block"],
     "trajectories at T=0 and T=0.5": ["--traj_dirs=TRAJS"],
     "LoRA rank 16": ["--lora_rank=16", "--lora_alpha=32", "--learning_rate=3e-3", "--min_lr=3e-4"],
@@ -109,7 +107,9 @@ def run_train(cfg):
     want, _, _ = train.check_config(cfg)
     if os.path.isfile(path):
         have = read_checkpoint(path, mode=cfg["mode"])
-        same = all(have["config"].get(k) == v for k, v in want.items() if k not in ("init_from", "max_iters"))
+        # an option newer than the checkpoint counts as its default (what the checkpoint was made with)
+        same = all(have["config"].get(k, train.config[k].default) == v for k, v in want.items()
+                   if k not in ("init_from", "max_iters"))
         if cfg["mode"] == "cdlm":  # and distilled from the teacher that is there now
             teacher = read_checkpoint(os.path.join(cfg["teacher_dir"], "ckpt.pt"), mode="dlm", option="teacher_dir")
             same = same and have["teacher_hash"] == teacher["weights_hash"]

@@ -27,7 +27,7 @@ from render import DIM, LEGEND, NEW, OFF, token_texts
 from runtime import pick_device
 from bench import METHODS, decoded_tokens, load_models
 from sample import DecodeSettings, generate
-from train import Y_STARS
+from train import LOSSES, Y_STARS
 
 config = dict(
     view=Choice("compare", "compare", "masks", "states", "confidence", "infill"),
@@ -277,8 +277,8 @@ def training_state(cfg, device):
     order = (step[0, list(span)] - b * bs).tolist()
     rows = [("teacher's order", [str(o) for o in order]), ("y", show(st.y)),
             ("y*" if y_star in ("random", "literal") else "y' (consistency)", show(st.target)),
-            ("distill (D)", ["D" if st.distill[0, j] else "." for j in span]),
-            ("consist (C)", ["C" if st.consist[0, j] else "." for j in span]),
+            *[(f"{name} ({loss.mark})", [loss.mark if loss.positions(st)[0, j] else "." for j in span])
+              for name, loss in LOSSES.items() if loss.positions is not None],  # one row per loss of train.LOSSES
             (f"DLM loss (t={t.item():.2f})", ["L" if dlm_masked[j] else "." for j in span])]
     lines = [f"trajectory {i} of {cfg['traj_dir']}: {tok.decode(arrays['prompt'][i].tolist())} -> "
              f"{tok.decode(tokens)}", f"block {b} (answer positions {span.start}..{span.stop - 1}), "
@@ -388,7 +388,8 @@ def main(argv):
         text, rows = training_state(cfg, device)
         print(text)
         if cfg["png"]:
-            key = {"D": ("#d73", "teacher target"), "C": ("#39c", "consistency target"), "L": ("#7a4", "DLM loss"),
+            colours = iter(["#d73", "#39c", "#7a4", "#a5c", "#cc3"])
+            key = {**{loss.mark: (next(colours), loss.title) for loss in LOSSES.values()},
                    ".": ("#eee", "nothing"), "_": ("#bbb", "masked"), "k": ("#555", "final")}
             grid = [["_" if c == "_" else "k" for c in cells] if name in ("y", "y*", "y' (consistency)") else cells
                     for name, cells in rows[1:]]

@@ -15,7 +15,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +28,38 @@ from model import (ROLES, ModelConfig, Transformer, add_lora, merged_state_dict,
                    weights_hash)
 from runtime import check_writable, end_runtime, gather_objects, rng_state, set_rng_state, setup_runtime
 from sample import DecodeSettings
+
+class Pass(NamedTuple):
+    """What the student's losses are computed from, for one batch (cdlm_losses)."""
+    student: torch.Tensor   # (B, L, V) the student's logits at y
+    teacher: torch.Tensor   # (B, L, V) the teacher's at each token's finalization (from its hidden state)
+    target: torch.Tensor    # (B, L, V) the student's own at the more informed state, no gradient
+    dlm: torch.Tensor       # (B, T, V) the student's logits on the noised ground truth
+    x0: torch.Tensor        # (B, T) the ground truth
+    masked: torch.Tensor    # (B, T) where it was noised, with ratio t (B,)
+    t: torch.Tensor
+    n_positions: int        # the positions that could be noised per row
+
+
+class Loss(NamedTuple):
+    weight: float           # the default of its option w_<name>
+    fn: Callable            # (Pass, States) -> a scalar
+    mark: str               # its letter in show.py's states view
+    positions: Callable     # (States) -> (B, L) the answer positions it trains, for that view
+    title: str              # its name in tables ("no <title>" is its ablation)
+
+
+# The student's objective (Sec. 4.2), one row per loss: the w_<name> options, their checks, the
+# training sum, show.py's states view and demo.py's ablations all derive from this table.
+LOSSES = {
+    "distill": Loss(1.0, lambda p, st: distillation_loss(p.student, p.teacher, st.distill), "D",
+                    lambda st: st.distill, "distillation"),
+    "consist": Loss(0.5, lambda p, st: consistency_loss(p.student, p.target, st.consist), "C",
+                    lambda st: st.consist, "consistency"),
+    "dlm": Loss(0.1, lambda p, st: diffusion_loss(p.dlm, p.x0, p.masked, p.t, p.n_positions), "L",
+                None, "DLM loss"),  # its positions come from its own noising, not from the states
+}
+
 
 Y_STARS = ("random", "completion", "completion_plus", "literal")  # draw_states' readings of the paper
 
@@ -55,9 +87,7 @@ config = dict(
     traj_dirs=List(["out/trajectories"], Str(None)),  # trajectory sets of that teacher (e.g. per temperature)
     y_star=Choice("completion_plus", *Y_STARS),  # the readings of the paper's y*: see draw_states
     dlm_noise=Choice("answer", "answer", "block"),  # the auxiliary DLM loss's noising: see noise_block
-    w_distill=Float(1.0, "[0, inf)"),
-    w_consist=Float(0.5, "[0, inf)"),
-    w_dlm=Float(0.1, "[0, inf)"),
+    **{f"w_{name}": Float(loss.weight, "[0, inf)") for name, loss in LOSSES.items()},  # the loss weights
     lora_rank=Int(0, "[0, inf)"),      # > 0: LoRA adapters of this rank, teacher weights frozen; 0: full
     lora_alpha=Float(16.0, "(0, inf)"),
     threshold=Float(0.9, "(0, 1]"),    # decoding default stored with the student checkpoint
@@ -130,10 +160,11 @@ def ar_loss(logits, x, prompt_len, eos_id):
     return (ce * valid).sum() / valid.sum()
 
 
-def kl_loss(target_logits, logits, where):
+def kl_loss(logits, target_logits, where):
     """
     KL(p_target || p_model) summed over the vocabulary, averaged over the positions in `where`
-    (B, T) bool. Rows with no such position contribute nothing; an empty batch gives 0.
+    (B, T) bool; the model's logits first, as in every loss here. Rows with no such position
+    contribute nothing; an empty batch gives 0.
     """
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     logq = F.log_softmax(target_logits.float(), dim=-1)  # (B, T, V)
@@ -147,7 +178,7 @@ def distillation_loss(student_logits, teacher_logits, where):
     distribution at the step the teacher finalized them, rebuilt from the stored hidden state
     through the teacher's frozen LM head. Forward KL(teacher || student), averaged over `where`.
     """
-    return kl_loss(teacher_logits, student_logits, where)
+    return kl_loss(student_logits, teacher_logits, where)
 
 
 def consistency_loss(student_logits, target_logits, where):
@@ -155,7 +186,7 @@ def consistency_loss(student_logits, target_logits, where):
     CDLM consistency (Sec. 4.2): at positions still masked in a more informed state, the student at
     y matches its own prediction there, a stop-gradient target as in consistency models.
     """
-    return kl_loss(target_logits.detach(), student_logits, where)
+    return kl_loss(student_logits, target_logits.detach(), where)
 
 
 def final_after(step, block, k, block_size):
@@ -218,9 +249,9 @@ def draw_states(step, block_size, y_star, generator=None):
 def cdlm_losses(model, batch, states, teacher_head, mask_id, block_size, dlm_noise="answer", eps=1e-3,
                 generator=None, target_model=None, ctx=nullcontext()):
     """
-    The three CDLM losses (Sec. 4.2) on a batch of trajectory rows: tensors prompt (B, P), tokens
-    (B, L) the teacher's answer, truth (B, L), hidden (B, L, C) the teacher's last hidden state at
-    each token's finalization; `states` from draw_states. Returns dict(distill, consist, dlm).
+    The CDLM losses (Sec. 4.2, the table LOSSES) on a batch of trajectory rows: tensors prompt
+    (B, P), tokens (B, L) the teacher's answer, truth (B, L), hidden (B, L, C) the teacher's last
+    hidden state at each token's finalization; `states` from draw_states. Returns {name: loss}.
     The student's pass at y and the DLM pass on noised ground truth share one forward.
     """
     prompt, tokens = batch["prompt"], batch["tokens"]
@@ -238,9 +269,9 @@ def cdlm_losses(model, batch, states, teacher_head, mask_id, block_size, dlm_noi
             with torch.no_grad():
                 target = (target_model or model)(as_state(states.target))[:, P:]
     teacher_logits = batch["hidden"].float() @ teacher_head.T  # (B, L, V)
-    return dict(distill=distillation_loss(logits[:B, P:], teacher_logits, states.distill),
-                consist=consistency_loss(logits[:B, P:], target, states.consist),
-                dlm=diffusion_loss(logits[B:], x0, masked, t, block_size if dlm_noise == "block" else x0.size(1) - P))
+    p = Pass(logits[:B, P:], teacher_logits, target, logits[B:], x0, masked, t,
+             block_size if dlm_noise == "block" else x0.size(1) - P)
+    return {name: loss.fn(p, states) for name, loss in LOSSES.items()}
 
 
 def get_lr(it, cfg):
@@ -276,8 +307,8 @@ def check_config(cfg):
                         f"{'the teacher' if mode == 'cdlm' else 'scratch'} (or resumes)")
     if mode != "cdlm" and cfg["lora_rank"]:
         raise CDLMError(f"option lora_rank={cfg['lora_rank']}: LoRA is for the student (mode='cdlm')")
-    if mode == "cdlm" and cfg["w_distill"] + cfg["w_consist"] + cfg["w_dlm"] == 0:
-        raise CDLMError("options w_distill, w_consist and w_dlm are all 0: nothing to train")
+    if mode == "cdlm" and sum(cfg[f"w_{name}"] for name in LOSSES) == 0:
+        raise CDLMError(f"options {', '.join(f'w_{name}' for name in LOSSES)} are all 0: nothing to train")
     meta = load_meta(cfg["data_dir"])
     if mode != "ar" and meta["gen_len"] % cfg["block_size"]:
         raise CDLMError(f"option block_size={cfg['block_size']}: gen_len={meta['gen_len']} of "

@@ -50,12 +50,12 @@ def test_kl_hand_computed_and_denominator():
     p = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]))  # target logits
     q = torch.log(torch.tensor([[[0.25, 0.75], [0.1, 0.9]]]))  # model logits
     kl0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
-    assert kl_loss(p, q, torch.tensor([[True, False]])).item() == pytest.approx(kl0, rel=1e-5)
+    assert kl_loss(q, p, torch.tensor([[True, False]])).item() == pytest.approx(kl0, rel=1e-5)
     kl1 = 0.9 * math.log(9) + 0.1 * math.log(1 / 9)
-    assert kl_loss(p, q, torch.tensor([[True, True]])).item() == pytest.approx((kl0 + kl1) / 2, rel=1e-5)
-    assert kl_loss(p, q, torch.tensor([[False, False]])).item() == 0.0
+    assert kl_loss(q, p, torch.tensor([[True, True]])).item() == pytest.approx((kl0 + kl1) / 2, rel=1e-5)
+    assert kl_loss(q, p, torch.tensor([[False, False]])).item() == 0.0
     # forward KL(target || model), not the reverse
-    assert kl_loss(q, p, torch.tensor([[True, False]])).item() != pytest.approx(kl0, rel=1e-3)
+    assert kl_loss(p, q, torch.tensor([[True, False]])).item() != pytest.approx(kl0, rel=1e-3)
 
 
 def test_distillation_and_consistency_positions_and_gradients():
@@ -64,7 +64,7 @@ def test_distillation_and_consistency_positions_and_gradients():
     newly = torch.tensor([[False, True, False, False]])
     still = torch.tensor([[False, False, True, True]])
     d = distillation_loss(student, other, newly)
-    assert d.item() == pytest.approx(kl_loss(other, student, newly).item())
+    assert d.item() == pytest.approx(kl_loss(student, other, newly).item())
     c = consistency_loss(student, other, still)
     c.backward()
     assert other.grad is None  # the y* target is under stop-gradient
