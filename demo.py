@@ -203,7 +203,7 @@ def run_jobs(argvs, jobs, log_dir):
         while pending and len(running) < jobs:
             argv = pending.pop(0)
             name = re.sub(r"[^A-Za-z0-9.-]+", "_", " ".join(a.lstrip("-").replace("=", "-") for a in argv))
-            log = os.path.join(log_dir, name[:120] + ".log")
+            log = os.path.join(log_dir, name[-120:] + ".log")  # the tail tells jobs apart
             print(f"started: python demo.py {' '.join(argv)}  (log: {log})", flush=True)
             running.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], env=env,
                                              stdout=open(log, "w"), stderr=subprocess.STDOUT), log))
