@@ -81,6 +81,7 @@ config = dict(
     ablate_iters=Int(300, "[1, inf)"),
     variants=List(list(ABLATIONS), Choice(None, *ABLATIONS)),  # the ablation's students
     num_eval=Int(500, "[1, inf)"),
+    bench_methods=List(list(bench.METHODS), Choice(None, *bench.METHODS)),  # what each seed's bench times
     report=Bool(False),                # print the tables from results_dir and stop
     results_dir=Str("results"),
 )
@@ -181,12 +182,13 @@ def train_ar(task):
     run_train(configure(train.config, TASKS[task]["ar"] + [f"--seed={AR_SEED}"]))
 
 
-def pipeline(task, seed, num_eval, results_dir):
+def pipeline(task, seed, num_eval, results_dir, methods=tuple(bench.METHODS)):
     """Every stage for one seed, the timed bench last; writes and returns its results file."""
     steps = train_stages(task, seed, num_eval)
     print(f"\n=== {task}, seed {seed}: benchmark ===", flush=True)
     ar_dir = configure(train.config, TASKS[task]["ar"])["out_dir"]  # AR_SEED's, for every seed
-    rep = run_bench({**options(bench.config, TASKS[task]["bench"], seed, num_eval=num_eval), "ar_dir": ar_dir})
+    rep = run_bench({**options(bench.config, TASKS[task]["bench"], seed, num_eval=num_eval), "ar_dir": ar_dir,
+                     "methods": list(methods)})
     out = dict(task=task, seed=seed, commit=code_version(), machine=machine_info(), num_eval=num_eval,
                ar_seed=AR_SEED, teacher_steps=steps, bench=rep["methods"], bench_settings=rep["settings"],
                bench_machine=rep["machine"])
@@ -283,7 +285,7 @@ def report(task, results_dir):
             xs = [(100 if pct else 1) * headline(r, source, field) for r in runs]
             unit = "%" if pct else "x" if "speedup" in field else ""
             lines.append(f"| {label} | {spread(xs, unit)} |" + "".join(f" {x:.1f}{unit} |" for x in xs))
-        ar = r0["bench"].get("ar")
+        ar = next((r["bench"]["ar"] for r in runs if "ar" in r["bench"]), None)
         if ar:
             lines += ["", f"AR baseline (trained once, seed {r0['ar_seed']}): final answer {100 * ar['final_acc']:.1f}%, "
                           f"whole answer {100 * ar['whole_acc']:.1f}%, {ar['nfe']:.1f} NFE"]
@@ -328,7 +330,7 @@ def main(argv):
                 if cfg["stage"] == "train":
                     train_stages(task, s, cfg["num_eval"])
                 else:
-                    pipeline(task, s, cfg["num_eval"], cfg["results_dir"])
+                    pipeline(task, s, cfg["num_eval"], cfg["results_dir"], cfg["bench_methods"])
     print("\n" + report(task, cfg["results_dir"]))
     if not cfg["report"]:
         print(f"\n(demo took {time.time() - t0:.0f} s)")
