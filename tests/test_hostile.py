@@ -40,7 +40,7 @@ def refused(main, argv, *words):
 
 @pytest.mark.parametrize("argv, words", [
     (["--early_stop=no"], ["early_stop='no'", "True or False"]),
-    (["--cache=false"], ["cache='false'", "none, exact, prefix, dual"]),
+    (["--cache=false"], ["cache='false'", "'none', 'exact', 'prefix', 'dual'"]),
     (["--threshold=high"], ["threshold='high'"]),
     (["--threshold=1.5"], ["threshold=1.5", "(0, 1]"]),
     (["--steps_per_block=2.5"], ["steps_per_block=2.5"]),
