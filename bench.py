@@ -18,13 +18,14 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from configurator import Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, run_main
+from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, gave, refuse_unused,
+                          run_main)
 from data.common import atomic_write_json, checkpoint_data, load_split, same_data
-from runtime import autocast, check_writable, compiled, pick_device, pick_dtype, sync
+from runtime import autocast, check_file_writable, compiled, lock, pick_device, pick_dtype, save_figure, sync
 from model import ROLES, read_checkpoint
 from sample import DecodeSettings, evaluate, generate, load_for_decoding
 
-
+CHECKPOINTS_DIRS = {r.option for r in ROLES.values()}
 
 # -----------------------------------------------------------------------------
 # the decoding family that this bench measures and show.py draws, one row each (CDLM Sec. 5)
@@ -88,6 +89,7 @@ config = dict(
     data_dir=Str(None),                 # None: where the checkpoints' data was prepared
     methods=List(list(METHODS), Choice(None, *METHODS)),
     split=Str("test"),
+    # sizes: a value given is exact (or refused); a default is at most the problems there are
     num_eval=Int(500, "[1, inf)"),      # problems for accuracy and NFE
     batch_size=Int(64, "[1, inf)"),     # batch for accuracy and for throughput
     latency_n=Int(20, "[1, inf)"),      # problems decoded one at a time per latency repeat
@@ -99,7 +101,7 @@ config = dict(
     sweep_thresholds=List([0.5, 0.7, 0.8, 0.9, 0.95, 0.99], Float(None, "(0, 1]")),
     sweep_block_sizes=List([4, 8, 16], Int(None, "[1, inf)")),
     out_path=Str("out/bench.json"),
-    seed=Int(1337, "[0, inf)"),
+    seed=Int(1337, SEED),               # the sampling noise of a method with temperature > 0
     device=Str("auto"),
     dtype=Str("auto"),                  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
 )
@@ -275,17 +277,61 @@ def checkpoint_hashes(cfg):
     return out
 
 
+PLOTS = ("_roofline.png", "_sweep.png")  # beside out_path, when matplotlib is installed
+
+
+def check_options(cfg, methods):
+    """Options that take effect only with some methods or with --sweep: given without them, refused."""
+    used = {ROLES[r].option for name in methods for r in needs(name)}
+    ignored = dict.fromkeys(CHECKPOINTS_DIRS - used, "with these methods: none reads that checkpoint")
+    if all(METHODS[m].settings(1, 0.5, 1).temperature == 0 for m in methods):
+        ignored["seed"] = "with these methods: every one decodes greedily"
+    if "dlm_fewer_steps" not in methods and not any(METHODS[m].settings(1, 0.5, 1).threshold for m in methods):
+        ignored["threshold"] = "with these methods: none decodes with a threshold"
+    if "student_dir" not in used:
+        ignored["sweep_block_sizes"] = "without the student's method (cdlm)"
+    if not cfg["sweep"]:
+        ignored |= dict.fromkeys(("sweep_thresholds", "sweep_block_sizes"), "without --sweep")
+    refuse_unused(cfg, ignored)
+    if cfg["sweep"] and not used & {"teacher_dir", "student_dir"}:
+        raise CDLMError("option sweep=True: the sweep is of the teacher's and the student's methods; give one in --methods")
+    if cfg["profile"] and not set(methods) & {"cdlm", "dlm", "ar"}:
+        raise CDLMError("option profile=True: it profiles cdlm, dlm and ar; give one of them in --methods")
+
+
+def sized(cfg, split_rows, data_dir):
+    """The sizes measured: a size given must fit the problems there are, a default shrinks to them."""
+    n = len(split_rows)
+    for key in ("num_eval", "batch_size", "latency_n"):
+        if gave(cfg, key) and cfg[key] > n:
+            raise CDLMError(f"option {key}={cfg[key]}: more than the {n} problems " + (
+                f"of the {cfg['split']} split of {data_dir}" if key == "num_eval" else "evaluated (num_eval)"))
+        n = min(n, cfg["num_eval"])
+    return {**cfg, "num_eval": n, "batch_size": min(cfg["batch_size"], n), "latency_n": min(cfg["latency_n"], n)}
+
+
 def run(cfg):
     cfg = check(config, cfg)
+    methods = [m for m in METHODS if m in cfg["methods"]]
+    check_options(cfg, methods)
+    with lock(cfg["out_path"], "option out_path", file=True):  # one writer per result file (and its plots)
+        for suffix in PLOTS:
+            check_file_writable(os.path.splitext(cfg["out_path"])[0] + suffix, "the plot of option out_path")
+        return _run(cfg, methods)
+
+
+def _run(cfg, methods):
     device = pick_device(cfg["device"])
     dtype = pick_dtype(cfg["dtype"], device)
-    check_writable(os.path.dirname(os.path.abspath(cfg["out_path"])), "the directory of option out_path")
     torch.manual_seed(cfg["seed"])
-    methods = [m for m in METHODS if m in cfg["methods"]]
     models = load_models(cfg, methods, device)
     first = next(iter(models.values()))[1]
     data_dir, meta = checkpoint_data(first, cfg["data_dir"])
-    rows = load_split(data_dir, cfg["split"], meta)[:cfg["num_eval"]]
+    rows = load_split(data_dir, cfg["split"], meta)
+    run_cfg = sized(cfg, rows, data_dir)  # the sizes measured; the report keeps the options as given
+    rows = rows[:run_cfg["num_eval"]]
+    if cfg["sweep"] and any(meta["gen_len"] % b for b in cfg["sweep_block_sizes"]):
+        raise CDLMError(f"option sweep_block_sizes={cfg['sweep_block_sizes']}: each must divide gen_len={meta['gen_len']}")
     student = models.get("student")
     threshold = cfg["threshold"] or (student[2].threshold if student else 0.9)
     act_bytes = 4 if dtype == "float32" else 2
@@ -302,7 +348,7 @@ def run(cfg):
             return None
         if dep in results:
             return results[dep]["tokens_per_step"]
-        p = torch.as_tensor(rows[:cfg["batch_size"], :meta["prompt_len"]].astype("int64"), device=device)
+        p = torch.as_tensor(rows[:run_cfg["batch_size"], :meta["prompt_len"]].astype("int64"), device=device)
         return mean_tokens_per_step(models[METHODS[dep].role][0], meta, p, METHODS[dep].settings(bs, threshold, None))
 
     with tqdm(total=len(methods) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
@@ -311,7 +357,7 @@ def run(cfg):
             bs = model.cfg.block_size
             bar.set_description(f"bench {name}")
             results[name] = bench_method(model, meta, rows, METHODS[name].settings(bs, threshold, measured(name, bs)),
-                                         cfg, act_bytes, bar, cmodels.get(METHODS[name].role))
+                                         run_cfg, act_bytes, bar, cmodels.get(METHODS[name].role))
     for name, r in results.items():
         ref = METHODS[name].reference
         if ref in results:
@@ -327,8 +373,8 @@ def run(cfg):
     for r in results.values():
         del r["preds"], r["chance"]
     report = dict(methods=results, config=cfg, checkpoints={w: m[1]["weights_hash"] for w, m in models.items()},
-                  settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=cfg["batch_size"],
-                                latency_n=cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,
+                  settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=run_cfg["batch_size"],
+                                latency_n=run_cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,
                                 gen_len=meta["gen_len"], data_dir=data_dir, chance=chance),
                   machine=dict(device=device, dtype=dtype, peak_gflops=gflops, peak_gb_s=gbs,
                                gpu=torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
@@ -336,9 +382,9 @@ def run(cfg):
                                cpu=platform.processor() or platform.machine(), python=platform.python_version()))
     if cfg["sweep"]:
         with autocast(device, dtype):
-            report["sweep"] = sweep(models, meta, rows, cfg, act_bytes)
+            report["sweep"] = sweep(models, meta, rows, run_cfg, act_bytes)
     if cfg["profile"]:
-        prompts = torch.as_tensor(rows[:cfg["latency_n"], :meta["prompt_len"]].astype("int64"), device=device)
+        prompts = torch.as_tensor(rows[:run_cfg["latency_n"], :meta["prompt_len"]].astype("int64"), device=device)
         with autocast(device, dtype):
             which = [(name, "", models[METHODS[name].role][0]) for name in ("cdlm", "dlm", "ar") if name in results]
             which += [(name, " compiled", cmodels[METHODS[name].role]) for name, _, _ in which if cmodels]
@@ -363,7 +409,7 @@ def sweep(models, meta, rows, cfg, act_bytes):
     if "student" in models:
         model, _, s = models["student"]
         trained, out["cdlm_block_size"] = model.cfg.block_size, []
-        for bs in (b for b in cfg["sweep_block_sizes"] if meta["gen_len"] % b == 0):
+        for bs in cfg["sweep_block_sizes"]:  # each divides gen_len (checked at start-up)
             model.set_mask(block_size=bs)  # the student decoding with other blocks than it learned
             out["cdlm_block_size"].append(dict(block_size=bs, **pick(bench_method(model, meta, rows,
                                                                               replace(s, block_size=bs), one, act_bytes))))
@@ -395,16 +441,14 @@ def plots(report, out_path):
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte), batch 1",
            ylabel="achieved GFLOP/s", title=f"decoding on {m['gpu'] or m['cpu']} ({m['dtype']})")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(base + "_roofline.png", dpi=120)
+    save_figure(fig, base + PLOTS[0])
     if "sweep" in report:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for name, pts in report["sweep"].items():
             ax.plot([p["latency_ms"] for p in pts], [100 * p["whole_acc"] for p in pts], "o-", label=name)
         ax.set(xlabel="latency per answer at batch 1 (ms)", ylabel="whole answer right (%)")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(base + "_sweep.png", dpi=120)
+        save_figure(fig, base + PLOTS[1])
 
 
 def table(report):

@@ -28,24 +28,25 @@ import time
 import numpy as np
 import torch
 
-from configurator import CDLMError, Choice, Float, Int, Str, check, configure, run_main
+from configurator import SEED, CDLMError, Choice, Float, Int, Str, check, configure, gave, refuse_unused, run_main
 from data.common import checkpoint_data, data_fingerprint, get_tokenizer, load_split, read_json, score
-from data.trajectories import Writer, commit, committed, field_specs, load_trajectories, remove_stale, sizes_match
+from data.trajectories import (Writer, commit, committed, field_specs, load_trajectories, progress_ok, remove_stale,
+                               sizes_match)
 from model import load_model
-from runtime import broadcast, check_writable, end_runtime, gather_rows, setup_runtime
-from sample import DecodeSettings, generate
+from runtime import broadcast, check_memory, end_runtime, gather_rows, lock, setup_runtime
+from sample import TEMPERATURES, DecodeSettings, generate
 
 config = dict(
     teacher_dir=Str("out/teacher"),
     out_dir=Str("out/trajectories"),
     data_dir=Str(None),                 # None: where the teacher's data was prepared
-    n_examples=Int(4096, "[1, inf)"),   # training prompts to run the teacher on
+    n_examples=Int(4096, "[1, inf)"),   # training prompts to run the teacher on (the default: at most)
     batch_size=Int(128, "[1, inf)"),
     chunk=Int(1024, "[1, inf)"),        # examples per resumable chunk
     block_size=Int(None, "[1, inf)"),   # None: the teacher's (its weights do not depend on it)
-    temperature=Float(0.0, "[0, inf)"),  # 0: greedy; the paper also collects at 0.5 as augmentation
+    temperature=Float(0.0, TEMPERATURES),  # 0: greedy; the paper also collects at 0.5 as augmentation
     hidden_dtype=Choice("float16", "float16", "float32"),
-    seed=Int(1337, "[0, inf)"),
+    seed=Int(1337, SEED),               # the sampling noise (temperature > 0)
     device=Str("auto"),
     dtype=Str("auto"),                  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
 )
@@ -53,12 +54,15 @@ config = dict(
 
 def collect(cfg):
     cfg = check(config, cfg)
+    if cfg["temperature"] == 0:
+        refuse_unused(cfg, {"seed": "at temperature 0: greedy decoding draws no noise"})
     rt = setup_runtime(cfg)
-    try:
-        _collect(cfg, rt)
-    except OSError as e:  # disk full or another I/O error while writing: the committed set is untouched
-        raise CDLMError(f"cannot write trajectories in {cfg['out_dir']}: {e.strerror or e}; the last complete "
-                        f"set and the chunks written so far are kept: free space and run again to resume")
+    with lock(cfg["out_dir"], "option out_dir"):  # one writer per trajectory set
+        try:
+            _collect(cfg, rt)
+        except OSError as e:  # disk full or another I/O error while writing: the committed set is untouched
+            raise CDLMError(f"cannot write trajectories in {cfg['out_dir']}: {e.strerror or e}; the last complete "
+                            f"set and the chunks written so far are kept: free space and run again to resume")
     end_runtime(rt)  # no rank returns before rank 0 has written the trajectory set
 
 
@@ -70,7 +74,11 @@ def _collect(cfg, rt):
     bs = cfg["block_size"] or model.cfg.block_size
     decode = DecodeSettings(bs, steps_per_block=bs, temperature=cfg["temperature"]).check(model.cfg.attn, L)
     train = load_split(data_dir, "train", dmeta)
+    if gave(cfg, "n_examples") and cfg["n_examples"] > len(train):
+        raise CDLMError(f"option n_examples={cfg['n_examples']}: the train split of {data_dir} has {len(train)} problems")
     n = min(cfg["n_examples"], len(train))
+    check_memory(rt.device, f"option batch_size={cfg['batch_size']} (a batch of the teacher's decoding)", model.cfg,
+                 cfg["batch_size"])
     # everything that decides the content; a finished or partial run with other settings is redone
     settings = dict(teacher_hash=ckpt["weights_hash"], data=data_fingerprint(dmeta), gen_len=L, block_size=bs,
                     steps=L, n_examples=n, temperature=cfg["temperature"], hidden_dtype=cfg["hidden_dtype"],
@@ -84,7 +92,6 @@ def _collect(cfg, rt):
                 data_dir=data_dir, teacher_dir=os.path.abspath(cfg["teacher_dir"]))
     state = 0  # rank 0 reads what is on disk; the other ranks are told
     if rt.master:
-        check_writable(cfg["out_dir"], "option out_dir")
         state = _reuse(cfg["out_dir"], set_id, settings, specs, meta)
     if broadcast(state, rt.ddp) == "done":
         if rt.master:
@@ -132,23 +139,34 @@ def _collect(cfg, rt):
 
 def _reuse(out_dir, set_id, settings, specs, meta):
     """'done' if the live set has these settings, after committing a complete set a crash left
-    uncommitted; else None (collect)."""
-    live = committed(out_dir)
-    if live is not None and live["settings"] == settings:
-        load_trajectories(out_dir)  # refuses damaged files
-        remove_stale(out_dir, live["set"])
-        return "done"
+    uncommitted; else None (collect). A damaged live set is said so and collected again."""
+    try:
+        live = committed(out_dir)
+        if live is not None and live["settings"] == settings:
+            load_trajectories(out_dir)  # refuses damaged files
+            remove_stale(out_dir, live["set"])
+            return "done"
+    except CDLMError as e:
+        print(f"the live set in {out_dir} is damaged ({str(e).split('; ')[0]}): collecting it again")
+        live = None
+    found = read_json_or_none(os.path.join(out_dir, "meta.json"))
+    if live is None and isinstance(found, dict) and "splits" in found:  # never written over
+        raise CDLMError(f"option out_dir={out_dir!r} holds a prepared dataset (its meta.json): give another directory")
     d = os.path.join(out_dir, set_id)
     prog = os.path.join(d, "progress.json")
     if os.path.isfile(prog) and sizes_match(d, specs):
-        try:
-            p = read_json(prog, "")
-        except CDLMError:  # damaged by the crash: collect again
-            p = {}
-        if p.get("settings") == settings and p.get("done") == settings["n_examples"]:
+        p = read_json_or_none(prog)  # damaged by the crash: collect again
+        if progress_ok(p, settings) and p["done"] == settings["n_examples"]:
             commit(out_dir, set_id, {**meta, "teacher_final_acc": p["correct"] / p["done"]})
             return "done"
     return None
+
+
+def read_json_or_none(path):
+    try:
+        return read_json(path, "")
+    except CDLMError:
+        return None
 
 
 def main(argv):

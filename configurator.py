@@ -11,6 +11,7 @@ Every value is checked before any work starts, options whose default is None inc
 `--early_stop=no` is refused, never read as truthy. The repo's own errors (bad options, bad files,
 impossible settings) are one class, CDLMError, which each script's entry prints as one line and
 turns into exit status 2; any other exception keeps its traceback, because it is a bug.
+An option the user gave (`given`) that the run would ignore is refused too (`refuse_unused`).
 """
 import ast
 import math
@@ -64,19 +65,33 @@ class Option:
         return value
 
 
+# every seed: seed + rank and seed + row offsets (collect.py) stay below 2**64, torch's limit
+SEED = "[0, 2**63)"
+
+
+def number(text):
+    """A range's bound: 1e-3, inf, or a power written 2**63 (exact, whatever its size)."""
+    base, _, exp = text.strip().partition("**")
+    return float(int(base) ** int(exp)) if exp else float(base)
+
+
 class Interval:
-    """'[1, inf)', '(0, 1]': a range in the usual notation, printed back as written."""
+    """'[1, inf)', '(0, 1]', '[0, 2**63)', '0 or [1e-3, inf)': a range in the usual notation, or a
+    union of ranges and single values joined by 'or', printed back as written."""
 
     def __init__(self, text):
-        self.text = text.strip()
-        lo, hi = self.text[1:-1].split(",")
-        self.lo, self.hi = float(lo), float(hi)
-        self.lo_closed, self.hi_closed = self.text[0] == "[", self.text[-1] == "]"
+        self.text, self.parts = text.strip(), []
+        for part in self.text.split(" or "):
+            part = part.strip()
+            if part[0] in "[(":
+                lo, hi = part[1:-1].split(",")
+                self.parts.append((number(lo), number(hi), part[0] == "[", part[-1] == "]"))
+            else:
+                self.parts.append((number(part), number(part), True, True))
 
     def __contains__(self, v):
-        above = v >= self.lo if self.lo_closed else v > self.lo
-        below = v <= self.hi if self.hi_closed else v < self.hi
-        return above and below
+        return any((v >= lo if lo_closed else v > lo) and (v <= hi if hi_closed else v < hi)
+                   for lo, hi, lo_closed, hi_closed in self.parts)
 
 
 class Int(Option):
@@ -162,6 +177,27 @@ class List(Option):
         return f"a list of at least {self.min_len} item(s), each {self.item.describe()}"
 
 
+class Config(dict):
+    """A script's options; `given` holds the keys a config file or --key=value set (a dict built in
+    code, as tests and demo.py do, gives none: its keys are not refused as unused)."""
+
+    def __init__(self, values, given=()):
+        super().__init__(values)
+        self.given = frozenset(given)
+
+
+def refuse_unused(cfg, ignored):
+    """Refuse an option the user gave that this run would ignore. ignored: {key: why it would have
+    no effect}, for the keys this run ignores; a key at its default is not the user's."""
+    for key, why in ignored.items():
+        if key in getattr(cfg, "given", ()):
+            raise CDLMError(f"option {key}={cfg[key]!r} has no effect {why}")
+
+
+def gave(cfg, key):
+    return key in getattr(cfg, "given", ())
+
+
 def defaults(spec):
     """The plain default values of a script's options."""
     return {k: opt.default for k, opt in spec.items()}
@@ -172,20 +208,20 @@ def check(spec, cfg):
     unknown = sorted(set(cfg) - set(spec))
     if unknown:
         raise CDLMError(f"unknown option(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(spec))})")
-    return {k: opt.check(k, cfg.get(k, opt.default)) for k, opt in spec.items()}
+    return Config({k: opt.check(k, cfg.get(k, opt.default)) for k, opt in spec.items()}, getattr(cfg, "given", ()))
 
 
 def configure(spec, argv):
     """The checked options of a script: its defaults, updated by config files and --key=value in argv."""
-    cfg = defaults(spec)
+    cfg, given = defaults(spec), set()
     for arg in argv:
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
                 raise CDLMError(f"config file {arg!r} not found")
-            scope = {}
+            scope = {}  # one namespace, as a module has: comprehensions and functions see its names
             try:
                 with open(arg) as f:
-                    exec(compile(f.read(), arg, "exec"), {}, scope)
+                    exec(compile(f.read(), arg, "exec"), scope)
             except Exception as e:  # a config file is user code: say where it broke, in one line
                 raise CDLMError(f"config file {arg}: {type(e).__name__}: {e}")
             for key, value in scope.items():
@@ -194,6 +230,7 @@ def configure(spec, argv):
                 if key not in spec:
                     raise CDLMError(f"unknown option {key!r} in {arg}")
                 cfg[key] = spec[key].check(key, value)
+                given.add(key)
             continue
         key, eq, raw = arg[2:].partition("=")
         if key not in spec:
@@ -203,4 +240,5 @@ def configure(spec, argv):
                 raise CDLMError(f"expected --{key}=value, got {arg!r}")
             raw = "True"  # a bare --flag switches a boolean on
         cfg[key] = spec[key].check(key, spec[key].parse(raw))
-    return cfg
+        given.add(key)
+    return Config(cfg, given)

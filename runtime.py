@@ -1,11 +1,14 @@
 """
 Runtime plumbing shared by every script (nanochat's common module): device, precision, DDP set-up
-and collectives, clocks, random states and output checks. No script imports these from another
-script.
+and collectives, clocks, random states, output checks and the one-writer lock. No script imports
+these from another script.
 """
 import os
 import re
-from contextlib import nullcontext
+import socket
+import sys
+import time
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
 import torch
@@ -169,6 +172,90 @@ def check_writable(path, what):
         os.remove(probe)
     except OSError as e:
         raise CDLMError(f"{what} {path!r} is not writable: {e.strerror or e}")
+
+
+def check_file_writable(path, what):
+    """A file output: not a directory, and its directory writable (made if need be)."""
+    if os.path.isdir(path) or path.endswith(os.sep):
+        raise CDLMError(f"{what} {path!r} names a directory: give a file name")
+    check_writable(os.path.dirname(os.path.abspath(path)), f"the directory of {what}")
+
+
+@contextmanager
+def lock(path, what, file=False):
+    """
+    One writer per output (a directory, or with file=True a file and the files named after it),
+    held for the run through .{name}.lock beside it. A second writer is refused in one line naming
+    the holder. flock is released by the kernel when its process ends, however it ends, so a
+    killed run never blocks a rerun. Under torchrun only rank 0 writes files, so only rank 0 locks.
+    """
+    if int(os.environ.get("RANK", 0)) != 0:
+        yield
+        return
+    import fcntl
+    (check_file_writable if file else check_writable)(path, what)
+    real = os.path.realpath(path)  # one lock whichever way the path is written
+    where = os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+    try:
+        fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CDLMError(f"{what} {path!r}: its lock {where} cannot be made ({e.strerror or e}): write where the "
+                        f"parent directory is writable") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = " ".join(os.pread(fd, 2000, 0).decode(errors="replace").split()) or "starting up"
+            raise CDLMError(f"{what} {path!r} is being written by another run ({holder}): wait for it to "
+                            f"end, or write elsewhere") from None
+        try:  # who holds it, for the message above; plain writes (a full disk only loses the note)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                         f"{' '.join(sys.argv)}".encode())
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def save_figure(fig, path, dpi=120):
+    """A matplotlib figure as a PNG, written to a temporary file and renamed like every output."""
+    import io
+    import matplotlib.pyplot as plt
+    from data.common import atomic_write_bytes
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def total_memory(device):
+    """Bytes of memory on device (the GPU's, or this machine's RAM); None where unknown."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(device, what, mcfg, rows, train=False, extra_params=0):
+    """
+    Refuse at start-up sizes that cannot fit: a lower bound on the bytes of a model of ModelConfig
+    mcfg and one forward pass over `rows` sequences in float32 (with train, also the gradients,
+    AdamW's two moments and every layer's saved activations), against the device's whole memory.
+    """
+    n_layer, n_embd, n_head, vocab_size, seq_len = mcfg.n_layer, mcfg.n_embd, mcfg.n_head, mcfg.vocab_size, mcfg.seq_len
+    params = n_layer * 12 * n_embd ** 2 + (vocab_size + seq_len) * n_embd + extra_params
+    per_layer = rows * seq_len * (16 * n_embd + 2 * n_head * seq_len)
+    need = 4 * (params * (4 if train else 1) + per_layer * (n_layer if train else 1) + 2 * rows * seq_len * vocab_size)
+    have = total_memory(device)
+    if have is not None and need > have:
+        raise CDLMError(f"{what}: needs at least {need / 2 ** 30:,.1f} GiB, more than the {have / 2 ** 30:,.1f} GiB "
+                        f"of {device}: lower them")
 
 
 

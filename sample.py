@@ -28,7 +28,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from configurator import Bool, CDLMError, Float, Int, Str, configure, run_main
+from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, Str, configure, gave, refuse_unused,
+                          run_main)
 from data.common import (chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, same_data,
                          score)
 from model import load_model
@@ -36,6 +37,10 @@ from render import STEP_LEGEND, step_line
 from runtime import autocast, compiled, pick_device, pick_dtype
 
 CACHES = ("none", "exact", "prefix", "dual")
+REFRESHES = ("block", "step")
+# 0 is greedy; a positive temperature divides float64 logits, which overflow below about 1e-300
+# (every logit then reads +-inf and the sample is garbage), so a positive one starts at 1e-3
+TEMPERATURES = "0 or [1e-3, inf)"
 
 
 @dataclass
@@ -56,47 +61,54 @@ class DecodeSettings:
         """A one-line error, naming the option, for settings this model and layout cannot decode."""
         def bad(key, allowed):
             raise CDLMError(f"option {key}={getattr(self, key)!r}: {allowed}")
-        if self.block_size < 1 or gen_len % self.block_size:
+        options = decode_options()
+        for f in fields(self):  # each field's type and range, as sample.py declares them
+            if getattr(self, f.name) is None and type(None) not in typing.get_args(f.type):
+                bad(f.name, "expected a value, not None")
+            options[f.name].check(f.name, getattr(self, f.name))
+        if gen_len % self.block_size:
             bad("block_size", f"expected a divisor of gen_len={gen_len}")
         if attn == "causal" and self.block_size != 1:
             bad("block_size", "an autoregressive model decodes one token at a time (block_size=1)")
         if (self.steps_per_block is None) == (self.threshold is None):
             raise CDLMError("give exactly one of steps_per_block and threshold")
-        if self.steps_per_block is not None and not 1 <= self.steps_per_block <= self.block_size:
+        if self.steps_per_block is not None and self.steps_per_block > self.block_size:
             bad("steps_per_block", f"expected an int in [1, block_size={self.block_size}]")
-        if self.threshold is not None and not 0 < self.threshold <= 1:
-            bad("threshold", "expected a float in (0, 1]")
-        if self.cache not in CACHES:
-            bad("cache", f"expected one of {', '.join(CACHES)}")
         if self.cache == "exact" and attn == "bidirectional":
             bad("cache", "a bidirectional model has no exact cache (use 'prefix' or 'dual', approximate)")
         if self.cache in ("prefix", "dual") and attn != "bidirectional":
             bad("cache", f"a {attn} model's cache is exact: use 'exact'")
-        if self.refresh not in ("block", "step"):
-            bad("refresh", "expected 'block' or 'step'")
-        if not self.temperature >= 0:
-            bad("temperature", "expected a float in [0, inf)")
         return self
 
 
 def decode_options():
-    """sample.py's options for DecodeSettings: one per field, typed by it; None keeps the checkpoint's."""
-    kinds = {int: Int, float: Float, bool: Bool, str: Str}
-    base = lambda t: next(a for a in typing.get_args(t) if a is not type(None)) if typing.get_args(t) else t
-    return {f.name: kinds[base(f.type)](None) for f in fields(DecodeSettings)}
+    """sample.py's options for DecodeSettings, one per field, with the ranges check() enforces;
+    None keeps the checkpoint's setting."""
+    return dict(block_size=Int(None, "[1, inf)"), steps_per_block=Int(None, "[1, inf)"),
+                threshold=Float(None, "(0, 1]"), cache=Choice(None, *CACHES), refresh=Choice(None, *REFRESHES),
+                early_stop=Bool(None), temperature=Float(None, TEMPERATURES))
 
 
 def decode_settings(ckpt, overrides):
-    """The checkpoint's stored decoding settings, updated by the non-None overrides."""
+    """The checkpoint's stored decoding settings, updated by the non-None overrides; an override that
+    would have no effect is refused."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "steps_per_block" in given and "threshold" in given:
+        raise CDLMError(f"options steps_per_block={given['steps_per_block']} and threshold={given['threshold']}: "
+                        f"give one (a fixed count of tokens per step, or a confidence to finalize at), not both")
     stored = DecodeSettings(**ckpt["sampling"])
-    s = {**asdict(stored), **{k: v for k, v in overrides.items() if v is not None}}
-    if overrides.get("steps_per_block") is not None:
+    s = {**asdict(stored), **given}
+    if "steps_per_block" in given:
         s["threshold"] = None
-    elif overrides.get("threshold") is not None:
+    elif "threshold" in given:
         s["steps_per_block"] = None
     elif stored.steps_per_block == stored.block_size:  # one token per step stays one per step
         s["steps_per_block"] = s["block_size"]
-    return DecodeSettings(**s).check(ckpt["model_config"]["attn"], ckpt["data_meta"]["gen_len"])
+    st = DecodeSettings(**s).check(ckpt["model_config"]["attn"], ckpt["data_meta"]["gen_len"])
+    if "refresh" in given and st.cache not in ("prefix", "dual"):
+        raise CDLMError(f"option refresh={st.refresh!r} has no effect with cache={st.cache!r}: it is for the "
+                        f"approximate caches 'prefix' and 'dual'")
+    return st
 
 
 def tokens_per_step(block_size, steps_per_block):
@@ -347,12 +359,12 @@ config = dict(
     show=Bool(False),                   # print the answer after every step, with confidences
     eval=Bool(False),                   # score on a data split instead
     split=Str("test"),
-    num_eval=Int(500, "[1, inf)"),
+    num_eval=Int(500, "[1, inf)"),      # problems to score (the default: at most)
     batch_size=Int(64, "[1, inf)"),
     data_dir=Str(None),                 # None: where the checkpoint's data was prepared
     # decoding (DecodeSettings); None keeps the checkpoint's own setting, stored by train.py
     **decode_options(),
-    seed=Int(1337, "[0, inf)"),
+    seed=Int(1337, SEED),               # the sampling noise (temperature > 0)
     device=Str("auto"),
     dtype=Str("auto"),                  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
     compile=Bool(False),                # torch.compile the forward: pays off over many decodes (--eval)
@@ -373,17 +385,25 @@ def main(argv):
     cfg = configure(config, argv)
     device = pick_device(cfg["device"])
     ctx = autocast(device, pick_dtype(cfg["dtype"], device))
-    if not cfg["eval"] and not cfg["prompt"]:
-        raise CDLMError("give --prompt=... or --eval")
+    if cfg["eval"] == bool(cfg["prompt"]):
+        raise CDLMError("give --prompt=... or --eval" + (", not both" if cfg["eval"] else ""))
+    if cfg["eval"] and cfg["show"]:
+        raise CDLMError("option show=True has no effect with --eval: it prints the steps of one --prompt")
+    refuse_unused(cfg, {k: "without --eval" for k in ("split", "num_eval", "batch_size", "data_dir") if not cfg["eval"]})
     torch.manual_seed(cfg["seed"])
     overrides = {f.name: cfg[f.name] for f in fields(DecodeSettings)}
     model, ckpt, settings = load_for_decoding(os.path.join(cfg["out_dir"], "ckpt.pt"), overrides, device)
+    if settings.temperature == 0:
+        refuse_unused(cfg, {"seed": "at temperature 0: greedy decoding draws no noise"})
     meta, tok = ckpt["data_meta"], get_tokenizer(ckpt["data_meta"])
     model = compiled(model, cfg["compile"])
     if cfg["eval"]:
         from tqdm import tqdm
         data_dir, _ = checkpoint_data(ckpt, cfg["data_dir"])
-        rows = load_split(data_dir, cfg["split"], meta)[:cfg["num_eval"]]
+        rows = load_split(data_dir, cfg["split"], meta)
+        if gave(cfg, "num_eval") and cfg["num_eval"] > len(rows):
+            raise CDLMError(f"option num_eval={cfg['num_eval']}: the {cfg['split']} split of {data_dir} has {len(rows)} problems")
+        rows = rows[:cfg["num_eval"]]
         t0 = time.time()
         with tqdm(total=len(rows), desc=f"eval {cfg['split']}", file=sys.stderr) as bar, ctx:
             ev = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["seed"], bar)

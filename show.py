@@ -16,54 +16,54 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 
 import numpy as np
 import torch
 
-from configurator import CDLMError, Choice, Int, List, Str, configure, run_main
-from data.common import atomic_write_bytes, checkpoint_data, encode_prompt, get_tokenizer, load_split
-from model import attention_mask
+from bench import METHODS, decoded_tokens, load_models, needs
+from configurator import SEED, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
+from data.common import atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split
+from data.trajectories import load_trajectories
+from model import ROLES, attention_mask, read_checkpoint
 from render import DIM, LEGEND, NEW, OFF, token_texts
-from runtime import pick_device
-from bench import METHODS, decoded_tokens, load_models
+from runtime import lock, pick_device, save_figure
 from sample import DecodeSettings, generate
-from train import LOSSES, Y_STARS
+from train import LOSSES, Y_STARS, draw_states, noise_answers
 
 config = dict(
     view=Choice("compare", "compare", "masks", "states", "confidence", "infill"),
     prompt=Str("5:+3*7+2*4+1="),
-    state=Str(None),                    # confidence: the answer so far, '_' where masked (the rest masked)
+    state=Str(None),                    # the answer so far, '_' where masked (the rest masked)
     methods=List(list(METHODS), Choice(None, *METHODS)),
-    teacher_dir=Str("out/teacher"),
-    student_dir=Str("out/student"),
-    ar_dir=Str("out/ar"),
-    traj_dir=Str("out/trajectories"),   # states: the trajectory set to draw from
-    index=Int(0, "[0, inf)"),           # states: which stored trajectory
-    y_star=Choice(None, *Y_STARS),  # states: None is the student's reading
-    html=Str(None),                     # compare: also write the replay here
-    png=Str(None),                      # masks, states: also draw a picture here (needs matplotlib)
+    teacher_dir=Str("out/teacher"), student_dir=Str("out/student"), ar_dir=Str("out/ar"),
+    traj_dir=Str("out/trajectories"), index=Int(0, "[0, inf)"),  # the stored trajectory to draw a state from
+    y_star=Choice(None, *Y_STARS),      # None is the student's reading
+    html=Str(None), png=Str(None),      # also write the replay here, or draw a picture (needs matplotlib)
     color=Choice("auto", "auto", "always", "never"),
-    num_eval=Int(500, "[1, inf)"),      # infill: test problems
-    data_dir=Str(None),
-    seed=Int(1337, "[0, inf)"),
-    device=Str("cpu"),
+    num_eval=Int(500, "[1, inf)"),      # test problems (the default: at most)
+    data_dir=Str(None), seed=Int(1337, SEED), device=Str("cpu"),
 )
+# the views that read each option (and the checkpoints their methods need): given to another, refused
+READ_BY = dict(prompt="compare confidence", state="confidence", methods="compare", traj_dir="states", index="states",
+               y_star="states", html="compare", png="masks states", color="compare", num_eval="infill",
+               data_dir="infill", seed="states", device="compare states confidence infill")
+NEED = {"confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"], "states": ["cdlm"], "masks": []}
+
 # -----------------------------------------------------------------------------
 # compare: every method on one prompt
 
 def trace(model, meta, prompt, settings):
     """Decode one prompt (1, prompt_len) and keep every step: tokens, what was finalized, confidences."""
-    frames, t0 = [], time.perf_counter()
+    frames, t0, P = [], time.perf_counter(), meta["prompt_len"]
 
     def on_step(ev):
         bs, lo = ev.picked.size(1), ev.block * ev.picked.size(1)
-        picked = [False] * meta["gen_len"]
-        conf = [None] * meta["gen_len"]
+        picked, conf = [False] * meta["gen_len"], [None] * meta["gen_len"]
         for j in range(bs):
             c = ev.conf[0, j].item()
             conf[lo + j] = None if c == float("-inf") else round(c, 3)
             picked[lo + j] = bool(ev.picked[0, j])
-        P = meta["prompt_len"]
         frames.append(dict(tokens=ev.tokens[0].tolist(), picked=picked, conf=conf, nfe=ev.nfe[0].item(),
                            ms=round(1000 * (time.perf_counter() - t0), 2), lo=ev.lo - P, hi=ev.hi - P))
     out = generate(model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], settings, on_step=on_step)
@@ -120,16 +120,14 @@ def render_compare(runs, tok, meta, color):
 REPLAY = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CDLM decoding replay</title>
 <style>
-body{font-family:system-ui,sans-serif;margin:24px;color:#222}
-h1{font-size:18px} .prompt{font-family:monospace;font-size:15px}
-table{border-collapse:collapse;margin-top:12px} td{padding:0}
+body{font-family:system-ui,sans-serif;margin:24px;color:#222} h1{font-size:18px} .prompt{font-family:monospace;font-size:15px}
+table{border-collapse:collapse;margin-top:12px} td{padding:0} #controls{margin:12px 0} .about{font-size:12px;color:#666}
 td.name{font-family:monospace;padding-right:12px;white-space:nowrap;font-size:13px}
 td.info{font-family:monospace;font-size:12px;padding-left:12px;white-space:nowrap;color:#555}
 span.c{display:inline-block;min-width:14px;height:22px;line-height:22px;text-align:center;font-family:monospace;
 font-size:14px;border-bottom:3px solid transparent;border-left:1px solid #eee}
 span.b{border-left:2px solid #333} span.m{color:#bbb} span.n{outline:2px solid #d33;font-weight:bold}
 span.k{border-bottom-color:#39c} .legend span.c{margin-right:4px}
-#controls{margin:12px 0} .about{font-size:12px;color:#666}
 </style></head><body>
 <h1>Decoding one prompt with every method</h1>
 <div class="prompt">prompt: PROMPT</div>
@@ -167,18 +165,15 @@ function draw() {
     info.textContent = (done ? "done: " : "") + "nfe " + f.nfe + ", " + f.ms.toFixed(1) + " ms";
   }
 }
-slider.oninput = draw;
-let timer = null;
+slider.oninput = draw; let timer = null;
 document.getElementById("play").onclick = () => {
   if (timer) { clearInterval(timer); timer = null; return; }
   if (+slider.value >= +slider.max) slider.value = 1;
   timer = setInterval(() => { if (+slider.value >= +slider.max) { clearInterval(timer); timer = null; return; }
                                slider.value = +slider.value + 1; draw(); }, 250);
 };
-const start = location.hash.match(/step=(\\d+)/);  // replay.html#step=5 opens at step 5
-if (start) slider.value = start[1];
-document.getElementById("about").innerHTML = RUNS.map(r => "<div class='about'><b>" + r.name + "</b>: " +
-  r.about + "</div>").join("");
+const start = location.hash.match(/step=(\\d+)/); if (start) slider.value = start[1];  // replay.html#step=5
+document.getElementById("about").innerHTML = RUNS.map(r => "<div class='about'><b>" + r.name + "</b>: " + r.about + "</div>").join("");
 draw();
 </script></body></html>
 """
@@ -196,12 +191,10 @@ def replay_html(runs, tok, meta, prompt):
 # masks, training states, confidences, infilling
 
 def mask_grids(prompt_len=2, block_size=3, n_blocks=3, decoding=2):
-    """
-    The three masks for a prompt and n_blocks blocks ('#' may attend, '.' may not), and the
+    """The three masks for a prompt and n_blocks blocks ('#' may attend, '.' may not), and the
     block-causal mask while block `decoding` is decoded with the exact cache: 'C' keys read from
-    the cache, '#' keys computed in this pass, rows not computed at all left blank.
-    Returns (labels, [(title, rows of cells)]).
-    """
+    the cache, '#' keys computed in this pass, rows not computed at all left blank. Returns
+    (labels, [(title, rows of cells)])."""
     T = prompt_len + block_size * n_blocks
     labels = ["p"] * prompt_len + [str(b) for b in range(n_blocks) for _ in range(block_size)]
     grids = [(mode, [["#" if v else "." for v in row] for row in attention_mask(mode, T, prompt_len, block_size).tolist()])
@@ -232,7 +225,7 @@ def save_png(path, panels, rows=None, cols=None):
         raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)") from None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + (1 if rows else 0), 3.8), squeeze=False)
     for ax, (title, grid, key) in zip(axes[0], panels):
-        codes = sorted(key)
+        codes = sorted({c for row in grid for c in row})
         ax.imshow([[codes.index(c) for c in row] for row in grid], cmap=ListedColormap([key[c][0] for c in codes]),
                   vmin=0, vmax=max(1, len(codes) - 1))
         ax.set_title(title, fontsize=9)
@@ -245,21 +238,17 @@ def save_png(path, panels, rows=None, cols=None):
         for c in codes:
             ax.plot([], [], "s", color=key[c][0], label=key[c][1])
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=2, frameon=False)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)
     print(f"wrote {path}")
 
 
 def training_state(cfg, device):
     """One stored trajectory, one drawn (y, y*) pair of the student's reading, and what each position
     is trained on."""
-    from data.trajectories import load_trajectories
-    from model import read_checkpoint
-    from train import draw_states, noise_answers
-    arrays, tmeta = load_trajectories(cfg["traj_dir"])
     student = read_checkpoint(os.path.join(cfg["student_dir"], "ckpt.pt"), device, "cdlm", "student_dir")
     meta, y_star = student["data_meta"], cfg["y_star"] or student["config"]["y_star"]
+    arrays, tmeta = load_trajectories(cfg["traj_dir"], student["teacher_hash"], meta["gen_len"],  # the student's own
+                                      student["model_config"]["block_size"], data_fingerprint(meta))
     i = cfg["index"]
     if i >= tmeta["n"]:
         raise CDLMError(f"option index={i}: {cfg['traj_dir']} holds {tmeta['n']} trajectories")
@@ -293,8 +282,7 @@ def proposals(model, meta, prompt, state):
     with torch.no_grad():
         logits = model(torch.cat([prompt, state], 1))[0, meta["prompt_len"]:]
     logits[:, meta["mask_id"]] = float("-inf")
-    p = logits.float().softmax(-1)
-    return p.max(-1)
+    return logits.float().softmax(-1).max(-1)
 
 
 def confidence_view(cfg, models, meta, tok):
@@ -353,8 +341,7 @@ def infill_probes(tok, meta, rows, device):
 
 
 def infill(models, meta, probes):
-    """
-    Accuracy of filling each probe's holes. The bidirectional teacher sees both sides of a hole and
+    """Accuracy of filling each probe's holes. The bidirectional teacher sees both sides of a hole and
     fills holes in any order; the block-causal student and the AR model see what precedes it (the
     rest of the answer is masked), as they decode.
     """
@@ -373,7 +360,21 @@ def infill(models, meta, probes):
 
 def main(argv):
     cfg = configure(config, argv)
-    device = pick_device(cfg["device"])
+    view = cfg["view"]
+    need = cfg["methods"] if view == "compare" else NEED[view]
+    dirs = {ROLES[r].option for name in need for r in needs(name)}
+    refuse_unused(cfg, {k: f"with --view={view}" for k, views in READ_BY.items() if view not in views.split()}
+                  | {k: f"with --view={view}: no method shown needs it" for k in (r.option for r in ROLES.values()) if k not in dirs})
+    if cfg["png"] and not cfg["png"].endswith(".png"):
+        raise CDLMError(f"option png={cfg['png']!r}: expected a file name ending in .png")
+    with ExitStack() as outputs:  # every output proven writable, and held, before any work
+        for key in ("html", "png"):
+            if cfg[key]:
+                outputs.enter_context(lock(cfg[key], f"option {key}", file=True))
+        run(cfg, pick_device(cfg["device"]), need)
+
+
+def run(cfg, device, need):
     torch.manual_seed(cfg["seed"])
     if cfg["view"] == "masks":
         labels, grids = mask_grids()
@@ -381,8 +382,7 @@ def main(argv):
         if cfg["png"]:
             key = {"#": ("#2a7", "may attend"), ".": ("#eee", "hidden"), "C": ("#39c", "read from the cache"),
                    " ": ("#fff", "not computed")}
-            save_png(cfg["png"], [(t, g, {c: key[c] for c in {c for row in g for c in row}}) for t, g in grids],
-                     rows=labels, cols=labels)
+            save_png(cfg["png"], [(t, g, key) for t, g in grids], rows=labels, cols=labels)
         return
     if cfg["view"] == "states":
         text, rows = training_state(cfg, device)
@@ -393,11 +393,9 @@ def main(argv):
                    ".": ("#eee", "nothing"), "_": ("#bbb", "masked"), "k": ("#555", "final")}
             grid = [["_" if c == "_" else "k" for c in cells] if name in ("y", "y*", "y' (consistency)") else cells
                     for name, cells in rows[1:]]
-            save_png(cfg["png"], [("one training state of the block", grid,
-                                   {c: key[c] for c in {c for row in grid for c in row}})],
-                     rows=[name for name, _ in rows[1:]], cols=rows[0][1])
+            save_png(cfg["png"], [("one training state of the block", grid, key)], rows=[n for n, _ in rows[1:]],
+                     cols=rows[0][1])
         return
-    need = {"compare": cfg["methods"], "confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"]}[cfg["view"]]
     models = load_models(cfg, need, device)
     meta = next(iter(models.values()))[1]["data_meta"]
     tok = get_tokenizer(meta)
@@ -405,7 +403,10 @@ def main(argv):
         print(confidence_view(cfg, models, meta, tok))
     elif cfg["view"] == "infill":
         data_dir, _ = checkpoint_data(next(iter(models.values()))[1], cfg["data_dir"])
-        probes = infill_probes(tok, meta, load_split(data_dir, "test", meta)[:cfg["num_eval"]], device)
+        rows = load_split(data_dir, "test", meta)
+        if gave(cfg, "num_eval") and cfg["num_eval"] > len(rows):
+            raise CDLMError(f"option num_eval={cfg['num_eval']}: the test split of {data_dir} has {len(rows)} problems")
+        probes = infill_probes(tok, meta, rows[:cfg["num_eval"]], device)
         acc = infill(models, meta, probes)
         print("| hole | n | " + " | ".join(f"{w} ({models[w][0].cfg.attn})" for w in models) + " |")
         print("|---|---|" + "---|" * len(models))
@@ -416,7 +417,6 @@ def main(argv):
         color = cfg["color"] == "always" or (cfg["color"] == "auto" and sys.stdout.isatty())
         print(render_compare(runs, tok, meta, color))
         if cfg["html"]:
-            os.makedirs(os.path.dirname(os.path.abspath(cfg["html"])), exist_ok=True)
             atomic_write_bytes(cfg["html"], replay_html(runs, tok, meta, cfg["prompt"]).encode())
             print(f"wrote {cfg['html']}")
 

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configurator import Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, run_main
-from data.common import load_meta, load_split, same_data
+from configurator import SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, refuse_unused, run_main
+from data.common import data_fingerprint, load_meta, load_split, same_data
 from data.trajectories import load_trajectory_sets
 from model import (ROLES, ModelConfig, Transformer, add_lora, merged_state_dict, read_checkpoint, save_checkpoint,
                    weights_hash)
-from runtime import check_writable, end_runtime, gather_objects, rng_state, set_rng_state, setup_runtime
+from runtime import check_file_writable, check_memory, end_runtime, gather_objects, lock, rng_state, set_rng_state, setup_runtime
 from sample import DecodeSettings
 
 class Pass(NamedTuple):
@@ -73,15 +73,12 @@ config = dict(
     dropout=Float(0.0, "[0, 1)"),
     block_size=Int(8, "[1, inf)"),     # diffusion block; the student's mask and its trajectories use it
     # optimization
-    batch_size=Int(64, "[1, inf)"),
-    max_iters=Int(2000, "[1, inf)"),
-    learning_rate=Float(1e-3, "(0, inf)"),
-    min_lr=Float(1e-4, "[0, inf)"),
-    warmup_iters=Int(100, "[0, inf)"),
-    weight_decay=Float(0.1, "[0, inf)"),
+    batch_size=Int(64, "[1, inf)"), max_iters=Int(2000, "[1, inf)"),
+    learning_rate=Float(1e-3, "(0, inf)"), min_lr=Float(1e-4, "[0, inf)"),
+    warmup_iters=Int(100, "[0, inf)"), weight_decay=Float(0.1, "[0, inf)"),
     beta1=Float(0.9, "[0, 1)"), beta2=Float(0.99, "[0, 1)"),
     grad_clip=Float(1.0, "[0, inf)"),  # 0: no clipping
-    eps=Float(1e-3, "(0, 1)"),         # smallest mask ratio t of the diffusion objective
+    eps=Float(1e-3, "[1e-6, 1)"),      # smallest mask ratio t of the diffusion objective (float32 t, 1/t)
     # CDLM student (mode='cdlm', Sec. 4.2)
     teacher_dir=Str("out/teacher"),    # the student starts from, and distills, this checkpoint
     traj_dirs=List(["out/trajectories"], Str(None)),  # trajectory sets of that teacher (e.g. per temperature)
@@ -92,14 +89,14 @@ config = dict(
     lora_alpha=Float(16.0, "(0, inf)"),
     threshold=Float(0.9, "(0, 1]"),    # decoding default stored with the student checkpoint
     # logging and runtime
-    eval_interval=Int(250, "[1, inf)"),  # also the checkpoint interval
-    eval_iters=Int(20, "[1, inf)"),
-    seed=Int(1337, "[0, inf)"),
-    device=Str("auto"),
+    eval_interval=Int(250, "[1, inf)"), eval_iters=Int(20, "[1, inf)"),  # the interval is also the checkpoints'
+    seed=Int(1337, SEED), device=Str("auto"),
     dtype=Str("auto"),                 # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
     compile=Bool(False),               # torch.compile the model (PyTorch 2, mostly worth it on CUDA)
 )
 ATTN = {r.mode: r.attn for r in ROLES.values()}  # mode -> the mask it trains
+STUDENT_ONLY = ("teacher_dir", "traj_dirs", "y_star", "dlm_noise", *(f"w_{name}" for name in LOSSES), "lora_alpha",
+                "threshold")  # the options only mode='cdlm' reads
 # what a resumed run must share with the run it continues
 SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise")
 
@@ -309,17 +306,26 @@ def check_config(cfg):
         raise CDLMError(f"option lora_rank={cfg['lora_rank']}: LoRA is for the student (mode='cdlm')")
     if mode == "cdlm" and sum(cfg[f"w_{name}"] for name in LOSSES) == 0:
         raise CDLMError(f"options {', '.join(f'w_{name}' for name in LOSSES)} are all 0: nothing to train")
+    ignored = dict(lora_alpha="without lora_rank > 0") if not cfg["lora_rank"] else {}
+    ignored |= dict(dlm_noise="with w_dlm=0 (no DLM loss)") if cfg["w_dlm"] == 0 else {}
+    ignored |= dict.fromkeys(STUDENT_ONLY * (mode != "cdlm"), f"with mode={mode!r}: it is for the student (mode='cdlm')")
+    refuse_unused(cfg, ignored | dict.fromkeys(("block_size", "eps") * (mode == "ar"), "with mode='ar': no blocks, no noise"))
     meta = load_meta(cfg["data_dir"])
     if mode != "ar" and meta["gen_len"] % cfg["block_size"]:
         raise CDLMError(f"option block_size={cfg['block_size']}: gen_len={meta['gen_len']} of "
                         f"{cfg['data_dir']} is not a multiple of it")
     data = {s: load_split(cfg["data_dir"], s, meta) for s in ("train", "val")}
-    check_writable(cfg["out_dir"], "option out_dir")
+    check_file_writable(os.path.join(cfg["out_dir"], "ckpt.pt"), "the checkpoint of option out_dir")
     return cfg, meta, data
 
 
 def train(cfg):
     cfg, meta, data = check_config(cfg)
+    with lock(cfg["out_dir"], "option out_dir"):  # one writer per checkpoint folder
+        return _train(cfg, meta, data)
+
+
+def _train(cfg, meta, data):
     rt = setup_runtime(cfg)
     P, gen_len, mode = meta["prompt_len"], meta["gen_len"], cfg["mode"]
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
@@ -328,9 +334,14 @@ def train(cfg):
         teacher = read_checkpoint(os.path.join(cfg["teacher_dir"], "ckpt.pt"), rt.device, "dlm", "teacher_dir")
         if not same_data(teacher["data_meta"], meta):
             raise CDLMError(f"the teacher in {cfg['teacher_dir']} was trained on other data than {cfg['data_dir']}")
-        traj = load_trajectory_sets(cfg["traj_dirs"], teacher["weights_hash"], gen_len, cfg["block_size"])
+        traj = load_trajectory_sets(cfg["traj_dirs"], teacher["weights_hash"], gen_len, cfg["block_size"],
+                                    data_fingerprint(meta))
     if cfg["init_from"] == "resume":
-        init = read_checkpoint(ckpt_path, rt.device, mode, "out_dir")
+        try:
+            init = read_checkpoint(ckpt_path, rt.device, mode, "out_dir")
+        except CDLMError as e:  # what a rerun can do about it
+            raise CDLMError(f"{e}; to start over in {cfg['out_dir']} instead, rerun with --init_from="
+                            f"{'teacher' if mode == 'cdlm' else 'scratch'} (it replaces the checkpoint)") from None
         changed = [k for k in SAME_ON_RESUME if init["config"].get(k) != cfg[k]]
         if changed or not same_data(init["data_meta"], meta):
             was = ", ".join(f"{k}={init['config'].get(k)!r}" for k in changed) or "other data"
@@ -342,11 +353,17 @@ def train(cfg):
         mcfg = ModelConfig(**init["model_config"])
         iter_num, best_val = init["iter_num"], init["best_val_loss"]
     elif cfg["init_from"] == "teacher":
-        mcfg = ModelConfig(**{**teacher["model_config"], "attn": ATTN[mode], "block_size": cfg["block_size"]})
+        tm = teacher["model_config"]
+        refuse_unused(cfg, {k: f"with init_from='teacher': the student has its teacher's {k}={tm[k]}"
+                            for k in ("n_layer", "n_head", "n_embd", "dropout") if cfg[k] != tm[k]})
+        mcfg = ModelConfig(**{**tm, "attn": ATTN[mode], "block_size": cfg["block_size"]})
     else:
         mcfg = ModelConfig(vocab_size=meta["vocab_size"], seq_len=P + gen_len, prompt_len=P,
                            block_size=1 if mode == "ar" else cfg["block_size"], n_layer=cfg["n_layer"],
                            n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], attn=ATTN[mode])
+    check_memory(rt.device, f"options batch_size={cfg['batch_size']}, n_layer={mcfg.n_layer}, n_embd={mcfg.n_embd}, "
+                 f"lora_rank={cfg['lora_rank']}", mcfg, cfg["batch_size"] * (3 if mode == "cdlm" else 1),  # y, DLM, y*
+                 train=True, extra_params=cfg["lora_rank"] * 16 * mcfg.n_embd * mcfg.n_layer)
     model = Transformer(mcfg).to(rt.device)
     if cfg["init_from"] == "teacher":
         model.load_state_dict(teacher["model"])
@@ -407,7 +424,7 @@ def train(cfg):
         save_checkpoint(dict(model_config=asdict(mcfg), model=weights, weights_hash=weights_hash(weights),
                              lora_state=raw_model.state_dict() if cfg["lora_rank"] else None,
                              optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=states,
-                             iter_num=iter_num, best_val_loss=best_val, config=cfg, data_meta=meta,
+                             iter_num=iter_num, best_val_loss=best_val, config=dict(cfg), data_meta=meta,
                              teacher_hash=teacher["weights_hash"] if teacher else None,
                              sampling=asdict(sampling_defaults(cfg))), ckpt_path)
 

@@ -174,11 +174,40 @@ def read_json(path, what):
 
 
 def load_meta(data_dir):
-    meta = read_json(os.path.join(data_dir, "meta.json"),
-                     f"prepare the data first: python data/<task>/prepare.py --out_dir={data_dir}")
-    missing = [k for k in LAYOUT_KEYS + ("splits", "dtype", "answer_marker") if k not in meta]
-    if missing:
-        raise CDLMError(f"{data_dir}/meta.json lacks {', '.join(missing)}: prepare the data again")
+    path = os.path.join(data_dir, "meta.json")
+    return check_meta(read_json(path, f"prepare the data first: python data/<task>/prepare.py --out_dir={data_dir}"),
+                      path, f"prepare the data again (python data/<task>/prepare.py --out_dir={data_dir} rewrites it)")
+
+
+def is_int(v, lo=0, hi=float("inf")):
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi
+
+
+def check_meta(meta, path, fix):
+    """A dataset's meta.json, field by field: a bad one is named with its file and field."""
+    def need(ok, field):
+        if not ok:
+            have = repr(meta.get(field, "missing"))[:60] if isinstance(meta, dict) else "not an object"
+            raise CDLMError(f"{path}: field {field} is wrong ({have}); {fix}")
+    need(isinstance(meta, dict), "(the whole file)")
+    need(meta.get("tokenizer") in ("char", "bpe", "gpt2"), "tokenizer")
+    need(meta.get("dtype") in ("uint8", "uint16"), "dtype")
+    need(is_int(meta.get("vocab_size"), 4, 256 if meta["dtype"] == "uint8" else 2 ** 16), "vocab_size")
+    for field in ("pad_id", "mask_id", "eos_id"):
+        need(is_int(meta.get(field), 0, meta["vocab_size"]), field)
+    for field in ("prompt_len", "gen_len"):
+        need(is_int(meta.get(field), 1), field)
+    splits = meta.get("splits")
+    need(isinstance(splits, dict) and all(isinstance(k, str) and is_int(n, 1) for k, n in splits.items()), "splits")
+    need(isinstance(meta.get("answer_marker"), str) and meta["answer_marker"] != "", "answer_marker")
+    need(isinstance(meta.get("settings", {}), dict), "settings")
+    if meta["tokenizer"] == "char":
+        need(isinstance(meta.get("chars"), str) and len(meta["chars"]) + 3 == meta["vocab_size"], "chars")
+    if meta["tokenizer"] == "bpe":
+        bpe = meta.get("bpe")
+        need(isinstance(bpe, dict) and isinstance(bpe.get("pattern"), str) and isinstance(bpe.get("alphabet"), str)
+             and isinstance(bpe.get("ranks"), list) and all(isinstance(h, str) and re.fullmatch(r"([0-9a-f]{2})+", h)
+                                                            for h in bpe["ranks"]), "bpe")
     return meta
 
 
@@ -318,6 +347,10 @@ def atomic_write_bytes(path, data):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # disk full, permissions: the old file, if any, is still whole
+        try:
+            os.remove(tmp)  # and no stray .tmp beside it
+        except OSError:
+            pass
         raise CDLMError(f"cannot write {path}: {e.strerror or e}") from None
 
 

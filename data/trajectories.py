@@ -15,7 +15,8 @@ A set is written in partial/, renamed to set-<id> when complete, and becomes the
 meta.json (written to a temporary file, then renamed) names it. A reader therefore sees the old
 complete set or the new complete set, whatever instant a crash hits; a rerun finds what it can
 reuse (a complete set not yet committed, or partial chunks with matching settings and sizes) and
-removes the rest.
+removes the rest. A live set found damaged (meta.json corrupt or of the wrong shape, a file missing
+or truncated) is collected again by the same rerun: collect.py is the one repair.
 """
 import os
 import shutil
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from configurator import CDLMError
-from data.common import atomic_write_json, read_json
+from data.common import atomic_write_json, is_int, read_json
 
 FIELDS = ("prompt", "tokens", "step", "hidden", "truth")
 
@@ -62,7 +63,7 @@ class Writer:
                 p = read_json(prog, "")
             except CDLMError:
                 p = {}
-            if p.get("settings") == self.settings and sizes_match(self.dir, self.specs):
+            if progress_ok(p, self.settings) and sizes_match(self.dir, self.specs):
                 return p["done"], p["correct"]
             print(f"{self.dir} holds work of other settings or damaged files: starting over")
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -117,35 +118,65 @@ def remove_stale(out_dir, set_id):
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
 
 
+def progress_ok(p, settings):
+    """A progress.json of these settings whose counts are counts."""
+    return isinstance(p, dict) and p.get("settings") == settings and is_int(p.get("done"), 0, settings["n_examples"] + 1) \
+        and is_int(p.get("correct"), 0, p["done"] + 1)
+
+
+REPAIR = "run collect.py again with the options that made it: it collects the set again"
+
+
+def check_commit(meta, path):
+    """The commit record, field by field: a bad one is named with its file and field."""
+    def need(ok, field):
+        if not ok:
+            have = repr(meta.get(field, "missing"))[:60] if isinstance(meta, dict) else "not an object"
+            raise CDLMError(f"{path}: field {field} is wrong ({have}); {REPAIR}")
+    need(isinstance(meta, dict), "(the whole file)")
+    need(isinstance(meta.get("set"), str) and meta["set"].startswith("set-") and os.sep not in meta["set"], "set")
+    for field in ("n", "gen_len", "block_size", "prompt_len", "vocab_size", "n_embd"):
+        need(is_int(meta.get(field), 1), field)
+    st = meta.get("settings")
+    need(isinstance(st, dict) and all(isinstance(st.get(k), str) for k in ("teacher_hash", "data")), "settings")
+    n, P, L, C = (meta[k] for k in ("n", "prompt_len", "gen_len", "n_embd"))
+    shapes = dict(prompt=[n, P], tokens=[n, L], step=[n, L], hidden=[n, L, C], truth=[n, L])
+    f = meta.get("fields")
+    need(isinstance(f, dict) and all(isinstance(f.get(k), list) and len(f[k]) == 2 and f[k][0] == shapes[k]
+                                     and f[k][1] in ("uint8", "uint16", "int16", "float16", "float32")
+                                     for k in FIELDS), "fields")
+    return meta
+
+
 def committed(out_dir):
     """The meta.json of the live set, or None (no set, or one from an older format)."""
     path = os.path.join(out_dir, "meta.json")
     if not os.path.isfile(path):
         return None
-    meta = read_json(path, "collect the trajectories again")
-    return meta if "set" in meta else None
+    meta = read_json(path, REPAIR)
+    return check_commit(meta, path) if not isinstance(meta, dict) or "set" in meta else None
 
 
-def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None):
-    """The live set's arrays as read-only memmaps, and its meta; refuses a set that does not match."""
+def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None, data=None):
+    """The live set's arrays as read-only memmaps, and its meta; refuses a set that does not match
+    (the teacher's weights hash, the layout, the data's fingerprint) or whose files are damaged."""
     meta = committed(traj_dir)
     if meta is None:
         raise CDLMError(f"no trajectories at {traj_dir} (run `python collect.py` first)")
-    try:
-        specs = {k: (tuple(s), d) for k, (s, d) in meta["fields"].items()}
-        have = dict(teacher_hash=meta["settings"]["teacher_hash"], gen_len=meta["gen_len"], block_size=meta["block_size"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CDLMError(f"{traj_dir}/meta.json is corrupt ({type(e).__name__}: {e}): collect again")
-    for key, want in dict(teacher_hash=teacher_hash, gen_len=gen_len, block_size=block_size).items():
+    specs = {k: (tuple(s), d) for k, (s, d) in meta["fields"].items()}
+    have = dict(teacher_hash=meta["settings"]["teacher_hash"], gen_len=meta["gen_len"], block_size=meta["block_size"],
+                data=meta["settings"]["data"])
+    for key, want in dict(teacher_hash=teacher_hash, gen_len=gen_len, block_size=block_size, data=data).items():
         if want is not None and have[key] != want:
-            what = "another teacher" if key == "teacher_hash" else f"{key}={have[key]}"
-            raise CDLMError(f"trajectories in {traj_dir} come from {what}, but this run needs "
-                            f"{'the teacher in use' if key == 'teacher_hash' else f'{key}={want}'}: collect them again")
+            what = dict(teacher_hash="another teacher", data="other data").get(key, f"{key}={have[key]}")
+            need = dict(teacher_hash="the teacher in use", data="the data in use").get(key, f"{key}={want}")
+            raise CDLMError(f"trajectories in {traj_dir} come from {what}, but this run needs {need}: collect them again "
+                            f"(collect.py --teacher_dir=<that teacher>{f' --block_size={want}' if key == 'block_size' else ''})")
     d = os.path.join(traj_dir, meta["set"])
     for name in FIELDS:
         f = os.path.join(d, f"{name}.bin")
         if not os.path.isfile(f) or os.path.getsize(f) != nbytes(specs[name]):
-            raise CDLMError(f"{f} is missing or truncated (expected {nbytes(specs[name])} bytes): collect again")
+            raise CDLMError(f"{f} is missing or truncated (expected {nbytes(specs[name])} bytes); {REPAIR}")
     arrays = {k: np.memmap(os.path.join(d, f"{k}.bin"), dtype=specs[k][1], mode="r", shape=specs[k][0])
               for k in FIELDS}
     return arrays, meta
@@ -170,5 +201,5 @@ class TrajectorySets:
                 for k, v in out.items()}
 
 
-def load_trajectory_sets(dirs, teacher_hash, gen_len, block_size):
-    return TrajectorySets([load_trajectories(d, teacher_hash, gen_len, block_size)[0] for d in dirs])
+def load_trajectory_sets(dirs, teacher_hash, gen_len, block_size, data=None):
+    return TrajectorySets([load_trajectories(d, teacher_hash, gen_len, block_size, data)[0] for d in dirs])

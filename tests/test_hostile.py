@@ -40,7 +40,7 @@ def refused(main, argv, *words):
 
 @pytest.mark.parametrize("argv, words", [
     (["--early_stop=no"], ["early_stop='no'", "True or False"]),
-    (["--cache=false"], ["cache='false'", "none, exact, prefix, dual"]),
+    (["--cache=false"], ["cache='false'", "'none', 'exact', 'prefix', 'dual'"]),
     (["--threshold=high"], ["threshold='high'"]),
     (["--threshold=1.5"], ["threshold=1.5", "(0, 1]"]),
     (["--steps_per_block=2.5"], ["steps_per_block=2.5"]),
@@ -306,3 +306,195 @@ def test_scripts_print_one_line_and_exit_2(tmp_path):
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (script, p.stderr)
     assert TINY_MODEL  # the fixtures' sizes are shared with these cases
+
+
+# -----------------------------------------------------------------------------
+# one writer per output (a real second process), and a killed writer's lock never blocks a rerun
+
+def python(code, **kw):
+    return subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r})\n" + code],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_does_not_block(tmp_path, teacher_dir):
+    out, started = tmp_path / "t", tmp_path / "started"
+    argv = [f"--teacher_dir={teacher_dir}", f"--out_dir={out}", "--n_examples=48", "--batch_size=16", "--chunk=32",
+            "--device=cpu"]
+    first = python(f"""import os, time, collect
+real = collect.generate
+def paused(*a, **kw):  # the first writer stops inside its first batch, holding the set
+    open({str(started)!r}, "w").close()
+    time.sleep(600)
+collect.generate = paused
+from configurator import run_main
+sys.argv = ["collect.py"] + {argv!r}
+run_main(collect.main)""")
+    try:
+        t0 = time.time()
+        while not started.exists():
+            assert first.poll() is None and time.time() - t0 < 120, first.communicate()
+            time.sleep(0.1)
+        second = subprocess.run([sys.executable, os.path.join(ROOT, "collect.py"), *argv, "--temperature=0.5"],
+                                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert "being written by another run" in second.stderr and f"pid {first.pid}" in second.stderr
+        refused(collect.main, argv, "option out_dir", f"pid {first.pid}", "collect.py")  # in this process too
+    finally:
+        first.kill()  # SIGKILL: no cleanup runs, the kernel drops the lock
+        first.wait()
+    collect_into(out, teacher_dir)  # the rerun is not blocked, and makes the greedy set alone
+    collect_into(tmp_path / "ref", teacher_dir)
+    for f in ("tokens", "step", "hidden"):
+        np.testing.assert_array_equal(load_trajectories(str(out))[0][f], load_trajectories(str(tmp_path / "ref"))[0][f])
+
+
+def test_checkpoints_results_and_replays_have_one_writer(tmp_path, data_dir, teacher_dir):
+    import show
+    from runtime import lock
+    out = tmp_path / "run"
+    with lock(str(out), "option out_dir"):  # another open file description: flock refuses it like another process
+        refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={out}"], "option out_dir", "another run")
+    with lock(str(tmp_path / "b.json"), "option out_path", file=True):
+        refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={tmp_path / 'b.json'}"],
+                "option out_path", "another run")
+    with lock(str(tmp_path / "r.html"), "option html", file=True):
+        refused(show.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--html={tmp_path / 'r.html'}"],
+                "option html", "another run")
+
+
+# -----------------------------------------------------------------------------
+# every damaged state the repo can detect is recovered by a rerun, and the message says so
+
+@pytest.mark.parametrize("damage", ["corrupt meta", "meta of wrong types", "hidden.bin deleted"])
+def test_damaged_trajectory_sets_are_recovered_by_a_rerun(tmp_path, teacher_dir, traj_dir, damage):
+    out = tmp_path / "t"
+    shutil.copytree(traj_dir, out)
+    want, meta = load_trajectories(str(out))
+    if damage == "corrupt meta":
+        (out / "meta.json").write_text("{not json")
+    elif damage == "meta of wrong types":
+        (out / "meta.json").write_text(json.dumps({**meta, "n": "48"}))
+    else:
+        os.remove(out / meta["set"] / "hidden.bin")
+    with pytest.raises(CDLMError, match="run collect.py again") as e:
+        load_trajectories(str(out))
+    assert ("field n" if "types" in damage else "meta.json" if "meta" in damage else "hidden.bin") in str(e.value)
+    collect_into(out, teacher_dir)  # that rerun recovers, no file deleted by hand
+    got, _ = load_trajectories(str(out))
+    for f in ("tokens", "hidden"):
+        np.testing.assert_array_equal(got[f], want[f])
+
+
+def test_damaged_data_and_checkpoints_name_their_rerun(tmp_path, data_dir):
+    d, cfg = tmp_path / "d", dict(n_train=200, n_val=8, n_test=8)
+    arith.prepare({"out_dir": str(d), **cfg})
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "vocab_size": "21"}))
+    refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], "meta.json: field vocab_size", "prepare.py")
+    arith.prepare({"out_dir": str(d), **cfg})  # the same prepare, run again, rewrites it
+    assert json.loads((d / "meta.json").read_text())["vocab_size"] == 21
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ckpt.pt").write_bytes(b"torn")
+    argv = [f"--data_dir={data_dir}", f"--out_dir={run}", "--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=8",
+            "--max_iters=2", "--eval_iters=1", "--warmup_iters=1", "--device=cpu"]
+    refused(train.main, argv + ["--init_from=resume"], "cannot read checkpoint", "--init_from=scratch")
+    train.main(argv)  # the flag it names replaces the checkpoint
+    assert torch.load(run / "ckpt.pt", weights_only=True)["iter_num"] == 2
+
+
+# -----------------------------------------------------------------------------
+# every option given takes effect or is refused, combinations included; ranges printed are enforced
+
+def test_options_without_effect_are_refused(tmp_path, data_dir, teacher_dir, student_dir, traj_dir):
+    import show
+    s = [f"--out_dir={teacher_dir}", "--prompt=5:+3*7="]
+    refused(sample.main, s + ["--steps_per_block=4", "--threshold=0.5"], "steps_per_block=4", "threshold=0.5", "not both")
+    refused(sample.main, s + ["--refresh=step"], "refresh='step'", "cache='none'")
+    refused(sample.main, s + ["--eval"], "not both")
+    refused(sample.main, s + ["--num_eval=5"], "num_eval=5", "without --eval")
+    refused(sample.main, s + ["--seed=3"], "seed=3", "temperature 0")
+    refused(sample.main, s + ["--temperature=1e-320"], "temperature=1e-320", "0 or [1e-3, inf)")
+    b = [f"--student_dir={student_dir}", "--methods=cdlm", f"--out_path={tmp_path / 'b.json'}"]
+    refused(bench.main, b + ["--num_eval=4", "--latency_n=5"], "latency_n=5", "4 problems")
+    refused(bench.main, b + ["--sweep_thresholds=0.5"], "sweep_thresholds", "without --sweep")
+    refused(bench.main, b + ["--sweep", "--sweep_block_sizes=5"], "sweep_block_sizes=[5]", "gen_len")
+    b = [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={tmp_path / 'b.json'}"]
+    refused(bench.main, b + ["--threshold=0.5"], "threshold=0.5", "none decodes with a threshold")
+    refused(bench.main, b + [f"--ar_dir={teacher_dir}"], "ar_dir", "none reads that checkpoint")
+    t = [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}"]
+    refused(train.main, t + ["--w_distill=0.5"], "w_distill=0.5", "mode='dlm'", "student")
+    refused(train.main, t + ["--mode=cdlm", "--init_from=teacher", f"--teacher_dir={teacher_dir}",
+                             f"--traj_dirs={traj_dir}", "--n_layer=3"], "n_layer=3", "teacher's n_layer=2")
+    c = [f"--teacher_dir={teacher_dir}", f"--out_dir={tmp_path / 'c'}", "--device=cpu"]
+    refused(collect.main, c + ["--seed=4"], "seed=4", "temperature 0")
+    refused(collect.main, c + ["--n_examples=5000"], "n_examples=5000", "2000 problems")
+    refused(show.main, ["--view=masks", "--state=+3"], "state='+3'", "--view=masks")
+    refused(show.main, ["--view=masks", f"--png={tmp_path / 'm'}"], "png=", ".png")
+    bad = tmp_path / "traj"  # trajectories of another block size, or of another teacher, for the states view
+    for change, words in ((dict(block_size=4), "block_size=4"), (dict(settings="teacher"), "another teacher")):
+        shutil.copytree(traj_dir, bad, dirs_exist_ok=True)
+        meta = json.loads((bad / "meta.json").read_text())
+        if "settings" in change:
+            meta["settings"]["teacher_hash"] = "0123456789abcdef"
+        (bad / "meta.json").write_text(json.dumps({**meta, **{k: v for k, v in change.items() if k != "settings"}}))
+        refused(show.main, ["--view=states", f"--student_dir={student_dir}", f"--traj_dir={bad}"], words)
+
+
+def test_decoding_options_print_the_range_they_enforce(teacher_dir):
+    for opt, want in (("block_size=0", "[1, inf)"), ("steps_per_block=0", "[1, inf)"), ("temperature=-1", "0 or [1e-3")):
+        msg = refused(sample.main, [f"--out_dir={teacher_dir}", "--prompt=1", f"--{opt}"], opt, want)
+        assert "(-inf, inf)" not in msg
+
+
+# -----------------------------------------------------------------------------
+# a value the range accepts works end to end; one that cannot is refused at start-up, never a traceback
+
+def test_seeds_and_sizes_at_the_edges(tmp_path, data_dir, teacher_dir, capsys):
+    import show
+    big = 2 ** 64  # past torch's seeds: refused by every script's range, printed as declared
+    for main, argv in ((sample.main, [f"--out_dir={teacher_dir}", "--prompt=1"]), (collect.main, []), (train.main, []),
+                       (bench.main, []), (show.main, ["--view=states"])):
+        refused(main, argv + [f"--seed={big}"], f"seed={big}", "[0, 2**63)")
+    top = 2 ** 63 - 1  # the largest accepted seed, through every seed + offset of a sampled collection
+    collect_into(tmp_path / "t", teacher_dir, temperature=0.5, seed=top, n_examples=20, chunk=8)
+    assert load_trajectories(str(tmp_path / "t"))[1]["n"] == 20
+    sample.main([f"--out_dir={teacher_dir}", "--prompt=5:+3*7=", "--temperature=0.5", f"--seed={top}"])
+    assert "forward passes" in capsys.readouterr().out
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}", "--batch_size=1000000000000"],
+            "batch_size=1000000000000", "GiB")
+    refused(collect.main, [f"--teacher_dir={teacher_dir}", f"--out_dir={tmp_path / 'c'}", "--batch_size=10000000000000",
+                           "--device=cpu"], "batch_size=10000000000000", "GiB")
+
+
+# -----------------------------------------------------------------------------
+# outputs proven writable before the work, directories included; no stray .tmp
+
+def test_outputs_naming_a_directory_are_refused_before_work(tmp_path, data_dir, teacher_dir):
+    import show
+    from data.common import atomic_write_bytes
+    d = tmp_path / "adir"
+    d.mkdir()
+    refused(show.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--html={d}"], "option html", "directory")
+    refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={d}"], "out_path", "directory")
+    refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={tmp_path / 'new'}/"], "directory")
+    (tmp_path / "b_roofline.png").mkdir()
+    refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={tmp_path / 'b.json'}"],
+            "b_roofline.png", "directory")
+    (tmp_path / "run" / "ckpt.pt").mkdir(parents=True)
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'run'}"], "ckpt.pt", "directory")
+    with pytest.raises(CDLMError, match="cannot write"):
+        atomic_write_bytes(str(d), b"x")  # a rename that fails leaves nothing beside it
+    assert not os.path.exists(f"{d}.tmp")
+
+
+# -----------------------------------------------------------------------------
+# messages that do not mislead
+
+def test_a_config_file_is_one_namespace(tmp_path):
+    from configurator import configure
+    f = tmp_path / "c.py"
+    f.write_text("threshold = 0.8\nsweep_thresholds = [round(t * threshold, 2) for t in (0.5, 1)]\n")
+    cfg = configure(bench.config, [str(f)])
+    assert cfg["sweep_thresholds"] == [0.4, 0.8] and cfg.given == {"threshold", "sweep_thresholds"}
