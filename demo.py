@@ -33,7 +33,7 @@ import bench
 import collect
 import sample
 import train
-from configurator import Bool, CDLMError, Choice, Int, List, Str, configure, run_main
+from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, run_main
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json
 from model import load_model, read_checkpoint
 from runtime import check_writable, code_version, machine_info, pick_device
@@ -73,7 +73,7 @@ HEADLINE = [(f"teacher, {k} token{'s' * (k > 1)}/step: {m.split('_')[0]} answer"
 
 config = dict(
     task=Choice("arithmetic", *TASKS),
-    seeds=List([1337], Int(None, "[0, inf)")),  # 1337: the presets' own seed and out/ directories
+    seeds=List([1337], Int(None, SEED)),  # 1337: the presets' own seed and out/ directories
     jobs=Int(1, "[1, 8]"),             # training stages side by side, one thread each; benches after
     stage=Choice("all", "all", "train", "seed", "ar"),  # 'train': all but the timed benches; the jobs of
                                                         # --jobs: 'seed' (a seed's stages), 'ar' (AR alone)
@@ -336,7 +336,11 @@ def main(argv):
         print(f"\n(demo took {time.time() - t0:.0f} s)")
 
 
-if __name__ == "__main__":
+def entry(argv):
     if not os.path.isdir("config"):
-        sys.exit("error: run demo.py from the repository's root (it reads config/)")
-    run_main(main)
+        raise CDLMError("run demo.py from the repository's root (it reads config/)")
+    main(argv)
+
+
+if __name__ == "__main__":
+    run_main(entry)

@@ -88,3 +88,11 @@ def test_jobs_run_side_by_side_and_a_failure_names_its_log(tmp_path, monkeypatch
     assert len(texts) == 2 and all("no results for" in t for t in texts)
     with pytest.raises(demo.CDLMError, match=r"a job failed \(exit 2\): see .*jobs-0.log"):
         demo.run_jobs([["--jobs=0"]], 2, logs)
+
+
+def test_demo_from_another_directory_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                     "demo.py"), "--report"], cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "repository's root" in p.stderr
