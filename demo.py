@@ -27,8 +27,6 @@ import subprocess
 import sys
 import time
 
-import torch
-
 import bench
 import collect
 import sample

@@ -30,8 +30,7 @@ import torch
 
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, Str, configure, gave, refuse_unused,
                           run_main)
-from data.common import (chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, same_data,
-                         score)
+from data.common import chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, score
 from model import load_model
 from render import STEP_LEGEND, step_line
 from runtime import autocast, compiled, pick_device, pick_dtype

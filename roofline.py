@@ -1,0 +1,143 @@
+"""
+The hardware view behind bench.py's speedups: analytic FLOPs and bytes of a pass, the machine's
+measured peaks, where a decode's time goes (the profile), and the roofline picture.
+"""
+import os
+import time
+
+import torch
+
+from runtime import save_figure, sync
+from sample import generate
+
+PLOTS = ("_roofline.png", "_sweep.png")  # beside bench.py's out_path, when matplotlib is installed
+
+
+def answer_tokens(tokens, eos_id):
+    """Useful answer tokens per row: up to and including the first EOS."""
+    is_eos = tokens == eos_id
+    return torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((tokens.size(0),), tokens.size(1)))
+
+
+def pass_cost(cfg, b, t_query, t_key, cache, act_bytes, weight_bytes):
+    """
+    Analytic FLOPs and bytes of one forward pass over b rows computing t_query positions that
+    attend to t_key keys: matmuls at 2 FLOPs per multiply-add; bytes as a lower bound on memory
+    traffic, each tensor moved once: the weights (once per pass, whatever b), the cached keys and
+    values read, and each layer's activations written and read.
+    """
+    C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    flops = b * (L * (24 * t_query * C * C + 4 * t_query * t_key * C) + 2 * t_query * C * V)
+    weights = (L * 12 * C * C + V * C) * weight_bytes
+    kv = b * L * 2 * (t_key - t_query) * C * act_bytes if cache != "none" else 0
+    acts = b * act_bytes * (L * (16 * t_query * C + 2 * cfg.n_head * t_query * t_key) + t_query * V)
+    return flops, weights + kv + acts
+
+
+def decode_cost(model, meta, prompts, settings, act_bytes):
+    """FLOPs and bytes of decoding prompts (one at a time), and the answer tokens they made."""
+    flops = moved = 0
+    T = model.cfg.seq_len
+
+    def count(ev):
+        nonlocal flops, moved
+        keys = ev.hi if settings.cache == "exact" else T
+        f, m = pass_cost(model.cfg, len(ev.rows), ev.hi - ev.lo, keys, settings.cache, act_bytes, 4)
+        flops, moved = flops + f, moved + m
+    tokens = 0
+    for i in range(len(prompts)):
+        out = generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
+                       on_step=count).tokens
+        tokens += answer_tokens(out, meta["eos_id"]).sum().item()
+    return flops, moved, tokens
+
+
+def probe_machine(device):
+    """Measured peak compute (a large float32 matmul) and memory bandwidth (a large copy)."""
+    a = torch.randn(1024, 1024, device=device)
+    gflops, gbs = 0.0, 0.0
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ a
+        sync(device)
+        gflops = max(gflops, 2 * 1024 ** 3 / (time.perf_counter() - t0) / 1e9)
+    src = torch.empty(64 * 2 ** 20, device=device)  # 256 MB
+    dst = torch.empty_like(src)
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        gbs = max(gbs, 2 * src.numel() * 4 / (time.perf_counter() - t0) / 1e9)  # read + write
+    return gflops, gbs
+
+
+def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
+    """
+    Where a decode's time goes at batch 1: inside the model's forward passes (timed by hooks) and
+    in the sampler around them; per pass, the ATen ops launched (torch.profiler) and the time the
+    arithmetic alone would take at the measured peak. Fixed per-op costs are what a small model
+    on a CPU pays for.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    inside, t = [0.0], [0.0]
+    pre = model.register_forward_pre_hook(lambda *a: t.__setitem__(0, time.perf_counter()))
+    post = model.register_forward_hook(lambda *a: inside.__setitem__(0, inside[0] + time.perf_counter() - t[0]))
+    try:
+        timed_decode(model, meta, prompts[:1], settings)  # warm up
+        inside[0], wall, passes = 0.0, 0.0, 0
+        for i in range(len(prompts)):
+            out, nfe, dt = timed_decode(model, meta, prompts[i:i + 1], settings)
+            wall, passes = wall + dt, passes + nfe.item()
+        model_s = inside[0]
+    finally:
+        pre.remove()
+        post.remove()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        nfe = timed_decode(model, meta, prompts[:1], settings)[1].item()
+    ops = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
+    flops = decode_cost(model, meta, prompts[:1], settings, act_bytes)[0]
+    n = len(prompts)
+    return dict(ms_per_answer=1000 * wall / n, model_ms_per_answer=1000 * model_s / n,
+                sampler_ms_per_answer=1000 * (wall - model_s) / n, passes_per_answer=passes / n,
+                ms_per_pass=1000 * model_s / passes, aten_ops_per_step=ops / nfe,
+                arithmetic_ms_per_pass=flops / nfe / (peak_gflops * 1e9) * 1000)
+
+
+def timed_decode(model, meta, prompt, settings):
+    sync(prompt.device)
+    t0 = time.perf_counter()
+    out, nfe = generate(model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], settings)[:2]
+    sync(prompt.device)
+    return out, nfe, time.perf_counter() - t0
+
+
+def plots(report, out_path):
+    """The roofline (and the sweep's frontier) as PNGs next to out_path, when matplotlib is installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # matplotlib is optional: the JSON has the same numbers
+    m, base = report["machine"], os.path.splitext(out_path)[0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ai = [r["arithmetic_intensity"] for r in report["methods"].values()]
+    xs = [min(ai + [1.0]) / 3, max(ai + [m["peak_gflops"] / m["peak_gb_s"]]) * 3]
+    knee = m["peak_gflops"] / m["peak_gb_s"]
+    ax.plot([xs[0], knee, xs[1]], [xs[0] * m["peak_gb_s"], m["peak_gflops"], m["peak_gflops"]], "k-", lw=1,
+            label=f"roof: {m['peak_gb_s']:.0f} GB/s, {m['peak_gflops']:.0f} GFLOP/s")
+    for name, r in report["methods"].items():
+        ax.plot(r["arithmetic_intensity"], r["achieved_gflops"], "o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte), batch 1",
+           ylabel="achieved GFLOP/s", title=f"decoding on {m['gpu'] or m['cpu']} ({m['dtype']})")
+    ax.legend(fontsize=7)
+    save_figure(fig, base + PLOTS[0])
+    if "sweep" in report:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for name, pts in report["sweep"].items():
+            ax.plot([p["latency_ms"] for p in pts], [100 * p["whole_acc"] for p in pts], "o-", label=name)
+        ax.set(xlabel="latency per answer at batch 1 (ms)", ylabel="whole answer right (%)")
+        ax.legend()
+        save_figure(fig, base + PLOTS[1])
