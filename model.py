@@ -312,7 +312,8 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir"):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise CDLMError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:200]}")
+        raise CDLMError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:200]}; make it again "
+                        f"(train.py with --init_from=scratch, or =teacher for a student) or give another --{option}")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS):
         raise CDLMError(f"{path} is not a checkpoint of this version of the repo (needs {', '.join(CKPT_KEYS)})")
     have = ckpt["config"]["mode"]

@@ -356,3 +356,13 @@ def atomic_write_bytes(path, data):
 
 def atomic_write_json(path, obj):
     atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
+
+
+def check_problem_count(cfg, bytes_per_problem=200):
+    """Refuse at start-up split sizes whose problems cannot fit in memory (a lower bound: each
+    problem is held as Python strings and a row while the splits are drawn)."""
+    from runtime import total_memory
+    n, have = cfg["n_train"] + cfg["n_val"] + cfg["n_test"], total_memory("cpu")
+    if have is not None and n * bytes_per_problem > have:
+        raise CDLMError(f"options n_train + n_val + n_test = {n:,} problems need at least "
+                        f"{n * bytes_per_problem / 2 ** 30:,.0f} GiB, more than this machine's {have / 2 ** 30:,.0f} GiB: lower them")

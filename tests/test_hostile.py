@@ -466,6 +466,10 @@ def test_seeds_and_sizes_at_the_edges(tmp_path, data_dir, teacher_dir, capsys):
             "batch_size=1000000000000", "GiB")
     refused(collect.main, [f"--teacher_dir={teacher_dir}", f"--out_dir={tmp_path / 'c'}", "--batch_size=10000000000000",
                            "--device=cpu"], "batch_size=10000000000000", "GiB")
+    from data.arithmetic import prepare as arithmetic
+    from data.wordproblems import prepare as wordproblems
+    for task in (arithmetic, wordproblems):  # splits too large to draw: refused before any problem is
+        refused(task.main, [f"--out_dir={tmp_path / 'p'}", "--n_train=100000000000"], "n_train", "GiB")
 
 
 # -----------------------------------------------------------------------------

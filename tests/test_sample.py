@@ -150,6 +150,7 @@ def test_cli_errors(tmp_path, teacher_dir, capsys):
     assert "no checkpoint" in cli([f"--out_dir={tmp_path}", "--prompt=1:+2="], capsys)
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
     assert "cannot read checkpoint" in cli([f"--out_dir={tmp_path}", "--prompt=1:+2="], capsys)
+    assert "make it again" in cli([f"--out_dir={tmp_path}", "--prompt=1:+2="], capsys)  # and says how
     assert "unknown option 'promt'" in cli([f"--out_dir={teacher_dir}", "--promt=1+2="], capsys)
     assert "num_eval='many'" in cli([f"--out_dir={teacher_dir}", "--num_eval=many"], capsys)
     assert "give --prompt=... or --eval" in cli([f"--out_dir={teacher_dir}"], capsys)

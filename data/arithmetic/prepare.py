@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configurator import CDLMError, Int, Str, check, configure, run_main  # noqa: E402
-from data.common import CharTokenizer, encode_prompt, prepared, write_dataset  # noqa: E402
+from data.common import CharTokenizer, check_problem_count, encode_prompt, prepared, write_dataset  # noqa: E402
 from runtime import check_writable  # noqa: E402
 
 config = dict(
@@ -87,6 +87,7 @@ def prepare(cfg):
         raise CDLMError(f"n_val + n_test = {held_out} distinct problems, but only {total} exist with "
                         f"min_ops={cfg['min_ops']}, max_ops={cfg['max_ops']}, ops={cfg['ops']!r}; "
                         f"ask for at most {total // 2} or allow more operations")
+    check_problem_count(cfg)
     check_writable(cfg["out_dir"], "option out_dir")
     meta = prepared(cfg["out_dir"], cfg)
     if meta is not None:

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configurator import CDLMError, Choice, Int, Str, check, configure, run_main  # noqa: E402
-from data.common import (BPE_PATTERN, bpe_tokenizer, get_tokenizer, gpt2_tokenizer, prepared,  # noqa: E402
+from data.common import (BPE_PATTERN, check_problem_count, bpe_tokenizer, get_tokenizer, gpt2_tokenizer, prepared,  # noqa: E402
                          train_bpe, write_dataset)
 from runtime import check_writable  # noqa: E402
 
@@ -116,6 +116,7 @@ def prepare(cfg):
     cfg = check(config, cfg)
     if cfg["min_steps"] > cfg["max_steps"]:
         raise CDLMError(f"option min_steps={cfg['min_steps']} is above max_steps={cfg['max_steps']}")
+    check_problem_count(cfg)
     check_writable(cfg["out_dir"], "option out_dir")
     meta = prepared(cfg["out_dir"], cfg)
     if meta is not None:
