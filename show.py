@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from bench import METHODS, decoded_tokens, load_models, needs
-from configurator import SEED, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
+from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
 from data.common import atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split
 from data.trajectories import load_trajectories
 from model import ROLES, attention_mask, read_checkpoint
 from render import DIM, LEGEND, NEW, OFF, token_texts
-from runtime import lock, pick_device, save_figure
+from runtime import compiled, lock, pick_device, save_figure
 from sample import DecodeSettings, generate
 from train import LOSSES, Y_STARS, draw_states, noise_answers
 
@@ -43,11 +43,12 @@ config = dict(
     color=Choice("auto", "auto", "always", "never"),
     num_eval=Int(500, "[1, inf)"),      # test problems (the default: at most)
     data_dir=Str(None), seed=Int(1337, SEED), device=Str("cpu"),
+    compile=Bool(False),                # torch.compile the models (runtime.compiled); the replay's times are warm
 )
 # the views that read each option (and the checkpoints their methods need): given to another, refused
 READ_BY = dict(prompt="compare confidence", state="confidence", methods="compare", traj_dir="states", index="states",
                y_star="states", html="compare", png="masks states", color="compare", num_eval="infill",
-               data_dir="infill", seed="states", device="compare states confidence infill")
+               data_dir="infill", seed="states", device="compare states confidence infill", compile="compare infill")
 NEED = {"confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"], "states": ["cdlm"], "masks": []}
 
 # -----------------------------------------------------------------------------
@@ -83,6 +84,8 @@ def compare(cfg, models, meta, tok):
             d_frames, d_ans = trace(models[METHODS[dep].role][0], meta, prompt, METHODS[dep].settings(bs, threshold, None))
             tps = decoded_tokens(torch.tensor([d_ans]), meta["eos_id"], bs, True).item() / d_frames[-1]["nfe"]
         s = METHODS[name].settings(bs, threshold, tps)
+        if cfg["compile"]:
+            trace(model, meta, prompt, s)  # compiles, untimed: the replay shows warm passes
         frames, answer = trace(model, meta, prompt, s)
         runs.append(dict(name=name, about=METHODS[name].about, block_size=s.block_size, cache=s.cache,
                          frames=frames, answer=answer))
@@ -396,7 +399,7 @@ def run(cfg, device, need):
             save_png(cfg["png"], [("one training state of the block", grid, key)], rows=[n for n, _ in rows[1:]],
                      cols=rows[0][1])
         return
-    models = load_models(cfg, need, device)
+    models = {role: (compiled(m, cfg["compile"]), ckpt, st) for role, (m, ckpt, st) in load_models(cfg, need, device).items()}
     meta = next(iter(models.values()))[1]["data_meta"]
     tok = get_tokenizer(meta)
     if cfg["view"] == "confidence":

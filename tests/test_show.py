@@ -114,3 +114,12 @@ def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir)
     acc = show.infill(models, meta, probes)
     assert set(acc) == {(p, w) for p in ("value", "operand") for w in ("teacher", "student", "ar")}
     assert all(0 <= a <= 1 for a in acc.values())
+
+
+def test_compiled_replay_shows_the_eager_decode(runs, student_dir, capsys):
+    """--compile: every frame's tokens and confidences as eager, the compile left out of the times."""
+    eager = next(r for r in runs[0] if r["name"] == "cdlm")
+    show.main([f"--student_dir={student_dir}", "--methods=cdlm", "--compile", "--color=never"])
+    compiled_text = capsys.readouterr().out
+    untimed = lambda text: re.sub(r" *[0-9.]+ ms", " ms", text)
+    assert untimed(compiled_text) == untimed(show.render_compare([eager], runs[2], runs[1], color=False) + "\n")
