@@ -9,7 +9,6 @@ The methods (CDLM Sec. 5 compares the same family) are the table METHODS below: 
 the checkpoints needed, the run order and the CLI choices (and show.py's side-by-side view).
 """
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ import torch
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, gave, refuse_unused,
                           run_main)
 from data.common import atomic_write_json, checkpoint_data, load_split, same_data
-from runtime import autocast, check_file_writable, compiled, lock, pick_device, pick_dtype
+from runtime import autocast, check_file_writable, compiled, lock, machine_info, pick_device, pick_dtype
 from model import ROLES, read_checkpoint
 from roofline import PLOTS, answer_tokens, decode_cost, plots, probe_machine, profile_decode, timed_decode
 from sample import DecodeSettings, evaluate, load_for_decoding
@@ -178,15 +177,15 @@ def checkpoint_hashes(cfg):
     return out
 
 
-
-
 def check_options(cfg, methods):
     """Options that take effect only with some methods or with --sweep: given without them, refused."""
     used = {ROLES[r].option for name in methods for r in needs(name)}
     ignored = dict.fromkeys(CHECKPOINTS_DIRS - used, "with these methods: none reads that checkpoint")
     if all(METHODS[m].settings(1, 0.5, 1).temperature == 0 for m in methods):
         ignored["seed"] = "with these methods: every one decodes greedily"
-    if "dlm_fewer_steps" not in methods and not any(METHODS[m].settings(1, 0.5, 1).threshold for m in methods):
+    # a method reads the threshold when it or the method it depends on decodes with one
+    if not any(METHODS[d].settings(1, 0.5, 1).threshold is not None
+               for m in methods for d in (m, METHODS[m].depends_on) if d):
         ignored["threshold"] = "with these methods: none decodes with a threshold"
     if "student_dir" not in used:
         ignored["sweep_block_sizes"] = "without the student's method (cdlm)"
@@ -278,8 +277,7 @@ def _run(cfg, methods):
                                 gen_len=meta["gen_len"], data_dir=data_dir, chance=chance),
                   machine=dict(device=device, dtype=dtype, peak_gflops=gflops, peak_gb_s=gbs,
                                gpu=torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
-                               threads=torch.get_num_threads(), torch=torch.__version__,
-                               cpu=platform.processor() or platform.machine(), python=platform.python_version()))
+                               **machine_info()))  # cpu, cores, threads, torch, python
     if cfg["sweep"]:
         with autocast(device, dtype):
             report["sweep"] = sweep(models, meta, rows, run_cfg, act_bytes)

@@ -205,8 +205,9 @@ def run_jobs(argvs, jobs, log_dir):
             name = re.sub(r"[^A-Za-z0-9.-]+", "_", " ".join(a.lstrip("-").replace("=", "-") for a in argv))
             log = os.path.join(log_dir, name[-120:] + ".log")  # the tail tells jobs apart
             print(f"started: python demo.py {' '.join(argv)}  (log: {log})", flush=True)
-            running.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], env=env,
-                                             stdout=open(log, "w"), stderr=subprocess.STDOUT), log))
+            with open(log, "w") as f:  # the child holds its own copy of the file
+                running.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], env=env,
+                                                 stdout=f, stderr=subprocess.STDOUT), log))
         time.sleep(1)
         for p, log in list(running):
             if p.poll() is not None:

@@ -200,8 +200,9 @@ class Transformer(nn.Module):
         Returns logits (B, T, V), and the last hidden state (B, T, C), the LM head's input.
         """
         B, T = idx.shape
-        if (0 if start is None or torch.is_tensor(start) else start) + T > self.cfg.seq_len:
-            raise ValueError(f"positions {start or 0}..{(start or 0) + T} exceed seq_len={self.cfg.seq_len}")
+        s = 0 if start is None or torch.is_tensor(start) else start  # a tensor start is the sampler's, in range
+        if s + T > self.cfg.seq_len:
+            raise ValueError(f"positions {s}..{s + T} exceed seq_len={self.cfg.seq_len}")
         if start is None:
             x = self.wte(idx) + self.wpe.weight[:T]  # (B, T, C)
             mask = None if self.cfg.attn == "bidirectional" else self.mask[:T, :T]  # (T, T)

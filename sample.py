@@ -17,6 +17,7 @@ cache; a step recomputes only the current block); `prefix` and `dual` are Fast-d
 caches for the bidirectional teacher, refreshed at each block. With `early_stop`, a row whose
 finished text contains EOS stops and leaves the batch; the rest of its answer is EOS.
 """
+import functools
 import json
 import os
 import sys
@@ -203,17 +204,15 @@ def denoise_step(logits, block, masked, mask_id, count, threshold, temperature, 
     return torch.where(pick, pred, block), pick, pred, conf
 
 
-_compiled_denoise_step = []  # made on first use: compiling costs seconds
+@functools.cache  # made on first use: compiling costs seconds
+def compiled_denoise_step():
+    return torch.compile(denoise_step, dynamic=True)
 
 
 def step_function(model):
     """denoise_step, compiled when the model is (runtime.compiled): a step's twenty-odd small
     operations fused into a few kernels, which is most of the sampler's time per step."""
-    if not hasattr(model, "_orig_mod"):  # what torch.compile's wrapper holds
-        return denoise_step
-    if not _compiled_denoise_step:
-        _compiled_denoise_step.append(torch.compile(denoise_step, dynamic=True))
-    return _compiled_denoise_step[0]
+    return compiled_denoise_step() if hasattr(model, "_orig_mod") else denoise_step  # torch.compile's wrapper
 
 
 def finished(answer_so_far, eos_id):
@@ -292,8 +291,9 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
                     logits[:, window], x[run, s:e], masked[run], mask_id, counts[i] if counts else None,
                     st.threshold, st.temperature, generator)
                 nfe += active
-                if hooks:
-                    ev = Step(x[run, P:].clone(), rows[run], blk, pick, pred, conf, nfe[run].clone(), lo, hi,
+                if hooks:  # on_step may keep what it sees (traces): a copy; recording reads it at once
+                    keep = (lambda t: t.clone()) if on_step is not None else (lambda t: t)
+                    ev = Step(keep(x[run, P:]), rows[run], blk, pick, pred, conf, keep(nfe[run]), lo, hi,
                               step, h[:, window])
                     for hook in hooks:
                         hook(ev)
