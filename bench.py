@@ -19,7 +19,7 @@ import torch
 
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, gave, refuse_unused,
                           run_main)
-from data.common import atomic_write_json, checkpoint_data, load_split, same_data
+from data.common import atomic_write_json, checkpoint_data, load_split, same_data, whole_blocks
 from runtime import autocast, check_file_writable, compiled, lock, machine_info, pick_device, pick_dtype
 from model import ROLES, read_checkpoint
 from roofline import PLOTS, answer_tokens, decode_cost, plots, probe_machine, profile_decode, timed_decode
@@ -118,7 +118,7 @@ def decoded_tokens(tokens, eos_id, block_size, early_stop):
         return torch.full((tokens.size(0),), L)
     is_eos = tokens == eos_id
     first = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((tokens.size(0),), L - 1))
-    return torch.clamp((first // block_size + 1) * block_size, max=L)
+    return torch.clamp(whole_blocks(first + 1, block_size), max=L)
 
 
 def mean_tokens_per_step(model, meta, prompts, settings):

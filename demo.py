@@ -32,23 +32,39 @@ import collect
 import sample
 import train
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, run_main
-from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json
+from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from model import load_model, read_checkpoint
 from runtime import check_writable, code_version, machine_info, pick_device
 
-# each stage: the script's options as its preset file and overrides (what you would type)
-TASKS = {
-    "arithmetic": dict(prepare=("data.arithmetic.prepare", []), teacher=["config/train_teacher.py"],
-                       collect=["config/collect.py"],
-                       collect_t05=["config/collect.py", "--temperature=0.5", "--out_dir=out/trajectories_t05"],
-                       student=["config/train_student.py"], ar=["config/train_ar.py"], bench=[]),
-    "wordproblems": dict(prepare=("data.wordproblems.prepare", []), teacher=["config/wordproblems_teacher.py"],
-                         collect=["config/wordproblems_collect.py"],
-                         collect_t05=["config/wordproblems_collect.py", "--temperature=0.5",
-                                      "--out_dir=out/wp_trajectories_t05"],
-                         student=["config/wordproblems_student.py"], ar=["config/wordproblems_ar.py"],
-                         bench=["config/wordproblems_bench.py"]),
-}
+# every task's defaults: arithmetic's presets (a bench needs none)
+PRESETS = dict(teacher="config/train_teacher.py", collect="config/collect.py", student="config/train_student.py",
+               ar="config/train_ar.py", bench=None)
+
+
+def task_stages(task):
+    """
+    Each stage's options for a task, as you would type them: the task's own preset
+    config/<task>_<stage>.py where it has one, else the default preset with the task's paths
+    (data/<task>, out/<task>/...). A new task needs only its data/<task>/prepare.py.
+    """
+    out, data = f"out/{task}", f"data/{task}"
+    paths = dict(teacher=[f"--data_dir={data}", f"--out_dir={out}/teacher"],
+                 collect=[f"--teacher_dir={out}/teacher", f"--out_dir={out}/trajectories"],
+                 student=[f"--data_dir={data}", f"--out_dir={out}/student", f"--teacher_dir={out}/teacher",
+                          f"--traj_dirs=['{out}/trajectories']"],
+                 ar=[f"--data_dir={data}", f"--out_dir={out}/ar"],
+                 bench=[f"--teacher_dir={out}/teacher", f"--student_dir={out}/student", f"--ar_dir={out}/ar",
+                        f"--out_path={out}/bench.json"])
+    st = {}
+    for stage, preset in PRESETS.items():
+        own = f"config/{task}_{stage}.py"
+        st[stage] = [own] if os.path.isfile(own) else [preset] * (preset is not None) + \
+            (paths[stage] if task != "arithmetic" else [])  # arithmetic's are the presets themselves
+    st["prepare"] = (f"data.{task}.prepare", [])  # into its own directory, data/<task>
+    return st
+
+
+TASKS = {task: task_stages(task) for task in tasks()}
 AR_SEED = 1337  # the presets' own seed; every seed's bench decodes with this one AR baseline
 # student variants, each trained from the same teacher and trajectories for ablate_iters iterations
 ABLATIONS = {
@@ -222,7 +238,8 @@ def ablate(cfg):
     """Each chosen ABLATIONS student from the preset teacher and trajectories (collected if missing),
     over the seeds; each student's scores go to results/<task>/ablation/."""
     task, t = cfg["task"], TASKS[cfg["task"]]
-    sets = [configure(collect.config, t[k]) for k in ("collect", "collect_t05")]  # greedy, and T=0.5 for one variant
+    greedy = configure(collect.config, t["collect"])  # and a set at T=0.5 beside it, for one variant
+    sets = [greedy, configure(collect.config, t["collect"] + ["--temperature=0.5", f"--out_dir={greedy['out_dir']}_t05"])]
     for c in sets:
         collect.collect(c)
     every = ",".join(c["out_dir"] for c in sets)

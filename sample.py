@@ -8,10 +8,11 @@ Block-wise decoding for every model in this repo: one loop whose parts are switc
 The answer is split into blocks of block_size, decoded left to right (semi-autoregressive, as in
 LLaDA). Inside a block, every step predicts all masked positions at once and finalizes some; the
 rest stay masked for the next step ("low-confidence remasking", LLaDA Alg. 5: what is remasked is
-the model's proposals for the positions it is least sure of):
-  - a fixed count per step, the most confident first (LLaDA);
-  - or every masked token whose confidence is at least `threshold`, and always at least one
-    (Fast-dLLM's parallel decoding, used for CDLM inference in Sec. 4.3).
+the model's proposals for the positions it is least sure of). Which ones is the selection rule
+(RULES, named by `rule`):
+  - 'count': a fixed count per step, the most confident first (LLaDA);
+  - 'threshold': every masked token whose confidence is at least `threshold`, and always at least
+    one (Fast-dLLM's parallel decoding, used for CDLM inference in Sec. 4.3).
 Caches: `exact` for block_causal and causal models (the prompt and finished blocks come from the
 cache; a step recomputes only the current block); `prefix` and `dual` are Fast-dLLM's approximate
 caches for the bidirectional teacher, refreshed at each block. With `early_stop`, a row whose
@@ -24,7 +25,7 @@ import sys
 import time
 import typing
 from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -43,6 +44,32 @@ REFRESHES = ("block", "step")
 TEMPERATURES = "0 or [1e-3, inf)"
 
 
+class Rule(NamedTuple):
+    """A selection rule: which still-masked positions of the block a step finalizes."""
+    param: str          # the DecodeSettings field that parameterizes it (None under every other rule)
+    option: object      # that field's type and range, as sample.py's option --<param>
+    amount: Callable    # (settings, i) -> the parameter at step i of a block
+    pick: Callable      # (conf (b, bs), amount) -> (b, bs) bool: the positions it would finalize
+
+
+def top_k(conf, k):
+    """The k most confident positions of each row (ties to the lower position)."""
+    rank = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (b, bs) 0 = most confident
+    return rank < k
+
+
+# The selection rules, by name (DecodeSettings.rule). A new rule is a row here and a field for its
+# parameter in DecodeSettings (README, "How to extend").
+RULES = {
+    # a fixed count per step, the most confident first (LLaDA): block_size / steps_per_block a step
+    "count": Rule("steps_per_block", Int(None, "[1, inf)"),
+                  lambda st, i: tokens_per_step(st.block_size, st.steps_per_block)[i], top_k),
+    # every masked token at least this confident (Fast-dLLM's parallel decoding; CDLM Sec. 4.3)
+    "threshold": Rule("threshold", Float(None, "(0, 1]"), lambda st, i: st.threshold,
+                      lambda conf, threshold: conf >= threshold),
+}
+
+
 @dataclass
 class DecodeSettings:
     """
@@ -50,28 +77,39 @@ class DecodeSettings:
     asdict) as the model's defaults, overridden by sample.py's options, set per method by bench.py.
     """
     block_size: int                          # answer positions decoded together, left to right
-    steps_per_block: Optional[int] = None    # fixed count: block_size / steps_per_block tokens a step
-    threshold: Optional[float] = None        # or every token at least this confident (Sec. 4.3)
+    steps_per_block: Optional[int] = None    # rule 'count': block_size / steps_per_block tokens a step
+    threshold: Optional[float] = None        # rule 'threshold': every token at least this confident
     cache: str = "none"                      # one of CACHES
     refresh: str = "block"                   # approximate caches: recompute all at each 'block' or 'step'
     early_stop: bool = False                 # a row stops after the block that holds its EOS
     temperature: float = 0.0                 # 0 is greedy; > 0 samples (Gumbel-max in float64)
+    rule: Optional[str] = None               # one of RULES; None: the rule whose parameter is given
+
+    def __post_init__(self):
+        if self.rule is None:  # what checkpoints made before the field stored, and the short form
+            given = [name for name, r in RULES.items() if getattr(self, r.param, None) is not None]
+            self.rule = given[0] if len(given) == 1 else None
 
     def check(self, attn, gen_len):
         """A one-line error, naming the option, for settings this model and layout cannot decode."""
         def bad(key, allowed):
             raise CDLMError(f"option {key}={getattr(self, key)!r}: {allowed}")
+        params = [r.param for r in RULES.values()]
+        if self.rule is None:
+            raise CDLMError(f"give exactly one of {' and '.join(params)} (or name the rule: one of {', '.join(RULES)})")
         options = decode_options()
         for f in fields(self):  # each field's type and range, as sample.py declares them
             if getattr(self, f.name) is None and type(None) not in typing.get_args(f.type):
                 bad(f.name, "expected a value, not None")
             options[f.name].check(f.name, getattr(self, f.name))
+        own = RULES[self.rule].param
+        for p in params:  # the rule's own parameter, and no other rule's
+            if (getattr(self, p) is not None) != (p == own):
+                bad(p, f"rule={self.rule!r} reads {own}" + (": give it" if p == own else ", not this"))
         if gen_len % self.block_size:
             bad("block_size", f"expected a divisor of gen_len={gen_len}")
         if attn == "causal" and self.block_size != 1:
             bad("block_size", "an autoregressive model decodes one token at a time (block_size=1)")
-        if (self.steps_per_block is None) == (self.threshold is None):
-            raise CDLMError("give exactly one of steps_per_block and threshold")
         if self.steps_per_block is not None and self.steps_per_block > self.block_size:
             bad("steps_per_block", f"expected an int in [1, block_size={self.block_size}]")
         if self.cache == "exact" and attn == "bidirectional":
@@ -84,25 +122,27 @@ class DecodeSettings:
 def decode_options():
     """sample.py's options for DecodeSettings, one per field, with the ranges check() enforces;
     None keeps the checkpoint's setting."""
-    return dict(block_size=Int(None, "[1, inf)"), steps_per_block=Int(None, "[1, inf)"),
-                threshold=Float(None, "(0, 1]"), cache=Choice(None, *CACHES), refresh=Choice(None, *REFRESHES),
-                early_stop=Bool(None), temperature=Float(None, TEMPERATURES))
+    return dict(block_size=Int(None, "[1, inf)"), **{r.param: r.option for r in RULES.values()},
+                cache=Choice(None, *CACHES), refresh=Choice(None, *REFRESHES),
+                early_stop=Bool(None), temperature=Float(None, TEMPERATURES), rule=Choice(None, *RULES))
 
 
 def decode_settings(ckpt, overrides):
     """The checkpoint's stored decoding settings, updated by the non-None overrides; an override that
-    would have no effect is refused."""
+    would have no effect is refused. Giving a rule's parameter selects that rule."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    if "steps_per_block" in given and "threshold" in given:
-        raise CDLMError(f"options steps_per_block={given['steps_per_block']} and threshold={given['threshold']}: "
-                        f"give one (a fixed count of tokens per step, or a confidence to finalize at), not both")
+    params = {r.param: name for name, r in RULES.items()}
+    chosen = [p for p in params if p in given]
+    if len(chosen) > 1:
+        raise CDLMError(f"options {' and '.join(f'{p}={given[p]}' for p in chosen)}: give one (the parameter "
+                        f"of one selection rule: {', '.join(f'{p} for {n!r}' for p, n in params.items())}), not both")
     stored = DecodeSettings(**ckpt["sampling"])
     s = {**asdict(stored), **given}
-    if "steps_per_block" in given:
-        s["threshold"] = None
-    elif "threshold" in given:
-        s["steps_per_block"] = None
-    elif stored.steps_per_block == stored.block_size:  # one token per step stays one per step
+    if chosen:
+        s["rule"] = given.get("rule", params[chosen[0]])
+    if s["rule"] != stored.rule or chosen:  # another rule, or a new parameter: the others' are dropped
+        s |= {p: None for p in params if p not in chosen}
+    elif stored.rule == "count" and stored.steps_per_block == stored.block_size:  # one token per step stays one
         s["steps_per_block"] = s["block_size"]
     st = DecodeSettings(**s).check(ckpt["model_config"]["attn"], ckpt["data_meta"]["gen_len"])
     if "refresh" in given and st.cache not in ("prefix", "dual"):
@@ -137,18 +177,15 @@ def predict(logits, temperature=0.0, generator=None):
     return pred, 1.0 / (1.0 + rest.double())
 
 
-def select_tokens(conf, k=None, threshold=None):
+def select_tokens(conf, rule, amount):
     """
     Which positions to finalize this step. conf: (B, L) confidence of the still-masked positions
-    of the current block, -inf where nothing may be finalized. Either the k most confident, or all
-    at or above threshold; a row with any candidate always finalizes at least its most confident.
+    of the current block, -inf where nothing may be finalized; rule: a name in RULES, with its
+    amount (the k of 'count', the threshold of 'threshold'). A row with any candidate always
+    finalizes at least its most confident one.
     """
     eligible = conf > float("-inf")  # (B, L)
-    if threshold is not None:
-        pick = conf >= threshold
-    else:
-        rank = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0 = most confident
-        pick = rank < k
+    pick = RULES[rule].pick(conf, amount)  # (B, L)
     best = torch.zeros_like(eligible).scatter_(1, conf.argmax(dim=1, keepdim=True), True)  # (B, L)
     return eligible & (pick | best)
 
@@ -191,7 +228,7 @@ def pass_window(cache, refresh, i, s, e, T, cached_to):
     return s, e if cache == "dual" else T
 
 
-def denoise_step(logits, block, masked, mask_id, count, threshold, temperature, generator=None):
+def denoise_step(logits, block, masked, mask_id, rule, amount, temperature, generator=None):
     """
     Phase 2, one denoising step of the current block: predict every position (never MASK itself),
     select which masked ones to finalize (select_tokens), write them. logits (b, bs, V), block
@@ -200,7 +237,7 @@ def denoise_step(logits, block, masked, mask_id, count, threshold, temperature, 
     logits[..., mask_id] = float("-inf")
     pred, conf = predict(logits, temperature, generator)  # (b, bs)
     conf = conf.masked_fill(~masked, float("-inf"))
-    pick = select_tokens(conf, k=count, threshold=threshold)
+    pick = select_tokens(conf, rule, amount)
     return torch.where(pick, pred, block), pick, pred, conf
 
 
@@ -257,7 +294,6 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     # a causal model predicts position p from the logits at p-1 (AR decoding is this loop with
     # block_size 1 and that one-position shift)
     shift = 1 if model.cfg.attn == "causal" else 0
-    counts = tokens_per_step(bs, st.steps_per_block) if st.steps_per_block else None
     answer = prompt.new_full((B, gen_len), mask_id) if init is None else init.clone()
     x = torch.cat([prompt, answer], dim=1)  # (b, T): the rows still decoding
     rows = torch.arange(B, device=x.device)  # their indices in the batch
@@ -288,8 +324,8 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
                 cached_to = s
                 window = slice(s - shift - lo, e - shift - lo)  # the block's logits in this pass
                 x[run, s:e], pick, pred, conf = denoise(
-                    logits[:, window], x[run, s:e], masked[run], mask_id, counts[i] if counts else None,
-                    st.threshold, st.temperature, generator)
+                    logits[:, window], x[run, s:e], masked[run], mask_id, st.rule, RULES[st.rule].amount(st, i),
+                    st.temperature, generator)
                 nfe += active
                 if hooks:  # on_step may keep what it sees (traces): a copy; recording reads it at once
                     keep = (lambda t: t.clone()) if on_step is not None else (lambda t: t)

@@ -23,7 +23,8 @@ import torch
 
 from bench import METHODS, decoded_tokens, load_models, needs
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
-from data.common import atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split
+from data.common import (atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split,
+                         task_module, whole_blocks)
 from data.trajectories import load_trajectories
 from model import ROLES, attention_mask, read_checkpoint
 from render import DIM, LEGEND, NEW, OFF, token_texts
@@ -299,7 +300,7 @@ def confidence_view(cfg, models, meta, tok):
         raise CDLMError(f"option state is longer than gen_len={L}")
     state = torch.tensor([given + [meta["mask_id"]] * (L - len(given))], device=device)
     bs = models["student"][0].cfg.block_size
-    upto = -(-max(len(given), 1) // bs) * bs  # through the block the state ends in
+    upto = whole_blocks(max(len(given), 1), bs)  # through the block the state ends in
     rows = {w: proposals(models[w][0], meta, prompt, state) for w in ("teacher", "student")}
     lines = [f"prompt {cfg['prompt']}  state {''.join(token_texts(tok, meta, state[0].tolist()))[:upto]}",
              f"{'position':>8}  {'teacher':>14}  {'student':>14}"]
@@ -308,39 +309,6 @@ def confidence_view(cfg, models, meta, tok):
             cells = [f"{tok.decode([rows[w][1][j].item()])!r} {rows[w][0][j].item():.2f}" for w in ("teacher", "student")]
             lines.append(f"{j:>8}  {cells[0]:>14}  {cells[1]:>14}")
     return "\n".join(lines)
-
-
-def infill_probes(tok, meta, rows, device):
-    """
-    The holes to fill, per probe: {name: (prompts (n, P), answers (n, L), hole (n, L) bool)}.
-      value    the value after the answer's middle '>' (or '='): given by the prompt and the left
-               context, so every model can fill it;
-      operand  arithmetic only: the digit of the middle '+' step, hidden in the answer and in the
-               prompt; the value right after it tells what it was (v_k - v_{k-1} mod 10), so only a
-               model that sees the right context can fill it.
-    """
-    P, L = meta["prompt_len"], meta["gen_len"]
-    prompts = torch.as_tensor(np.asarray(rows[:, :P], dtype=np.int64), device=device)
-    answers = torch.as_tensor(np.asarray(rows[:, P:], dtype=np.int64), device=device)
-    texts = [tok.decode(a) for a in answers.tolist()]
-    digit = lambda ids: tok.decode([ids]).strip().isdigit()
-    hole = torch.zeros_like(answers, dtype=torch.bool)
-    for r, text in enumerate(texts):
-        at = [j for j, t in enumerate(answers[r].tolist()) if tok.decode([t]) in (">", "=")]
-        j = at[len(at) // 2] + 1
-        while j < L and digit(answers[r, j].item()):
-            hole[r, j], j = True, j + 1
-    probes = {"value": (prompts, answers, hole)}
-    if meta["tokenizer"] == "char" and ":" in tok.decode(prompts[0].tolist()):  # the arithmetic chain
-        keep, p2, h2 = [], prompts.clone(), torch.zeros_like(hole)
-        for r, text in enumerate(texts):
-            steps = [k for k, piece in enumerate(text.split("#")[0].split(",")) if piece.startswith("+")]
-            if steps:
-                k = min(steps, key=lambda k: abs(k - len(text.split(",")) // 2))
-                h2[r, 5 * k + 1], p2[r, 3 + 2 * k] = True, meta["mask_id"]  # '+d>v,' per step; 'v:' then 'od'
-                keep.append(r)
-        probes["operand"] = (p2[keep], answers[keep], h2[keep])
-    return probes
 
 
 def infill(models, meta, probes):
@@ -409,7 +377,9 @@ def run(cfg, device, need):
         rows = load_split(data_dir, "test", meta)
         if gave(cfg, "num_eval") and cfg["num_eval"] > len(rows):
             raise CDLMError(f"option num_eval={cfg['num_eval']}: the test split of {data_dir} has {len(rows)} problems")
-        probes = infill_probes(tok, meta, rows[:cfg["num_eval"]], device)
+        rows = torch.as_tensor(np.asarray(rows[:cfg["num_eval"]], dtype=np.int64), device=device)
+        P = meta["prompt_len"]
+        probes = task_module(meta).infill_probes(tok, meta, rows[:, :P], rows[:, P:])  # each task its own holes
         acc = infill(models, meta, probes)
         print("| hole | n | " + " | ".join(f"{w} ({models[w][0].cfg.attn})" for w in models) + " |")
         print("|---|---|" + "---|" * len(models))

@@ -1,9 +1,9 @@
 """
 Shared by every dataset: the tokenizer, the on-disk layout, and the two scores of an answer.
 
-Layout of a prepared dataset directory (written by data/<name>/prepare.py):
-  meta.json        tokenizer (characters, or a trained BPE's merges), special ids, prompt_len,
-                   gen_len, split sizes
+Layout of a prepared dataset directory (written by data/<task>/prepare.py through write_task):
+  meta.json        the task's name, tokenizer (characters, or a trained BPE's merges), special ids,
+                   prompt_len, gen_len, split sizes, the settings that drew the problems
   {split}.bin      uint8/uint16 matrix (n, prompt_len + gen_len): the prompt padded with PAD on
                    its right to prompt_len, then the answer padded with EOS to gen_len.
 Every row has the same layout: the prompt starts at column 0 (so the k-th item of a prompt sits at
@@ -201,6 +201,7 @@ def check_meta(meta, path, fix):
     need(isinstance(splits, dict) and all(isinstance(k, str) and is_int(n, 1) for k, n in splits.items()), "splits")
     need(isinstance(meta.get("answer_marker"), str) and meta["answer_marker"] != "", "answer_marker")
     need(isinstance(meta.get("settings", {}), dict), "settings")
+    need(meta.get("task") is None or isinstance(meta["task"], str) and re.fullmatch(r"[a-z_][a-z0-9_]*", meta["task"]), "task")
     if meta["tokenizer"] == "char":
         need(isinstance(meta.get("chars"), str) and len(meta["chars"]) + 3 == meta["vocab_size"], "chars")
     if meta["tokenizer"] == "bpe":
@@ -218,7 +219,8 @@ LAYOUT_KEYS = ("tokenizer", "vocab_size", "pad_id", "mask_id", "eos_id", "prompt
 def data_fingerprint(meta):
     """A short hash of everything that defines a prepared dataset except where it was written."""
     settings = {k: v for k, v in meta.get("settings", {}).items() if k != "out_dir"}
-    ident = {k: v for k, v in meta.items() if k != "settings"} | {"settings": settings}
+    # the task's name is a label: data written before meta.json held it is the same data
+    ident = {k: v for k, v in meta.items() if k not in ("settings", "task")} | {"settings": settings}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -308,6 +310,59 @@ def chance_levels(true_texts, marker="#"):
     wholes = Counter(true_texts)
     n = max(1, len(true_texts))
     return dict(final_acc=max(finals.values(), default=0) / n, whole_acc=max(wholes.values(), default=0) / n)
+
+
+def whole_blocks(n, block_size):
+    """n positions rounded up to whole blocks (ints or tensors): where the block holding position
+    n - 1 ends."""
+    return -(-n // block_size) * block_size
+
+
+def write_task(out_dir, task, splits, tok, tok_meta, cfg, prompt_len=None, gen_len=None):
+    """
+    The one writer of a task's dataset: {split: [(prompt, answer)]} strings encoded with `tok` into
+    the layout above, with its meta.json (tok_meta: how to rebuild the tokenizer; cfg: the settings
+    that drew the problems). prompt_len and gen_len default to the longest prompt and answer (EOS
+    included), gen_len rounded up to whole blocks of cfg['block_size']. Returns the meta.
+    """
+    # a problem with a character the tokenizer lacks fails here, naming it
+    enc = {s: [(tok.encode(p), tok.encode(a) + [tok.eos_id]) for p, a in rows] for s, rows in splits.items()}
+    prompt_len = prompt_len or max(len(p) for rows in enc.values() for p, _ in rows)
+    gen_len = gen_len or whole_blocks(max(len(a) for rows in enc.values() for _, a in rows), cfg["block_size"])
+    dtype = np.uint8 if len(tok) <= 256 else np.uint16
+    arrays = {}
+    for split, rows in enc.items():
+        arr = np.full((len(rows), prompt_len + gen_len), tok.eos_id, dtype=dtype)  # answers padded with EOS
+        for i, (p, a) in enumerate(rows):
+            if len(p) > prompt_len or len(a) > gen_len:
+                raise CDLMError(f"a {split} problem of {task} has {len(p)} prompt and {len(a)} answer tokens, more "
+                                f"than prompt_len={prompt_len} and gen_len={gen_len}")
+            arr[i, :prompt_len] = p + [tok.pad_id] * (prompt_len - len(p))
+            arr[i, prompt_len:prompt_len + len(a)] = a
+        arrays[split] = arr
+    meta = dict(task=task, **tok_meta, vocab_size=len(tok), pad_id=tok.pad_id, mask_id=tok.mask_id, eos_id=tok.eos_id,
+                prompt_len=prompt_len, gen_len=gen_len, dtype=np.dtype(dtype).name,
+                splits={s: len(r) for s, r in enc.items()}, answer_marker="#", settings=cfg)
+    write_dataset(out_dir, arrays, meta)
+    return meta
+
+
+def tasks():
+    """Every task of this checkout, {name: its directory}: one per data/<name>/prepare.py (on any
+    path of the `data` package)."""
+    import data
+    return {n: os.path.join(d, n) for d in data.__path__ for n in sorted(os.listdir(d))
+            if os.path.isfile(os.path.join(d, n, "prepare.py"))}
+
+
+def task_module(meta):
+    """The data/<task>/prepare.py module that made a dataset (its infill probes, its generator)."""
+    import importlib
+    # data prepared before meta.json named its task: the two tasks of the time, told apart by tokenizer
+    task = meta.get("task") or ("arithmetic" if meta["tokenizer"] == "char" else "wordproblems")
+    if task not in tasks():
+        raise CDLMError(f"the data is of task {task!r}, which this checkout has no data/{task}/prepare.py for")
+    return importlib.import_module(f"data.{task}.prepare")
 
 
 def write_dataset(out_dir, arrays, meta):

@@ -22,10 +22,10 @@ def test_trajectory_files_and_meta(traj_dir, teacher_dir):
     assert meta["bytes_per_example"] == meta["prompt_len"] + meta["gen_len"] * (1 + 2 + 32 * 2 + 1)
     assert 0.0 <= meta["teacher_final_acc"] <= 1.0
     assert sorted(os.listdir(traj_dir)) == ["meta.json", meta["set"]]  # no partial work, no old set
-    L, B = meta["gen_len"], 8
+    L, bs = meta["gen_len"], 8
     step = np.asarray(arrays["step"])
     assert (np.sort(step, 1) == np.arange(L)).all()  # one token per step, N = gen_len steps
-    assert (step.reshape(48, -1, B).min(2) == np.arange(0, L, B)).all()  # block after block
+    assert (step.reshape(48, -1, bs).min(2) == np.arange(0, L, bs)).all()  # block after block
 
 
 def test_stored_hidden_state_rebuilds_teacher_logits(traj_dir, teacher_dir):
@@ -82,7 +82,7 @@ def test_student_checkpoint(student_dir, teacher_dir):
     t = torch.load(os.path.join(teacher_dir, "ckpt.pt"), weights_only=True)
     assert s["model_config"]["attn"] == "block_causal" and t["model_config"]["attn"] == "bidirectional"
     assert s["sampling"] == dict(block_size=8, threshold=0.9, steps_per_block=None, cache="exact", refresh="block",
-                                 early_stop=True, temperature=0.0)
+                                 early_stop=True, temperature=0.0, rule="threshold")
     assert s["teacher_hash"] == t["weights_hash"]
     assert s["iter_num"] == 20
     assert any(not torch.equal(s["model"][k], t["model"][k]) for k in t["model"])

@@ -29,7 +29,6 @@ def tiny_task(tmp_path, monkeypatch, data_dir):
     task = dict(prepare=("data.arithmetic.prepare", [f"--out_dir={data_dir}", "--n_train=2000", "--n_val=64",
                                                      "--n_test=64"]),
                 teacher=["config/teacher.py"], collect=["config/collect.py"],
-                collect_t05=["config/collect.py", "--temperature=0.5", "--out_dir=out/trajectories_t05"],
                 student=["config/student.py"], ar=["config/ar.py"], bench=["config/bench.py"])
     monkeypatch.setitem(demo.TASKS, "arithmetic", task)
     return tmp_path

@@ -10,14 +10,52 @@ import types
 from conftest import ROOT, TINY_MODEL
 
 
-def with_row(name, anchor, row):
-    """The module `name` with `row` inserted after `anchor` in its source."""
+def with_row(name, anchor, row, *more):
+    """The module `name` with `row` inserted after `anchor` in its source (and each further anchor
+    and row of `more` after that one)."""
     src = open(os.path.join(ROOT, f"{name}.py")).read()
-    assert src.count(anchor) == 1, f"{anchor!r} is not one place in {name}.py"
+    pairs = [(anchor, row), *zip(more[::2], more[1::2])]
+    for a, r in pairs:
+        assert src.count(a) == 1, f"{a!r} is not one place in {name}.py"
+        src = src.replace(a, a + r)
     mod = types.ModuleType(f"{name}_extended")
     mod.__file__ = os.path.join(ROOT, f"{name}.py")
-    exec(compile(src.replace(anchor, anchor + row), mod.__file__, "exec"), mod.__dict__)
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
     return mod
+
+
+def test_a_selection_rule_is_one_row_of_RULES_and_its_field(teacher_dir, capsys):
+    """A third rule (finalize every token at least `ratio` times as confident as the block's best):
+    a row of RULES and a field for its parameter; the option, the checks, the stored-settings
+    override and the sampler follow."""
+    sample = with_row("sample", "RULES = {\n", '''    "relative": Rule("ratio", Float(None, "(0, 1]"), lambda st, i: st.ratio,
+                     lambda conf, ratio: conf >= ratio * conf.max(1, keepdim=True).values),
+''', "    temperature: float = 0.0                 # 0 is greedy; > 0 samples (Gumbel-max in float64)\n",
+        "    ratio: Optional[float] = None\n")
+    import torch
+    from model import load_model
+    model, ckpt = load_model(os.path.join(teacher_dir, "ckpt.pt"))
+    st = sample.decode_settings(ckpt, {"ratio": 0.5})  # giving its parameter selects it
+    assert (st.rule, st.ratio, st.steps_per_block, st.threshold) == ("relative", 0.5, None, None)
+    try:
+        sample.decode_settings(ckpt, {"ratio": 0.5, "threshold": 0.9})
+        raise AssertionError("two rules' parameters were accepted")
+    except sample.CDLMError as e:
+        assert "ratio=0.5 and threshold=0.9" in str(e)
+    seen = []
+
+    def on_step(ev):  # every step finalizes exactly what the rule says (and at least one token)
+        eligible = ev.conf > float("-inf")
+        rule = eligible & (ev.conf >= 0.5 * ev.conf.max(1, keepdim=True).values)
+        assert torch.equal(ev.picked, rule) and ev.picked.any(1).all()
+        seen.append(ev.picked.sum().item())
+    prompts = torch.tensor([[3, 4, 5, 6, 7, 8] + [0] * (ckpt["data_meta"]["prompt_len"] - 6)] * 3)
+    meta = ckpt["data_meta"]
+    out, nfe = sample.generate(model, prompts, meta["gen_len"], meta["mask_id"], meta["eos_id"], st, on_step=on_step)[:2]
+    assert (out != meta["mask_id"]).all() and len(seen) == nfe.max().item() and max(seen) > 3  # some in parallel
+    assert sample.config["ratio"].default is None and sample.config["rule"].check("rule", "relative") == "relative"
+    sample.main([f"--out_dir={teacher_dir}", "--prompt=5:+3*7=", "--ratio=0.5"])  # the command line has it
+    assert "forward passes" in capsys.readouterr().out
 
 
 def test_a_fourth_loss_is_one_row_of_LOSSES(tmp_path, data_dir, teacher_dir, traj_dir):
@@ -58,3 +96,75 @@ def test_a_method_that_depends_on_another_is_one_row_of_METHODS(tmp_path, teache
                               .astype("int64"))
     tps = bench.mean_tokens_per_step(model, ckpt["data_meta"], prompts, bench.METHODS["cdlm"].settings(8, s.threshold, None))
     assert r["settings"]["steps_per_block"] == max(1, min(8, round(16 / tps)))
+
+
+TOY_TASK = '''"""A toy task: reverse a string of digits (prompt '3141=', answer '1413#3')."""
+import os
+
+import numpy as np
+import torch
+
+from configurator import Int, Str, check
+from data.common import CharTokenizer, prepared, write_task
+
+config = dict(out_dir=Str(os.path.dirname(os.path.abspath(__file__))), seed=Int(1337, "[0, inf)"),
+              n_train=Int(2000, "[1, inf)"), n_val=Int(64, "[1, inf)"), n_test=Int(64, "[1, inf)"),
+              block_size=Int(8, "[1, inf)"))
+CHARS = "0123456789=#"
+
+
+def prepare(cfg):
+    cfg = check(config, cfg)
+    meta = prepared(cfg["out_dir"], cfg)
+    if meta is not None:
+        return meta
+    rng = np.random.default_rng(cfg["seed"])
+    draw = lambda: "".join(str(d) for d in rng.integers(0, 10, int(rng.integers(3, 7))))
+    splits = {s: [(f"{x}=", x[::-1] + "#" + x[0]) for x in (draw() for _ in range(cfg["n_" + s]))]
+              for s in ("test", "val", "train")}
+    return write_task(cfg["out_dir"], "reverse", splits, CharTokenizer(CHARS), dict(tokenizer="char", chars=CHARS), cfg)
+
+
+def infill_probes(tok, meta, prompts, answers):
+    hole = torch.zeros_like(answers, dtype=torch.bool)
+    hole[:, 0] = True  # the first answer digit
+    return {"first digit": (prompts, answers, hole)}
+'''
+
+
+def test_a_new_task_is_its_prepare_py(tmp_path, monkeypatch, capsys):
+    """data/<task>/prepare.py through write_task, with its infill probes: the demo derives every
+    stage's options from the task's name (default presets, the task's paths), show.py finds its probes."""
+    import demo
+    import show
+    from configurator import Choice
+    from data.common import tasks
+    root = tmp_path / "checkout"  # a checkout with the task added, and tiny default presets
+    (root / "data" / "reverse").mkdir(parents=True)
+    (root / "data" / "reverse" / "prepare.py").write_text(TOY_TASK)
+    monkeypatch.syspath_prepend(str(root))  # data/ is a namespace package: the new task joins it
+    monkeypatch.chdir(root)
+    assert "reverse" in tasks()
+    model = "n_layer = 2\nn_head = 2\nn_embd = 32\nbatch_size = 16\neval_interval = 10\neval_iters = 2\n" \
+            "warmup_iters = 2\ndevice = 'cpu'\nmax_iters = 20\n"
+    (root / "config").mkdir()
+    for name, text in {"train_teacher.py": model + "mode = 'dlm'\n", "train_ar.py": model + "mode = 'ar'\n",
+                       "train_student.py": model + "mode = 'cdlm'\ninit_from = 'teacher'\n",
+                       "collect.py": "n_examples = 32\nbatch_size = 16\nchunk = 32\ndevice = 'cpu'\n",
+                       "reverse_bench.py": "teacher_dir = 'out/reverse/teacher'\nstudent_dir = 'out/reverse/student'\n"
+                                           "ar_dir = 'out/reverse/ar'\nout_path = 'out/reverse/bench.json'\n"
+                                           "latency_n = 1\nrepeats = 1\nbatch_size = 8\ndevice = 'cpu'\ncompile = 'off'\n"}.items():
+        (root / "config" / name).write_text(text)
+    monkeypatch.setitem(demo.TASKS, "reverse", demo.task_stages("reverse"))
+    monkeypatch.setitem(demo.config, "task", Choice("arithmetic", *demo.TASKS))
+    assert demo.TASKS["reverse"]["student"][1:] == ["--data_dir=data/reverse", "--out_dir=out/reverse/student",
+                                                    "--teacher_dir=out/reverse/teacher",
+                                                    "--traj_dirs=['out/reverse/trajectories']"]
+    demo.main(["--task=reverse", "--num_eval=16"])
+    assert "| student (cdlm): whole answer |" in capsys.readouterr().out
+    got = json.load(open("results/reverse/seed1337.json"))
+    assert got["task"] == "reverse" and set(got["bench"]) >= {"cdlm", "dlm", "ar"}
+    assert json.load(open("data/reverse/meta.json"))["task"] == "reverse"
+    show.main(["--view=infill", "--teacher_dir=out/reverse/teacher", "--student_dir=out/reverse/student",
+               "--ar_dir=out/reverse/ar", "--num_eval=16"])
+    assert "| first digit | 16 |" in capsys.readouterr().out  # the task's own probe

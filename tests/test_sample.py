@@ -21,12 +21,12 @@ def test_tokens_per_step_sums_to_block():
 
 def test_select_top_k_and_threshold():
     conf = torch.tensor([[0.2, 0.95, NEG, 0.5], [NEG, NEG, NEG, NEG], [0.3, 0.1, 0.2, 0.4]])
-    k2 = select_tokens(conf, k=2)
+    k2 = select_tokens(conf, "count", 2)
     assert k2.tolist() == [[False, True, False, True], [False] * 4, [True, False, False, True]]
-    th = select_tokens(conf, threshold=0.9)
+    th = select_tokens(conf, "threshold", 0.9)
     # row 0: only 0.95 passes; row 2: nothing passes, so its most confident is taken anyway
     assert th.tolist() == [[False, True, False, False], [False] * 4, [False, False, False, True]]
-    assert not (select_tokens(conf, threshold=0.0) & (conf == NEG)).any()  # never a non-candidate
+    assert not (select_tokens(conf, "threshold", 0.0) & (conf == NEG)).any()  # never a non-candidate
 
 
 def rows_and_model(data_dir, ckpt_dir, n=6):
@@ -104,7 +104,7 @@ def test_early_stop_fills_eos_and_saves_steps(data_dir, student_dir):
 
 def test_threshold_progress_stays_in_current_block(data_dir, student_dir):
     model, meta, prompt = rows_and_model(data_dir, student_dir, n=4)
-    mask_id, B = meta["mask_id"], model.cfg.block_size
+    mask_id, bs = meta["mask_id"], model.cfg.block_size
     states = []
 
     def on_step(ev):  # the whole batch's answers after each step (rows that finished keep theirs)
@@ -118,21 +118,21 @@ def test_threshold_progress_stays_in_current_block(data_dir, student_dir):
         for r in range(len(ans)):
             cols = newly[r].nonzero().flatten().tolist()
             if cols:  # all in one block, and only once everything before that block is final
-                assert cols[0] // B == cols[-1] // B
-                assert not (ans[r, :cols[0] // B * B] == mask_id).any()
+                assert cols[0] // bs == cols[-1] // bs
+                assert not (ans[r, :cols[0] // bs * bs] == mask_id).any()
         assert newly.any(1).sum() >= 1  # some row made progress
         prev = ans
     assert (out != mask_id).all()
-    assert (nfe <= meta["gen_len"]).all() and (nfe >= meta["gen_len"] // B).all()
+    assert (nfe <= meta["gen_len"]).all() and (nfe >= meta["gen_len"] // bs).all()
 
 
 def test_recorded_trajectory(data_dir, teacher_dir):
     model, meta, prompt = rows_and_model(data_dir, teacher_dir, n=3)
     out, nfe, step, hidden = run(model, meta, prompt, steps_per_block=8, record=True)
-    L, B = meta["gen_len"], 8
+    L, bs = meta["gen_len"], 8
     for r in range(len(out)):  # one token per step, block after block
         assert sorted(step[r].tolist()) == list(range(L))
-        assert (step[r].view(-1, B).min(1).values == torch.arange(0, L, B)).all()
+        assert (step[r].view(-1, bs).min(1).values == torch.arange(0, L, bs)).all()
     logits = model.lm_head(hidden)  # the stored hidden state reproduces the teacher's choice
     logits[..., meta["mask_id"]] = NEG
     assert torch.equal(logits.argmax(-1), out)
@@ -189,12 +189,12 @@ def test_confidence_ranks_near_certain_positions_as_the_model_does():
     logits = torch.tensor([[[18.0, 0.0, 0.0], [20.0, 0.0, 0.0]]])
     float32_form = (logits.max(-1).values - logits.logsumexp(-1)).exp()
     assert float32_form[0, 0] == float32_form[0, 1] == 1.0
-    assert select_tokens(float32_form, k=1).tolist() == [[True, False]]  # the wrong order
+    assert select_tokens(float32_form, "count", 1).tolist() == [[True, False]]  # the wrong order
     pred, conf = predict(logits)
     exact = logits.double().softmax(-1).max(-1).values
     assert pred.tolist() == [[0, 0]] and conf.dtype == torch.float64
     assert torch.allclose(1 - conf, 1 - exact, rtol=1e-6) and conf[0, 1] > conf[0, 0]  # 1 - p to 6 digits
-    assert select_tokens(conf, k=1).tolist() == [[False, True]]
+    assert select_tokens(conf, "count", 1).tolist() == [[False, True]]
     # and away from 1 it is the softmax probability as before
     wide = torch.randn(4, 8, 21) * 3
     assert torch.allclose(predict(wide)[1], wide.double().softmax(-1).max(-1).values, rtol=1e-6)

@@ -4,6 +4,7 @@ import re
 from html.parser import HTMLParser
 
 import pytest
+import torch
 
 import show
 from bench import METHODS
@@ -104,7 +105,9 @@ def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir)
     tok = get_tokenizer(meta)
     text = show.confidence_view(cfg, models, meta, tok)
     assert len(text.splitlines()) == 2 + 4  # two header lines, then the 4 masked positions of blocks 0-1
-    probes = show.infill_probes(tok, meta, load_split(data_dir, "test", meta)[:16], "cpu")
+    from data.common import task_module
+    rows = torch.as_tensor(load_split(data_dir, "test", meta)[:16].astype("int64"))
+    probes = task_module(meta).infill_probes(tok, meta, rows[:, :meta["prompt_len"]], rows[:, meta["prompt_len"]:])
     prompts, answers, hole = probes["operand"]
     for p, a, h in zip(prompts.tolist(), answers.tolist(), hole.tolist()):  # the '+' step's digit, twice
         j = h.index(True)

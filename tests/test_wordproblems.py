@@ -19,31 +19,67 @@ def wp(tmp_path_factory):
 
 
 def test_problem_is_a_valid_worked_solution():
+    """Each value is the one before it under the event the prompt tells, in the prompt's order."""
+    from data.wordproblems.prepare import EVENTS
     rng = np.random.default_rng(0)
+    said = [(op, re.compile(re.escape(s).replace(r"\{P\}", "(?:She|He)").replace(r"\{d\}", r"(\d)")))
+            for op, ss in EVENTS.items() for s in ss]
     for _ in range(300):
-        prompt, answer = make_problem(rng, 2, 4)
+        prompt, answer = make_problem(rng, 4, 7)
         steps, final = answer.split(" #")
-        eqs = steps.split(" ")
-        assert 2 <= len(eqs) <= 4 and prompt.endswith("have now?")
-        value = int(re.search(r"(\d+) \w+\.", prompt).group(1))  # the starting quantity
-        for eq in eqs:
-            a, op, b, c = re.fullmatch(r"(\d+)([+*-])(\d+)=(\d+)\.", eq).groups()
-            assert int(c) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
-            if op != "*":  # each step continues from the running value (a product is added next)
-                assert int(a) == value
-                value = int(c)
-            assert int(c) >= 0
+        sentences = prompt.split(". ")
+        value = int(re.fullmatch(r"\w+ \w+ (\d) \w+", sentences[0]).group(1))  # the starting quantity
+        events = sentences[1:-1]
+        assert 4 <= len(steps.split(" ")) == len(events) <= 7 and prompt.endswith("have now?")
+        for step, sentence in zip(steps.split(" "), events):
+            op, d, c = re.fullmatch(r"([+*/-])(\d)=(\d)", step).groups()
+            told = [(o, m) for o, rx in said if (m := rx.fullmatch(sentence + "."))]
+            assert len(told) == 1 and told[0][0] in (op, op + d), (sentence, step)
+            if op in "+-":
+                assert told[0][1].group(1) == d  # the quantity the sentence names
+            assert op != "/" or value % 2 == 0  # only an even pile is halved
+            value = {"+": value + int(d), "-": value - int(d), "*": value * int(d), "/": value // int(d)}[op]
+            assert int(c) == value and 1 <= value <= 9
         assert int(final) == value
-        for n in re.findall(r"\d+", prompt.split(".", 1)[1]):  # every quantity of the story is used
-            assert n in steps
 
 
 @pytest.mark.parametrize("max_value", [9, 30])
 def test_values_stay_within_max_value(max_value):
     rng = np.random.default_rng(1)
     for _ in range(300):
-        prompt, answer = make_problem(rng, 2, 4, max_value)
-        assert max(int(n) for n in re.findall(r"\d+", prompt + answer)) <= max_value
+        prompt, answer = make_problem(rng, 4, 7, max_value)
+        values = [int(n) for n in re.findall(r"=(\d+)", answer)]
+        assert 1 <= min(values) and max(values) <= max_value
+
+
+def test_every_event_sentence_is_five_tokens(wp):
+    """The k-th event of every prompt sits at the same positions (the tokenizer trained here)."""
+    from data.wordproblems.prepare import EVENTS, ITEMS, NAMES, START
+    tok = get_tokenizer(wp[1])
+    for n, P in NAMES:
+        assert all(len(tok.encode(" " + s.format(P=P, d=3))) == 5 for ss in EVENTS.values() for s in ss)
+        assert all(len(tok.encode(s.format(n=n, a=3, item=item))) == 5 for s in START for item in ITEMS)
+
+
+def test_infill_probes_hide_a_value_and_an_operand(wp):
+    """The operand probe hides one event's quantity in the prompt and in the answer; the value probe a value."""
+    import torch
+    from data.wordproblems.prepare import infill_probes
+    d, meta, _ = wp
+    tok, P = get_tokenizer(meta), meta["prompt_len"]
+    rows = torch.as_tensor(load_split(d, "test", meta)[:32].astype("int64"))
+    probes = infill_probes(tok, meta, rows[:, :P], rows[:, P:])
+    prompts, answers, hole = probes["operand"]
+    assert len(prompts) > 16
+    for p, a, h in zip(prompts.tolist(), answers.tolist(), hole.tolist()):
+        j, i = h.index(True), p.index(meta["mask_id"])
+        assert sum(h) == 1 and p.count(meta["mask_id"]) == 1
+        assert tok.decode([a[j - 1]]).strip() in "+-" and tok.decode([a[j + 1]]) == "="
+        told = next(r[:P] for r in rows.tolist() if r[P:] == a and all(x in (y, meta["mask_id"]) for x, y in zip(p, r)))
+        assert tok.decode([told[i]]).strip() == tok.decode([a[j]]).strip()  # the same quantity, twice
+    for p, a, h in zip(*probes["value"]):
+        j = h.tolist().index(True)
+        assert h.sum() == 1 and tok.decode([a[j - 1].item()]) == "=" and tok.decode([a[j].item()]).isdigit()
 
 
 def test_train_bpe_hand_computed():
@@ -67,7 +103,7 @@ def test_bpe_round_trips_the_generated_text(wp):
     for (prompt, answer), row in zip(splits["test"], rows):
         assert tok.decode(row[:P]) == prompt and tok.decode(row[P:]) == answer
     # numbers are spelled digit by digit; common words are single tokens
-    assert [tok.decode([i]) for i in tok.encode("12+5=17.")] == ["1", "2", "+", "5", "=", "1", "7", "."]
+    assert [tok.decode([i]) for i in tok.encode("+5=17 #17")] == ["+", "5", "=", "1", "7", " #", "1", "7"]
     assert len(tok.encode(" apples")) == 1
 
 
@@ -121,7 +157,7 @@ def test_same_scorer_interface(wp):
     answers = [a for _, a in splits["test"][:3]]
     assert meta["answer_marker"] == "#"
     assert score(answers, answers, meta["answer_marker"]) == dict(final_acc=[True] * 3, whole_acc=[True] * 3)
-    assert score(["3+4=7. #7", "3+4=8. #8", "3+4=7."], ["3+5=8. #7"] * 3)["final_acc"] == [True, False, False]
+    assert score(["+4=7 #7", "+4=8 #8", "+4=7"], ["+5=8 #7"] * 3)["final_acc"] == [True, False, False]
 
 
 def test_every_stage_runs_on_word_problems(wp, tmp_path):

@@ -21,10 +21,11 @@ import os
 import sys
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configurator import CDLMError, Int, Str, check, configure, run_main  # noqa: E402
-from data.common import CharTokenizer, check_problem_count, encode_prompt, prepared, write_dataset  # noqa: E402
+from data.common import CharTokenizer, check_problem_count, prepared, whole_blocks, write_task  # noqa: E402
 from runtime import check_writable  # noqa: E402
 
 config = dict(
@@ -65,7 +66,7 @@ def lengths(max_ops, block_size):
     """The longest prompt, and the longest answer (EOS included) rounded up to whole blocks."""
     prompt_len = 2 + 2 * max_ops + 1
     answer_len = 5 * max_ops - 1 + 2 + 1  # 'op d > v ,' per step, '#v', EOS
-    gen_len = -(-answer_len // block_size) * block_size
+    gen_len = whole_blocks(answer_len, block_size)
     return prompt_len, gen_len
 
 
@@ -93,32 +94,47 @@ def prepare(cfg):
     if meta is not None:
         print(f"{cfg['out_dir']} already holds this dataset; nothing to do")
         return meta
-    tok = CharTokenizer(CHARS)
     rng = np.random.default_rng(cfg["seed"])
-    prompt_len, gen_len = lengths(cfg["max_ops"], cfg["block_size"])
     sizes = {"train": cfg["n_train"], "val": cfg["n_val"], "test": cfg["n_test"]}
     # Held-out splits first, then train; a prompt seen in an earlier split is redrawn, so no
     # problem is in two splits.
-    seen, rows = set(), {}
+    seen, splits = set(), {}
     for split in ("test", "val", "train"):
-        out = np.full((sizes[split], prompt_len + gen_len), tok.eos_id, dtype=np.uint8)
-        used, i = set(), 0
-        while i < sizes[split]:
+        rows, used = [], set()
+        while len(rows) < sizes[split]:
             p, a = make_problem(rng, cfg["min_ops"], cfg["max_ops"], cfg["ops"])
             if p in seen or (split != "train" and p in used):
                 continue
             used.add(p)
-            ids_a = tok.encode(a)
-            out[i, :prompt_len] = encode_prompt(tok, p, prompt_len)
-            out[i, prompt_len:prompt_len + len(ids_a)] = ids_a
-            i += 1
+            rows.append((p, a))
         seen |= used
-        rows[split] = out
-    meta = dict(tokenizer="char", chars=CHARS, vocab_size=len(tok), pad_id=tok.pad_id,
-                mask_id=tok.mask_id, eos_id=tok.eos_id, prompt_len=prompt_len, gen_len=gen_len,
-                dtype="uint8", splits=sizes, answer_marker="#", settings=cfg)
-    write_dataset(cfg["out_dir"], rows, meta)
-    return meta
+        splits[split] = rows
+    prompt_len, gen_len = lengths(cfg["max_ops"], cfg["block_size"])  # every row alike, whatever was drawn
+    return write_task(cfg["out_dir"], "arithmetic", splits, CharTokenizer(CHARS), dict(tokenizer="char", chars=CHARS),
+                      cfg, prompt_len, gen_len)
+
+
+def infill_probes(tok, meta, prompts, answers):
+    """
+    The holes of `show.py --view=infill`: {name: (prompts (n, P), answers (n, L), hole (n, L) bool)}
+    for tensors of the test problems.
+      value    the value after the middle '>': given by the prompt and the left context, so every
+               model can fill it;
+      operand  the digit of the middle '+' step, hidden in the answer and in the prompt; the value
+               right after it tells what it was (v_k - v_{k-1} mod 10), so only a model that sees
+               the right context can fill it.
+    """
+    texts = [tok.decode(a) for a in answers.tolist()]
+    hole, keep, p2, h2 = torch.zeros_like(answers, dtype=torch.bool), [], prompts.clone(), torch.zeros_like(answers, dtype=torch.bool)
+    for r, text in enumerate(texts):
+        steps = text.split("#")[0].split(",")  # 'od>v' per step, 5 characters with the ','
+        hole[r, 5 * (len(steps) // 2) + 3] = True
+        adds = [k for k, piece in enumerate(steps) if piece.startswith("+")]
+        if adds:
+            k = min(adds, key=lambda k: abs(k - len(steps) // 2))
+            h2[r, 5 * k + 1], p2[r, 3 + 2 * k] = True, meta["mask_id"]  # the prompt is 'v:' then 'od' per step
+            keep.append(r)
+    return {"value": (prompts, answers, hole), "operand": (p2[keep], answers[keep], h2[keep])}
 
 
 def main(argv):

@@ -2,15 +2,18 @@
 Word problems in English in the style of GSM8K, with the reasoning written out, tokenized with a
 small BPE trained here (through tiktoken).
 
-    prompt:  Ben has 2 books. He loses 1. He buys 2 bags with 3 books each. Mia gives him 1 more.
-             How many books does Ben have now?
-    answer:  2-1=1. 2*3=6. 1+6=7. 7+1=8. #8
+    prompt:  Mia has 3 apples. She doubles them. She eats 2. She finds 4 more. She halves them.
+             How many apples does Mia have now?
+    answer:  *2=6 -2=4 +4=8 /2=4 #4
 
-A person starts with some quantity and then 2 to 4 things happen to it; each is one or two
-equations of the worked solution (2 to 4 in all), and the final answer follows '#'. As in the
-arithmetic task, every value depends on the one before it, so finalizing a whole equation in one
-step means composing operations in one forward pass; the words of the prompt must be read to know
-which operation comes next.
+A person starts with some quantity and then 4 to 7 things happen to it, each told in words (adds
+and takes away a few, doubles, triples, halves); the worked solution writes each event as its
+operation and the running value after it, and the final answer follows '#'. No value can be read
+off the prompt: doubling and adding do not commute, so each value needs the one before it, as in
+the arithmetic chain. Finalizing two values of a block in one step means composing two operations
+in one forward pass, which naive step cutting asks for and a small model does badly; the words of
+the prompt must be read to know which operation comes next. Every event sentence is five tokens,
+so the k-th event sits at the same positions in every prompt.
 
     python data/wordproblems/prepare.py                      # BPE of at most 1024 tokens, trained here
     python data/wordproblems/prepare.py --tokenizer=gpt2     # tiktoken's GPT-2 encoding (needs it cached)
@@ -22,19 +25,20 @@ import os
 import sys
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configurator import CDLMError, Choice, Int, Str, check, configure, run_main  # noqa: E402
 from data.common import (BPE_PATTERN, check_problem_count, bpe_tokenizer, get_tokenizer, gpt2_tokenizer, prepared,  # noqa: E402
-                         train_bpe, write_dataset)
+                         train_bpe, write_task)
 from runtime import check_writable  # noqa: E402
 
 config = dict(
     out_dir=Str(os.path.dirname(os.path.abspath(__file__))),
     seed=Int(1337, "[0, inf)"),
-    min_steps=Int(2, "[1, 64]"),      # equations in the worked solution, drawn uniformly in [min_steps, max_steps]
-    max_steps=Int(4, "[1, 64]"),
-    max_value=Int(9, "[2, 100000]"),  # no quantity or running value exceeds this (9: one-digit arithmetic)
+    min_steps=Int(4, "[1, 64]"),      # events in the story (one value each), uniform in [min_steps, max_steps]
+    max_steps=Int(7, "[1, 64]"),
+    max_value=Int(9, "[4, 100000]"),  # every quantity and running value is in 1..max_value (9: one digit)
     n_train=Int(200_000, "[1, inf)"),
     n_val=Int(1_000, "[1, inf)"),
     n_test=Int(1_000, "[1, inf)"),
@@ -44,47 +48,59 @@ config = dict(
     block_size=Int(8, "[1, inf)"),          # gen_len is rounded up to a whole number of diffusion blocks
 )
 
-NAMES = [("Mia", "She", "her"), ("Ben", "He", "him"), ("Ava", "She", "her"), ("Leo", "He", "him"),
-         ("Zoe", "She", "her"), ("Sam", "He", "him"), ("Lily", "She", "her"), ("Omar", "He", "him"),
-         ("Nora", "She", "her"), ("Jack", "He", "him"), ("Ella", "She", "her"), ("Ravi", "He", "him")]
+NAMES = [("Mia", "She"), ("Ben", "He"), ("Ava", "She"), ("Leo", "He"), ("Zoe", "She"), ("Sam", "He"),
+         ("Lily", "She"), ("Omar", "He"), ("Nora", "She"), ("Jack", "He"), ("Ella", "She"), ("Ravi", "He")]
 ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "stamps", "shells", "cards", "coins",
          "beads", "books", "eggs"]
-CONTAINERS = ["bags", "boxes", "packs", "jars"]
-START = ["{n} has {a} {item}.", "{n} starts with {a} {item}.", "{n} owns {a} {item}."]
-ADD = ["{P} buys {d} more.", "{P} finds {d} more.", "{o} gives {p} {d} more.", "{P} gets {d} more from {o}."]
-SUB = ["{P} gives {d} to {o}.", "{P} loses {d}.", "{P} sells {d}.", "{P} uses {d}."]
-MULADD = ["{P} buys {k} {c} with {m} {item} each.", "{P} gets {k} {c} of {m} {item}."]
+START = ["{n} has {a} {item}.", "{n} owns {a} {item}.", "{n} keeps {a} {item}."]
+# each event: (operation written in the answer, its sentences); every sentence is five BPE tokens
+# (name, verb, a number or word, a word, '.'), so the k-th event sits at fixed positions
+EVENTS = {
+    "+": ["{P} buys {d} more.", "{P} finds {d} more.", "{P} gets {d} more.", "{P} makes {d} more."],
+    "-": ["{P} gives away {d}.", "{P} loses {d} today.", "{P} sells {d} today.", "{P} eats {d} today."],
+    "*2": ["{P} doubles the pile.", "{P} doubles them now."],
+    "*3": ["{P} triples the pile.", "{P} triples them now."],
+    "/2": ["{P} halves the pile.", "{P} gives half away."],
+}
 
 
-def make_problem(rng, min_steps, max_steps, max_value=99):
-    """One (prompt, answer) pair of strings; every quantity and running value stays <= max_value."""
+def allowed(v, max_value):
+    """The events that keep the running value v in 1..max_value: {op: (largest operand or None)}."""
+    out = {}
+    if v < max_value:
+        out["+"] = min(9, max_value - v)
+    if v > 1:
+        out["-"] = min(9, v - 1)
+    if 2 * v <= max_value:
+        out["*2"] = None
+    if 3 * v <= max_value:
+        out["*3"] = None
+    if v % 2 == 0:
+        out["/2"] = None
+    return out
+
+
+def make_problem(rng, min_steps, max_steps, max_value=9):
+    """One (prompt, answer) pair of strings; every quantity and running value is in 1..max_value."""
     pick = lambda xs: xs[int(rng.integers(len(xs)))]
-    name, P, p = pick(NAMES)
-    other = pick([nm for nm, _, _ in NAMES if nm != name])
+    name, P = pick(NAMES)
     item = pick(ITEMS)
-    v = int(rng.integers(2, min(20, max_value) + 1))
-    target = int(rng.integers(min_steps, max_steps + 1))
-    words, eqs = [pick(START).format(n=name, a=v, item=item)], []
-    while len(eqs) < target:
-        kind = pick(["add", "sub", "muladd"] if target - len(eqs) >= 2 else ["add", "sub"])
-        products = [(k, m) for k in range(2, 6) for m in range(2, 6) if v + k * m <= max_value]
-        if kind == "add" and v < max_value:
-            d = int(rng.integers(1, min(9, max_value - v) + 1))
-            words.append(pick(ADD).format(P=P, p=p, o=other, d=d))
-            eqs.append(f"{v}+{d}={v + d}.")
-            v += d
-        elif kind == "sub" and v >= 1:
-            d = int(rng.integers(1, min(9, v) + 1))
-            words.append(pick(SUB).format(P=P, o=other, d=d))
-            eqs.append(f"{v}-{d}={v - d}.")
-            v -= d
-        elif kind == "muladd" and products:
-            k, m = pick(products)
-            words.append(pick(MULADD).format(P=P, k=k, c=pick(CONTAINERS), m=m, item=item))
-            eqs += [f"{k}*{m}={k * m}.", f"{v}+{k * m}={v + k * m}."]
-            v += k * m
+    v = int(rng.integers(2, max_value + 1))  # a plural to start with
+    words, steps = [pick(START).format(n=name, a=v, item=item)], []
+    for _ in range(int(rng.integers(min_steps, max_steps + 1))):
+        ops = allowed(v, max_value)
+        op = pick(sorted(ops))
+        if ops[op] is None:  # double, triple, halve
+            v = v * int(op[1]) if op[0] == "*" else v // 2
+            steps.append(f"{op}={v}")
+            words.append(pick(EVENTS[op]).format(P=P))
+        else:
+            d = int(rng.integers(1, ops[op] + 1))
+            v = v + d if op == "+" else v - d
+            steps.append(f"{op}{d}={v}")
+            words.append(pick(EVENTS[op]).format(P=P, d=d))
     words.append(f"How many {item} does {name} have now?")
-    return " ".join(words), " ".join(eqs) + f" #{v}"
+    return " ".join(words), " ".join(steps) + f" #{v}"
 
 
 STALL = 200_000  # repeats in a row after which the problems are taken to be exhausted
@@ -133,24 +149,37 @@ def prepare(cfg):
         tok = bpe_tokenizer(tok_meta["bpe"])
     else:
         tok, tok_meta = gpt2_tokenizer(), dict(tokenizer="gpt2")
-    # a problem with a character the BPE sample lacked fails here, naming it
-    enc = {s: [(tok.encode(p), tok.encode(a) + [tok.eos_id]) for p, a in rows] for s, rows in splits.items()}
-    prompt_len = max(len(p) for rows in enc.values() for p, _ in rows)
-    answer_len = max(len(a) for rows in enc.values() for _, a in rows)
-    gen_len = -(-answer_len // cfg["block_size"]) * cfg["block_size"]
-    dtype = np.uint8 if len(tok) <= 256 else np.uint16 if len(tok) <= 65536 else np.uint32
-    arrays = {}
-    for split, rows in enc.items():
-        arr = np.full((len(rows), prompt_len + gen_len), tok.eos_id, dtype=dtype)
-        for i, (p, a) in enumerate(rows):
-            arr[i, :prompt_len] = p + [tok.pad_id] * (prompt_len - len(p))
-            arr[i, prompt_len:prompt_len + len(a)] = a
-        arrays[split] = arr
-    meta = dict(**tok_meta, vocab_size=len(tok), pad_id=tok.pad_id, mask_id=tok.mask_id, eos_id=tok.eos_id,
-                prompt_len=prompt_len, gen_len=gen_len, dtype=np.dtype(dtype).name,
-                splits={s: len(r) for s, r in enc.items()}, answer_marker="#", settings=cfg)
-    write_dataset(cfg["out_dir"], arrays, meta)
-    return meta, splits
+    return write_task(cfg["out_dir"], "wordproblems", splits, tok, tok_meta, cfg), splits
+
+
+def infill_probes(tok, meta, prompts, answers):
+    """
+    The holes of `show.py --view=infill`: {name: (prompts (n, P), answers (n, L), hole (n, L) bool)}
+    for tensors of the test problems, where each step of the answer is four tokens (op, d, '=', v:
+    values of one digit).
+      value    the value of the middle step: given by the prompt and the left context, so every
+               model can fill it;
+      operand  the quantity of the middle 'buys 3 more' or 'loses 3 today' event, hidden in the
+               answer and in the prompt; the values before and after it tell what it was, so only a
+               model that sees the right context can fill it.
+    """
+    text = lambda ids: [tok.decode([i]).strip() for i in ids]
+    hole, h2, p2, keep = (torch.zeros_like(answers, dtype=torch.bool), torch.zeros_like(answers, dtype=torch.bool),
+                          prompts.clone(), [])
+    for r, (p, a) in enumerate(zip(prompts.tolist(), answers.tolist())):
+        ans = text(a)
+        n = ans.index("#") // 4 if "#" in ans else 0
+        if n == 0 or any(ans[4 * k + 2] != "=" for k in range(n)):
+            continue  # not the one-digit layout
+        hole[r, 4 * (n // 2) + 3] = True
+        adds = [k for k in range(n) if ans[4 * k] in "+-"]
+        if adds:
+            k = min(adds, key=lambda k: abs(k - n // 2))
+            words = text(p[5 * (k + 1):5 * (k + 2)])  # the start sentence, then five tokens per event
+            h2[r, 4 * k + 1], p2[r, 5 * (k + 1) + words.index(ans[4 * k + 1])] = True, meta["mask_id"]
+            keep.append(r)
+    rows = hole.any(1)
+    return {"value": (prompts[rows], answers[rows], hole[rows]), "operand": (p2[keep], answers[keep], h2[keep])}
 
 
 def main(argv):
