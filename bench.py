@@ -32,7 +32,7 @@ CHECKPOINTS_DIRS = {r.option for r in ROLES.values()}
 
 class Method(NamedTuple):
     role: str                        # the checkpoint it decodes with: a key of model.ROLES
-    settings: Callable               # (block_size, threshold, measured) -> DecodeSettings
+    decoding: Callable               # (block_size, threshold, measured) -> its DecodeSettings
     about: str
     reference: Optional[str] = None  # report the share of answers that differ from this method's
     depends_on: Optional[str] = None  # `measured` is this method's tokens per step (else None)
@@ -181,10 +181,10 @@ def check_options(cfg, methods):
     """Options that take effect only with some methods or with --sweep: given without them, refused."""
     used = {ROLES[r].option for name in methods for r in needs(name)}
     ignored = dict.fromkeys(CHECKPOINTS_DIRS - used, "with these methods: none reads that checkpoint")
-    if all(METHODS[m].settings(1, 0.5, 1).temperature == 0 for m in methods):
+    if all(METHODS[m].decoding(1, 0.5, 1).temperature == 0 for m in methods):
         ignored["seed"] = "with these methods: every one decodes greedily"
     # a method reads the threshold when it or the method it depends on decodes with one
-    if not any(METHODS[d].settings(1, 0.5, 1).threshold is not None
+    if not any(METHODS[d].decoding(1, 0.5, 1).threshold is not None
                for m in methods for d in (m, METHODS[m].depends_on) if d):
         ignored["threshold"] = "with these methods: none decodes with a threshold"
     if "student_dir" not in used:
@@ -248,14 +248,14 @@ def _run(cfg, methods):
         if dep in results:
             return results[dep]["tokens_per_step"]
         p = torch.as_tensor(rows[:run_cfg["batch_size"], :meta["prompt_len"]].astype("int64"), device=device)
-        return mean_tokens_per_step(models[METHODS[dep].role][0], meta, p, METHODS[dep].settings(bs, threshold, None))
+        return mean_tokens_per_step(models[METHODS[dep].role][0], meta, p, METHODS[dep].decoding(bs, threshold, None))
 
     with tqdm(total=len(methods) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
         for name in methods:
             model, ckpt, _ = models[METHODS[name].role]
             bs = model.cfg.block_size
             bar.set_description(f"bench {name}")
-            results[name] = bench_method(model, meta, rows, METHODS[name].settings(bs, threshold, measured(name, bs)),
+            results[name] = bench_method(model, meta, rows, METHODS[name].decoding(bs, threshold, measured(name, bs)),
                                          run_cfg, act_bytes, bar, cmodels.get(METHODS[name].role))
     for name, r in results.items():
         ref = METHODS[name].reference
@@ -301,7 +301,7 @@ def sweep(models, meta, rows, cfg, act_bytes):
     for name in ("dlm_threshold", "cdlm"):
         if METHODS[name].role in models:
             model = models[METHODS[name].role][0]
-            s = METHODS[name].settings(model.cfg.block_size, None, None)
+            s = METHODS[name].decoding(model.cfg.block_size, None, None)
             out[name] = [dict(threshold=th, **pick(bench_method(model, meta, rows, replace(s, threshold=th), one, act_bytes)))
                          for th in cfg["sweep_thresholds"]]
     if "student" in models:

@@ -1,7 +1,9 @@
 """
 The trace renderer: decoding steps as text, below both sample.py (--show) and show.py (the views).
-Pure functions of a tokenizer, the data meta and a sample.Step; nothing here runs a model.
+Pure functions of a tokenizer, the data meta and a sample.Step; nothing here runs a model. And the
+one writer of pictures (save_figure), for show.py and roofline.py.
 """
+from data.common import atomic_write_bytes
 
 LEGEND = "legend: _ masked, . EOS; the tokens finalized at this step are highlighted (or marked ^ below)"
 STEP_LEGEND = ("one line per forward pass: the answer so far ('_' masked, '.' EOS), the passes so far, and each "
@@ -24,3 +26,14 @@ def step_line(tok, meta, ev, row):
            for j in ev.picked[r].nonzero().flatten().tolist()]
     text = "".join(token_texts(tok, meta, ev.tokens[r].tolist()))
     return f"{text}   nfe {ev.nfe[r].item():2d}   " + " ".join(f"{t!r}@{p} {c:.2f}" for p, t, c in new)
+
+
+def save_figure(fig, path, dpi=120):
+    """A matplotlib figure as a PNG, written to a temporary file and renamed like every output."""
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from runtime import save_figure, sync
+from render import save_figure
+from runtime import sync
 from sample import generate
 
 PLOTS = ("_roofline.png", "_sweep.png")  # beside bench.py's out_path, when matplotlib is installed

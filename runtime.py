@@ -220,18 +220,6 @@ def lock(path, what, file=False):
         os.close(fd)
 
 
-def save_figure(fig, path, dpi=120):
-    """A matplotlib figure as a PNG, written to a temporary file and renamed like every output."""
-    import io
-    import matplotlib.pyplot as plt
-    from data.common import atomic_write_bytes
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def total_memory(device):
     """Bytes of memory on device (the GPU's, or this machine's RAM); None where unknown."""
     if str(device).startswith("cuda"):

@@ -27,8 +27,8 @@ from data.common import (atomic_write_bytes, checkpoint_data, data_fingerprint, 
                          task_module, whole_blocks)
 from data.trajectories import load_trajectories
 from model import ROLES, attention_mask, read_checkpoint
-from render import DIM, LEGEND, NEW, OFF, token_texts
-from runtime import compiled, lock, pick_device, save_figure
+from render import DIM, LEGEND, NEW, OFF, save_figure, token_texts
+from runtime import compiled, lock, pick_device
 from sample import DecodeSettings, generate
 from train import LOSSES, Y_STARS, draw_states, noise_answers
 
@@ -82,9 +82,9 @@ def compare(cfg, models, meta, tok):
         model = models[METHODS[name].role][0]
         bs, dep, tps = model.cfg.block_size, METHODS[name].depends_on, None
         if dep:  # the tokens per step of the method this one depends on, on this prompt
-            d_frames, d_ans = trace(models[METHODS[dep].role][0], meta, prompt, METHODS[dep].settings(bs, threshold, None))
+            d_frames, d_ans = trace(models[METHODS[dep].role][0], meta, prompt, METHODS[dep].decoding(bs, threshold, None))
             tps = decoded_tokens(torch.tensor([d_ans]), meta["eos_id"], bs, True).item() / d_frames[-1]["nfe"]
-        s = METHODS[name].settings(bs, threshold, tps)
+        s = METHODS[name].decoding(bs, threshold, tps)
         if cfg["compile"]:
             trace(model, meta, prompt, s)  # compiles, untimed: the replay shows warm passes
         frames, answer = trace(model, meta, prompt, s)

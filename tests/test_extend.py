@@ -94,7 +94,7 @@ def test_a_method_that_depends_on_another_is_one_row_of_METHODS(tmp_path, teache
     from data.common import load_split
     prompts = torch.as_tensor(load_split(ckpt["config"]["data_dir"], "test")[:8, :ckpt["data_meta"]["prompt_len"]]
                               .astype("int64"))
-    tps = bench.mean_tokens_per_step(model, ckpt["data_meta"], prompts, bench.METHODS["cdlm"].settings(8, s.threshold, None))
+    tps = bench.mean_tokens_per_step(model, ckpt["data_meta"], prompts, bench.METHODS["cdlm"].decoding(8, s.threshold, None))
     assert r["settings"]["steps_per_block"] == max(1, min(8, round(16 / tps)))
 
 
