@@ -184,7 +184,7 @@ def check_options(cfg, methods):
     if all(METHODS[m].decoding(1, 0.5, 1).temperature == 0 for m in methods):
         ignored["seed"] = "with these methods: every one decodes greedily"
     # a method reads the threshold when it or the method it depends on decodes with one
-    if not any(METHODS[d].decoding(1, 0.5, 1).threshold is not None
+    if not any(METHODS[d].decoding(1, 0.5, 1).rule == "threshold"
                for m in methods for d in (m, METHODS[m].depends_on) if d):
         ignored["threshold"] = "with these methods: none decodes with a threshold"
     if "student_dir" not in used:
