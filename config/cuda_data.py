@@ -1,4 +1,4 @@
-# Longer word problems for the CUDA presets: 8-16 equations, gen_len 160 in blocks of 32.
+# Longer word problems for the CUDA presets: 8-16 events, values up to 999, gen_len in blocks of 32.
 # python data/wordproblems/prepare.py config/cuda_data.py
 out_dir = "data/wordproblems_long"
 min_steps = 8
