@@ -206,7 +206,11 @@ def pipeline(task, seed, num_eval, results_dir, methods=tuple(bench.METHODS)):
     out = dict(task=task, seed=seed, commit=code_version(), machine=machine_info(), num_eval=num_eval,
                ar_seed=AR_SEED, teacher_steps=steps, bench=rep["methods"], bench_settings=rep["settings"],
                bench_machine=rep["machine"])
-    atomic_write_json(os.path.join(results_dir, task, f"seed{seed}.json"), out)
+    path = os.path.join(results_dir, task, f"seed{seed}.json")
+    others = [read_json(p, "") for p in sorted(glob.glob(os.path.join(results_dir, task, "seed*.json")))]
+    if others:  # before this run replaces its seed's file (git diff shows what moved; git checkout restores it)
+        print("\n" + against(out, others))
+    atomic_write_json(path, out)
     return out
 
 
@@ -277,6 +281,22 @@ def headline(run, source, field):
     for key in field.split("."):  # 'compiled.speedup_latency_vs_dlm': the compiled timings' ratio
         got = got.get(key) if isinstance(got, dict) else None
     return got
+
+
+def against(run, others):
+    """Your run's headline figures against the range of the committed results files (the README's
+    tables): each inside or outside the seeds' min-max. Timing ratios move with the machine."""
+    lines = [f"your seed {run['seed']} against the {len(others)} committed result file(s) (the README's ranges):"]
+    for label, source, field in HEADLINE:
+        xs = [headline(r, source, field) for r in others]
+        mine = headline(run, source, field)
+        if mine is None or not xs or None in xs:
+            continue
+        scale, unit = (100, "%") if field in METRICS else (1, "x" if "speedup" in field else "")
+        lo, hi = min(xs), max(xs)
+        where = "inside" if lo <= mine <= hi else f"outside, by {scale * min(abs(mine - lo), abs(mine - hi)):.1f}{unit}"
+        lines.append(f"  {label}: {scale * mine:.1f}{unit}, range {scale * lo:.1f}{unit}-{scale * hi:.1f}{unit}: {where}")
+    return "\n".join(lines)
 
 
 def report(task, results_dir):

@@ -28,12 +28,13 @@ def step_line(tok, meta, ev, row):
     return f"{text}   nfe {ev.nfe[r].item():2d}   " + " ".join(f"{t!r}@{p} {c:.2f}" for p, t, c in new)
 
 
-def save_figure(fig, path, dpi=120):
-    """A matplotlib figure as a PNG, written to a temporary file and renamed like every output."""
+def save_figure(fig, path, dpi=120, rect=(0, 0, 1, 1)):
+    """A matplotlib figure as a PNG, written to a temporary file and renamed like every output; rect:
+    the share of the figure the axes may fill (room for a legend below them)."""
     import io
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

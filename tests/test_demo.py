@@ -55,6 +55,12 @@ def test_demo_over_seeds_and_resume(tiny_task, capsys):
     assert {json.load(open(f"results/arithmetic/seed{s}.json"))["seed"] for s in (1, 2)} == {1, 2}
     assert os.path.isfile("out/ar/ckpt.pt") and not os.path.exists("out/seed1/ar")  # one AR, at AR_SEED
     assert demo.report("arithmetic", "results") in out  # the table comes from the files alone
+    # a second run of a seed is placed against the files already there, before replacing its own
+    demo.main(["--num_eval=16", "--seeds=1"])
+    out = capsys.readouterr().out
+    assert "your seed 1 against the 2 committed result file(s)" in out
+    line = next(l for l in out.splitlines() if "teacher NFE (dlm):" in l and "range" in l)
+    assert line.endswith(": inside")  # the same run again lands inside its own range
     # a student killed mid-run resumes where it stopped
     path = "out/seed1/student/ckpt.pt"
     ckpt = torch.load(path, weights_only=True)
@@ -95,3 +101,12 @@ def test_demo_from_another_directory_is_one_line_and_exit_2(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                      "demo.py"), "--report"], cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "repository's root" in p.stderr
+
+
+def test_a_run_outside_the_committed_range_says_by_how_much():
+    run = lambda acc, nfe: dict(seed=7, teacher_steps={k: dict(final_acc=acc, whole_acc=acc, nfe=nfe) for k in "128"},
+                                bench={})
+    text = demo.against(run(0.90, 48.0), [run(0.95, 48.0), run(0.97, 48.0)])
+    assert "teacher, 1 token/step: final answer: 90.0%, range 95.0%-97.0%: outside, by 5.0%" in text
+    assert "teacher, 2 tokens/step: whole answer: 90.0%" in text and "speedup" not in text  # unmeasured: not listed
+    assert demo.against(run(0.96, 48.0), [run(0.95, 48.0), run(0.97, 48.0)]).count(": inside") == 6

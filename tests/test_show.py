@@ -71,6 +71,33 @@ def test_html_replay_is_self_contained_and_complete(runs):
     assert [d["name"] for d in data] == [r["name"] for r in runs]
     for d, r in zip(data, runs):
         assert len(d["frames"]) == len(r["frames"]) and all(len(f["text"]) == meta["gen_len"] for f in d["frames"])
+        assert all(len(f["where"]) == meta["gen_len"] for f in d["frames"])
+    widths = json.loads(re.search(r"const WIDTH = (\[.*?\]), T = (\d+);", page).group(1))
+    assert len(widths) == meta["gen_len"] and all(w >= 1 for w in widths)  # one width per column, every row
+    assert widths == [max(len(t) for d in data for t in [d["answer_text"][j]] + [f["text"][j] for f in d["frames"]])
+                      for j in range(meta["gen_len"])]
+    assert "hashchange" in page and 'id="tmax"' in page  # the URL's step redraws; step N / max
+
+
+def test_replay_shows_where_each_pass_reads_keys_and_values(runs):
+    """The cache drawn as it is: the student's exact cache serves the prompt and earlier blocks and
+    never reads later ones; the dual cache serves both sides; no cache computes everything."""
+    runs, meta, tok = runs
+    L, by = meta["gen_len"], {r["name"]: r for r in runs}
+    bs = by["cdlm"]["block_size"]
+    for f in by["cdlm"]["frames"]:
+        prompt, where = show.pass_cells(f, "exact", L)
+        blk = next(j for j, p in enumerate(f["picked"]) if p) // bs  # the block this pass decoded
+        assert where[blk * bs:(blk + 1) * bs] == ["c"] * bs  # the block itself is computed
+        assert set(where[:blk * bs]) <= {"k", "c"} and set(where[(blk + 1) * bs:]) <= {"-"}
+        assert prompt == ("c" if f["lo"] < 0 else "k")
+    assert show.pass_cells(by["cdlm"]["frames"][0], "exact", L)[0] == "c"  # the first pass computes the prompt
+    for f in by["dlm"]["frames"]:
+        assert show.pass_cells(f, "none", L) == ("c", ["c"] * L)
+    for f in by["dlm_dual_cache"]["frames"][1:]:
+        prompt, where = show.pass_cells(f, "dual", L)
+        if f["lo"] >= 0:  # between refreshes: the block computed, both sides from the approximate cache
+            assert prompt == "a" and "c" in where and set(where) <= {"a", "c"}
 
 
 def test_mask_grids_match_the_masks():
@@ -126,3 +153,24 @@ def test_compiled_replay_shows_the_eager_decode(runs, student_dir, capsys):
     compiled_text = capsys.readouterr().out
     untimed = lambda text: re.sub(r" *[0-9.]+ ms", " ms", text)
     assert untimed(compiled_text) == untimed(show.render_compare([eager], runs[2], runs[1], color=False) + "\n")
+
+
+def test_gif_replay_has_a_frame_per_step(runs):
+    """--gif: one frame per step of the longest decode and one for the answers (needs matplotlib)."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+    import io
+    runs, meta, tok = runs
+    data = show.replay_gif(runs, tok, meta, "5:+3*7+2*4+1=", ms_per_step=100)
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "GIF" and img.n_frames == max(len(r["frames"]) for r in runs) + 1
+
+
+def test_pictures_are_refused_where_no_view_draws_them(tmp_path, student_dir):
+    from configurator import CDLMError
+    with pytest.raises(CDLMError, match="gif"):
+        show.main(["--view=masks", f"--gif={tmp_path / 'a.gif'}"])
+    with pytest.raises(CDLMError, match=r"gif=.*\.gif"):
+        show.main([f"--student_dir={student_dir}", "--methods=cdlm", f"--gif={tmp_path / 'a.png'}"])
+    with pytest.raises(CDLMError, match="png"):
+        show.main(["--view=confidence", f"--png={tmp_path / 'a.png'}"])
