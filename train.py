@@ -79,6 +79,7 @@ config = dict(
     beta1=Float(0.9, "[0, 1)"), beta2=Float(0.99, "[0, 1)"),
     grad_clip=Float(1.0, "[0, inf)"),  # 0: no clipping
     eps=Float(1e-3, "[1e-6, 1)"),      # smallest mask ratio t of the diffusion objective (float32 t, 1/t)
+    prompt_noise=Float(0.0, "[0, 1]"), # teacher: the share of rows whose prompt is noised too (noise_sequences)
     # CDLM student (mode='cdlm', Sec. 4.2)
     teacher_dir=Str("out/teacher"),    # the student starts from, and distills, this checkpoint
     traj_dirs=List(["out/trajectories"], Str(None)),  # trajectory sets of that teacher (e.g. per temperature)
@@ -98,7 +99,8 @@ ATTN = {r.mode: r.attn for r in ROLES.values()}  # mode -> the mask it trains
 STUDENT_ONLY = ("teacher_dir", "traj_dirs", "y_star", "dlm_noise", *(f"w_{name}" for name in LOSSES), "lora_alpha",
                 "threshold")  # the options only mode='cdlm' reads
 # what a resumed run must share with the run it continues
-SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise")
+SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise",
+                  "prompt_noise")
 
 
 # -----------------------------------------------------------------------------
@@ -115,6 +117,24 @@ def noise_answers(x, prompt_len, mask_id, eps=1e-3, generator=None):
     r = torch.rand(B, T, device=x.device, generator=generator)  # (B, T)
     masked = (r < t[:, None]) & (torch.arange(T, device=x.device) >= prompt_len)  # (B, T)
     return torch.where(masked, torch.full_like(x, mask_id), x), masked, t
+
+
+def noise_sequences(x, prompt_len, mask_id, prompt_share=0.0, eps=1e-3, generator=None):
+    """
+    The teacher's noising: noise_answers, and in a share of rows the prompt too, at the same ratio t
+    (LLaDA's pre-training noises whole sequences), so that the teacher learns to fill a hole from
+    the context on both sides, prompt included (show.py --view=infill). Returns noise_answers'
+    three and each row's count of positions that could be masked (B,) (an int when no prompt is
+    noised), the loss's denominator.
+    """
+    xt, masked, t = noise_answers(x, prompt_len, mask_id, eps, generator)
+    B, T = x.shape
+    if prompt_share == 0:  # nothing more drawn: the default run's random stream and loss are unchanged
+        return xt, masked, t, T - prompt_len
+    rows = torch.rand(B, device=x.device, generator=generator) < prompt_share  # (B,)
+    hit = (torch.rand(B, prompt_len, device=x.device, generator=generator) < t[:, None]) & rows[:, None]  # (B, P)
+    masked = torch.cat([hit, masked[:, prompt_len:]], dim=1)  # (B, T)
+    return torch.where(masked, torch.full_like(x, mask_id), x), masked, t, T - prompt_len + rows * prompt_len
 
 
 def noise_block(x, prompt_len, block_size, mask_id, eps=1e-3, generator=None):
@@ -309,6 +329,7 @@ def check_config(cfg):
     ignored = dict(lora_alpha="without lora_rank > 0") if not cfg["lora_rank"] else {}
     ignored |= dict(dlm_noise="with w_dlm=0 (no DLM loss)") if cfg["w_dlm"] == 0 else {}
     ignored |= dict.fromkeys(STUDENT_ONLY * (mode != "cdlm"), f"with mode={mode!r}: it is for the student (mode='cdlm')")
+    ignored |= dict(prompt_noise=f"with mode={mode!r}: it is for the teacher (mode='dlm')") if mode != "dlm" else {}
     refuse_unused(cfg, ignored | dict.fromkeys(("block_size", "eps") * (mode == "ar"), "with mode='ar': no blocks, no noise"))
     meta = load_meta(cfg["data_dir"])
     if mode != "ar" and meta["gen_len"] % cfg["block_size"]:
@@ -342,7 +363,7 @@ def _train(cfg, meta, data):
         except CDLMError as e:  # what a rerun can do about it
             raise CDLMError(f"{e}; to start over in {cfg['out_dir']} instead, rerun with --init_from="
                             f"{'teacher' if mode == 'cdlm' else 'scratch'} (it replaces the checkpoint)") from None
-        changed = [k for k in SAME_ON_RESUME if init["config"].get(k) != cfg[k]]
+        changed = [k for k in SAME_ON_RESUME if init["config"].get(k, config[k].default) != cfg[k]]  # older: default
         if changed or not same_data(init["data_meta"], meta):
             was = ", ".join(f"{k}={init['config'].get(k)!r}" for k in changed) or "other data"
             raise CDLMError(f"cannot resume {ckpt_path}: it was trained with {was}")
@@ -398,9 +419,9 @@ def _train(cfg, meta, data):
         if mode == "ar":
             with rt.ctx:
                 return ar_loss(model(x), x, P, meta["eos_id"])
-        xt, masked, t = noise_answers(x, P, meta["mask_id"], cfg["eps"], gen)
+        xt, masked, t, n_positions = noise_sequences(x, P, meta["mask_id"], cfg["prompt_noise"], cfg["eps"], gen)
         with rt.ctx:
-            return diffusion_loss(model(xt), x, masked, t, gen_len)
+            return diffusion_loss(model(xt), x, masked, t, n_positions)
 
     def student_loss():
         batch = traj.batch(np.sort(rng.integers(0, traj.n, cfg["batch_size"])), rt.device)

@@ -425,6 +425,7 @@ def test_options_without_effect_are_refused(tmp_path, data_dir, teacher_dir, stu
     refused(bench.main, b + [f"--ar_dir={teacher_dir}"], "ar_dir", "none reads that checkpoint")
     t = [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'r'}"]
     refused(train.main, t + ["--w_distill=0.5"], "w_distill=0.5", "mode='dlm'", "student")
+    refused(train.main, t + ["--mode=ar", "--prompt_noise=0.25"], "prompt_noise=0.25", "mode='ar'", "teacher")
     refused(train.main, t + ["--mode=cdlm", "--init_from=teacher", f"--teacher_dir={teacher_dir}",
                              f"--traj_dirs={traj_dir}", "--n_layer=3"], "n_layer=3", "teacher's n_layer=2")
     c = [f"--teacher_dir={teacher_dir}", f"--out_dir={tmp_path / 'c'}", "--device=cpu"]

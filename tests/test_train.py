@@ -9,7 +9,8 @@ from configurator import defaults
 from model import read_checkpoint
 from model import ModelConfig, Transformer
 from train import (Y_STARS, States, ar_loss, cdlm_losses, config, consistency_loss, diffusion_loss, distillation_loss,
-                   draw_states, final_after, get_lr, kl_loss, noise_answers, noise_block)
+                   draw_states, final_after, get_lr, kl_loss, noise_answers, noise_block,
+                   noise_sequences)
 
 
 def test_diffusion_loss_hand_computed():
@@ -31,6 +32,24 @@ def test_noise_keeps_prompt_clean_and_masks_about_t():
     assert torch.equal(xt[masked], torch.ones(int(masked.sum()), dtype=torch.long))
     assert ((t >= 1e-3) & (t <= 1)).all()
     assert masked[:, 5:].float().mean().item() == pytest.approx(t.mean().item(), abs=0.02)
+
+
+def test_teacher_noise_hits_the_prompt_of_a_share_of_rows_only():
+    """prompt_noise: a share of rows noised whole (prompt at the same ratio t); their denominator
+    counts the prompt; at share 0 exactly noise_answers, with the same random draws."""
+    x = torch.randint(3, 9, (4000, 12))
+    g = lambda: torch.Generator().manual_seed(0)
+    plain = noise_answers(x, 5, 1, generator=g())
+    xt, masked, t, n = noise_sequences(x, 5, 1, 0.0, generator=g())
+    assert all(torch.equal(a, b) for a, b in zip((xt, masked, t), plain)) and n == 7
+    xt, masked, t, n = noise_sequences(x, 5, 1, 0.25, generator=g())
+    assert torch.equal(masked[:, 5:], plain[1][:, 5:]) and torch.equal(t, plain[2])  # answers as before
+    hit = masked[:, :5].any(1)
+    assert set(n.tolist()) == {7, 12} and (n[hit] == 12).all()  # a row with a masked prompt counts all 12
+    assert (n == 12).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    prompt_rows = n == 12
+    assert masked[prompt_rows, :5].float().mean().item() == pytest.approx(t[prompt_rows].mean().item(), abs=0.03)
+    assert torch.equal(xt[masked], torch.ones(int(masked.sum()), dtype=torch.long))
 
 
 def test_ar_loss_counts_answer_up_to_first_eos():
