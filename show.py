@@ -398,21 +398,61 @@ def proposals(model, meta, prompt, state):
     return logits.float().softmax(-1).max(-1)
 
 
+def pick_state(models, meta, prompt, threshold):
+    """
+    The confidence example, chosen by a rule so that it holds on any checkpoints: along the
+    teacher's own decode of the prompt (one token per step), the first state with a masked position
+    of the block being decoded that waits on another masked position before it in the block (a
+    dependent value), which the teacher proposes under the threshold and the student at or above
+    it, rightly (the token the teacher writes there in the end). Returns (state (1, L), position),
+    or None when no state of this prompt has one.
+    """
+    teacher, student = models["teacher"][0], models["student"][0]
+    bs, mask_id = student.cfg.block_size, meta["mask_id"]
+    frames, answer = trace(teacher, meta, prompt, METHODS["dlm"].decoding(teacher.cfg.block_size, None, None))
+    L = meta["gen_len"]
+    states = [[mask_id] * L] + [f["tokens"] for f in frames[:-1]]
+    for frame, tokens in zip(frames, states):
+        block = next(j for j, p in enumerate(frame["picked"]) if p) // bs  # the block this step decodes
+        state = torch.tensor([tokens], device=prompt.device)
+        t_conf, t_pred = proposals(teacher, meta, prompt, state)
+        s_conf, s_pred = proposals(student, meta, prompt, state)
+        span = range(block * bs, (block + 1) * bs)
+        for j in span:
+            waits = any(tokens[i] == mask_id for i in span if i < j)
+            if tokens[j] == mask_id and waits and t_conf[j] < threshold <= s_conf[j] and s_pred[j] == answer[j]:
+                return state, j
+    return None
+
+
 def confidence_view(cfg, models, meta, tok):
     """Teacher and student at the same partial answer: the student is confident where a value
-    depends on a still-masked one (it learned the later, better-informed state: CDLM Sec. 4.2)."""
+    depends on a still-masked one (it learned the later, better-informed state: CDLM Sec. 4.2).
+    Without --state the state is chosen by pick_state's rule."""
     device = next(iter(models.values()))[0].lm_head.weight.device
     P, L = meta["prompt_len"], meta["gen_len"]
     prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], P)], device=device)
-    given = [meta["mask_id"] if c == "_" else tok.encode(c)[0] for c in (cfg["state"] or "")]
-    if len(given) > L:
-        raise CDLMError(f"option state is longer than gen_len={L}")
-    state = torch.tensor([given + [meta["mask_id"]] * (L - len(given))], device=device)
-    bs = models["student"][0].cfg.block_size
-    upto = whole_blocks(max(len(given), 1), bs)  # through the block the state ends in
+    bs, threshold = models["student"][0].cfg.block_size, models["student"][2].threshold
+    lines = []
+    if cfg["state"] is None:
+        picked = pick_state(models, meta, prompt, threshold)
+        if picked is None:
+            raise CDLMError(f"option prompt={cfg['prompt']!r}: no state of the teacher's decode has a dependent value "
+                            f"the teacher proposes under threshold {threshold} and the student above it; try "
+                            f"another prompt, or give --state")
+        state, j = picked
+        lines.append(f"picked by the rule (pick_state): the teacher's own decode, first state where a dependent value "
+                     f"(position {j}) is under threshold {threshold} for the teacher and above it for the student")
+        upto = (j // bs + 1) * bs
+    else:
+        given = [meta["mask_id"] if c == "_" else tok.encode(c)[0] for c in cfg["state"]]
+        if len(given) > L:
+            raise CDLMError(f"option state is longer than gen_len={L}")
+        state = torch.tensor([given + [meta["mask_id"]] * (L - len(given))], device=device)
+        upto = whole_blocks(max(len(given), 1), bs)  # through the block the state ends in
     rows = {w: proposals(models[w][0], meta, prompt, state) for w in ("teacher", "student")}
-    lines = [f"prompt {cfg['prompt']}  state {''.join(token_texts(tok, meta, state[0].tolist()))[:upto]}",
-             f"{'position':>8}  {'teacher':>14}  {'student':>14}"]
+    lines += [f"prompt {cfg['prompt']}  state {''.join(token_texts(tok, meta, state[0].tolist()[:upto]))}",
+              f"{'position':>8}  {'teacher':>14}  {'student':>14}"]
     for j in range(upto):
         if state[0, j] == meta["mask_id"]:
             cells = [f"{tok.decode([rows[w][1][j].item()])!r} {rows[w][0][j].item():.2f}" for w in ("teacher", "student")]

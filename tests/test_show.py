@@ -174,3 +174,30 @@ def test_pictures_are_refused_where_no_view_draws_them(tmp_path, student_dir):
         show.main([f"--student_dir={student_dir}", "--methods=cdlm", f"--gif={tmp_path / 'a.png'}"])
     with pytest.raises(CDLMError, match="png"):
         show.main(["--view=confidence", f"--png={tmp_path / 'a.png'}"])
+
+
+def test_the_confidence_example_is_picked_by_its_rule(monkeypatch):
+    """pick_state: the first state of the teacher's decode where a value that waits on a masked one
+    is under the threshold for the teacher and above it, rightly, for the student; else None."""
+    from types import SimpleNamespace as NS
+    M, answer = 9, [1, 3, 2, 4]
+    states = [[1, M, M, M], [1, M, 2, M], [1, 3, 2, M], answer]
+    frames = [dict(tokens=t, picked=[a != b for a, b in zip(t, prev)]) for t, prev in zip(states, [[M] * 4] + states)]
+    monkeypatch.setattr(show, "trace", lambda *a: (frames, answer))
+    model = lambda name: NS(cfg=NS(block_size=4), name=name)
+    models = {"teacher": (model("teacher"), None, None), "student": (model("student"), None, None)}
+
+    def fake(right_from, teacher_sure=False):
+        def proposals(m, meta, prompt, state):
+            k = next(i for i, t in enumerate([[M] * 4] + states) if t == state[0].tolist())  # which state
+            conf = torch.tensor([1.0, 1.0, 1.0, 0.95 if m.name == "student" else (1.0 if teacher_sure else 0.5)])
+            pred = torch.tensor(answer if m.name == "teacher" or k >= right_from else [1, 3, 2, 5])
+            return conf, pred
+        monkeypatch.setattr(show, "proposals", proposals)
+    fake(right_from=2)  # the student is wrong at position 3 in the first two states
+    state, j = show.pick_state(models, dict(gen_len=4, mask_id=M), torch.zeros(1, 2, dtype=torch.long), 0.9)
+    assert j == 3 and state[0].tolist() == [1, M, 2, M]  # state 2: position 3 still waits on position 1
+    fake(right_from=3)  # right only where nothing before it is masked any more: not a dependent value
+    assert show.pick_state(models, dict(gen_len=4, mask_id=M), torch.zeros(1, 2, dtype=torch.long), 0.9) is None
+    fake(right_from=0, teacher_sure=True)
+    assert show.pick_state(models, dict(gen_len=4, mask_id=M), torch.zeros(1, 2, dtype=torch.long), 0.9) is None
