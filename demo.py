@@ -89,8 +89,9 @@ config = dict(
     task=Choice("arithmetic", *TASKS),
     seeds=List([1337], Int(None, SEED)),  # 1337: the presets' own seed and out/ directories
     jobs=Int(1, "[1, 8]"),             # training stages side by side, one thread each; benches after
-    stage=Choice("all", "all", "train", "seed", "ar"),  # 'train': all but the timed benches; the jobs of
-                                                        # --jobs: 'seed' (a seed's stages), 'ar' (AR alone)
+    stage=Choice("all", "all", "train", "seed", "ar", "export"),  # 'train': all but the timed benches; the
+                                        # jobs of --jobs: 'seed' (a seed's stages), 'ar' (AR alone); 'export':
+                                        # seed 1337's checkpoints into ref/<task>/ (export_reference)
     ablate=Bool(False),
     ablate_iters=Int(300, "[1, inf)"),
     variants=List(list(ABLATIONS), Choice(None, *ABLATIONS)),  # the ablation's students
@@ -299,6 +300,48 @@ def against(run, others):
     return "\n".join(lines)
 
 
+# the reference checkpoints shipped in ref/<task>/ (python demo.py --stage=export): the seed-1337
+# pipeline's three, and, where a task has one, a teacher made by a preset of its own
+REFERENCE_EXTRA = {"arithmetic": {"teacher_infill": "config/train_teacher_infill.py"}}
+
+
+def export_reference(task, dest="ref"):
+    """Weights only (no optimizer or RNG state), the data path made relative to the repository's
+    root, and a manifest with the commit, the commands and the hashes: small checkpoints that
+    every README command can read in a fresh clone, after `python -m data.<task>.prepare`."""
+    from model import CKPT_KEYS, save_checkpoint
+    t = TASKS[task]
+    sources = {"teacher": (configure(train.config, t["teacher"]), "teacher"),
+               "student": (configure(train.config, t["student"]), "student"),
+               "ar": (configure(train.config, t["ar"]), "ar"),
+               **{name: (configure(train.config, [preset]), preset)
+                  for name, preset in REFERENCE_EXTRA.get(task, {}).items()}}
+    manifest = dict(task=task, commit=code_version(), made_by="python demo.py" + (f" --task={task}" if task != "arithmetic" else ""),
+                    checkpoints={})
+    ckpts = {}
+    for name, (cfg, made_by) in sources.items():
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        if not os.path.isfile(path):
+            how = f"python train.py {made_by}" if made_by.endswith(".py") else f"python demo.py --task={task} --stage=train"
+            raise CDLMError(f"no checkpoint at {path} to export: make it first ({how})")
+        ckpt = read_checkpoint(path)
+        keep = {k: ckpt[k] for k in CKPT_KEYS + ("teacher_hash", "lora_state") if k in ckpt}
+        keep["config"] = {**ckpt["config"], "data_dir": os.path.relpath(ckpt["config"]["data_dir"]),
+                          "out_dir": os.path.join(dest, task, name)}
+        ckpts[name] = keep
+        manifest["checkpoints"][name] = dict(weights_hash=ckpt["weights_hash"], iter_num=ckpt["iter_num"],
+                                             made_by=made_by if made_by.endswith(".py") else manifest["made_by"])
+    if os.path.exists(os.path.join(dest, task, "MANIFEST.json")):  # a crash mid-way leaves no manifest, not a wrong one
+        os.remove(os.path.join(dest, task, "MANIFEST.json"))
+    for name, ckpt in ckpts.items():
+        out = os.path.join(dest, task, name, "ckpt.pt")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        save_checkpoint(ckpt, out)
+        manifest["checkpoints"][name]["bytes"] = os.path.getsize(out)
+        print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
+    atomic_write_json(os.path.join(dest, task, "MANIFEST.json"), manifest)
+
+
 def report(task, results_dir):
     """The README's tables, from the results files alone: headline figures over seeds, AR, ablation."""
     runs = sorted((read_json(p, "") for p in glob.glob(os.path.join(results_dir, task, "seed*.json"))),
@@ -353,6 +396,8 @@ def main(argv):
             ablate(cfg)
         elif cfg["stage"] == "ar":
             return train_ar(task)
+        elif cfg["stage"] == "export":
+            return export_reference(task)
         elif cfg["stage"] == "seed":
             for s in seeds:
                 train_stages(task, s, cfg["num_eval"])

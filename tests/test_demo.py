@@ -110,3 +110,29 @@ def test_a_run_outside_the_committed_range_says_by_how_much():
     assert "teacher, 1 token/step: final answer: 90.0%, range 95.0%-97.0%: outside, by 5.0%" in text
     assert "teacher, 2 tokens/step: whole answer: 90.0%" in text and "speedup" not in text  # unmeasured: not listed
     assert demo.against(run(0.96, 48.0), [run(0.95, 48.0), run(0.97, 48.0)]).count(": inside") == 6
+
+
+def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, capsys, monkeypatch):
+    """--stage=export: ref/<task>/ holds each checkpoint without optimizer or RNG state, its data
+    path relative to the root, and decodes exactly as the original."""
+    from model import load_model
+    from sample import DecodeSettings, generate
+    demo.main(["--num_eval=16", "--stage=train"])
+    monkeypatch.setitem(demo.REFERENCE_EXTRA, "arithmetic", {})
+    demo.main(["--stage=export"])
+    manifest = json.load(open("ref/arithmetic/MANIFEST.json"))
+    assert set(manifest["checkpoints"]) == {"teacher", "student", "ar"}
+    for name in manifest["checkpoints"]:
+        ref = torch.load(f"ref/arithmetic/{name}/ckpt.pt", weights_only=True)
+        assert "optimizer" not in ref and "rng" not in ref and not os.path.isabs(ref["config"]["data_dir"])
+        assert ref["weights_hash"] == manifest["checkpoints"][name]["weights_hash"]
+        assert os.path.getsize(f"ref/arithmetic/{name}/ckpt.pt") < os.path.getsize(f"out/{name}/ckpt.pt") / 2
+    (a, ca), (b, _) = load_model("out/student/ckpt.pt"), load_model("ref/arithmetic/student/ckpt.pt")
+    meta = ca["data_meta"]
+    prompt = torch.full((2, meta["prompt_len"]), meta["pad_id"])
+    s = DecodeSettings(ca["model_config"]["block_size"], threshold=0.9, cache="exact")
+    run = lambda m: generate(m, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], s).tokens
+    assert torch.equal(run(a), run(b))
+    monkeypatch.setitem(demo.REFERENCE_EXTRA, "arithmetic", {"teacher_infill": "config/missing.py"})
+    with pytest.raises(demo.CDLMError, match="missing.py"):
+        demo.main(["--stage=export"])
