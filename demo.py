@@ -316,7 +316,7 @@ def export_reference(task, dest="ref"):
                "ar": (configure(train.config, t["ar"]), "ar"),
                **{name: (configure(train.config, [preset]), preset)
                   for name, preset in REFERENCE_EXTRA.get(task, {}).items()}}
-    manifest = dict(task=task, commit=code_version(), made_by="python demo.py" + (f" --task={task}" if task != "arithmetic" else ""),
+    manifest = dict(task=task, exported_at=code_version(), made_by="python demo.py" + (f" --task={task}" if task != "arithmetic" else ""),
                     checkpoints={})
     ckpts = {}
     for name, (cfg, made_by) in sources.items():
