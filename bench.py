@@ -82,7 +82,18 @@ def load_models(cfg, methods, device):
     return models
 
 
+def role_dirs(cfg):
+    """--checkpoints=D: each role's folder is D/<role> (D=ref/arithmetic: the reference checkpoints
+    shipped with the repo), unless that role's own option is given."""
+    if cfg["checkpoints"] is not None:
+        for role, r in ROLES.items():
+            if not gave(cfg, r.option):
+                cfg[r.option] = os.path.join(cfg["checkpoints"], role)
+    return cfg
+
+
 config = dict(
+    checkpoints=Str(None),              # a folder of teacher/, student/, ar/ (e.g. ref/arithmetic): role_dirs
     teacher_dir=Str("out/teacher"),
     student_dir=Str("out/student"),
     ar_dir=Str("out/ar"),
@@ -368,7 +379,7 @@ def table(report):
 
 
 def main(argv):
-    run(configure(config, argv))
+    run(role_dirs(configure(config, argv)))
 
 
 if __name__ == "__main__":

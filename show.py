@@ -23,7 +23,7 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
-from bench import METHODS, decoded_tokens, load_models, needs
+from bench import METHODS, decoded_tokens, load_models, needs, role_dirs
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
 from data.common import (atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split,
                          task_module, whole_blocks)
@@ -39,6 +39,7 @@ config = dict(
     prompt=Str("5:+3*7+2*4+1="),
     state=Str(None),                    # the answer so far, '_' where masked (the rest masked)
     methods=List(list(METHODS), Choice(None, *METHODS)),
+    checkpoints=Str(None),              # a folder of teacher/, student/, ar/ (e.g. ref/arithmetic): bench.role_dirs
     teacher_dir=Str("out/teacher"), student_dir=Str("out/student"), ar_dir=Str("out/ar"),
     traj_dir=Str("out/trajectories"), index=Int(0, "[0, inf)"),  # the stored trajectory to draw a state from
     y_star=Choice(None, *Y_STARS),      # None is the student's reading
@@ -50,7 +51,7 @@ config = dict(
     compile=Bool(False),                # torch.compile the models (runtime.compiled); the replay's times are warm
 )
 # the views that read each option (and the checkpoints their methods need): given to another, refused
-READ_BY = dict(prompt="compare confidence", state="confidence", methods="compare", traj_dir="states", index="states",
+READ_BY = dict(checkpoints="compare states confidence infill", prompt="compare confidence", state="confidence", methods="compare", traj_dir="states", index="states",
                y_star="states", html="compare", gif="compare", png="masks states", color="compare", num_eval="infill",
                data_dir="infill", seed="states", device="compare states confidence infill", compile="compare infill")
 NEED = {"confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"], "states": ["cdlm"], "masks": []}
@@ -479,7 +480,7 @@ def infill(models, meta, probes):
 
 
 def main(argv):
-    cfg = configure(config, argv)
+    cfg = role_dirs(configure(config, argv))
     view = cfg["view"]
     need = cfg["methods"] if view == "compare" else NEED[view]
     dirs = {ROLES[r].option for name in need for r in needs(name)}

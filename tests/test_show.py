@@ -201,3 +201,19 @@ def test_the_confidence_example_is_picked_by_its_rule(monkeypatch):
     assert show.pick_state(models, dict(gen_len=4, mask_id=M), torch.zeros(1, 2, dtype=torch.long), 0.9) is None
     fake(right_from=0, teacher_sure=True)
     assert show.pick_state(models, dict(gen_len=4, mask_id=M), torch.zeros(1, 2, dtype=torch.long), 0.9) is None
+
+
+def test_one_folder_of_checkpoints_names_every_role(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
+    """--checkpoints=D (ref/arithmetic): D/teacher, D/student, D/ar, unless a role's own option is given."""
+    from configurator import CDLMError
+    for role, d in (("teacher", teacher_dir), ("student", student_dir), ("ar", ar_dir)):
+        (tmp_path / role).symlink_to(d)
+    show.main([f"--checkpoints={tmp_path}", "--methods=cdlm,ar", "--color=never"])
+    via_folder = capsys.readouterr().out
+    show.main([f"--student_dir={student_dir}", f"--ar_dir={ar_dir}", "--methods=cdlm,ar", "--color=never"])
+    untimed = lambda text: re.sub(r" *[0-9.]+ ms", " ms", text)
+    assert untimed(via_folder) == untimed(capsys.readouterr().out)
+    with pytest.raises(CDLMError, match="no checkpoint at .*elsewhere"):  # a role's own option wins
+        show.main([f"--checkpoints={tmp_path}", f"--student_dir={tmp_path / 'elsewhere'}", "--methods=cdlm"])
+    with pytest.raises(CDLMError, match="checkpoints"):
+        show.main([f"--checkpoints={tmp_path}", "--view=masks"])
