@@ -6,6 +6,7 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
+import render
 import show
 from bench import METHODS
 
@@ -35,14 +36,14 @@ def test_every_method_every_step(runs):
 
 def test_terminal_rendering_aligns_methods(runs):
     runs, meta, tok = runs
-    text = show.render_compare(runs, tok, meta, color=False)
+    text = render.render_compare(runs, tok, meta, color=False)
     assert "\033" not in text  # plain marks when piped
     step1 = text.split("step 2")[0].splitlines()
     rows = [l for l in step1 if l.split() and l.split()[0] in METHODS]
     assert len(rows) == len(METHODS) and len({l.index("  ", len(l.split()[0])) for l in rows}) >= 1
     assert "^" in text
-    colored = show.render_compare(runs, tok, meta, color=True)
-    assert show.NEW in colored
+    colored = render.render_compare(runs, tok, meta, color=True)
+    assert render.NEW in colored
 
 
 class Tags(HTMLParser):
@@ -62,7 +63,7 @@ class Tags(HTMLParser):
 
 def test_html_replay_is_self_contained_and_complete(runs):
     runs, meta, tok = runs
-    page = show.replay_html(runs, tok, meta, "5:+3*7+2*4+1=")
+    page = render.replay_html(runs, tok, meta, "5:+3*7+2*4+1=")
     parser = Tags()
     parser.feed(page)
     assert not parser.errors and not parser.stack and not parser.urls  # well-formed, nothing fetched
@@ -86,16 +87,16 @@ def test_replay_shows_where_each_pass_reads_keys_and_values(runs):
     L, by = meta["gen_len"], {r["name"]: r for r in runs}
     bs = by["cdlm"]["block_size"]
     for f in by["cdlm"]["frames"]:
-        prompt, where = show.pass_cells(f, "exact", L)
+        prompt, where = render.pass_cells(f, "exact", L)
         blk = next(j for j, p in enumerate(f["picked"]) if p) // bs  # the block this pass decoded
         assert where[blk * bs:(blk + 1) * bs] == ["c"] * bs  # the block itself is computed
         assert set(where[:blk * bs]) <= {"k", "c"} and set(where[(blk + 1) * bs:]) <= {"-"}
         assert prompt == ("c" if f["lo"] < 0 else "k")
-    assert show.pass_cells(by["cdlm"]["frames"][0], "exact", L)[0] == "c"  # the first pass computes the prompt
+    assert render.pass_cells(by["cdlm"]["frames"][0], "exact", L)[0] == "c"  # the first pass computes the prompt
     for f in by["dlm"]["frames"]:
-        assert show.pass_cells(f, "none", L) == ("c", ["c"] * L)
+        assert render.pass_cells(f, "none", L) == ("c", ["c"] * L)
     for f in by["dlm_dual_cache"]["frames"][1:]:
-        prompt, where = show.pass_cells(f, "dual", L)
+        prompt, where = render.pass_cells(f, "dual", L)
         if f["lo"] >= 0:  # between refreshes: the block computed, both sides from the approximate cache
             assert prompt == "a" and "c" in where and set(where) <= {"a", "c"}
 
@@ -152,7 +153,7 @@ def test_compiled_replay_shows_the_eager_decode(runs, student_dir, capsys):
     show.main([f"--student_dir={student_dir}", "--methods=cdlm", "--compile", "--color=never"])
     compiled_text = capsys.readouterr().out
     untimed = lambda text: re.sub(r" *[0-9.]+ ms", " ms", text)
-    assert untimed(compiled_text) == untimed(show.render_compare([eager], runs[2], runs[1], color=False) + "\n")
+    assert untimed(compiled_text) == untimed(render.render_compare([eager], runs[2], runs[1], color=False) + "\n")
 
 
 def test_gif_replay_has_a_frame_per_step(runs):
@@ -161,7 +162,7 @@ def test_gif_replay_has_a_frame_per_step(runs):
     from PIL import Image
     import io
     runs, meta, tok = runs
-    data = show.replay_gif(runs, tok, meta, "5:+3*7+2*4+1=", ms_per_step=100)
+    data = render.replay_gif(runs, tok, meta, "5:+3*7+2*4+1=", ms_per_step=100)
     img = Image.open(io.BytesIO(data))
     assert img.format == "GIF" and img.n_frames == max(len(r["frames"]) for r in runs) + 1
 
