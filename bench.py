@@ -65,9 +65,9 @@ def needs(name):
     return (m.role,) + (needs(m.depends_on) if m.depends_on else ())
 
 
-def load_models(cfg, methods, device):
+def load_models(cfg, methods, device, same_teacher=True):
     """The checkpoints the methods need, each of the right kind, all on the same data; the student
-    must come from this teacher."""
+    must come from this teacher (unless same_teacher=False: show.py's infilling compares masks)."""
     models = {}
     for role in dict.fromkeys(r for name in methods for r in needs(name)):
         key = ROLES[role].option
@@ -76,7 +76,7 @@ def load_models(cfg, methods, device):
     for role, (_, ckpt, _) in models.items():
         if not same_data(ckpt["data_meta"], data_meta):
             raise CDLMError(f"--{ROLES[role].option}: that checkpoint was trained on other data than the others")
-    if "teacher" in models and "student" in models and \
+    if same_teacher and "teacher" in models and "student" in models and \
             models["student"][1]["teacher_hash"] != models["teacher"][1]["weights_hash"]:
         raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than {cfg['teacher_dir']}")
     return models

@@ -287,7 +287,9 @@ def run(cfg, device, need):
                      rows=[n for n, _ in rows[1:]], cols=rows[0][1], texts=[texts],
                      xlabel="answer position, labelled with the step the teacher finalized it at")
         return
-    models = {role: (compiled(m, cfg["compile"]), ckpt, st) for role, (m, ckpt, st) in load_models(cfg, need, device).items()}
+    # infilling compares what each mask can see: its teacher may be another than the student's (prompt_noise)
+    loaded = load_models(cfg, need, device, same_teacher=cfg["view"] != "infill")
+    models = {role: (compiled(m, cfg["compile"]), ckpt, st) for role, (m, ckpt, st) in loaded.items()}
     meta = next(iter(models.values()))[1]["data_meta"]
     tok = get_tokenizer(meta)
     if cfg["view"] == "confidence":
@@ -301,6 +303,7 @@ def run(cfg, device, need):
         P = meta["prompt_len"]
         probes = task_module(meta).infill_probes(tok, meta, rows[:, :P], rows[:, P:])  # each task its own holes
         acc = infill(models, meta, probes)
+        print(", ".join(f"{w}: {cfg[ROLES[w].option]}" for w in models))
         print("| hole | n | " + " | ".join(f"{w} ({models[w][0].cfg.attn})" for w in models) + " |")
         print("|---|---|" + "---|" * len(models))
         for probe, (p, _, _) in probes.items():

@@ -218,3 +218,20 @@ def test_one_folder_of_checkpoints_names_every_role(tmp_path, teacher_dir, stude
         show.main([f"--checkpoints={tmp_path}", f"--student_dir={tmp_path / 'elsewhere'}", "--methods=cdlm"])
     with pytest.raises(CDLMError, match="checkpoints"):
         show.main([f"--checkpoints={tmp_path}", "--view=masks"])
+
+
+def test_infilling_may_compare_a_teacher_the_student_did_not_come_from(tmp_path, teacher_dir, student_dir, ar_dir,
+                                                                       data_dir, capsys):
+    """The infilling view compares masks (a teacher trained with prompt_noise against the student);
+    the decoders' comparison still refuses a student of another teacher."""
+    from configurator import CDLMError
+    ckpt = torch.load(f"{student_dir}/ckpt.pt", weights_only=True)
+    ckpt["teacher_hash"] = "0" * 16
+    (tmp_path / "s").mkdir()
+    torch.save(ckpt, tmp_path / "s" / "ckpt.pt")
+    dirs = [f"--teacher_dir={teacher_dir}", f"--student_dir={tmp_path / 's'}", f"--ar_dir={ar_dir}"]
+    with pytest.raises(CDLMError, match="another teacher"):
+        show.main(dirs[:2] + ["--methods=cdlm,dlm"])
+    show.main(dirs + ["--view=infill", "--num_eval=8", f"--data_dir={data_dir}"])
+    out = capsys.readouterr().out
+    assert f"student: {tmp_path / 's'}" in out and "| operand |" in out
