@@ -306,8 +306,8 @@ REFERENCE_EXTRA = {"arithmetic": {"teacher_infill": "config/train_teacher_infill
 
 
 def export_reference(task, dest="ref"):
-    """Weights only (no optimizer or RNG state), the data path made relative to the repository's
-    root, and a manifest with the commit, the commands and the hashes: small checkpoints that
+    """Weights only (no optimizer or RNG state), the data path the task's presets name (relative to
+    the repository's root; it must hold the checkpoint's very data), and a manifest with the commit, the commands and the hashes: small checkpoints that
     every README command can read in a fresh clone, after `python -m data.<task>.prepare`."""
     from model import CKPT_KEYS, save_checkpoint
     t = TASKS[task]
@@ -325,9 +325,10 @@ def export_reference(task, dest="ref"):
             how = f"python train.py {made_by}" if made_by.endswith(".py") else f"python demo.py --task={task} --stage=train"
             raise CDLMError(f"no checkpoint at {path} to export: make it first ({how})")
         ckpt = read_checkpoint(path)
+        data_dir = os.path.relpath(cfg["data_dir"])  # the task's own place, as its presets name it
+        checkpoint_data(ckpt, data_dir, path)  # which must hold the very data the checkpoint learned
         keep = {k: ckpt[k] for k in CKPT_KEYS + ("teacher_hash", "lora_state") if k in ckpt}
-        keep["config"] = {**ckpt["config"], "data_dir": os.path.relpath(ckpt["config"]["data_dir"]),
-                          "out_dir": os.path.join(dest, task, name)}
+        keep["config"] = {**ckpt["config"], "data_dir": data_dir, "out_dir": os.path.join(dest, task, name)}
         ckpts[name] = keep
         manifest["checkpoints"][name] = dict(weights_hash=ckpt["weights_hash"], iter_num=ckpt["iter_num"],
                                              made_by=made_by if made_by.endswith(".py") else manifest["made_by"])
