@@ -92,10 +92,10 @@ REPLAY = """<!doctype html>
 <style>
 body{font-family:system-ui,sans-serif;margin:24px;color:#222} h1{font-size:18px} .prompt{font-family:monospace;font-size:15px}
 table{border-collapse:collapse;margin-top:12px} td{padding:0 0 6px 0} #controls{margin:12px 0} .about{font-size:12px;color:#666}
-td.name{font-family:monospace;padding-right:12px;white-space:nowrap;font-size:13px}
+td.ans{white-space:nowrap} td.name{font-family:monospace;padding-right:12px;white-space:nowrap;font-size:13px}
 td.info{font-family:monospace;font-size:12px;padding-left:12px;white-space:nowrap;color:#555}
 span.c{display:inline-block;box-sizing:border-box;height:26px;line-height:22px;text-align:center;font-family:monospace;
-font-size:14px;border-left:2px solid #e4e4e4;white-space:pre;vertical-align:top}
+font-size:13px;border-left:2px solid #e4e4e4;white-space:pre;vertical-align:top}
 span.b{border-left-color:#333} span.m{color:#aaa} span.n{outline:2px solid #d33;outline-offset:-2px;font-weight:bold}
 span.k{box-shadow:inset 0 -6px 0 #2b6cb0} span.a{box-shadow:inset 0 -6px 0 #e69500}
 span.x{background:repeating-linear-gradient(45deg,#eee 0 3px,#fff 3px 6px);color:#bbb} span.p{padding:0 6px}
@@ -131,7 +131,7 @@ for (const c of [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]) {
 function cell(text, cls, width, title, conf) {
   const s = document.createElement("span");
   s.className = "c " + cls; s.textContent = text; if (title) s.title = title;
-  if (width) s.style.width = "calc(" + width + "ch + 10px)";
+  if (width) s.style.width = "calc(" + width + "ch + 6px)";
   if (conf !== null) s.style.background = shade(conf);
   return s;
 }
@@ -140,7 +140,7 @@ function draw() {
   for (const r of RUNS) {
     const i = Math.min(t, r.frames.length) - 1, f = r.frames[i], done = t > r.frames.length;
     const row = grid.insertRow(), name = row.insertCell(), ans = row.insertCell(), info = row.insertCell();
-    name.className = "name"; name.textContent = r.name; name.title = r.about; info.className = "info";
+    name.className = "name"; name.textContent = r.name; name.title = r.about; info.className = "info"; ans.className = "ans";
     const where = done ? "c" : f.where_prompt;
     ans.appendChild(cell("prompt", "p " + (where === "c" ? "" : where), null,
                          where === "c" ? "prompt: computed in this pass" : "prompt: read from the cache", null));
@@ -209,17 +209,20 @@ def replay_gif(runs, tok, meta, prompt, ms_per_step=600):
     x0 = [sum(width[:j]) for j in range(L)]
     band = {"k": "#2b6cb0", "a": "#e69500"}
     steps, images = max(len(r["frames"]) for r in runs), []
+    left = max(len(r["name"]) for r in runs) * 0.75 + 1  # the names' column, in cell units
     for t in range(steps + 1):
-        fig, ax = plt.subplots(figsize=(1.6 + 0.11 * sum(width), 0.9 + 0.36 * len(runs)), dpi=90)
-        ax.set_xlim(-9, sum(width) + 0.2)
-        ax.set_ylim(len(runs) - 0.4, -1.2)
+        fig, ax = plt.subplots(figsize=(0.12 * (left + sum(width) + 4), 0.9 + 0.36 * len(runs)), dpi=100)
+        ax.set_xlim(-left, sum(width) + 4)
+        ax.set_ylim(len(runs) + 0.3, -1.2)
+        ax.text(-left, len(runs) + 0.05, "red: finalized at this step; band under a cell: its keys and values read from the "
+                "exact cache (blue) or an approximate one (orange); _ masked, . EOS", fontsize=7, color="#555")
         ax.axis("off")
-        ax.text(-9, -0.9, f"{prompt}    step {min(t + 1, steps)} / {steps}", fontsize=9, family="monospace")
+        ax.text(-left, -0.9, f"{prompt}    step {min(t + 1, steps)} / {steps}", fontsize=9, family="monospace")
         for y, r in enumerate(runs):
             done = t >= len(r["frames"])
             f = r["frames"][min(t, len(r["frames"]) - 1)]
             where = ["c"] * L if done else pass_cells(f, r["cache"], L)[1]
-            ax.text(-9, y, r["name"], va="center", fontsize=8, family="monospace")
+            ax.text(-left, y, r["name"], va="center", fontsize=8, family="monospace")
             for j, text in enumerate(texts[r["name"]][min(t, len(r["frames"]))]):
                 new = f["picked"][j] and not done
                 ax.add_patch(plt.Rectangle((x0[j], y - 0.4), width[j], 0.8, facecolor="#fde2e2" if new else "white",
@@ -251,14 +254,14 @@ def save_png(path, panels, rows=None, cols=None, xlabel=None, ylabel=None, texts
         raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)") from None
     import textwrap
     width = max(len(g[0]) for _, g, _ in panels) * 0.28 + 1.2
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + (0.8 if rows else 0), width * 1.1 + 1.2),
-                             squeeze=False)
+    height = max(len(g) for _, g, _ in panels) * 0.28 + 2.8
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + (1.4 if rows else 0), height), squeeze=False)
     legend = {}
     for k, (ax, (title, grid, key)) in enumerate(zip(axes[0], panels)):
         codes = sorted({c for row in grid for c in row})
         ax.imshow([[codes.index(c) for c in row] for row in grid], cmap=ListedColormap([key[c][0] for c in codes]),
                   vmin=0, vmax=max(1, len(codes) - 1))
-        ax.set_title("\n".join(textwrap.wrap(title, 28)), fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(title, max(28, int(len(grid[0]) * 3.2)))), fontsize=9)
         ax.set_xticks(range(len(cols)) if cols else [], cols or [], fontsize=7)
         ax.set_yticks(range(len(rows)) if rows else [], rows or [], fontsize=7)
         ax.set_xlabel(xlabel or "", fontsize=8)

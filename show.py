@@ -44,14 +44,14 @@ config = dict(
     html=Str(None), png=Str(None),      # also write the replay here, or draw a picture (needs matplotlib)
     gif=Str(None),                      # also write the replay as an animated GIF (needs matplotlib)
     color=Choice("auto", "auto", "always", "never"),
-    num_eval=Int(500, "[1, inf)"),      # test problems (the default: at most)
+    num_eval=Int(500, "[1, inf)"),      # test problems (the default: at most); confidence: searched for a state
     data_dir=Str(None), seed=Int(1337, SEED), device=Str("cpu"),
     compile=Bool(False),                # torch.compile the models (runtime.compiled); the replay's times are warm
 )
 # the views that read each option (and the checkpoints their methods need): given to another, refused
 READ_BY = dict(checkpoints="compare states confidence infill", prompt="compare confidence", state="confidence", methods="compare", traj_dir="states", index="states",
-               y_star="states", html="compare", gif="compare", png="masks states", color="compare", num_eval="infill",
-               data_dir="infill", seed="states", device="compare states confidence infill", compile="compare infill")
+               y_star="states", html="compare", gif="compare", png="masks states", color="compare", num_eval="infill confidence",
+               data_dir="infill confidence", seed="states", device="compare states confidence infill", compile="compare infill")
 NEED = {"confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"], "states": ["cdlm"], "masks": []}
 
 # -----------------------------------------------------------------------------
@@ -200,7 +200,17 @@ def confidence_view(cfg, models, meta, tok):
     bs, threshold = models["student"][0].cfg.block_size, models["student"][2].threshold
     lines = []
     if cfg["state"] is None:
-        picked = pick_state(models, meta, prompt, threshold)
+        if gave(cfg, "prompt"):
+            picked = pick_state(models, meta, prompt, threshold)
+        else:  # the first test problem that has such a state
+            data_dir, _ = checkpoint_data(models["teacher"][1], cfg["data_dir"])
+            for row in load_split(data_dir, "test", meta)[:cfg["num_eval"]].tolist():
+                prompt = torch.tensor([row[:P]], device=device)
+                picked = pick_state(models, meta, prompt, threshold)
+                if picked is not None:
+                    cfg["prompt"] = tok.decode([i for i in row[:P] if i != meta["pad_id"]])
+                    lines.append(f"the first of the test problems with such a state: --prompt={cfg['prompt']!r}")
+                    break
         if picked is None:
             raise CDLMError(f"option prompt={cfg['prompt']!r}: no state of the teacher's decode has a dependent value "
                             f"the teacher proposes under threshold {threshold} and the student above it; try "
@@ -279,7 +289,7 @@ def run(cfg, device, need):
         if cfg["png"]:
             colours = iter(["#d73", "#39c", "#7a4", "#a5c", "#cc3"])
             key = {**{loss.mark: (next(colours), loss.title) for loss in LOSSES.values()},
-                   ".": ("#eee", "nothing"), "_": ("#bbb", "masked"), "k": ("#555", "final")}
+                   ".": ("#eee", "nothing"), "_": ("#bbb", "masked"), "k": ("#cfe0f0", "final (its token written)")}
             states = ("y", "y*", "y' (consistency)")
             grid = [["_" if c == "_" else "k" for c in cells] if name in states else cells for name, cells in rows[1:]]
             texts = [[c if name in states and c != "_" else "" for c in cells] for name, cells in rows[1:]]
