@@ -52,7 +52,10 @@ def test_shows_reads_elisions():
     assert shows(["x   1.5 ms"], ["x 123.2 ms"]) is None
 
 
-BLOCKS = [b for b in readme_blocks(open(os.path.join(ROOT, "README.md")).read()) if "ref/" in b[0] and "out/" not in b[0]]  # out/: made by an earlier command
+# out/ is made by an earlier command; the infilling view reads the prepared test split (and takes
+# a minute): those blocks are rerun by hand, not here
+BLOCKS = [b for b in readme_blocks(open(os.path.join(ROOT, "README.md")).read())
+          if "ref/" in b[0] and "out/" not in b[0] and "--view=infill" not in b[0]]
 
 
 def test_the_readme_narrates_the_reference_checkpoints():
