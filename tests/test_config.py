@@ -85,3 +85,13 @@ def test_every_preset_loads_against_its_script():
             assert cfg["device"] == "cuda" and cfg["dtype"] == "auto" and cfg["compile"]
             if cfg["mode"] != "ar":
                 assert cfg["block_size"] in (16, 32)
+
+
+def test_output_closed_early_is_not_an_error(tmp_path):
+    """`script | head -1`: the pipe closes under the script; it exits 0 with no traceback."""
+    import subprocess
+    import sys
+    code = "from configurator import run_main\nrun_main(lambda argv: [print('x' * 1000) for _ in range(100000)])"
+    p = subprocess.run(f"{sys.executable} -c \"{code}\" | head -c 10", shell=True, capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert p.stdout == "x" * 10 and "Traceback" not in p.stderr
