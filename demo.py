@@ -302,7 +302,7 @@ def against(run, others):
 
 # the reference checkpoints shipped in ref/<task>/ (python demo.py --stage=export): the seed-1337
 # pipeline's three, and, where a task has one, a teacher made by a preset of its own
-REFERENCE_EXTRA = {"arithmetic": {"teacher_infill": "config/train_teacher_infill.py"}}
+REFERENCE_EXTRA = {"arithmetic": {"teacher_infill": ["config/train_teacher.py", "config/train_teacher_infill.py"]}}
 
 
 def export_reference(task, dest="ref"):
@@ -311,18 +311,17 @@ def export_reference(task, dest="ref"):
     every README command can read in a fresh clone, after `python -m data.<task>.prepare`."""
     from model import CKPT_KEYS, save_checkpoint
     t = TASKS[task]
-    sources = {"teacher": (configure(train.config, t["teacher"]), "teacher"),
-               "student": (configure(train.config, t["student"]), "student"),
-               "ar": (configure(train.config, t["ar"]), "ar"),
-               **{name: (configure(train.config, [preset]), preset)
-                  for name, preset in REFERENCE_EXTRA.get(task, {}).items()}}
-    manifest = dict(task=task, exported_at=code_version(), made_by="python demo.py" + (f" --task={task}" if task != "arithmetic" else ""),
-                    checkpoints={})
+    demo = "python demo.py" + (f" --task={task}" if task != "arithmetic" else "")
+    # name -> (its options, the command that makes it)
+    sources = {**{role: (t[role], demo) for role in ("teacher", "student", "ar")},
+               **{name: (argv, "python train.py " + " ".join(argv)) for name, argv in REFERENCE_EXTRA.get(task, {}).items()}}
+    manifest = dict(task=task, exported_at=code_version(), made_by=demo, checkpoints={})
     ckpts = {}
-    for name, (cfg, made_by) in sources.items():
+    for name, (argv, made_by) in sources.items():
+        cfg = configure(train.config, argv)
         path = os.path.join(cfg["out_dir"], "ckpt.pt")
         if not os.path.isfile(path):
-            how = f"python train.py {made_by}" if made_by.endswith(".py") else f"python demo.py --task={task} --stage=train"
+            how = made_by if made_by != demo else f"{demo} --stage=train"
             raise CDLMError(f"no checkpoint at {path} to export: make it first ({how})")
         ckpt = read_checkpoint(path)
         data_dir = os.path.relpath(cfg["data_dir"])  # the task's own place, as its presets name it
@@ -330,8 +329,7 @@ def export_reference(task, dest="ref"):
         keep = {k: ckpt[k] for k in CKPT_KEYS + ("teacher_hash", "lora_state") if k in ckpt}
         keep["config"] = {**ckpt["config"], "data_dir": data_dir, "out_dir": os.path.join(dest, task, name)}
         ckpts[name] = keep
-        manifest["checkpoints"][name] = dict(weights_hash=ckpt["weights_hash"], iter_num=ckpt["iter_num"],
-                                             made_by=made_by if made_by.endswith(".py") else manifest["made_by"])
+        manifest["checkpoints"][name] = dict(weights_hash=ckpt["weights_hash"], iter_num=ckpt["iter_num"], made_by=made_by)
     if os.path.exists(os.path.join(dest, task, "MANIFEST.json")):  # a crash mid-way leaves no manifest, not a wrong one
         os.remove(os.path.join(dest, task, "MANIFEST.json"))
     for name, ckpt in ckpts.items():

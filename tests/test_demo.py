@@ -133,6 +133,6 @@ def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, c
     s = DecodeSettings(ca["model_config"]["block_size"], threshold=0.9, cache="exact")
     run = lambda m: generate(m, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], s).tokens
     assert torch.equal(run(a), run(b))
-    monkeypatch.setitem(demo.REFERENCE_EXTRA, "arithmetic", {"teacher_infill": "config/missing.py"})
+    monkeypatch.setitem(demo.REFERENCE_EXTRA, "arithmetic", {"teacher_infill": ["config/missing.py"]})
     with pytest.raises(demo.CDLMError, match="missing.py"):
         demo.main(["--stage=export"])
