@@ -23,7 +23,7 @@ import torch
 
 from bench import METHODS, decoded_tokens, load_models, needs, role_dirs
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
-from data.common import (atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split,
+from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split,
                          task_module, whole_blocks)
 from data.trajectories import load_trajectories
 from model import ROLES, attention_mask, read_checkpoint
@@ -236,17 +236,19 @@ def confidence_view(cfg, models, meta, tok):
 
 
 def infill(models, meta, probes):
-    """Accuracy of filling each probe's holes. The bidirectional teacher sees both sides of a hole and
-    fills holes in any order; the block-causal student and the AR model see what precedes it (the
-    rest of the answer is masked), as they decode.
+    """Accuracy of filling each probe's holes (data.common.Probe). The bidirectional teacher sees both
+    sides of a hole and fills holes in any order; the block-causal student and the AR model see what
+    precedes it (the rest of the answer is masked), as they decode. Hidden positions are masked for
+    every model, but not scored.
     """
     L, acc = meta["gen_len"], {}
     for name, (model, _, s) in models.items():
         left_only = model.cfg.attn != "bidirectional"
         bs = s.block_size if left_only else L
         s = DecodeSettings(bs, steps_per_block=bs, cache=s.cache)
-        for probe, (prompts, answers, hole) in probes.items():
-            given = ~(hole.cumsum(1) > 0) if left_only else ~hole  # left context only, or everything else
+        for probe, (prompts, answers, hole, hidden) in ((k, Probe(*p)) for k, p in probes.items()):
+            masked = hole if hidden is None else hole | hidden
+            given = ~(masked.cumsum(1) > 0) if left_only else ~masked  # left context only, or everything else
             init = torch.where(given, answers, meta["mask_id"])
             out = generate(model, prompts, L, meta["mask_id"], meta["eos_id"], s, init=init).tokens
             acc[probe, name] = ((out == answers) | ~hole).all(1).float().mean().item()
@@ -316,7 +318,7 @@ def run(cfg, device, need):
         print(", ".join(f"{w}: {cfg[ROLES[w].option]}" for w in models))
         print("| hole | n | " + " | ".join(f"{w} ({models[w][0].cfg.attn})" for w in models) + " |")
         print("|---|---|" + "---|" * len(models))
-        for probe, (p, _, _) in probes.items():
+        for probe, (p, *_) in probes.items():
             print(f"| {probe} | {len(p)} | " + " | ".join(f"{100 * acc[probe, w]:.1f}%" for w in models) + " |")
     else:
         runs = compare(cfg, models, meta, tok)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 from collections import Counter
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -353,6 +354,14 @@ def tasks():
     import data
     return {n: os.path.join(d, n) for d in data.__path__ for n in sorted(os.listdir(d))
             if os.path.isfile(os.path.join(d, n, "prepare.py"))}
+
+
+class Probe(NamedTuple):
+    """One kind of hole of `show.py --view=infill` (a task's infill_probes gives {name: Probe})."""
+    prompts: object                   # (n, P) the test prompts, MASK where the probe hides a prompt token
+    answers: object                   # (n, L) their true answers
+    hole: object                      # (n, L) bool, the scored positions
+    hidden: Optional[object] = None   # (n, L) bool, also masked but not scored (None: nothing more)
 
 
 def task_module(meta):

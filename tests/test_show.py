@@ -136,14 +136,22 @@ def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir)
     from data.common import task_module
     rows = torch.as_tensor(load_split(data_dir, "test", meta)[:16].astype("int64"))
     probes = task_module(meta).infill_probes(tok, meta, rows[:, :meta["prompt_len"]], rows[:, meta["prompt_len"]:])
-    prompts, answers, hole = probes["operand"]
+    prompts, answers, hole, hidden = probes["operand"]
+    assert hidden is None
     for p, a, h in zip(prompts.tolist(), answers.tolist(), hole.tolist()):  # the '+' step's digit, twice
         j = h.index(True)
         assert sum(h) == 1 and tok.decode([a[j - 1]]) == "+" and tok.decode([a[j + 1]]) == ">"
         assert p.count(meta["mask_id"]) == 1 and tok.decode([p[p.index(meta["mask_id"]) - 1]]) == "+"
-    assert probes["value"][2].sum(1).eq(1).all()  # one-digit values
+    assert probes["value"].hole.sum(1).eq(1).all()  # one-digit values
+    last = probes["last"]
+    assert 0 < len(last.prompts) < len(rows)  # the problems whose last step is a '+'
+    for p, a, h, d in zip(*(t.tolist() for t in last)):
+        text, j = tok.decode(a), h.index(True)
+        assert sum(h) == 1 == sum(d) and d.index(True) == j - 2  # the value scored, its step's digit hidden
+        assert text[j - 3] == "+" and text[j + 1] == "#" and text[j] == text[j + 2]  # '#' names it outright
+        assert p.count(meta["mask_id"]) == 1 and tok.decode([p[p.index(meta["mask_id"]) - 1]]) == "+"
     acc = show.infill(models, meta, probes)
-    assert set(acc) == {(p, w) for p in ("value", "operand") for w in ("teacher", "student", "ar")}
+    assert set(acc) == {(p, w) for p in ("value", "operand", "last") for w in ("teacher", "student", "ar")}
     assert all(0 <= a <= 1 for a in acc.values())
 
 
@@ -235,3 +243,32 @@ def test_infilling_may_compare_a_teacher_the_student_did_not_come_from(tmp_path,
     show.main(dirs + ["--view=infill", "--num_eval=8", f"--data_dir={data_dir}"])
     out = capsys.readouterr().out
     assert f"student: {tmp_path / 's'}" in out and "| operand |" in out
+
+
+def test_infilling_hides_the_hidden_positions_from_every_model(teacher_dir, student_dir, ar_dir, monkeypatch):
+    """A probe's hidden positions start masked for every model and are not scored; the left-only
+    models see nothing from the first masked position on, the teacher everything else."""
+    from configurator import check
+    from bench import load_models
+    from data.common import Probe
+    cfg = check(show.config, dict(teacher_dir=teacher_dir, student_dir=student_dir, ar_dir=ar_dir))
+    models = load_models(cfg, ["dlm", "cdlm", "ar"], "cpu")
+    meta = models["teacher"][1]["data_meta"]
+    L, M = meta["gen_len"], meta["mask_id"]
+    answers = torch.randint(0, M, (3, L))
+    hole, hidden = torch.zeros(3, L, dtype=torch.bool), torch.zeros(3, L, dtype=torch.bool)
+    hole[:, 9], hidden[:, 4] = True, True
+    seen, real = {}, show.generate
+    def spy(model, prompts, gen_len, mask_id, eos_id, s, init=None):
+        seen[model.cfg.attn] = init
+        return real(model, prompts, gen_len, mask_id, eos_id, s, init=init)._replace(tokens=answers.clone())
+    monkeypatch.setattr(show, "generate", spy)
+    prompts = torch.zeros(3, meta["prompt_len"], dtype=torch.long)
+    acc = show.infill(models, meta, {"p": Probe(prompts, answers, hole, hidden), "plain": (prompts, answers, hole)})
+    assert all(a == 1.0 for a in acc.values())  # scored on the hole alone
+    teacher = seen["bidirectional"]  # the last probe's: hidden=None
+    assert (teacher[:, 9] == M).all() and (teacher[:, 4] == answers[:, 4]).all()
+    show.infill(models, meta, {"p": Probe(prompts, answers, hole, hidden)})
+    assert ((seen["bidirectional"] == M) == (hole | hidden)).all()
+    for attn in ("block_causal", "causal"):
+        assert (seen[attn][:, :4] == answers[:, :4]).all() and (seen[attn][:, 4:] == M).all()

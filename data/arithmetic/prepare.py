@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configurator import CDLMError, Int, Str, check, configure, run_main  # noqa: E402
-from data.common import CharTokenizer, check_problem_count, prepared, whole_blocks, write_task  # noqa: E402
+from data.common import CharTokenizer, Probe, check_problem_count, prepared, whole_blocks, write_task  # noqa: E402
 from runtime import check_writable  # noqa: E402
 
 config = dict(
@@ -116,16 +116,19 @@ def prepare(cfg):
 
 def infill_probes(tok, meta, prompts, answers):
     """
-    The holes of `show.py --view=infill`: {name: (prompts (n, P), answers (n, L), hole (n, L) bool)}
-    for tensors of the test problems.
+    The holes of `show.py --view=infill` ({name: data.common.Probe}) for tensors of the test problems.
       value    the value after the middle '>': given by the prompt and the left context, so every
                model can fill it;
       operand  the digit of the middle '+' step, hidden in the answer and in the prompt; the value
                right after it tells what it was (v_k - v_{k-1} mod 10), so only a model that sees
-               the right context can fill it.
+               the right context can fill it, with an inverse operation no ordinary answer needs;
+      last     the value of the last step, in the problems whose last step is a '+', with that
+               step's digit hidden in the prompt and in the answer: the final answer after '#', to
+               its right, names it outright; from the left a guess is right one time in ten.
     """
     texts = [tok.decode(a) for a in answers.tolist()]
-    hole, keep, p2, h2 = torch.zeros_like(answers, dtype=torch.bool), [], prompts.clone(), torch.zeros_like(answers, dtype=torch.bool)
+    empty = lambda: torch.zeros_like(answers, dtype=torch.bool)
+    hole, h2, h3, hid3, p2, p3, keep2, keep3 = empty(), empty(), empty(), empty(), prompts.clone(), prompts.clone(), [], []
     for r, text in enumerate(texts):
         steps = text.split("#")[0].split(",")  # 'od>v' per step, 5 characters with the ','
         hole[r, 5 * (len(steps) // 2) + 3] = True
@@ -133,8 +136,14 @@ def infill_probes(tok, meta, prompts, answers):
         if adds:
             k = min(adds, key=lambda k: abs(k - len(steps) // 2))
             h2[r, 5 * k + 1], p2[r, 3 + 2 * k] = True, meta["mask_id"]  # the prompt is 'v:' then 'od' per step
-            keep.append(r)
-    return {"value": (prompts, answers, hole), "operand": (p2[keep], answers[keep], h2[keep])}
+            keep2.append(r)
+        k = len(steps) - 1
+        if steps[k].startswith("+"):
+            h3[r, 5 * k + 3], hid3[r, 5 * k + 1], p3[r, 3 + 2 * k] = True, True, meta["mask_id"]
+            keep3.append(r)
+    return {"value": Probe(prompts, answers, hole),
+            "operand": Probe(p2[keep2], answers[keep2], h2[keep2]),
+            "last": Probe(p3[keep3], answers[keep3], h3[keep3], hid3[keep3])}
 
 
 def main(argv):

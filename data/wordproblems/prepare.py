@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configurator import CDLMError, Choice, Int, Str, check, configure, run_main  # noqa: E402
-from data.common import (BPE_PATTERN, check_problem_count, bpe_tokenizer, get_tokenizer, gpt2_tokenizer, prepared,  # noqa: E402
+from data.common import (BPE_PATTERN, Probe, check_problem_count, bpe_tokenizer, get_tokenizer, gpt2_tokenizer, prepared,  # noqa: E402
                          train_bpe, write_task)
 from runtime import check_writable  # noqa: E402
 
@@ -154,32 +154,39 @@ def prepare(cfg):
 
 def infill_probes(tok, meta, prompts, answers):
     """
-    The holes of `show.py --view=infill`: {name: (prompts (n, P), answers (n, L), hole (n, L) bool)}
-    for tensors of the test problems, where each step of the answer is four tokens (op, d, '=', v:
-    values of one digit).
+    The holes of `show.py --view=infill` ({name: data.common.Probe}) for tensors of the test
+    problems, where each step of the answer is four tokens (op, d, '=', v: values of one digit).
       value    the value of the middle step: given by the prompt and the left context, so every
                model can fill it;
       operand  the quantity of the middle 'buys 3 more' or 'loses 3 today' event, hidden in the
                answer and in the prompt; the values before and after it tell what it was, so only a
-               model that sees the right context can fill it.
+               model that sees the right context can fill it;
+      last     the value of the last step when that event adds or takes away, its quantity hidden
+               in the prompt and in the answer: the final answer after '#' names it outright.
     """
     text = lambda ids: [tok.decode([i]).strip() for i in ids]
-    hole, h2, p2, keep = (torch.zeros_like(answers, dtype=torch.bool), torch.zeros_like(answers, dtype=torch.bool),
-                          prompts.clone(), [])
+    empty = lambda: torch.zeros_like(answers, dtype=torch.bool)
+    hole, h2, h3, hid3, p2, p3, keep2, keep3 = empty(), empty(), empty(), empty(), prompts.clone(), prompts.clone(), [], []
     for r, (p, a) in enumerate(zip(prompts.tolist(), answers.tolist())):
         ans = text(a)
         n = ans.index("#") // 4 if "#" in ans else 0
         if n == 0 or any(ans[4 * k + 2] != "=" for k in range(n)):
             continue  # not the one-digit layout
         hole[r, 4 * (n // 2) + 3] = True
-        adds = [k for k in range(n) if ans[4 * k] in "+-"]
+        quantity = lambda k: 5 * (k + 1) + text(p[5 * (k + 1):5 * (k + 2)]).index(ans[4 * k + 1])  # the start
+        adds = [k for k in range(n) if ans[4 * k] in "+-"]                       # sentence, then five tokens per event
         if adds:
             k = min(adds, key=lambda k: abs(k - n // 2))
-            words = text(p[5 * (k + 1):5 * (k + 2)])  # the start sentence, then five tokens per event
-            h2[r, 4 * k + 1], p2[r, 5 * (k + 1) + words.index(ans[4 * k + 1])] = True, meta["mask_id"]
-            keep.append(r)
+            h2[r, 4 * k + 1], p2[r, quantity(k)] = True, meta["mask_id"]
+            keep2.append(r)
+        if ans[4 * (n - 1)] in "+-":
+            k = n - 1
+            h3[r, 4 * k + 3], hid3[r, 4 * k + 1], p3[r, quantity(k)] = True, True, meta["mask_id"]
+            keep3.append(r)
     rows = hole.any(1)
-    return {"value": (prompts[rows], answers[rows], hole[rows]), "operand": (p2[keep], answers[keep], h2[keep])}
+    return {"value": Probe(prompts[rows], answers[rows], hole[rows]),
+            "operand": Probe(p2[keep2], answers[keep2], h2[keep2]),
+            "last": Probe(p3[keep3], answers[keep3], h3[keep3], hid3[keep3])}
 
 
 def main(argv):
