@@ -69,17 +69,23 @@ def test_infill_probes_hide_a_value_and_an_operand(wp):
     tok, P = get_tokenizer(meta), meta["prompt_len"]
     rows = torch.as_tensor(load_split(d, "test", meta)[:32].astype("int64"))
     probes = infill_probes(tok, meta, rows[:, :P], rows[:, P:])
-    prompts, answers, hole = probes["operand"]
-    assert len(prompts) > 16
+    prompts, answers, hole, hidden = probes["operand"]
+    assert len(prompts) > 16 and hidden is None
     for p, a, h in zip(prompts.tolist(), answers.tolist(), hole.tolist()):
         j, i = h.index(True), p.index(meta["mask_id"])
         assert sum(h) == 1 and p.count(meta["mask_id"]) == 1
         assert tok.decode([a[j - 1]]).strip() in "+-" and tok.decode([a[j + 1]]) == "="
         told = next(r[:P] for r in rows.tolist() if r[P:] == a and all(x in (y, meta["mask_id"]) for x, y in zip(p, r)))
         assert tok.decode([told[i]]).strip() == tok.decode([a[j]]).strip()  # the same quantity, twice
-    for p, a, h in zip(*probes["value"]):
+    for p, a, h, _ in zip(*probes["value"][:3], range(len(probes["value"].prompts))):
         j = h.tolist().index(True)
         assert h.sum() == 1 and tok.decode([a[j - 1].item()]) == "=" and tok.decode([a[j].item()]).isdigit()
+    last = probes["last"]  # the last event's value, its quantity hidden: the '#' after it names it
+    assert len(last.prompts) > 0
+    for p, a, h, d in zip(*(t.tolist() for t in last)):
+        j = h.index(True)
+        assert sum(h) == 1 == sum(d) and d.index(True) == j - 2 and p.count(meta["mask_id"]) == 1
+        assert tok.decode([a[j + 1]]).strip() == "#" and a[j + 2] == a[j]
 
 
 def test_train_bpe_hand_computed():
