@@ -77,7 +77,7 @@ def test_infill_probes_hide_a_value_and_an_operand(wp):
         assert tok.decode([a[j - 1]]).strip() in "+-" and tok.decode([a[j + 1]]) == "="
         told = next(r[:P] for r in rows.tolist() if r[P:] == a and all(x in (y, meta["mask_id"]) for x, y in zip(p, r)))
         assert tok.decode([told[i]]).strip() == tok.decode([a[j]]).strip()  # the same quantity, twice
-    for p, a, h, _ in zip(*probes["value"][:3], range(len(probes["value"].prompts))):
+    for p, a, h in zip(*probes["value"][:3]):
         j = h.tolist().index(True)
         assert h.sum() == 1 and tok.decode([a[j - 1].item()]) == "=" and tok.decode([a[j].item()]).isdigit()
     last = probes["last"]  # the last event's value, its quantity hidden: the '#' after it names it

@@ -173,8 +173,9 @@ def infill_probes(tok, meta, prompts, answers):
         if n == 0 or any(ans[4 * k + 2] != "=" for k in range(n)):
             continue  # not the one-digit layout
         hole[r, 4 * (n // 2) + 3] = True
-        quantity = lambda k: 5 * (k + 1) + text(p[5 * (k + 1):5 * (k + 2)]).index(ans[4 * k + 1])  # the start
-        adds = [k for k in range(n) if ans[4 * k] in "+-"]                       # sentence, then five tokens per event
+        # the prompt position of event k's quantity: the start sentence, then five tokens per event
+        quantity = lambda k: 5 * (k + 1) + text(p[5 * (k + 1):5 * (k + 2)]).index(ans[4 * k + 1])
+        adds = [k for k in range(n) if ans[4 * k] in "+-"]
         if adds:
             k = min(adds, key=lambda k: abs(k - n // 2))
             h2[r, 4 * k + 1], p2[r, quantity(k)] = True, meta["mask_id"]
