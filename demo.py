@@ -33,6 +33,7 @@ import sample
 import train
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, run_main
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
+from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
 from runtime import check_writable, code_version, machine_info, pick_device
 
@@ -131,6 +132,8 @@ def run_train(cfg):
         if cfg["mode"] == "cdlm":  # and distilled from the teacher that is there now
             teacher = read_checkpoint(os.path.join(cfg["teacher_dir"], "ckpt.pt"), mode="dlm", option="teacher_dir")
             same = same and have["teacher_hash"] == teacher["weights_hash"]
+            # and on the trajectory sets there now (a checkpoint older than this record: taken as is)
+            same = same and have.get("trajectories", None) in (None, live_set_ids(cfg["traj_dirs"]))
         if same and have["iter_num"] >= cfg["max_iters"] and have["config"]["max_iters"] == cfg["max_iters"]:
             print(f"{path}: done (iteration {have['iter_num']}), skipped")
             return

@@ -79,18 +79,12 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, pos, k, v, rows=None):
-        """
-        Write k, v (b, nh, t, hd) at positions pos (t,) of the batch's rows `rows` (all when None);
-        return those rows' keys and values at every position (b, nh, seq_len, hd).
-        """
-        if rows is None:
-            self.k.index_copy_(2, pos, k.to(self.k.dtype))
-            self.v.index_copy_(2, pos, v.to(self.v.dtype))
-            return self.k, self.v
-        self.k[rows[:, None], :, pos[None, :]] = k.to(self.k.dtype).transpose(1, 2)
-        self.v[rows[:, None], :, pos[None, :]] = v.to(self.v.dtype).transpose(1, 2)
-        return self.k[rows], self.v[rows]
+    def update(self, pos, k, v):
+        """Write k, v (B, nh, t, hd) at positions pos (t,); return the keys and values at every
+        position (B, nh, seq_len, hd). Every row of the batch is written: the sampler runs them all."""
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
+        return self.k, self.v
 
     def keep(self, rows):
         """Drop finished rows: rows (b,) are the indices to keep."""
@@ -105,11 +99,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.cache = None
 
-    def forward(self, x, mask, pos, rows):
+    def forward(self, x, mask, pos):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
         if self.cache is not None and pos is not None:
-            k, v = self.cache.update(pos, k, v, rows)  # (B, nh, seq_len, hd)
+            k, v = self.cache.update(pos, k, v)  # (B, nh, seq_len, hd)
         # an explicit mask, never is_causal: with a cache, queries and keys differ in length
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -125,8 +119,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
                                  nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, mask, pos, rows):
-        x = x + self.attn(self.ln_1(x), mask, pos, rows)
+    def forward(self, x, mask, pos):
+        x = x + self.attn(self.ln_1(x), mask, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -191,12 +185,11 @@ class Transformer(nn.Module):
         for b in self.blocks:
             b.attn.cache.keep(rows)
 
-    def forward(self, idx, start=None, return_hidden=False, rows=None):
+    def forward(self, idx, start=None, return_hidden=False):
         """
         idx: (B, T) tokens. Without start: one uncached pass over positions 0..T.
-        With start (after setup_cache): positions start..start+T, attending to the cache; `rows`
-        names the cache's batch rows that idx holds (all of them when None). start may be a 0-d
-        tensor, so that a compiled forward is not specialized to each position (the sampler's).
+        With start (after setup_cache): positions start..start+T of every row, attending to the cache.
+        start may be a 0-d tensor, so that a compiled forward is not specialized to each position.
         Returns logits (B, T, V), and the last hidden state (B, T, C), the LM head's input.
         """
         B, T = idx.shape
@@ -215,7 +208,7 @@ class Transformer(nn.Module):
             # every query row sees the whole static cache; the mask hides what is not theirs
             mask = None if self.cfg.attn == "bidirectional" else self.mask.index_select(0, pos)  # (T, seq_len)
         for b in self.blocks:
-            x = b(x, mask, pos, rows)
+            x = b(x, mask, pos)
         h = self.ln_f(x)  # (B, T, C)
         logits = self.lm_head(h)  # (B, T, V)
         return (logits, h) if return_hidden else logits

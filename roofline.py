@@ -76,25 +76,25 @@ def probe_machine(device):
 
 def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
     """
-    Where a decode's time goes at batch 1: inside the model's forward passes (timed by hooks) and
-    in the sampler around them; per pass, the ATen ops launched (torch.profiler) and the time the
-    arithmetic alone would take at the measured peak. Fixed per-op costs are what a small model
-    on a CPU pays for.
+    Where a decode's time goes at batch 1: the forward passes and the sampler around them; per
+    pass, the ATen ops launched (torch.profiler) and the time the arithmetic alone would take at
+    the measured peak. Fixed per-op costs are what a small model on a CPU pays for. The passes are
+    timed by replaying each decode's own (same windows, tokens and cache) through `model` alone:
+    under torch.compile the sampler's step is one graph with the forward inside, which no hook
+    can split, so eager and compiled are measured the same way.
     """
     from torch.profiler import ProfilerActivity, profile
-    inside, t = [0.0], [0.0]
-    pre = model.register_forward_pre_hook(lambda *a: t.__setitem__(0, time.perf_counter()))
-    post = model.register_forward_hook(lambda *a: inside.__setitem__(0, inside[0] + time.perf_counter() - t[0]))
-    try:
-        timed_decode(model, meta, prompts[:1], settings)  # warm up
-        inside[0], wall, passes = 0.0, 0.0, 0
-        for i in range(len(prompts)):
+    wall = model_s = 0.0
+    passes = 0
+    for warm in (True, False):  # one untimed round: compiles the forward alone, warms caches
+        for i in range(1 if warm else len(prompts)):
             out, nfe, dt = timed_decode(model, meta, prompts[i:i + 1], settings)
-            wall, passes = wall + dt, passes + nfe.item()
-        model_s = inside[0]
-    finally:
-        pre.remove()
-        post.remove()
+            seen = []
+            generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
+                     on_step=lambda ev: seen.append((ev.tokens, ev.lo, ev.hi)))
+            s = replay_passes(model, prompts[i:i + 1], seen, settings.cache)
+            if not warm:
+                wall, model_s, passes = wall + dt, model_s + s, passes + len(seen)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         nfe = timed_decode(model, meta, prompts[:1], settings)[1].item()
     ops = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
@@ -104,6 +104,27 @@ def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
                 sampler_ms_per_answer=1000 * (wall - model_s) / n, passes_per_answer=passes / n,
                 ms_per_pass=1000 * model_s / passes, aten_ops_per_step=ops / nfe,
                 arithmetic_ms_per_pass=flops / nfe / (peak_gflops * 1e9) * 1000)
+
+
+@torch.no_grad()
+def replay_passes(model, prompt, seen, cache):
+    """Seconds the forward passes of one traced decode take alone: seen holds each step's
+    (answer tokens after it, lo, hi); every pass runs again, in order, on a fresh cache."""
+    P = prompt.size(1)
+    starts = torch.arange(P + seen[0][0].size(1) + 1, device=prompt.device).unbind()
+    if cache != "none":
+        model.setup_cache(1, approximate=cache != "exact")
+    windows = [(torch.cat([prompt, tokens], 1)[:, lo:hi], None if cache == "none" else starts[lo])
+               for tokens, lo, hi in seen]
+    try:
+        sync(prompt.device)
+        t0 = time.perf_counter()
+        for x, start in windows:
+            model(x, start=start, return_hidden=True)
+        sync(prompt.device)
+        return time.perf_counter() - t0
+    finally:
+        model.clear_cache()
 
 
 def timed_decode(model, meta, prompt, settings):

@@ -270,17 +270,31 @@ def code_version(root=os.path.dirname(os.path.abspath(__file__))):
         return None
 
 
-def compiled(model, on=True):
+def compile_function(fn, model):
     """
-    The model with its forward under torch.compile, or the model itself (on=False). The sampler
-    calls it as it is; each kind of pass (prefill, a block's first step, a later step) has fixed
-    shapes apart from the batch, so it compiles a handful of graphs once, then reuses them. On CUDA
-    'reduce-overhead' adds CUDA graphs (launch overhead dominates a model this small). Compile time
-    is spent at the first calls: time decoding after a warm-up (bench.py does).
+    fn (which runs model) under torch.compile, in the mode for model's device: on CUDA
+    'reduce-overhead' adds CUDA graphs (launch overhead dominates a model this small); on a CPU the
+    C++ wrapper. Each kind of call (a block's first step, a later step) has fixed shapes apart
+    from the batch, so a handful of graphs compile at the first calls and are reused after.
     """
-    if not on:
-        return model
     import torch._dynamo
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    cuda = next(model.parameters()).device.type == "cuda"
-    return torch.compile(model, mode="reduce-overhead" if cuda else None)
+    if next(model.parameters()).device.type == "cuda":
+        return torch.compile(fn, mode="reduce-overhead")
+    # on a CPU the kernels are called from generated C++ instead of Python: a step of a small
+    # model is some forty small kernels, and their Python calls were a third of its time
+    return torch.compile(fn, options={"cpp_wrapper": True})
+
+
+def compiled(model, on=True):
+    """
+    The model under torch.compile (compile_function), or the model itself (on=False). The sampler
+    compiles its whole decoding step around such a model (sample.step_function). Compile time is
+    spent at the first calls: time decoding after a warm-up (bench.py does).
+    """
+    return compile_function(model, model) if on else model
+
+
+def is_compiled(model):
+    """Whether model came from compiled(model): torch.compile's wrapper keeps the module as _orig_mod."""
+    return hasattr(model, "_orig_mod")

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 import typing
+import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, NamedTuple, Optional
 
@@ -35,7 +36,7 @@ from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, Str, config
 from data.common import chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, score
 from model import load_model
 from render import STEP_LEGEND, step_line
-from runtime import autocast, compiled, pick_device, pick_dtype
+from runtime import autocast, compile_function, compiled, is_compiled, pick_device, pick_dtype
 
 CACHES = ("none", "exact", "prefix", "dual")
 REFRESHES = ("block", "step")
@@ -198,7 +199,7 @@ class Decoded(NamedTuple):
 
 
 class Step(NamedTuple):
-    """What the hooks (on_step, recording) see after each step, for the rows that ran this pass."""
+    """What the hooks (on_step, recording) see after each step, for every row still decoding."""
     tokens: torch.Tensor   # (b, gen_len) their answers so far, MASK where not final
     rows: torch.Tensor     # (b,) their indices in the batch
     block: int             # the block being decoded: answer positions block*bs .. (block+1)*bs
@@ -212,7 +213,10 @@ class Step(NamedTuple):
     hidden: Optional[torch.Tensor] = None  # (b, bs, C) the block's last hidden states in this pass
 
 
-# The three phases of a decoding step, each a small function; `generate` is the loop around them.
+# A decoding step in phases, each a small function (gpt-fast's prefill/decode, for a diffusion
+# sampler): pass_window (what this pass computes), denoise_step (predict, select, write), finished
+# (early stop). decode_step joins the first two, the unit torch.compile fuses; `generate` is the
+# loop around them, with recording and tracing as hooks outside it.
 
 def pass_window(cache, refresh, i, s, e, T, cached_to):
     """
@@ -220,6 +224,7 @@ def pass_window(cache, refresh, i, s, e, T, cached_to):
     An exact cache computes what it lacks (a block's first step also writes the block before it,
     now final: no separate prefill or commit pass); the approximate caches everything at a refresh,
     then the block and the suffix ('prefix') or the block alone ('dual'); no cache, everything.
+    The window's length depends only on the kind of step, never on the block: static shapes.
     """
     if cache == "exact":
         return cached_to, e
@@ -233,6 +238,7 @@ def denoise_step(logits, block, masked, mask_id, rule, amount, temperature, gene
     Phase 2, one denoising step of the current block: predict every position (never MASK itself),
     select which masked ones to finalize (select_tokens), write them. logits (b, bs, V), block
     (b, bs) its tokens, masked (b, bs). Returns the new block, picked, proposals, confidences.
+    A row with nothing masked finalizes nothing: its block comes back as it was.
     """
     logits[..., mask_id] = float("-inf")
     pred, conf = predict(logits, temperature, generator)  # (b, bs)
@@ -241,15 +247,47 @@ def denoise_step(logits, block, masked, mask_id, rule, amount, temperature, gene
     return torch.where(pick, pred, block), pick, pred, conf
 
 
-@functools.cache  # made on first use: compiling costs seconds
-def compiled_denoise_step():
-    return torch.compile(denoise_step, dynamic=True)
+class StepOut(NamedTuple):
+    block: torch.Tensor    # (b, bs) the block after this step
+    picked: torch.Tensor   # (b, bs) finalized at this step
+    pred: torch.Tensor     # (b, bs) this step's proposals
+    conf: torch.Tensor     # (b, bs) their confidence, -inf where the position was already final
+    hidden: torch.Tensor   # (b, bs, C) the block's last hidden states in this pass
+    ran: torch.Tensor      # (b,) the rows that had masked positions (each finalized at least one)
+    more: torch.Tensor     # () whether any position of the block is still masked
+
+
+def decode_step(model, window, start, off, block, mask_id, rule, amount, temperature, generator=None):
+    """
+    Phases 1 and 2 as one function: the forward over window (b, hi-lo), the tokens at positions
+    start.. (a 0-d tensor; None without a cache), then one denoising step of block (b, bs), whose
+    logits sit at offset `off` of the window. Under torch.compile this is one graph per kind of step
+    (a block's first step, a later one) and batch size: nothing in it depends on the position, it
+    mutates none of its inputs (the block is a view of the sampler's state, at another offset each
+    block; CUDA graphs skip a graph that writes its inputs), and it computes the bookkeeping the
+    loop needs (ran, more). Returns a StepOut.
+    """
+    bs = block.size(1)
+    logits, h = model(window, start=start, return_hidden=True)  # (b, hi-lo, V), (b, hi-lo, C)
+    masked = block == mask_id  # (b, bs)
+    new, pick, pred, conf = denoise_step(logits[:, off:off + bs], block, masked, mask_id, rule, amount,
+                                         temperature, generator)
+    return StepOut(new, pick, pred, conf, h[:, off:off + bs], masked.any(1), (new == mask_id).any())
+
+
+_compiled_steps = weakref.WeakKeyDictionary()  # compiled model -> its compiled decode_step
 
 
 def step_function(model):
-    """denoise_step, compiled when the model is (runtime.compiled): a step's twenty-odd small
-    operations fused into a few kernels, which is most of the sampler's time per step."""
-    return compiled_denoise_step() if hasattr(model, "_orig_mod") else denoise_step  # torch.compile's wrapper
+    """decode_step for this model; when the model is compiled (runtime.compiled), decode_step itself
+    is compiled around the plain model, so a step's forward and its twenty-odd small operations
+    around it become one graph."""
+    if not is_compiled(model):
+        return functools.partial(decode_step, model)
+    if model not in _compiled_steps:
+        plain = model._orig_mod
+        _compiled_steps[model] = compile_function(functools.partial(decode_step, plain), plain)
+    return _compiled_steps[model]
 
 
 def finished(answer_so_far, eos_id):
@@ -277,13 +315,16 @@ class Recorder:
 
 @torch.no_grad()
 def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, init=None, record=False,
-             on_step=None):
+             on_step=None, step=None):
     """
     Decode answers for a batch of padded prompts (B, prompt_len) with DecodeSettings `settings`.
     `init` (B, gen_len) starts from a partial answer (MASK where to decode; infilling), else all MASK.
     With record=True also the step at which each answer position was finalized and the last hidden
     state then: the trajectory collect.py stores (CDLM Sec. 4.1). `model` may be compiled
-    (runtime.compiled): the shapes a pass sees depend only on the kind of step and the batch.
+    (runtime.compiled); `step` replaces step_function(model) (a profiler times it).
+    Every row of the batch runs every step of a block, so a step's shapes depend only on its kind;
+    a row whose block is final finalizes nothing and is not counted in its NFE. Rows whose answer
+    is over (early_stop) leave the batch between blocks.
     """
     st = settings.check(model.cfg.attn, gen_len)
     if model.cfg.attn == "block_causal" and model.cfg.block_size != st.block_size:
@@ -301,39 +342,29 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     nfe = torch.zeros(B, dtype=torch.long, device=x.device)
     recorder = Recorder(B, gen_len, model.cfg.n_embd, bs, x.device) if record else None
     hooks = [h for h in (recorder, on_step) if h is not None]  # outside the hot path when empty
-    positions = torch.arange(T + 1, device=x.device)  # 0-d start tensors: no recompile per position
-    denoise = step_function(model)
+    starts = torch.arange(T + 1, device=x.device).unbind()  # 0-d start tensors: no recompile per position
+    step_fn = step or step_function(model)
     if st.cache != "none":
         model.setup_cache(B, approximate=st.cache != "exact")
     try:
-        cached_to, step = 0, 0  # an exact cache holds final keys/values for positions < cached_to
+        cached_to, n_steps = 0, 0  # an exact cache holds final keys/values for positions < cached_to
         for blk in range(gen_len // bs):
             s, e = P + blk * bs, P + (blk + 1) * bs
-            for i in range(bs):  # each step finalizes at least one token of the block
-                masked = x[:, s:e] == mask_id  # (b, bs)
-                active = masked.any(1)  # (b,)
-                n_active = int(active.sum())  # the step's one host synchronisation
-                if n_active == 0:
-                    break
+            todo = init is None or bool((x[:, s:e] == mask_id).any())  # False: a block given whole
+            for i in range(bs if todo else 0):  # each step finalizes a token of every row with any left
                 lo, hi = pass_window(st.cache, st.refresh, i, s, e, T, cached_to)
-                # inside a block only the rows with masked positions left run a pass (an exact cache
-                # holds what the others need; their block is written at the next block's first step)
-                run = slice(None) if i == 0 or n_active == len(rows) else active.nonzero().flatten()
-                logits, h = model(x[run, lo:hi], start=None if st.cache == "none" else positions[lo],
-                                  return_hidden=True, rows=None if isinstance(run, slice) else run)
-                cached_to = s
-                window = slice(s - shift - lo, e - shift - lo)  # the block's logits in this pass
-                x[run, s:e], pick, pred, conf = denoise(
-                    logits[:, window], x[run, s:e], masked[run], mask_id, st.rule, RULES[st.rule].amount(st, i),
-                    st.temperature, generator)
-                nfe += active
+                o = step_fn(x[:, lo:hi], None if st.cache == "none" else starts[lo], s - shift - lo, x[:, s:e],
+                            mask_id, st.rule, RULES[st.rule].amount(st, i), st.temperature, generator)
+                x[:, s:e], cached_to = o.block, s
+                nfe += o.ran
                 if hooks:  # on_step may keep what it sees (traces): a copy; recording reads it at once
                     keep = (lambda t: t.clone()) if on_step is not None else (lambda t: t)
-                    ev = Step(keep(x[run, P:]), rows[run], blk, pick, pred, conf, keep(nfe[run]), lo, hi,
-                              step, h[:, window])
+                    ev = Step(keep(x[:, P:]), rows, blk, o.picked, o.pred, o.conf, keep(nfe), lo, hi, n_steps, o.hidden)
                     for hook in hooks:
                         hook(ev)
-                step += 1
+                n_steps += 1
+                if not o.more:  # the step's one host synchronisation
+                    break
             if st.early_stop:
                 done = finished(x[:, P:e], eos_id)  # (b,)
                 if done.any():

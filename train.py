@@ -369,6 +369,9 @@ def _train(cfg, meta, data):
             raise CDLMError(f"cannot resume {ckpt_path}: it was trained with {was}")
         if teacher is not None and init.get("teacher_hash") != teacher["weights_hash"]:
             raise CDLMError(f"cannot resume {ckpt_path}: it was distilled from another teacher than {cfg['teacher_dir']}")
+        if teacher is not None and init.get("trajectories", traj.ids) != traj.ids:  # older checkpoints: unknown
+            raise CDLMError(f"cannot resume {ckpt_path}: it was trained on other trajectory sets than those now "
+                            f"in {', '.join(cfg['traj_dirs'])} (collected again since)")
         if len(init["rng"]) != rt.world:
             raise CDLMError(f"cannot resume {ckpt_path} exactly: it ran on {len(init['rng'])} process(es), this on {rt.world}")
         mcfg = ModelConfig(**init["model_config"])
@@ -447,6 +450,7 @@ def _train(cfg, meta, data):
                              optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=states,
                              iter_num=iter_num, best_val_loss=best_val, config=dict(cfg), data_meta=meta,
                              teacher_hash=teacher["weights_hash"] if teacher else None,
+                             trajectories=traj.ids if teacher else None,
                              sampling=asdict(sampling_defaults(cfg))), ckpt_path)
 
     if mode == "cdlm":

@@ -185,8 +185,9 @@ def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None
 class TrajectorySets:
     """Several sets of one teacher (e.g. one per temperature) as one indexable training set."""
 
-    def __init__(self, sets):
+    def __init__(self, sets, ids=None):
         self.sets = sets
+        self.ids = ids  # each set's id (its folder in the trajectory directory): what a student records
         self.starts = np.cumsum([0] + [len(a["tokens"]) for a in sets])
         self.n = int(self.starts[-1])
 
@@ -202,4 +203,10 @@ class TrajectorySets:
 
 
 def load_trajectory_sets(dirs, teacher_hash, gen_len, block_size, data=None):
-    return TrajectorySets([load_trajectories(d, teacher_hash, gen_len, block_size, data)[0] for d in dirs])
+    loaded = [load_trajectories(d, teacher_hash, gen_len, block_size, data) for d in dirs]
+    return TrajectorySets([arrays for arrays, _ in loaded], [meta["set"] for _, meta in loaded])
+
+
+def live_set_ids(dirs):
+    """The id of the live set in each trajectory directory (None where there is none)."""
+    return [(committed(d) or {}).get("set") for d in dirs]

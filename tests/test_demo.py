@@ -45,6 +45,16 @@ def test_demo_runs_every_stage_then_skips_them(tiny_task, capsys):
     assert "nothing to do" in second  # prepare and the collection
     assert {d: os.path.getmtime(f"out/{d}/ckpt.pt") for d in ckpts} == ckpts
     assert first.splitlines()[-3] == second.splitlines()[-3]  # the same table
+    # trajectories collected again (another size): the student is trained again, not skipped, and a
+    # resume on the new set is refused
+    student = demo.options(demo.train.config, ["config/student.py"], 1337)
+    before = torch.load("out/student/ckpt.pt", weights_only=True)["trajectories"]
+    demo.collect.collect(demo.options(demo.collect.config, ["config/collect.py", "--n_examples=16"], 1337))
+    with pytest.raises(demo.CDLMError, match="other trajectory sets"):
+        demo.train.train({**student, "init_from": "resume"})
+    demo.run_train(student)
+    assert "done (iteration" not in capsys.readouterr().out
+    assert torch.load("out/student/ckpt.pt", weights_only=True)["trajectories"] not in (before, None)
 
 
 def test_demo_over_seeds_and_resume(tiny_task, capsys):

@@ -9,7 +9,8 @@ import sample
 from data.common import load_split
 from model import load_model
 from configurator import CDLMError
-from sample import DecodeSettings, generate, predict, select_tokens, tokens_per_step
+from runtime import compiled
+from sample import DecodeSettings, generate, predict, select_tokens, step_function, tokens_per_step
 
 NEG = float("-inf")
 
@@ -200,17 +201,19 @@ def test_confidence_ranks_near_certain_positions_as_the_model_does():
     assert torch.allclose(predict(wide)[1], wide.double().softmax(-1).max(-1).values, rtol=1e-6)
 
 
-def test_compiled_decoding_gives_the_eager_answers(data_dir, student_dir):
-    """torch.compile'd forward passes, every kind of pass (prefill, a block's first step, later steps,
-    rows leaving the batch), give the tokens and passes of eager decoding."""
-    from runtime import compiled
-    for path, settings in ((student_dir, None),):  # the student's exact cache: each graph costs seconds to compile
-        model, ckpt = load_model(os.path.join(path, "ckpt.pt"))
-        meta = ckpt["data_meta"]
-        settings = settings or sample.decode_settings(ckpt, {"threshold": 0.5})
-        prompts = torch.as_tensor(load_split(data_dir, "test")[:12, :meta["prompt_len"]].astype("int64"))
-        run = lambda m, p: generate(m, p, meta["gen_len"], meta["mask_id"], meta["eos_id"], settings)
-        eager, cm = run(model, prompts), compiled(model)
-        for p, want in ((prompts, eager), (prompts[:1], run(model, prompts[:1]))):
-            got = run(cm, p)
-            assert torch.equal(got.tokens, want.tokens) and torch.equal(got.nfe, want.nfe)
+@pytest.mark.parametrize("role", ["teacher", "student", "ar"])
+def test_compiled_decoding_equals_eager(data_dir, request, role):
+    """The compiled step (forward and denoising step in one graph, runtime.compiled) gives the
+    eager sampler's answers, passes and recorded hidden states: every kind of step, a batch that
+    shrinks as rows stop early, and a batch of one."""
+    model, meta, prompt = rows_and_model(data_dir, request.getfixturevalue(f"{role}_dir"), n=5)
+    settings = {"teacher": dict(steps_per_block=4, cache="dual"),  # every block: each kind at many offsets
+                "student": dict(threshold=0.9, cache="exact", early_stop=True),
+                "ar": dict(steps_per_block=1, cache="exact", early_stop=True)}[role]
+    fast = compiled(model)
+    for rows in (prompt, prompt[:1]):
+        want = run(model, meta, rows, record=True, **settings)
+        got = run(fast, meta, rows, record=True, **settings)
+        assert torch.equal(got.tokens, want.tokens) and torch.equal(got.nfe, want.nfe)
+        assert torch.equal(got.step, want.step) and torch.allclose(got.hidden, want.hidden, atol=1e-5)
+    assert step_function(fast) is step_function(fast) and step_function(model) is not step_function(fast)
