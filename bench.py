@@ -20,7 +20,7 @@ import torch
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, gave, refuse_unused,
                           run_main)
 from data.common import atomic_write_json, checkpoint_data, load_split, same_data, whole_blocks
-from runtime import autocast, check_file_writable, compiled, lock, machine_info, pick_device, pick_dtype
+from runtime import autocast, check_file_writable, code_version, compiled, lock, machine_info, pick_device, pick_dtype
 from model import ROLES, read_checkpoint
 from roofline import PLOTS, answer_tokens, decode_cost, plots, probe_machine, profile_decode, timed_decode
 from sample import DecodeSettings, evaluate, load_for_decoding
@@ -282,7 +282,8 @@ def _run(cfg, methods):
     chance = next(iter(results.values()))["chance"]
     for r in results.values():
         del r["preds"], r["chance"]
-    report = dict(methods=results, config=cfg, checkpoints={w: m[1]["weights_hash"] for w, m in models.items()},
+    report = dict(methods=results, config=cfg, commit=code_version(),
+                  checkpoints={w: m[1]["weights_hash"] for w, m in models.items()},
                   settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=run_cfg["batch_size"],
                                 latency_n=run_cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,
                                 gen_len=meta["gen_len"], data_dir=data_dir, chance=chance),
