@@ -81,7 +81,8 @@ def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
     the measured peak. Fixed per-op costs are what a small model on a CPU pays for. The passes are
     timed by replaying each decode's own (same windows, tokens and cache) through `model` alone:
     under torch.compile the sampler's step is one graph with the forward inside, which no hook
-    can split, so eager and compiled are measured the same way.
+    can split, so eager and compiled are measured the same way. The sampler's share is the decode's
+    time less the replay's, two measurements: on a busy machine it can come out below zero.
     """
     from torch.profiler import ProfilerActivity, profile
     wall = model_s = 0.0

@@ -44,7 +44,8 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
     assert mach["torch"] == torch.__version__ and mach["peak_gflops"] > 0 and mach["peak_gb_s"] > 0
     assert report["settings"]["num_eval"] == 16
     prof = saved["profile"]["cdlm"]
-    assert 0 < prof["model_ms_per_answer"] < prof["ms_per_answer"] and prof["aten_ops_per_step"] > 10
+    # the passes are timed in a replay, apart from the decode: their order is timing, not tested
+    assert prof["model_ms_per_answer"] > 0 and prof["ms_per_answer"] > 0 and prof["aten_ops_per_step"] > 10
     assert prof["passes_per_answer"] == pytest.approx(m["cdlm"]["nfe"], rel=0.5)
 
 
