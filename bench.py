@@ -231,6 +231,7 @@ def run(cfg):
 
 
 def _run(cfg, methods):
+    commit = code_version()  # the code that runs, before anyone can commit or edit during the run
     device = pick_device(cfg["device"])
     dtype = pick_dtype(cfg["dtype"], device)
     torch.manual_seed(cfg["seed"])
@@ -282,7 +283,7 @@ def _run(cfg, methods):
     chance = next(iter(results.values()))["chance"]
     for r in results.values():
         del r["preds"], r["chance"]
-    report = dict(methods=results, config=cfg, commit=code_version(),
+    report = dict(methods=results, config=cfg, commit=commit,
                   checkpoints={w: m[1]["weights_hash"] for w, m in models.items()},
                   settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=run_cfg["batch_size"],
                                 latency_n=run_cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,

@@ -209,7 +209,7 @@ def pipeline(task, seed, num_eval, results_dir, methods=tuple(bench.METHODS)):
     ar_dir = configure(train.config, TASKS[task]["ar"])["out_dir"]  # AR_SEED's, for every seed
     rep = run_bench({**options(bench.config, TASKS[task]["bench"], seed, num_eval=num_eval), "ar_dir": ar_dir,
                      "methods": list(methods)})
-    out = dict(task=task, seed=seed, commit=code_version(), machine=machine_info(), num_eval=num_eval,
+    out = dict(task=task, seed=seed, commit=rep.get("commit"), machine=machine_info(), num_eval=num_eval,
                ar_seed=AR_SEED, teacher_steps=steps, bench=rep["methods"], bench_settings=rep["settings"],
                bench_machine=rep["machine"])
     path = os.path.join(results_dir, task, f"seed{seed}.json")
@@ -265,13 +265,14 @@ def ablate(cfg):
         tcfg = configure(train.config, t["student"] + argv + [f"--max_iters={cfg['ablate_iters']}", f"--seed={seed}",
                                                               f"--out_dir=out/ablate/{task}/{slug}/seed{seed}"])
         print(f"\n=== ablation {name}, seed {seed} ===", flush=True)
+        commit = code_version()  # the code that trains this variant
         run_train(tcfg)
         model, ckpt, s = sample.load_for_decoding(os.path.join(tcfg["out_dir"], "ckpt.pt"), {}, "cpu", "cdlm")
         data_dir, meta = checkpoint_data(ckpt)
         ev = sample.evaluate(model, meta, load_split(data_dir, "test", meta)[:cfg["num_eval"]], s)
         atomic_write_json(os.path.join(cfg["results_dir"], task, "ablation", f"{slug}_seed{seed}.json"),
                           dict(task=task, variant=name, seed=seed, iters=cfg["ablate_iters"], num_eval=cfg["num_eval"],
-                               commit=code_version(), machine=machine_info(), weights_hash=ckpt["weights_hash"],
+                               commit=commit, machine=machine_info(), weights_hash=ckpt["weights_hash"],
                                **scores(ev)))
 
 
