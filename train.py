@@ -34,9 +34,9 @@ class Pass(NamedTuple):
     student: torch.Tensor   # (B, L, V) the student's logits at y
     teacher: torch.Tensor   # (B, L, V) the teacher's at each token's finalization (from its hidden state)
     target: torch.Tensor    # (B, L, V) the student's own at the more informed state, no gradient
-    dlm: torch.Tensor       # (B, T, V) the student's logits on the noised ground truth
-    x0: torch.Tensor        # (B, T) the ground truth
-    masked: torch.Tensor    # (B, T) where it was noised, with ratio t (B,)
+    dlm: torch.Tensor       # (n, T, V) the student's logits on the noised ground truth (n = dlm_rows)
+    x0: torch.Tensor        # (n, T) the ground truth
+    masked: torch.Tensor    # (n, T) where it was noised, with ratio t (n,)
     t: torch.Tensor
     n_positions: int        # the positions that could be noised per row
 
@@ -85,6 +85,7 @@ config = dict(
     traj_dirs=List(["out/trajectories"], Str(None)),  # trajectory sets of that teacher (e.g. per temperature)
     y_star=Choice("completion_plus", *Y_STARS),  # the readings of the paper's y*: see draw_states
     dlm_noise=Choice("answer", "answer", "block"),  # the auxiliary DLM loss's noising: see noise_block
+    dlm_rows=Int(None, "[1, inf)"),    # rows of each batch the DLM loss noises (None: all batch_size); fewer: a cheaper step
     **{f"w_{name}": Float(loss.weight, "[0, inf)") for name, loss in LOSSES.items()},  # the loss weights
     lora_rank=Int(0, "[0, inf)"),      # > 0: LoRA adapters of this rank, teacher weights frozen; 0: full
     lora_alpha=Float(16.0, "(0, inf)"),
@@ -96,7 +97,7 @@ config = dict(
     compile=Bool(False),               # torch.compile the model (PyTorch 2, mostly worth it on CUDA)
 )
 ATTN = {r.mode: r.attn for r in ROLES.values()}  # mode -> the mask it trains
-STUDENT_ONLY = ("teacher_dir", "traj_dirs", "y_star", "dlm_noise", *(f"w_{name}" for name in LOSSES), "lora_alpha",
+STUDENT_ONLY = ("teacher_dir", "traj_dirs", "y_star", "dlm_noise", "dlm_rows", *(f"w_{name}" for name in LOSSES), "lora_alpha",
                 "threshold")  # the options only mode='cdlm' reads
 # what a resumed run must share with the run it continues
 SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise",
@@ -264,23 +265,27 @@ def draw_states(step, block_size, y_star, generator=None):
 
 
 def cdlm_losses(model, batch, states, teacher_head, mask_id, block_size, dlm_noise="answer", eps=1e-3,
-                generator=None, target_model=None, ctx=nullcontext()):
+                generator=None, target_model=None, ctx=nullcontext(), dlm_rows=None):
     """
     The CDLM losses (Sec. 4.2, the table LOSSES) on a batch of trajectory rows: tensors prompt
     (B, P), tokens (B, L) the teacher's answer, truth (B, L), hidden (B, L, C) the teacher's last
     hidden state at each token's finalization; `states` from draw_states. Returns {name: loss}.
-    The student's pass at y and the DLM pass on noised ground truth share one forward.
+    The student's pass at y and the DLM pass on noised ground truth share one forward. The DLM
+    loss noises `dlm_rows` rows of the batch, drawn at random (None: every row): it only keeps the
+    student a denoiser (weight 0.1), and each row it drops takes a third off that row's cost.
     """
     prompt, tokens = batch["prompt"], batch["tokens"]
     B, P = prompt.shape
     as_state = lambda vis: torch.cat([prompt, torch.where(vis, tokens, mask_id)], 1)  # (B, T)
-    x0 = torch.cat([prompt, batch["truth"]], 1)
+    x0 = torch.cat([prompt, batch["truth"]], 1)  # (B, T)
+    if dlm_rows is not None and dlm_rows < B:  # nothing drawn otherwise: the default run is unchanged
+        x0 = x0[torch.randperm(B, device=x0.device, generator=generator)[:dlm_rows]]  # (dlm_rows, T)
     if dlm_noise == "block":
         xt, masked, t = noise_block(x0, P, block_size, mask_id, eps, generator)
     else:
         xt, masked, t = noise_answers(x0, P, mask_id, eps, generator)
     with ctx:
-        logits = model(torch.cat([as_state(states.y), xt]))  # (2B, T, V)
+        logits = model(torch.cat([as_state(states.y), xt]))  # (B + dlm_rows, T, V)
         target = torch.zeros_like(logits[:B, P:])
         if states.consist.any():  # a stop-gradient pass at the more informed state
             with torch.no_grad():
@@ -327,7 +332,9 @@ def check_config(cfg):
     if mode == "cdlm" and sum(cfg[f"w_{name}"] for name in LOSSES) == 0:
         raise CDLMError(f"options {', '.join(f'w_{name}' for name in LOSSES)} are all 0: nothing to train")
     ignored = dict(lora_alpha="without lora_rank > 0") if not cfg["lora_rank"] else {}
-    ignored |= dict(dlm_noise="with w_dlm=0 (no DLM loss)") if cfg["w_dlm"] == 0 else {}
+    ignored |= dict.fromkeys(("dlm_noise", "dlm_rows"), "with w_dlm=0 (no DLM loss)") if cfg["w_dlm"] == 0 else {}
+    if mode == "cdlm" and (cfg["dlm_rows"] or 0) > cfg["batch_size"]:
+        raise CDLMError(f"option dlm_rows={cfg['dlm_rows']}: more than the batch_size={cfg['batch_size']} rows it draws from")
     ignored |= dict.fromkeys(STUDENT_ONLY * (mode != "cdlm"), f"with mode={mode!r}: it is for the student (mode='cdlm')")
     ignored |= dict(prompt_noise=f"with mode={mode!r}: it is for the teacher (mode='dlm')") if mode != "dlm" else {}
     refuse_unused(cfg, ignored | dict.fromkeys(("block_size", "eps") * (mode == "ar"), "with mode='ar': no blocks, no noise"))
@@ -430,7 +437,7 @@ def _train(cfg, meta, data):
         batch = traj.batch(np.sort(rng.integers(0, traj.n, cfg["batch_size"])), rt.device)
         states = draw_states(batch["step"], cfg["block_size"], cfg["y_star"], gen)
         parts = cdlm_losses(model, batch, states, teacher_head, meta["mask_id"], cfg["block_size"], cfg["dlm_noise"],
-                            cfg["eps"], gen, raw_model, rt.ctx)
+                            cfg["eps"], gen, raw_model, rt.ctx, cfg["dlm_rows"])
         return sum(cfg[f"w_{k}"] * v for k, v in parts.items()), parts
 
     @torch.no_grad()

@@ -428,6 +428,10 @@ def test_options_without_effect_are_refused(tmp_path, data_dir, teacher_dir, stu
     refused(train.main, t + ["--mode=ar", "--prompt_noise=0.25"], "prompt_noise=0.25", "mode='ar'", "teacher")
     refused(train.main, t + ["--mode=cdlm", "--init_from=teacher", f"--teacher_dir={teacher_dir}",
                              f"--traj_dirs={traj_dir}", "--n_layer=3"], "n_layer=3", "teacher's n_layer=2")
+    st = t + ["--mode=cdlm", "--init_from=teacher", f"--teacher_dir={teacher_dir}", f"--traj_dirs={traj_dir}"]
+    refused(train.main, st + ["--w_dlm=0", "--dlm_rows=8"], "dlm_rows=8", "w_dlm=0")
+    refused(train.main, st + ["--batch_size=16", "--dlm_rows=17"], "dlm_rows=17", "batch_size=16")
+    refused(train.main, st + ["--dlm_rows=0"], "dlm_rows=0", "[1, inf)")
     c = [f"--teacher_dir={teacher_dir}", f"--out_dir={tmp_path / 'c'}", "--device=cpu"]
     refused(collect.main, c + ["--seed=4"], "seed=4", "temperature 0")
     refused(collect.main, c + ["--n_examples=5000"], "n_examples=5000", "2000 problems")

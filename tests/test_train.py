@@ -176,6 +176,36 @@ def test_cdlm_losses_on_a_hand_built_trajectory():
     assert cdlm_losses(model, batch, none, head, mask_id, 4)["consist"].item() == 0.0
 
 
+
+def test_dlm_rows_noises_a_random_subset_and_leaves_the_rest_alone():
+    """dlm_rows=n: the DLM loss is the diffusion loss of n rows drawn by randperm from the batch's
+    generator, the student sees B + n rows; None and n=B are today's loss, draws unchanged."""
+    torch.manual_seed(0)
+    P, L, V, C, mask_id, B = 3, 8, 11, 16, 1, 6
+    model = Transformer(ModelConfig(vocab_size=V, seq_len=P + L, prompt_len=P, block_size=4, n_layer=1, n_head=2,
+                                    n_embd=C, attn="block_causal")).eval()
+    batch = dict(prompt=torch.randint(3, V, (B, P)), tokens=torch.randint(3, V, (B, L)),
+                 truth=torch.randint(3, V, (B, L)), hidden=torch.randn(B, L, C), step=STEP.repeat(B, 1))
+    states = draw_states(batch["step"], 4, "completion_plus", torch.Generator().manual_seed(2))
+    head = torch.randn(V, C)
+    run = lambda n: cdlm_losses(model, batch, states, head, mask_id, 4, generator=torch.Generator().manual_seed(1),
+                                dlm_rows=n)
+    full = run(None)
+    for n in (B, None):
+        assert all(torch.equal(full[k], v) for k, v in run(n).items())
+    seen = []
+    hook = model.register_forward_hook(lambda m, inp, out: seen.append(inp[0].size(0)))
+    part = run(2)
+    hook.remove()
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.cat([batch["prompt"], batch["truth"]], 1)[torch.randperm(B, generator=gen)[:2]]
+    xt, masked, t = noise_answers(x0, P, mask_id, generator=gen)
+    assert seen[0] == B + 2
+    assert part["dlm"].item() == pytest.approx(diffusion_loss(model(xt), x0, masked, t, L).item(), rel=1e-5)
+    assert part["dlm"].item() != pytest.approx(full["dlm"].item(), rel=1e-3)
+    for k in ("distill", "consist"):  # the state y's rows are the whole batch still
+        assert part[k].item() == pytest.approx(full[k].item(), rel=1e-5)
+
 def test_block_noising_keeps_earlier_blocks_clean():
     x = torch.randint(3, 9, (2000, 3 + 16))
     xt, masked, t = noise_block(x, 3, 4, 1, generator=torch.Generator().manual_seed(0))
