@@ -392,8 +392,10 @@ def _train(cfg, meta, data):
         mcfg = ModelConfig(vocab_size=meta["vocab_size"], seq_len=P + gen_len, prompt_len=P,
                            block_size=1 if mode == "ar" else cfg["block_size"], n_layer=cfg["n_layer"],
                            n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], attn=ATTN[mode])
-    check_memory(rt.device, f"options batch_size={cfg['batch_size']}, n_layer={mcfg.n_layer}, n_embd={mcfg.n_embd}, "
-                 f"lora_rank={cfg['lora_rank']}", mcfg, cfg["batch_size"] * (3 if mode == "cdlm" else 1),  # y, DLM, y*
+    B = cfg["batch_size"]
+    rows = 2 * B + (cfg["dlm_rows"] or B) if mode == "cdlm" else B  # the student's y, y* and DLM rows
+    check_memory(rt.device, f"options batch_size={B}, n_layer={mcfg.n_layer}, n_embd={mcfg.n_embd}, "
+                 f"lora_rank={cfg['lora_rank']}", mcfg, rows,
                  train=True, extra_params=cfg["lora_rank"] * 16 * mcfg.n_embd * mcfg.n_layer)
     model = Transformer(mcfg).to(rt.device)
     if cfg["init_from"] == "teacher":
