@@ -272,7 +272,7 @@ def cdlm_losses(model, batch, states, teacher_head, mask_id, block_size, dlm_noi
     hidden state at each token's finalization; `states` from draw_states. Returns {name: loss}.
     The student's pass at y and the DLM pass on noised ground truth share one forward. The DLM
     loss noises `dlm_rows` rows of the batch, drawn at random (None: every row): it only keeps the
-    student a denoiser (weight 0.1), and each row it drops takes a third off that row's cost.
+    student a denoiser (weight 0.1), and each row left out is one row less through the model.
     """
     prompt, tokens = batch["prompt"], batch["tokens"]
     B, P = prompt.shape
@@ -329,12 +329,12 @@ def check_config(cfg):
                         f"{'the teacher' if mode == 'cdlm' else 'scratch'} (or resumes)")
     if mode != "cdlm" and cfg["lora_rank"]:
         raise CDLMError(f"option lora_rank={cfg['lora_rank']}: LoRA is for the student (mode='cdlm')")
+    if mode == "cdlm" and (cfg["dlm_rows"] or 0) > cfg["batch_size"]:
+        raise CDLMError(f"option dlm_rows={cfg['dlm_rows']}: more than the batch_size={cfg['batch_size']} rows it draws from")
     if mode == "cdlm" and sum(cfg[f"w_{name}"] for name in LOSSES) == 0:
         raise CDLMError(f"options {', '.join(f'w_{name}' for name in LOSSES)} are all 0: nothing to train")
     ignored = dict(lora_alpha="without lora_rank > 0") if not cfg["lora_rank"] else {}
     ignored |= dict.fromkeys(("dlm_noise", "dlm_rows"), "with w_dlm=0 (no DLM loss)") if cfg["w_dlm"] == 0 else {}
-    if mode == "cdlm" and (cfg["dlm_rows"] or 0) > cfg["batch_size"]:
-        raise CDLMError(f"option dlm_rows={cfg['dlm_rows']}: more than the batch_size={cfg['batch_size']} rows it draws from")
     ignored |= dict.fromkeys(STUDENT_ONLY * (mode != "cdlm"), f"with mode={mode!r}: it is for the student (mode='cdlm')")
     ignored |= dict(prompt_noise=f"with mode={mode!r}: it is for the teacher (mode='dlm')") if mode != "dlm" else {}
     refuse_unused(cfg, ignored | dict.fromkeys(("block_size", "eps") * (mode == "ar"), "with mode='ar': no blocks, no noise"))

@@ -176,7 +176,6 @@ def test_cdlm_losses_on_a_hand_built_trajectory():
     assert cdlm_losses(model, batch, none, head, mask_id, 4)["consist"].item() == 0.0
 
 
-
 def test_dlm_rows_noises_a_random_subset_and_leaves_the_rest_alone():
     """dlm_rows=n: the DLM loss is the diffusion loss of n rows drawn by randperm from the batch's
     generator, the student sees B + n rows; None and n=B are today's loss, draws unchanged."""
@@ -205,6 +204,7 @@ def test_dlm_rows_noises_a_random_subset_and_leaves_the_rest_alone():
     assert part["dlm"].item() != pytest.approx(full["dlm"].item(), rel=1e-3)
     for k in ("distill", "consist"):  # the state y's rows are the whole batch still
         assert part[k].item() == pytest.approx(full[k].item(), rel=1e-5)
+
 
 def test_block_noising_keeps_earlier_blocks_clean():
     x = torch.randint(3, 9, (2000, 3 + 16))
