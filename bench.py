@@ -132,6 +132,10 @@ def decoded_tokens(tokens, eos_id, block_size, early_stop):
     return torch.clamp(whole_blocks(first + 1, block_size), max=L)
 
 
+def prompts_of(rows, meta, device):
+    return torch.as_tensor(rows[:, :meta["prompt_len"]].astype("int64"), device=device)  # (n, prompt_len)
+
+
 def mean_tokens_per_step(model, meta, prompts, settings):
     """Answer positions finalized per forward pass, averaged over rows, from one batched decode."""
     out, steps, _ = timed_decode(model, meta, prompts, settings)
@@ -139,44 +143,77 @@ def mean_tokens_per_step(model, meta, prompts, settings):
     return (decoded.float() / steps.float()).mean().item()
 
 
-def timings(model, meta, prompts, settings, cfg):
-    """Latency at batch 1 (mean over latency_n prompts) and throughput at batch_size, each the median
-    of `repeats`, after one untimed round (warm caches; a compiled model compiles there)."""
-    lat, thr = [], []
+def timed_rounds(entries, meta, prompts, cfg):
+    """
+    Latency at batch 1 (mean over latency_n prompts) and throughput at batch_size of every entry
+    {key: (model, settings)}, in rounds: each of the `repeats` rounds times every entry once, one
+    after another, so a slow minute of the machine slows every method alike and a ratio of two
+    methods is taken within a round (ratios). One untimed round first (warm caches; a compiled
+    model has compiled before). Returns {key: (latencies in s, throughputs in tok/s)}, one per round.
+    """
+    got = {key: ([], []) for key in entries}
     for r in range(cfg["repeats"] + 1):
-        times = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
-        out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
-        if r:
-            lat.append(sum(times) / len(times))
-            thr.append(answer_tokens(out, meta["eos_id"]).sum().item() / dt)
-    return dict(latency_ms=1000 * statistics.median(lat), throughput_tok_s=statistics.median(thr))
+        for key, (model, settings) in entries.items():
+            times = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
+            out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
+            if r:
+                got[key][0].append(sum(times) / len(times))
+                got[key][1].append(answer_tokens(out, meta["eos_id"]).sum().item() / dt)
+    return got
+
+
+def timings(rounds):
+    """One entry's figures from its rounds: the medians, and every round as measured."""
+    lat, thr = rounds
+    return dict(latency_ms=1000 * statistics.median(lat), throughput_tok_s=statistics.median(thr),
+                rounds=dict(latency_ms=[1000 * t for t in lat], throughput_tok_s=thr))
+
+
+def ratios(mine, base):
+    """Speedups of one method over a baseline timed in the same rounds: the median of the ratios
+    within each round (latency: theirs / mine; throughput: mine / theirs)."""
+    per = lambda k, f: statistics.median(f(a, b) for a, b in zip(mine["rounds"][k], base["rounds"][k]))
+    return dict(latency=per("latency_ms", lambda a, b: b / a), throughput=per("throughput_tok_s", lambda a, b: a / b))
 
 
 def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=None):
-    """Accuracy and NFE on all rows, latency at batch 1, throughput at batch_size, and the cost;
-    with cmodel (the model compiled) also its timings, its compile time and the answers it changes."""
+    """Accuracy and NFE on all rows and the cost of a decode; with cmodel (the model compiled) also
+    its compile time and the answers it changes. The timings come after, in timed_rounds."""
     ev = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["seed"], bar)
-    device = next(model.parameters()).device
-    prompts = torch.as_tensor(rows[:, :meta["prompt_len"]].astype("int64"), device=device)
+    prompts = prompts_of(rows, meta, next(model.parameters()).device)
     tps = mean_tokens_per_step(model, meta, prompts[:cfg["batch_size"]], settings)  # batched equals per-row
     out = dict(final_acc=ev.final_acc, whole_acc=ev.whole_acc, nfe=ev.nfe, tokens_per_step=tps)
-    if cfg["compile"] != "on":
-        out.update(timings(model, meta, prompts, settings, cfg))
     if cmodel is not None:
         t0 = time.perf_counter()  # the first calls compile: one graph per kind of pass
         timed_decode(cmodel, meta, prompts[:1], settings)
         timed_decode(cmodel, meta, prompts[:cfg["batch_size"]], settings)
         compile_s = time.perf_counter() - t0
         cev = evaluate(cmodel, meta, rows, settings, cfg["batch_size"], cfg["seed"])
-        out["compiled"] = dict(timings(cmodel, meta, prompts, settings, cfg), compile_s=compile_s,
+        out["compiled"] = dict(compile_s=compile_s,
                                differs_from_eager=sum(a != b for a, b in zip(cev.preds, ev.preds)) / len(rows))
-        if cfg["compile"] == "on":
-            out.update({k: out["compiled"][k] for k in ("latency_ms", "throughput_tok_s")})
     flops, moved, tokens = decode_cost(model, meta, prompts[:cfg["latency_n"]], settings, act_bytes)
-    latency = out["latency_ms"] / 1000
     return dict(out, flops_per_token=flops / tokens, bytes_per_token=moved / tokens, arithmetic_intensity=flops / moved,
-                achieved_gflops=flops / cfg["latency_n"] / latency / 1e9, settings=asdict(settings),
-                preds=ev.preds, chance=ev.chance)
+                flops_per_answer=flops / cfg["latency_n"], settings=asdict(settings), preds=ev.preds, chance=ev.chance)
+
+
+def add_timings(results, models, cmodels, meta, prompts, cfg):
+    """Time every method (eager, compiled or both, as cfg['compile'] says) in shared rounds, and
+    put the figures, the speedups over dlm and dlm_stop and the achieved GFLOP/s into results."""
+    ways = {"off": (False,), "on": (True,), "both": (False, True)}[cfg["compile"]]
+    entries = {(name, c): ((cmodels if c else {r: m[0] for r, m in models.items()})[METHODS[name].role],
+                           DecodeSettings(**r["settings"])) for name, r in results.items() for c in ways}
+    got = {key: timings(t) for key, t in timed_rounds(entries, meta, prompts, cfg).items()}
+    for name, r in results.items():
+        for c in ways:
+            mine = r.setdefault("compiled", {}) if c else r
+            mine.update(got[name, c])
+            for base in ("dlm", "dlm_stop"):  # eager against eager, compiled against compiled
+                if (base, c) in got:
+                    x = ratios(got[name, c], got[base, c])
+                    mine[f"speedup_latency_vs_{base}"], mine[f"speedup_throughput_vs_{base}"] = x["latency"], x["throughput"]
+        if cfg["compile"] == "on":  # the compiled figures are the method's figures
+            r.update({k: v for k, v in r["compiled"].items() if k not in ("compile_s", "differs_from_eager")})
+        r["achieved_gflops"] = r.pop("flops_per_answer") / (r["latency_ms"] / 1000) / 1e9
 
 
 def checkpoint_hashes(cfg):
@@ -259,7 +296,7 @@ def _run(cfg, methods):
             return None
         if dep in results:
             return results[dep]["tokens_per_step"]
-        p = torch.as_tensor(rows[:run_cfg["batch_size"], :meta["prompt_len"]].astype("int64"), device=device)
+        p = prompts_of(rows[:run_cfg["batch_size"]], meta, device)
         return mean_tokens_per_step(models[METHODS[dep].role][0], meta, p, METHODS[dep].decoding(bs, threshold, None))
 
     with tqdm(total=len(methods) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
@@ -269,17 +306,12 @@ def _run(cfg, methods):
             bar.set_description(f"bench {name}")
             results[name] = bench_method(model, meta, rows, METHODS[name].decoding(bs, threshold, measured(name, bs)),
                                          run_cfg, act_bytes, bar, cmodels.get(METHODS[name].role))
+        bar.set_description("bench: timing every method in shared rounds")
+        add_timings(results, models, cmodels, meta, prompts_of(rows, meta, device), run_cfg)
     for name, r in results.items():
         ref = METHODS[name].reference
         if ref in results:
             r["differs_from_" + ref] = sum(a != b for a, b in zip(r["preds"], results[ref]["preds"])) / len(rows)
-        for base in ("dlm", "dlm_stop"):
-            if base not in results:
-                continue
-            for mine, theirs in ((r, results[base]), (r.get("compiled"), results[base].get("compiled"))):
-                if mine is not None and theirs is not None:  # eager against eager, compiled against compiled
-                    mine[f"speedup_latency_vs_{base}"] = theirs["latency_ms"] / mine["latency_ms"]
-                    mine[f"speedup_throughput_vs_{base}"] = mine["throughput_tok_s"] / theirs["throughput_tok_s"]
     chance = next(iter(results.values()))["chance"]
     for r in results.values():
         del r["preds"], r["chance"]
@@ -293,9 +325,9 @@ def _run(cfg, methods):
                                **machine_info()))  # cpu, cores, threads, torch, python
     if cfg["sweep"]:
         with autocast(device, dtype):
-            report["sweep"] = sweep(models, meta, rows, run_cfg, act_bytes)
+            report["sweep"] = sweep(models, meta, rows, run_cfg, act_bytes, device)
     if cfg["profile"]:
-        prompts = torch.as_tensor(rows[:run_cfg["latency_n"], :meta["prompt_len"]].astype("int64"), device=device)
+        prompts = prompts_of(rows[:run_cfg["latency_n"]], meta, device)
         with autocast(device, dtype):
             which = [(name, "", models[METHODS[name].role][0]) for name in ("cdlm", "dlm", "ar") if name in results]
             which += [(name, " compiled", cmodels[METHODS[name].role]) for name, _, _ in which if cmodels]
@@ -307,23 +339,27 @@ def _run(cfg, methods):
     return report
 
 
-def sweep(models, meta, rows, cfg, act_bytes):
+def sweep(models, meta, rows, cfg, act_bytes, device):
     """The teacher's and the student's threshold frontiers, and the student at other block sizes."""
     out = {}
     one = {**cfg, "repeats": 1, "compile": "off"}
+    prompts = prompts_of(rows, meta, device)
+
+    def point(model, settings):  # one round of timings is enough for a frontier read against NFE
+        r = bench_method(model, meta, rows, settings, one, act_bytes)
+        return pick({**r, **timings(timed_rounds({0: (model, settings)}, meta, prompts, one)[0])})
+
     for name in ("dlm_threshold", "cdlm"):
         if METHODS[name].role in models:
             model = models[METHODS[name].role][0]
             s = METHODS[name].decoding(model.cfg.block_size, None, None)
-            out[name] = [dict(threshold=th, **pick(bench_method(model, meta, rows, replace(s, threshold=th), one, act_bytes)))
-                         for th in cfg["sweep_thresholds"]]
+            out[name] = [dict(threshold=th, **point(model, replace(s, threshold=th))) for th in cfg["sweep_thresholds"]]
     if "student" in models:
         model, _, s = models["student"]
         trained, out["cdlm_block_size"] = model.cfg.block_size, []
         for bs in cfg["sweep_block_sizes"]:  # each divides gen_len (checked at start-up)
             model.set_mask(block_size=bs)  # the student decoding with other blocks than it learned
-            out["cdlm_block_size"].append(dict(block_size=bs, **pick(bench_method(model, meta, rows,
-                                                                              replace(s, block_size=bs), one, act_bytes))))
+            out["cdlm_block_size"].append(dict(block_size=bs, **point(model, replace(s, block_size=bs))))
         model.set_mask(block_size=trained)
     return out
 

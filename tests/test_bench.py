@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from bench import METHODS, answer_tokens, decoded_tokens, run
+import bench
+from bench import METHODS, answer_tokens, decoded_tokens, ratios, run, timed_rounds, timings
 
 
 def test_decoded_and_answer_tokens():
@@ -27,6 +28,7 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
                           "speedup_latency_vs_dlm", "speedup_throughput_vs_dlm_stop", "flops_per_token",
                           "bytes_per_token", "arithmetic_intensity", "achieved_gflops"}
         assert r["latency_ms"] > 0 and r["throughput_tok_s"] > 0 and r["flops_per_token"] > 0
+        assert len(r["rounds"]["latency_ms"]) == len(r["rounds"]["throughput_tok_s"]) == 3  # one per repeat
     m = saved["methods"]
     assert m["dlm"]["nfe"] == 48 and m["dlm"]["tokens_per_step"] == 1.0 and m["dlm"]["speedup_latency_vs_dlm"] == 1.0
     assert m["dlm_stop"]["nfe"] <= 48 and m["dlm_stop"]["settings"]["early_stop"]
@@ -58,3 +60,28 @@ def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
     assert r["compiled"]["differs_from_eager"] == 0.0
     assert set(saved["profile"]) == {"cdlm", "cdlm compiled"}
     assert "| under torch.compile |" in capsys.readouterr().out
+
+
+def test_speedups_are_ratios_within_rounds():
+    # a slow round (the machine busy) slows both methods: the ratio within each round is 10, 20, 2
+    # (median 10), while the ratio of the medians would be 10 / 2 = 5
+    mine = {"rounds": {"latency_ms": [1.0, 2.0, 4.0], "throughput_tok_s": [100.0, 50.0, 400.0]}}
+    base = {"rounds": {"latency_ms": [10.0, 40.0, 8.0], "throughput_tok_s": [10.0, 1.0, 200.0]}}
+    assert ratios(mine, base) == {"latency": 10.0, "throughput": 10.0}
+    assert timings(([0.001, 0.004, 0.002], [5.0, 1.0, 3.0])) == dict(
+        latency_ms=2.0, throughput_tok_s=3.0, rounds=dict(latency_ms=[1.0, 4.0, 2.0], throughput_tok_s=[5.0, 1.0, 3.0]))
+
+
+def test_timed_rounds_time_every_method_in_each_round(monkeypatch):
+    calls = []
+
+    def fake(model, meta, prompt, settings):
+        calls.append((model, len(prompt)))
+        return torch.full((len(prompt), 4), 5), None, 0.5
+
+    monkeypatch.setattr(bench, "timed_decode", fake)
+    cfg = {"repeats": 2, "latency_n": 2, "batch_size": 3}
+    got = timed_rounds({"a": ("A", None), "b": ("B", None)}, {"eos_id": 2}, torch.zeros(3, 1), cfg)
+    one_round = [("A", 1), ("A", 1), ("A", 3), ("B", 1), ("B", 1), ("B", 3)]
+    assert calls == one_round * 3  # the untimed round, then every method once per round
+    assert got == {"a": ([0.5, 0.5], [24.0, 24.0]), "b": ([0.5, 0.5], [24.0, 24.0])}
