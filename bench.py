@@ -200,8 +200,9 @@ def add_timings(results, models, cmodels, meta, prompts, cfg):
     """Time every method (eager, compiled or both, as cfg['compile'] says) in shared rounds, and
     put the figures, the speedups over dlm and dlm_stop and the achieved GFLOP/s into results."""
     ways = {"off": (False,), "on": (True,), "both": (False, True)}[cfg["compile"]]
-    entries = {(name, c): ((cmodels if c else {r: m[0] for r, m in models.items()})[METHODS[name].role],
-                           DecodeSettings(**r["settings"])) for name, r in results.items() for c in ways}
+    eager = {role: m[0] for role, m in models.items()}
+    entries = {(name, c): ((cmodels if c else eager)[METHODS[name].role], DecodeSettings(**r["settings"]))
+               for name, r in results.items() for c in ways}
     got = {key: timings(t) for key, t in timed_rounds(entries, meta, prompts, cfg).items()}
     for name, r in results.items():
         for c in ways:
