@@ -33,7 +33,7 @@ from data.common import checkpoint_data, data_fingerprint, get_tokenizer, load_s
 from data.trajectories import (Writer, commit, committed, field_specs, load_trajectories, progress_ok, remove_stale,
                                sizes_match)
 from model import load_model
-from runtime import broadcast, check_memory, end_runtime, gather_rows, lock, setup_runtime
+from runtime import THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, lock, setup_runtime
 from sample import TEMPERATURES, DecodeSettings, generate
 
 config = dict(
@@ -48,6 +48,7 @@ config = dict(
     hidden_dtype=Choice("float16", "float16", "float32"),
     seed=Int(1337, SEED),               # the sampling noise (temperature > 0)
     device=Str("auto"),
+    threads=THREADS,                    # CPU threads: part of the set's identity (runtime.cpu_threads)
     dtype=Str("auto"),                  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
 )
 
@@ -57,7 +58,7 @@ def collect(cfg):
     if cfg["temperature"] == 0:
         refuse_unused(cfg, {"seed": "at temperature 0: greedy decoding draws no noise"})
     rt = setup_runtime(cfg)
-    with lock(cfg["out_dir"], "option out_dir"):  # one writer per trajectory set
+    with lock(cfg["out_dir"], "option out_dir"), cpu_threads(cfg["threads"]):  # one writer per trajectory set
         try:
             _collect(cfg, rt)
         except OSError as e:  # disk full or another I/O error while writing: the committed set is untouched
@@ -82,7 +83,7 @@ def _collect(cfg, rt):
     # everything that decides the content; a finished or partial run with other settings is redone
     settings = dict(teacher_hash=ckpt["weights_hash"], data=data_fingerprint(dmeta), gen_len=L, block_size=bs,
                     steps=L, n_examples=n, temperature=cfg["temperature"], hidden_dtype=cfg["hidden_dtype"],
-                    seed=cfg["seed"], dtype=rt.dtype,
+                    seed=cfg["seed"], dtype=rt.dtype, threads=cfg["threads"] if rt.device == "cpu" else None,
                     world=rt.world if cfg["temperature"] > 0 else None)  # sampled noise is drawn per rank
     set_id = "set-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     specs = field_specs(dmeta, n, model.cfg.n_embd, cfg["hidden_dtype"])

@@ -13,10 +13,13 @@ second run only prints the tables); an interrupted stage resumes where it stoppe
 than the presets' own, outputs go to out/seed<N>/...; the problems stay the same for every seed, and
 the AR baseline is trained once, at AR_SEED (its accuracy is not in the spread tables).
 
-With --jobs=N the training stages of N seeds (or ablation students) run side by side, each in its
-own process at one thread (accuracy does not depend on timing); the timed benchmarks come after,
-one at a time, alone. Each finished run writes a small JSON under results/ (commit, machine, seed,
-every figure): `--report` prints the README's tables from those files alone.
+Every training stage runs at --threads CPU threads (1 by default, whatever OMP_NUM_THREADS says):
+another count adds its sums in another order and is another run (runtime.cpu_threads). With
+--jobs=N (2 by default) N independent training chains run side by side, each in its own process:
+a seed's teacher, trajectories and student beside the AR baseline, or N seeds, or N ablation
+students; the timed benchmarks come after, one at a time, alone, at the machine's threads. Each
+finished run writes a small JSON under results/ (commit, machine, seed, thread count, weights
+hashes, every figure): `--report` prints the README's tables from those files alone.
 """
 import glob
 import math
@@ -35,7 +38,7 @@ from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configur
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
-from runtime import check_writable, code_version, machine_info, pick_device
+from runtime import THREADS, check_writable, code_version, cpu_threads, machine_info, pick_device
 
 # every task's defaults: arithmetic's presets (a bench needs none)
 PRESETS = dict(teacher="config/train_teacher.py", collect="config/collect.py", student="config/train_student.py",
@@ -91,7 +94,8 @@ HEADLINE = [(f"teacher, {what}: {m.split('_')[0]} answer", f"steps:{k}", m)
 config = dict(
     task=Choice("arithmetic", *TASKS),
     seeds=List([1337], Int(None, SEED)),  # 1337: the presets' own seed and out/ directories
-    jobs=Int(1, "[1, 8]"),             # training stages side by side, one thread each; benches after
+    jobs=Int(2, "[1, 8]"),             # training chains side by side (a seed's, the AR's); benches after
+    threads=THREADS,                   # every training stage's CPU threads: part of a run's identity
     stage=Choice("all", "all", "train", "seed", "ar", "export"),  # 'train': all but the timed benches; the
                                         # jobs of --jobs: 'seed' (a seed's stages), 'ar' (AR alone); 'export':
                                         # seed 1337's checkpoints into ref/<task>/ (export_reference)
@@ -148,21 +152,23 @@ def scores(ev):
 
 
 def teacher_steps(cfg, num_eval):
-    """The teacher at 1, 2, 4 and 8 tokens per step (naive step cutting), on the test problems."""
+    """The teacher at 1, 2, 4 and 8 tokens per step (naive step cutting), on the test problems, at
+    the training stages' thread count (so the figures do not depend on --jobs)."""
     path = os.path.join(cfg["out_dir"], "steps.json")
     model, ckpt = load_model(os.path.join(cfg["out_dir"], "ckpt.pt"), pick_device(cfg["device"]), "dlm")
     if os.path.isfile(path):
         got = read_json(path, "")
         if got.get("weights_hash") == ckpt["weights_hash"] and got.get("num_eval") == num_eval \
-                and got.get("metrics") == list(METRICS):
+                and got.get("metrics") == list(METRICS) and got.get("threads") == cfg["threads"]:
             return got["steps"]
     data_dir, meta = checkpoint_data(ckpt)
     rows = load_split(data_dir, "test", meta)[:num_eval]
     bs = model.cfg.block_size
-    steps = {str(bs // spb): scores(sample.evaluate(model, meta, rows, sample.DecodeSettings(bs, steps_per_block=spb)))
-             for spb in (bs, bs // 2, bs // 4, 1)}
+    with cpu_threads(cfg["threads"]):
+        steps = {str(bs // spb): scores(sample.evaluate(model, meta, rows, sample.DecodeSettings(bs, steps_per_block=spb)))
+                 for spb in (bs, bs // 2, bs // 4, 1)}
     atomic_write_json(path, dict(weights_hash=ckpt["weights_hash"], num_eval=num_eval, metrics=list(METRICS),
-                                 steps=steps))
+                                 threads=cfg["threads"], steps=steps))
     return steps
 
 
@@ -177,43 +183,43 @@ def run_bench(cfg):
     return bench.run(cfg)
 
 
-def train_stages(task, seed, num_eval):
-    """Every untimed stage for one seed: data, teacher, trajectories, student, AR (at AR_SEED), and
-    the teacher at fewer steps. Returns the latter."""
+def train_stages(task, seed, num_eval, threads):
+    """Every untimed stage for one seed, at `threads` CPU threads: data, teacher, trajectories,
+    student, and the teacher at fewer steps. Returns the latter."""
     t = TASKS[task]
     module = __import__(t["prepare"][0], fromlist=["prepare"])
     stage = lambda name: print(f"\n=== {task}, seed {seed}: {name} ===", flush=True)
     stage("data")
     module.prepare(configure(module.config, t["prepare"][1]))  # the same problems for every seed
     stage("teacher")
-    teacher = options(train.config, t["teacher"], seed)
+    teacher = options(train.config, t["teacher"], seed, threads=threads)
     run_train(teacher)
     stage("trajectories")
-    collect.collect(options(collect.config, t["collect"], seed))
+    collect.collect(options(collect.config, t["collect"], seed, threads=threads))
     stage("student")
-    run_train(options(train.config, t["student"], seed))
+    run_train(options(train.config, t["student"], seed, threads=threads))
     stage("teacher at fewer steps")
     return teacher_steps(teacher, num_eval)
 
 
-def train_ar(task):
+def train_ar(task, threads):
     """The AR baseline, once, with the preset's own options (seed AR_SEED) whatever the seeds."""
     print(f"\n=== {task}: AR baseline (seed {AR_SEED}) ===", flush=True)
-    run_train(configure(train.config, TASKS[task]["ar"] + [f"--seed={AR_SEED}"]))
+    run_train(configure(train.config, TASKS[task]["ar"] + [f"--seed={AR_SEED}", f"--threads={threads}"]))
 
 
-def pipeline(task, seed, num_eval, results_dir, methods=tuple(bench.METHODS)):
+def pipeline(task, seed, num_eval, threads, results_dir, methods=tuple(bench.METHODS)):
     """Every stage for one seed, the timed bench last; writes and returns its results file."""
-    steps = train_stages(task, seed, num_eval)
+    steps = train_stages(task, seed, num_eval, threads)
     print(f"\n=== {task}, seed {seed}: benchmark ===", flush=True)
     ar_dir = configure(train.config, TASKS[task]["ar"])["out_dir"]  # AR_SEED's, for every seed
     rep = run_bench({**options(bench.config, TASKS[task]["bench"], seed, num_eval=num_eval), "ar_dir": ar_dir,
                      "methods": list(methods)})
-    out = dict(task=task, seed=seed, commit=rep.get("commit"), machine=machine_info(), num_eval=num_eval,
-               ar_seed=AR_SEED, teacher_steps=steps, bench=rep["methods"], bench_settings=rep["settings"],
-               bench_machine=rep["machine"])
+    out = dict(task=task, seed=seed, commit=rep.get("commit"), machine=machine_info(), threads=threads,
+               weights=rep["checkpoints"], num_eval=num_eval, ar_seed=AR_SEED, teacher_steps=steps,
+               bench=rep["methods"], bench_settings=rep["settings"], bench_machine=rep["machine"])
     path = os.path.join(results_dir, task, f"seed{seed}.json")
-    others = [read_json(p, "") for p in sorted(glob.glob(os.path.join(results_dir, task, "seed*.json")))]
+    others = [{**read_json(p, ""), "path": p} for p in sorted(glob.glob(os.path.join(results_dir, task, "seed*.json")))]
     if others:  # before this run replaces its seed's file (git diff shows what moved; git checkout restores it)
         print("\n" + against(out, others))
     atomic_write_json(path, out)
@@ -256,23 +262,26 @@ def ablate(cfg):
     todo = [(name, seed) for name in cfg["variants"] for seed in cfg["seeds"]]
     if cfg["jobs"] > 1:
         common = [f"--task={task}", "--ablate", f"--ablate_iters={cfg['ablate_iters']}", f"--num_eval={cfg['num_eval']}",
-                  f"--results_dir={cfg['results_dir']}"]
+                  f"--results_dir={cfg['results_dir']}", f"--threads={cfg['threads']}"]
         run_jobs([common + [f"--variants={name}", f"--seeds={seed}"] for name, seed in todo], cfg["jobs"], "out/logs")
         return
     for name, seed in todo:
         slug = name.replace(" ", "_").replace("=", "_")
         argv = [a.replace("TRAJS", every) for a in ABLATIONS[name]]
         tcfg = configure(train.config, t["student"] + argv + [f"--max_iters={cfg['ablate_iters']}", f"--seed={seed}",
-                                                              f"--out_dir=out/ablate/{task}/{slug}/seed{seed}"])
+                                                              f"--out_dir=out/ablate/{task}/{slug}/seed{seed}",
+                                                              f"--threads={cfg['threads']}"])
         print(f"\n=== ablation {name}, seed {seed} ===", flush=True)
         commit = code_version()  # the code that trains this variant
         run_train(tcfg)
         model, ckpt, s = sample.load_for_decoding(os.path.join(tcfg["out_dir"], "ckpt.pt"), {}, "cpu", "cdlm")
         data_dir, meta = checkpoint_data(ckpt)
-        ev = sample.evaluate(model, meta, load_split(data_dir, "test", meta)[:cfg["num_eval"]], s)
+        with cpu_threads(cfg["threads"]):
+            ev = sample.evaluate(model, meta, load_split(data_dir, "test", meta)[:cfg["num_eval"]], s)
         atomic_write_json(os.path.join(cfg["results_dir"], task, "ablation", f"{slug}_seed{seed}.json"),
                           dict(task=task, variant=name, seed=seed, iters=cfg["ablate_iters"], num_eval=cfg["num_eval"],
-                               commit=commit, machine=machine_info(), weights_hash=ckpt["weights_hash"],
+                               commit=commit, machine=machine_info(), threads=cfg["threads"],
+                               weights_hash=ckpt["weights_hash"],
                                **scores(ev)))
 
 
@@ -294,10 +303,27 @@ def headline(run, source, field):
     return got
 
 
+def comparable(run, other):
+    """Why a committed run's figures cannot be compared with this one's, or None: training at
+    another thread count or on another torch is another run (runtime.cpu_threads)."""
+    if other.get("threads") != run["threads"]:
+        return f"trained at {other.get('threads')} thread(s), this run at {run['threads']}"
+    if other["machine"]["torch"] != run["machine"]["torch"]:
+        return f"trained on torch {other['machine']['torch']}, this run on {run['machine']['torch']}"
+    return None
+
+
 def against(run, others):
     """Your run's headline figures against the range of the committed results files (the README's
-    tables): each inside or outside the seeds' min-max. Timing ratios move with the machine."""
-    lines = [f"your seed {run['seed']} against the {len(others)} committed result file(s) (the README's ranges):"]
+    tables) trained like it: each inside or outside the seeds' min-max, and equal where it is
+    the same seed. Timing ratios move with the machine."""
+    lines = [f"{o.get('path', 'seed %d' % o['seed'])}: not compared, {why}" for o in others if (why := comparable(run, o))]
+    others = [o for o in others if not comparable(run, o)]
+    same = next((o for o in others if o["seed"] == run["seed"]), None)
+    if not others:
+        return "\n".join(lines + ["no committed result file was trained like this run: nothing to compare"])
+    lines.append(f"your seed {run['seed']} against the {len(others)} committed result file(s) trained like it "
+                 f"(the README's ranges{'; =: equal to the committed seed ' + str(run['seed']) if same else ''}):")
     for label, source, field in HEADLINE:
         xs = [headline(r, source, field) for r in others]
         mine = headline(run, source, field)
@@ -306,7 +332,13 @@ def against(run, others):
         scale, unit = (100, "%") if field in METRICS else (1, "x" if "speedup" in field else "")
         lo, hi = min(xs), max(xs)
         where = "inside" if lo <= mine <= hi else f"outside, by {scale * min(abs(mine - lo), abs(mine - hi)):.1f}{unit}"
+        if same is not None and "speedup" not in field:  # accuracies and passes reproduce; timings do not
+            where += ", =" if headline(same, source, field) == mine else f", committed seed {run['seed']}: " \
+                     f"{scale * headline(same, source, field):.1f}{unit}"
         lines.append(f"  {label}: {scale * mine:.1f}{unit}, range {scale * lo:.1f}{unit}-{scale * hi:.1f}{unit}: {where}")
+    for role, h in (same or {}).get("weights", {}).items():
+        mine = run["weights"].get(role)
+        lines.append(f"  {role}'s weights: {mine}, committed {h}: {'=' if mine == h else 'another run'}")
     return "\n".join(lines)
 
 
@@ -359,9 +391,12 @@ def report(task, results_dir):
     if runs:
         r0 = runs[0]
         n, chance = r0["num_eval"], r0["bench_settings"]["chance"]
-        lines += [f"{task}: {len(runs)} seed(s) {[r['seed'] for r in runs]}, {n} test problems; accuracy on {r0['machine']['cpu']} "
-                  f"({r0['machine']['cores']} cores), timings at {r0['bench_machine']['threads']} threads, torch "
-                  f"{r0['machine']['torch']}; commits {', '.join(sorted({str(r['commit']) for r in runs}))}",
+        at = lambda r: f"{r['threads']} thread(s)" if r.get("threads") else "an unrecorded thread count"
+        trained = "trained at " + (at(r0) if len({at(r) for r in runs}) == 1 else
+                                   ", ".join(f"{at(r)} (seed {r['seed']})" for r in runs))
+        lines += [f"{task}: {len(runs)} seed(s) {[r['seed'] for r in runs]}, {n} test problems; {trained}; accuracy on "
+                  f"{r0['machine']['cpu']} ({r0['machine']['cores']} cores), timings at {r0['bench_machine']['threads']} "
+                  f"threads, torch {r0['machine']['torch']}; commits {', '.join(sorted({str(r['commit']) for r in runs}))}",
                   f"a guess scores {100 * chance['final_acc']:.1f}% (final answer) and {100 * chance['whole_acc']:.1f}% "
                   f"(whole answer); at n={n} one standard error is {100 * math.sqrt(0.5 * 0.5 / n):.1f} points at 50%, "
                   f"{100 * math.sqrt(0.9 * 0.1 / n):.1f} at 90%, {100 * math.sqrt(0.99 * 0.01 / n):.2f} at 99%", "",
@@ -404,23 +439,24 @@ def main(argv):
         if cfg["ablate"]:
             ablate(cfg)
         elif cfg["stage"] == "ar":
-            return train_ar(task)
+            return train_ar(task, cfg["threads"])
         elif cfg["stage"] == "export":
             return export_reference(task)
         elif cfg["stage"] == "seed":
             for s in seeds:
-                train_stages(task, s, cfg["num_eval"])
+                train_stages(task, s, cfg["num_eval"], cfg["threads"])
             return
         else:
-            if cfg["jobs"] > 1:
-                run_jobs([[f"--task={task}", f"--seeds={s}", "--stage=seed", f"--num_eval={cfg['num_eval']}"]
-                          for s in seeds] + [[f"--task={task}", "--stage=ar"]], cfg["jobs"], "out/logs")
-            train_ar(task)  # each stage is skipped when its output is there
+            if cfg["jobs"] > 1:  # the chains side by side; the in-process stages below then find them done
+                common = [f"--task={task}", f"--threads={cfg['threads']}"]
+                run_jobs([common + [f"--seeds={s}", "--stage=seed", f"--num_eval={cfg['num_eval']}"] for s in seeds]
+                         + [common + ["--stage=ar"]], cfg["jobs"], "out/logs")
+            train_ar(task, cfg["threads"])  # each stage is skipped when its output is there
             for s in seeds:
                 if cfg["stage"] == "train":
-                    train_stages(task, s, cfg["num_eval"])
+                    train_stages(task, s, cfg["num_eval"], cfg["threads"])
                 else:
-                    pipeline(task, s, cfg["num_eval"], cfg["results_dir"], cfg["bench_methods"])
+                    pipeline(task, s, cfg["num_eval"], cfg["threads"], cfg["results_dir"], cfg["bench_methods"])
     print("\n" + report(task, cfg["results_dir"]))
     if not cfg["report"]:
         print(f"\n(demo took {time.time() - t0:.0f} s)")

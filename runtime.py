@@ -13,9 +13,12 @@ from typing import NamedTuple
 
 import torch
 
-from configurator import CDLMError
+from configurator import CDLMError, Int
 
 DTYPES = ("float32", "bfloat16", "float16")
+# The training stages' option: a float sum split over another number of threads adds in another order,
+# so on a CPU the thread count is part of a run's identity, like its seed (see cpu_threads)
+THREADS = Int(1, "[1, 1024]")
 
 
 def pick_device(device):
@@ -54,6 +57,22 @@ def autocast(device, dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=str(device).split(":")[0], dtype=getattr(torch, dtype))
+
+
+@contextmanager
+def cpu_threads(n):
+    """
+    torch's CPU threads fixed at n for a training stage, whatever OMP_NUM_THREADS says, then
+    restored (the timed stages keep the machine's count). The same run at 2 threads and at 1 is
+    two runs: its matrix products reduce in another order, the weights drift apart by rounding,
+    and after a few hundred steps the models differ as two seeds do.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def sync(device):

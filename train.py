@@ -26,7 +26,8 @@ from data.common import data_fingerprint, load_meta, load_split, same_data
 from data.trajectories import load_trajectory_sets
 from model import (ROLES, ModelConfig, Transformer, add_lora, merged_state_dict, read_checkpoint, save_checkpoint,
                    weights_hash)
-from runtime import check_file_writable, check_memory, end_runtime, gather_objects, lock, rng_state, set_rng_state, setup_runtime
+from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock, rng_state,
+                     set_rng_state, setup_runtime)
 from sample import DecodeSettings
 
 class Pass(NamedTuple):
@@ -93,6 +94,7 @@ config = dict(
     # logging and runtime
     eval_interval=Int(250, "[1, inf)"), eval_iters=Int(20, "[1, inf)"),  # the interval is also the checkpoints'
     seed=Int(1337, SEED), device=Str("auto"),
+    threads=THREADS,                   # CPU threads: part of the run's identity (runtime.cpu_threads)
     dtype=Str("auto"),                 # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
     compile=Bool(False),               # torch.compile the model (PyTorch 2, mostly worth it on CUDA)
 )
@@ -349,7 +351,7 @@ def check_config(cfg):
 
 def train(cfg):
     cfg, meta, data = check_config(cfg)
-    with lock(cfg["out_dir"], "option out_dir"):  # one writer per checkpoint folder
+    with lock(cfg["out_dir"], "option out_dir"), cpu_threads(cfg["threads"]):  # one writer per checkpoint folder
         return _train(cfg, meta, data)
 
 

@@ -35,11 +35,11 @@ def tiny_task(tmp_path, monkeypatch, data_dir):
 
 
 def test_demo_runs_every_stage_then_skips_them(tiny_task, capsys):
-    demo.main(["--num_eval=16"])
+    demo.main(["--jobs=1", "--num_eval=16"])
     first = capsys.readouterr().out
     assert "| student (cdlm): final answer |" in first and "| method | final answer | whole answer |" in first
     ckpts = {d: os.path.getmtime(f"out/{d}/ckpt.pt") for d in ("teacher", "student", "ar")}
-    demo.main(["--num_eval=16"])
+    demo.main(["--jobs=1", "--num_eval=16"])
     second = capsys.readouterr().out
     assert second.count("done (iteration") == 3 and "out/bench.json: done, skipped" in second
     assert "nothing to do" in second  # prepare and the collection
@@ -58,7 +58,7 @@ def test_demo_runs_every_stage_then_skips_them(tiny_task, capsys):
 
 
 def test_demo_over_seeds_and_resume(tiny_task, capsys):
-    demo.main(["--num_eval=16", "--seeds=1,2"])
+    demo.main(["--jobs=1", "--num_eval=16", "--seeds=1,2"])
     out = capsys.readouterr().out
     assert os.path.isfile("out/seed2/student/ckpt.pt") and os.path.isfile("out/seed1/bench.json")
     assert "| teacher, 1 token/step: final answer |" in out and "seed 1 | seed 2 |" in out
@@ -66,11 +66,15 @@ def test_demo_over_seeds_and_resume(tiny_task, capsys):
     assert os.path.isfile("out/ar/ckpt.pt") and not os.path.exists("out/seed1/ar")  # one AR, at AR_SEED
     assert demo.report("arithmetic", "results") in out  # the table comes from the files alone
     # a second run of a seed is placed against the files already there, before replacing its own
-    demo.main(["--num_eval=16", "--seeds=1"])
+    demo.main(["--jobs=1", "--num_eval=16", "--seeds=1"])
     out = capsys.readouterr().out
-    assert "your seed 1 against the 2 committed result file(s)" in out
+    assert "your seed 1 against the 2 committed result file(s) trained like it" in out
     line = next(l for l in out.splitlines() if "teacher NFE (dlm):" in l and "range" in l)
-    assert line.endswith(": inside")  # the same run again lands inside its own range
+    assert line.endswith(": inside, =")  # the same run again lands inside its own range, on its own figure
+    rows = [l for l in out.splitlines() if ", range " in l and "x, range" not in l]  # accuracies and passes
+    assert len(rows) >= 10 and all(l.endswith(", =") for l in rows)
+    weights = [l for l in out.splitlines() if "'s weights: " in l]
+    assert len(weights) == 3 and all(l.endswith(": =") for l in weights)  # teacher, student, AR
     # a student killed mid-run resumes where it stopped
     path = "out/seed1/student/ckpt.pt"
     ckpt = torch.load(path, weights_only=True)
@@ -82,9 +86,10 @@ def test_demo_over_seeds_and_resume(tiny_task, capsys):
 
 def test_demo_ablation_table(tiny_task, capsys):
     names = ("default", "y_star=literal", "trajectories at T=0 and T=0.5", "LoRA rank 16")
-    demo.main(["--num_eval=16"])  # the teacher and both trajectory sets
+    demo.main(["--jobs=1", "--num_eval=16"])  # the teacher and both trajectory sets
     capsys.readouterr()
-    demo.main(["--ablate", "--ablate_iters=5", "--num_eval=16", "--seeds=1,2", "--variants=" + ",".join(names)])
+    demo.main(["--jobs=1", "--ablate", "--ablate_iters=5", "--num_eval=16", "--seeds=1,2",
+               "--variants=" + ",".join(names)])
     out = capsys.readouterr().out
     for name in demo.ABLATIONS:
         assert (f"| {name} |" in out) == (name in names)
@@ -114,12 +119,21 @@ def test_demo_from_another_directory_is_one_line_and_exit_2(tmp_path):
 
 
 def test_a_run_outside_the_committed_range_says_by_how_much():
-    run = lambda acc, nfe: dict(seed=7, teacher_steps={k: dict(final_acc=acc, whole_acc=acc, nfe=nfe) for k in "128"},
-                                bench={})
-    text = demo.against(run(0.90, 48.0), [run(0.95, 48.0), run(0.97, 48.0)])
+    def run(acc, nfe, seed=7, threads=1, torch="2.13.0+cpu"):
+        return dict(seed=seed, threads=threads, machine=dict(torch=torch), bench={},
+                    teacher_steps={k: dict(final_acc=acc, whole_acc=acc, nfe=nfe) for k in "128"})
+    text = demo.against(run(0.90, 48.0), [run(0.95, 48.0, 1), run(0.97, 48.0, 2)])
     assert "teacher, 1 token/step: final answer: 90.0%, range 95.0%-97.0%: outside, by 5.0%" in text
     assert "teacher, 2 tokens/step: whole answer: 90.0%" in text and "speedup" not in text  # unmeasured: not listed
-    assert demo.against(run(0.96, 48.0), [run(0.95, 48.0), run(0.97, 48.0)]).count(": inside") == 6
+    assert demo.against(run(0.96, 48.0), [run(0.95, 48.0, 1), run(0.97, 48.0, 2)]).count(": inside") == 6
+    # the same seed is compared figure by figure; runs trained at another thread count or torch are not compared
+    text = demo.against(run(0.96, 48.0), [run(0.95, 48.0, 7), run(0.97, 48.0, 2, threads=2),
+                                          run(0.97, 48.0, 3, torch="2.4.0")])
+    assert "seed 2: not compared, trained at 2 thread(s), this run at 1" in text
+    assert "seed 3: not compared, trained on torch 2.4.0, this run on 2.13.0+cpu" in text
+    assert "against the 1 committed result file(s) trained like it" in text
+    assert "96.0%, range 95.0%-95.0%: outside, by 1.0%, committed seed 7: 95.0%" in text
+    assert "nothing to compare" in demo.against(run(0.96, 48.0), [run(0.95, 48.0, 1, threads=2)])
 
 
 def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, capsys, monkeypatch):
@@ -127,7 +141,7 @@ def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, c
     path relative to the root, and decodes exactly as the original."""
     from model import load_model
     from sample import DecodeSettings, generate
-    demo.main(["--num_eval=16", "--stage=train"])
+    demo.main(["--jobs=1", "--num_eval=16", "--stage=train"])
     monkeypatch.setitem(demo.REFERENCE_EXTRA, "arithmetic", {})
     demo.main(["--stage=export"])
     manifest = json.load(open("ref/arithmetic/MANIFEST.json"))

@@ -160,7 +160,7 @@ def test_a_new_task_is_its_prepare_py(tmp_path, monkeypatch, capsys):
     assert demo.TASKS["reverse"]["student"][1:] == ["--data_dir=data/reverse", "--out_dir=out/reverse/student",
                                                     "--teacher_dir=out/reverse/teacher",
                                                     "--traj_dirs=['out/reverse/trajectories']"]
-    demo.main(["--task=reverse", "--num_eval=16"])
+    demo.main(["--jobs=1", "--task=reverse", "--num_eval=16"])
     assert "| student (cdlm): whole answer |" in capsys.readouterr().out
     got = json.load(open("results/reverse/seed1337.json"))
     assert got["task"] == "reverse" and set(got["bench"]) >= {"cdlm", "dlm", "ar"}

@@ -241,3 +241,25 @@ def test_checkpoint_round_trip_and_resume(tmp_path, data_dir):
     steps = {int(s["step"]) for s in ckpt2["optimizer"]["state"].values()}
     assert steps == {15}  # the optimizer continued, it did not restart
     assert any(not torch.equal(ckpt["model"][k], ckpt2["model"][k]) for k in ckpt["model"])
+
+
+def test_the_thread_count_is_part_of_a_run_not_of_the_environment(data_dir, tmp_path):
+    """A CPU sum split over 2 threads adds in another order than over 1: at the default (threads=1)
+    the same command gives bit-identical weights whatever OMP_NUM_THREADS says; --threads=2 is
+    another run, recorded in its checkpoint."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(name, omp, *extra):  # wide enough that a matrix product is split across 2 threads
+        out = str(tmp_path / name)
+        subprocess.run([sys.executable, "train.py", f"--data_dir={data_dir}", f"--out_dir={out}", "--n_embd=128",
+                        "--n_layer=2", "--batch_size=32", "--max_iters=4", "--eval_iters=1", "--device=cpu", *extra],
+                       cwd=root, env={**os.environ, "OMP_NUM_THREADS": str(omp)}, check=True, capture_output=True)
+        ckpt = read_checkpoint(os.path.join(out, "ckpt.pt"))
+        return ckpt["weights_hash"], ckpt["config"]["threads"]
+
+    one, two = run("omp1", 1), run("omp2", 2)
+    assert one == two and one[1] == 1
+    other = run("threads2", 1, "--threads=2")
+    assert other[1] == 2 and other[0] != one[0]  # the count matters at this size: the first check can fail
