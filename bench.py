@@ -23,9 +23,10 @@ from data.common import atomic_write_json, checkpoint_data, load_split, same_dat
 from runtime import autocast, check_file_writable, code_version, compiled, lock, machine_info, pick_device, pick_dtype
 from model import ROLES, read_checkpoint
 from roofline import PLOTS, answer_tokens, decode_cost, plots, probe_machine, profile_decode, timed_decode
-from sample import DecodeSettings, evaluate, load_for_decoding
+from sample import DEFAULT_DECODING, DecodeSettings, evaluate, load_for_decoding
 
-CHECKPOINTS_DIRS = {r.option for r in ROLES.values()}
+DIR_OPTION = {role: f"{role}_dir" for role in ROLES}  # the option naming each role's checkpoint folder
+CHECKPOINTS_DIRS = set(DIR_OPTION.values())
 
 # -----------------------------------------------------------------------------
 # the decoding family that this bench measures and show.py draws, one row each (CDLM Sec. 5)
@@ -40,10 +41,10 @@ class Method(NamedTuple):
 
 THRESHOLDED = lambda cache: lambda bs, th, _: DecodeSettings(bs, threshold=th, cache=cache, early_stop=True)
 METHODS = {  # cdlm first: dlm_fewer_steps takes the student's measured steps
-    "cdlm": Method("student", THRESHOLDED("exact"), "the student: exact block KV cache, threshold, early stop"),
-    "ar": Method("ar", lambda bs, th, _: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
-                 "the autoregressive baseline: KV cache, greedy"),
-    "dlm": Method("teacher", lambda bs, th, _: DecodeSettings(bs, steps_per_block=bs),
+    "cdlm": Method("student", lambda bs, th, _: DEFAULT_DECODING["cdlm"](bs, th),
+                   "the student: exact block KV cache, threshold, early stop"),
+    "ar": Method("ar", lambda bs, th, _: DEFAULT_DECODING["ar"](bs, th), "the autoregressive baseline: KV cache, greedy"),
+    "dlm": Method("teacher", lambda bs, th, _: DEFAULT_DECODING["dlm"](bs, th),
                   "the teacher, naive (the paper's baseline): one token per step over all gen_len positions"),
     "dlm_stop": Method("teacher", lambda bs, th, _: DecodeSettings(bs, steps_per_block=bs, early_stop=True),
                        "the naive teacher stopping at EOS (a fairer naive baseline)"),
@@ -59,10 +60,24 @@ METHODS = {  # cdlm first: dlm_fewer_steps takes the student's measured steps
 }
 
 
+def chain(name):
+    """The method and those it depends on, recursively: (name, its dependency, that one's, ...)."""
+    dep = METHODS[name].depends_on
+    return (name,) + (chain(dep) if dep else ())
+
+
 def needs(name):
     """The roles whose checkpoints a method needs: its own and those of the methods it depends on."""
-    m = METHODS[name]
-    return (m.role,) + (needs(m.depends_on) if m.depends_on else ())
+    return tuple(METHODS[n].role for n in chain(name))
+
+
+def settings_of(name, bs, threshold, tokens_per_step):
+    """A method's DecodeSettings at block size bs, its dependencies resolved recursively:
+    tokens_per_step(dep, settings) measures the method dep decoding with those settings (bench.py:
+    on a batch of the problems; show.py: on its one prompt). Every caller resolves through here."""
+    dep = METHODS[name].depends_on
+    measured = tokens_per_step(dep, settings_of(dep, bs, threshold, tokens_per_step)) if dep else None
+    return METHODS[name].decoding(bs, threshold, measured)
 
 
 def load_models(cfg, methods, device, same_teacher=True):
@@ -70,12 +85,12 @@ def load_models(cfg, methods, device, same_teacher=True):
     must come from this teacher (unless same_teacher=False: show.py's infilling compares masks)."""
     models = {}
     for role in dict.fromkeys(r for name in methods for r in needs(name)):
-        key = ROLES[role].option
+        key = DIR_OPTION[role]
         models[role] = load_for_decoding(os.path.join(cfg[key], "ckpt.pt"), {}, device, ROLES[role].mode, key)
     data_meta = next(iter(models.values()))[1]["data_meta"]
     for role, (_, ckpt, _) in models.items():
         if not same_data(ckpt["data_meta"], data_meta):
-            raise CDLMError(f"--{ROLES[role].option}: that checkpoint was trained on other data than the others")
+            raise CDLMError(f"--{DIR_OPTION[role]}: that checkpoint was trained on other data than the others")
     if same_teacher and "teacher" in models and "student" in models and \
             models["student"][1]["teacher_hash"] != models["teacher"][1]["weights_hash"]:
         raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than {cfg['teacher_dir']}")
@@ -86,9 +101,9 @@ def role_dirs(cfg):
     """--checkpoints=D: each role's folder is D/<role> (D=ref/arithmetic: the reference checkpoints
     shipped with the repo), unless that role's own option is given."""
     if cfg["checkpoints"] is not None:
-        for role, r in ROLES.items():
-            if not gave(cfg, r.option):
-                cfg[r.option] = os.path.join(cfg["checkpoints"], role)
+        for role, key in DIR_OPTION.items():
+            if not gave(cfg, key):
+                cfg[key] = os.path.join(cfg["checkpoints"], role)
     return cfg
 
 
@@ -221,20 +236,19 @@ def checkpoint_hashes(cfg):
     """The weights of every checkpoint the chosen methods use: a stored report is reused only for them."""
     out = {}
     for role in dict.fromkeys(r for name in cfg["methods"] for r in needs(name)):
-        key = ROLES[role].option
+        key = DIR_OPTION[role]
         out[role] = read_checkpoint(os.path.join(cfg[key], "ckpt.pt"), "cpu", ROLES[role].mode, key)["weights_hash"]
     return out
 
 
 def check_options(cfg, methods):
     """Options that take effect only with some methods or with --sweep: given without them, refused."""
-    used = {ROLES[r].option for name in methods for r in needs(name)}
+    used = {DIR_OPTION[r] for name in methods for r in needs(name)}
     ignored = dict.fromkeys(CHECKPOINTS_DIRS - used, "with these methods: none reads that checkpoint")
     if all(METHODS[m].decoding(1, 0.5, 1).temperature == 0 for m in methods):
         ignored["seed"] = "with these methods: every one decodes greedily"
     # a method reads the threshold when it or the method it depends on decodes with one
-    if not any(METHODS[d].decoding(1, 0.5, 1).rule == "threshold"
-               for m in methods for d in (m, METHODS[m].depends_on) if d):
+    if not any(METHODS[d].decoding(1, 0.5, 1).rule == "threshold" for m in methods for d in chain(m)):
         ignored["threshold"] = "with these methods: none decodes with a threshold"
     if "student_dir" not in used:
         ignored["sweep_block_sizes"] = "without the student's method (cdlm)"
@@ -290,22 +304,19 @@ def _run(cfg, methods):
     # one compiled wrapper per model, shared by its methods (compiled graphs are per kind of pass)
     cmodels = {role: compiled(m[0]) for role, m in models.items()} if cfg["compile"] != "off" else {}
 
-    def measured(name, bs):
-        """The tokens per step of the method `name` depends on: from this run, or measured on the side."""
-        dep = METHODS[name].depends_on
-        if dep is None:
-            return None
+    def measured(dep, settings):
+        """The tokens per step of a method another depends on: from this run, or measured on the side."""
         if dep in results:
             return results[dep]["tokens_per_step"]
         p = prompts_of(rows[:run_cfg["batch_size"]], meta, device)
-        return mean_tokens_per_step(models[METHODS[dep].role][0], meta, p, METHODS[dep].decoding(bs, threshold, None))
+        return mean_tokens_per_step(models[METHODS[dep].role][0], meta, p, settings)
 
     with tqdm(total=len(methods) * len(rows), desc="bench", file=sys.stderr) as bar, autocast(device, dtype):
         for name in methods:
             model, ckpt, _ = models[METHODS[name].role]
             bs = model.cfg.block_size
             bar.set_description(f"bench {name}")
-            results[name] = bench_method(model, meta, rows, METHODS[name].decoding(bs, threshold, measured(name, bs)),
+            results[name] = bench_method(model, meta, rows, settings_of(name, bs, threshold, measured),
                                          run_cfg, act_bytes, bar, cmodels.get(METHODS[name].role))
         bar.set_description("bench: timing every method in shared rounds")
         add_timings(results, models, cmodels, meta, prompts_of(rows, meta, device), run_cfg)

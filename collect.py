@@ -29,9 +29,8 @@ import numpy as np
 import torch
 
 from configurator import SEED, CDLMError, Choice, Float, Int, Str, check, configure, gave, refuse_unused, run_main
-from data.common import checkpoint_data, data_fingerprint, get_tokenizer, load_split, read_json, score
-from data.trajectories import (Writer, commit, committed, field_specs, load_trajectories, progress_ok, remove_stale,
-                               sizes_match)
+from data.common import checkpoint_data, data_fingerprint, get_tokenizer, load_split, score
+from data.trajectories import Writer, field_specs, reuse
 from model import load_model
 from runtime import THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, lock, setup_runtime
 from sample import TEMPERATURES, DecodeSettings, generate
@@ -93,7 +92,7 @@ def _collect(cfg, rt):
                 data_dir=data_dir, teacher_dir=os.path.abspath(cfg["teacher_dir"]))
     state = 0  # rank 0 reads what is on disk; the other ranks are told
     if rt.master:
-        state = _reuse(cfg["out_dir"], set_id, settings, specs, meta)
+        state = reuse(cfg["out_dir"], set_id, settings, specs, meta)
     if broadcast(state, rt.ddp) == "done":
         if rt.master:
             print(f"{cfg['out_dir']} already holds these {n} trajectories; nothing to do")
@@ -113,11 +112,11 @@ def _collect(cfg, rt):
             lo, hi = min(i + rt.rank * B, stop), min(i + (rt.rank + 1) * B, stop)
             shard = np.concatenate([train[lo:hi], np.repeat(train[i:i + 1], B - (hi - lo), 0)])
             rows = torch.as_tensor(shard.astype(np.int64), device=rt.device)  # (B, T)
+            rec = Recorder(B, L, model.cfg.n_embd, rt.device)
             with rt.ctx:
-                out, _, step, hidden = generate(model, rows[:, :P], L, dmeta["mask_id"], dmeta["eos_id"], decode,
-                                                gen, record=True)
+                out = generate(model, rows[:, :P], L, dmeta["mask_id"], dmeta["eos_id"], decode, gen, on_step=rec).tokens
             # (world*B, T), (world*B, L), (world*B, L), (world*B, L, C): every rank's shard
-            got = [gather_rows(t, world) for t in (rows, out, step, hidden.to(getattr(torch, cfg["hidden_dtype"])))]
+            got = [gather_rows(t, world) for t in (rows, out, rec.step, rec.hidden.to(getattr(torch, cfg["hidden_dtype"])))]
             n_real = min(stop, i + B * world) - i
             if rt.master:  # shards arrive in rank order: the first n_real rows are rows i..i+n_real
                 rows, out, step, hidden = (t[:n_real].cpu().numpy() for t in got)
@@ -138,36 +137,19 @@ def _collect(cfg, rt):
               f"examples/s), {meta['bytes_per_example']} bytes per example, teacher final answer right {correct / n:.2%}")
 
 
-def _reuse(out_dir, set_id, settings, specs, meta):
-    """'done' if the live set has these settings, after committing a complete set a crash left
-    uncommitted; else None (collect). A damaged live set is said so and collected again."""
-    try:
-        live = committed(out_dir)
-        if live is not None and live["settings"] == settings:
-            load_trajectories(out_dir)  # refuses damaged files
-            remove_stale(out_dir, live["set"])
-            return "done"
-    except CDLMError as e:
-        print(f"the live set in {out_dir} is damaged ({str(e).split('; ')[0]}): collecting it again")
-        live = None
-    found = read_json_or_none(os.path.join(out_dir, "meta.json"))
-    if live is None and isinstance(found, dict) and "splits" in found:  # never written over
-        raise CDLMError(f"option out_dir={out_dir!r} holds a prepared dataset (its meta.json): give another directory")
-    d = os.path.join(out_dir, set_id)
-    prog = os.path.join(d, "progress.json")
-    if os.path.isfile(prog) and sizes_match(d, specs):
-        p = read_json_or_none(prog)  # damaged by the crash: collect again
-        if progress_ok(p, settings) and p["done"] == settings["n_examples"]:
-            commit(out_dir, set_id, {**meta, "teacher_final_acc": p["correct"] / p["done"]})
-            return "done"
-    return None
+class Recorder:
+    """generate's on_step hook that keeps the trajectory (Sec. 4.1): the step at which each answer
+    position was finalized, and its last hidden state at that pass."""
 
+    def __init__(self, B, gen_len, n_embd, device):
+        self.step = torch.full((B, gen_len), -1, dtype=torch.long, device=device)  # (B, L)
+        self.hidden = torch.zeros(B, gen_len, n_embd, device=device)  # (B, L, C)
 
-def read_json_or_none(path):
-    try:
-        return read_json(path, "")
-    except CDLMError:
-        return None
+    def __call__(self, ev):
+        o = ev.out
+        r, a = ev.rows, slice(ev.block * o.picked.size(1), (ev.block + 1) * o.picked.size(1))
+        self.step[r, a] = torch.where(o.picked, ev.step, self.step[r, a])
+        self.hidden[r, a] = torch.where(o.picked[..., None], o.hidden.float(), self.hidden[r, a])
 
 
 def main(argv):

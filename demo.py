@@ -76,7 +76,7 @@ ABLATIONS = {
     "y_star=random": ["--y_star=random"],
     "y_star=completion": ["--y_star=completion"],
     "y_star=literal": ["--y_star=literal"],
-    **{f"no {loss.title}": [f"--w_{name}=0.0"] for name, loss in train.LOSSES.items()},
+    **{f"no {loss.title}": [f"--w_{name}=0.0"] for name, loss in train.LOSSES.items() if loss.weight > 0},
     "dlm_noise=block": ["--dlm_noise=block"],
     "trajectories at T=0 and T=0.5": ["--traj_dirs=TRAJS"],
     "LoRA rank 16": ["--lora_rank=16", "--lora_alpha=32", "--learning_rate=3e-3", "--min_lr=3e-4"],

@@ -45,10 +45,10 @@ class ModelConfig:
     attn: str = "bidirectional"
 
 
-def block_index(seq_len, prompt_len, block_size):
-    """Block id of each position: 0 for the prompt, 1, 2, ... for answer blocks of block_size."""
-    i = torch.arange(seq_len)
-    return torch.where(i < prompt_len, 0, 1 + torch.div(i - prompt_len, block_size, rounding_mode="floor"))
+def block_of(pos, prompt_len, block_size):
+    """The answer block holding each sequence position: 0, 1, ... for the blocks of block_size after
+    the prompt, -1 for the prompt (one numbering everywhere: the README's, train.py's, the sampler's)."""
+    return torch.div(pos - prompt_len, block_size, rounding_mode="floor").clamp_min(-1)
 
 
 def attention_mask(mode, seq_len, prompt_len, block_size):
@@ -58,7 +58,7 @@ def attention_mask(mode, seq_len, prompt_len, block_size):
     if mode == "bidirectional":
         return torch.ones(seq_len, seq_len, dtype=torch.bool)
     if mode == "block_causal":
-        b = block_index(seq_len, prompt_len, block_size)
+        b = block_of(torch.arange(seq_len), prompt_len, block_size)  # (T,) the prompt is one block, before all
         return b[:, None] >= b[None, :]  # own block and every earlier one
     if mode == "causal":
         return i >= j
@@ -215,6 +215,80 @@ class Transformer(nn.Module):
 
 
 # -----------------------------------------------------------------------------
+# the forward process of masked diffusion and the two training losses of the data (LLaDA; the AR baseline's)
+
+def noise_answers(x, prompt_len, mask_id, eps=1e-3, generator=None):
+    """
+    The forward process of masked diffusion on answers only (LLaDA SFT): draw t ~ U(eps, 1) per
+    row and mask each answer token (EOS padding included) with probability t; the prompt stays clean.
+    Returns the noised tokens, the boolean mask of masked positions, and t (B,).
+    """
+    B, T = x.shape
+    t = eps + (1 - eps) * torch.rand(B, device=x.device, generator=generator)  # (B,)
+    r = torch.rand(B, T, device=x.device, generator=generator)  # (B, T)
+    masked = (r < t[:, None]) & (torch.arange(T, device=x.device) >= prompt_len)  # (B, T)
+    return torch.where(masked, torch.full_like(x, mask_id), x), masked, t
+
+
+def noise_sequences(x, prompt_len, mask_id, prompt_share=0.0, eps=1e-3, generator=None):
+    """
+    The teacher's noising: noise_answers, and in a share of rows the prompt too, at the same ratio t
+    (LLaDA's pre-training noises whole sequences), so that the teacher learns to fill a hole from
+    the context on both sides, prompt included (show.py --view=infill). Returns noise_answers'
+    three and each row's count of positions that could be masked (B,) (an int when no prompt is
+    noised), the loss's denominator.
+    """
+    xt, masked, t = noise_answers(x, prompt_len, mask_id, eps, generator)
+    B, T = x.shape
+    if prompt_share == 0:  # nothing more drawn: the default run's random stream and loss are unchanged
+        return xt, masked, t, T - prompt_len
+    rows = torch.rand(B, device=x.device, generator=generator) < prompt_share  # (B,)
+    hit = (torch.rand(B, prompt_len, device=x.device, generator=generator) < t[:, None]) & rows[:, None]  # (B, P)
+    masked = torch.cat([hit, masked[:, prompt_len:]], dim=1)  # (B, T)
+    return torch.where(masked, torch.full_like(x, mask_id), x), masked, t, T - prompt_len + rows * prompt_len
+
+
+def noise_block(x, prompt_len, block_size, mask_id, eps=1e-3, generator=None):
+    """
+    Block-wise noising, the states the block-causal student meets at inference (BD3-LM): per row
+    one answer block is noised with ratio t ~ U(eps, 1), earlier blocks stay clean, later blocks
+    are all MASK (the mask hides them anyway). Same returns as noise_answers; only the chosen
+    block's masked positions count in the loss.
+    """
+    B, T = x.shape
+    n_blocks = (T - prompt_len) // block_size
+    block = torch.randint(0, n_blocks, (B,), device=x.device, generator=generator)  # (B,)
+    xt, masked, t = noise_answers(x, prompt_len, mask_id, eps, generator)
+    pos_block = block_of(torch.arange(T, device=x.device), prompt_len, block_size)  # (T,) the prompt: -1
+    masked = masked & (pos_block == block[:, None])  # (B, T)
+    later = pos_block > block[:, None]
+    return torch.where(masked | later, torch.full_like(x, mask_id), x), masked, t
+
+
+def diffusion_loss(logits, x0, masked, t, n_positions):
+    """
+    Masked-diffusion loss (LLaDA Eq. 5 for SFT): cross-entropy on masked positions, weighted by
+    1/t. Each row's sum is divided by the number of positions that could be masked (gen_len, or
+    block_size for block noising), not by how many were: with the 1/t weight this makes it an
+    unbiased per-token estimate of the negative ELBO, and every noise level weighs the same.
+    """
+    ce = F.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")  # (B, T)
+    per_row = (ce * masked).sum(1) / t / n_positions  # (B,)
+    return per_row.mean()
+
+
+def ar_loss(logits, x, prompt_len, eos_id):
+    """Next-token cross-entropy on answer tokens up to and including the first EOS."""
+    target = x[:, 1:]  # (B, T-1): position p predicts token p+1
+    pos = torch.arange(1, x.size(1), device=x.device)
+    is_eos = (target == eos_id) & (pos >= prompt_len)
+    before_eos = (is_eos.cumsum(1) - is_eos.long()) == 0  # first EOS counts, later ones not
+    valid = (pos >= prompt_len) & before_eos  # (B, T-1)
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, reduction="none")
+    return (ce * valid).sum() / valid.sum()
+
+
+# -----------------------------------------------------------------------------
 # LoRA (Hu et al. 2021): the CDLM student is trained with low-rank adapters on the attention and MLP
 # projections while the teacher's weights stay frozen (CDLM Sec. 4.2, as its authors train it)
 
@@ -267,14 +341,13 @@ def merged_state_dict(model):
 class Role(NamedTuple):
     mode: str     # train.py's mode that makes it
     attn: str     # its attention mask (ATTN_MODES)
-    option: str   # the option of bench.py and show.py naming its checkpoint folder
     label: str    # what messages call it
 
 
 # The three roles one architecture plays in CDLM, in one table: everything else derives from it.
-ROLES = {"teacher": Role("dlm", "bidirectional", "teacher_dir", "teacher"),
-         "student": Role("cdlm", "block_causal", "student_dir", "student"),
-         "ar": Role("ar", "causal", "ar_dir", "AR baseline")}
+ROLES = {"teacher": Role("dlm", "bidirectional", "teacher"),
+         "student": Role("cdlm", "block_causal", "student"),
+         "ar": Role("ar", "causal", "AR baseline")}
 KINDS = {r.mode: r.label for r in ROLES.values()}  # training mode -> what it makes
 CKPT_KEYS = ("model_config", "model", "config", "data_meta", "sampling", "iter_num", "weights_hash")
 

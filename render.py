@@ -26,9 +26,9 @@ def step_line(tok, meta, ev, row):
     r = (ev.rows == row).nonzero().flatten()
     if len(r) == 0:
         return ""
-    r, bs = r.item(), ev.picked.size(1)
-    new = [(ev.block * bs + j, tok.decode([ev.pred[r, j].item()]) or ".", ev.conf[r, j].item())
-           for j in ev.picked[r].nonzero().flatten().tolist()]
+    r, o = r.item(), ev.out
+    new = [(ev.block * o.picked.size(1) + j, tok.decode([o.pred[r, j].item()]) or ".", o.conf[r, j].item())
+           for j in o.picked[r].nonzero().flatten().tolist()]
     text = "".join(token_texts(tok, meta, ev.tokens[r].tolist()))
     return f"{text}   nfe {ev.nfe[r].item():2d}   " + " ".join(f"{t!r}@{p} {c:.2f}" for p, t, c in new)
 

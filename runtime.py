@@ -120,6 +120,16 @@ def setup_runtime(cfg):
     return Runtime(ddp, rank, world, device, dtype, autocast(device, dtype), owns_group)
 
 
+def wrap_model(model, compile, rt):
+    """The model as training steps call it: compiled (--compile), and DDP-wrapped under torchrun."""
+    if compile:
+        model = torch.compile(model)
+    if rt.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if rt.device.startswith("cuda") else None)
+    return model
+
+
 def end_runtime(rt):
     """Every rank waits here until rank 0 has written its files; then the group we started ends."""
     if rt.ddp:

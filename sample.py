@@ -1,22 +1,19 @@
 """
-Block-wise decoding for every model in this repo: one loop whose parts are switched by settings.
+Block-wise decoding for every model in this repo: one loop, `generate`, switched by DecodeSettings.
 
     python sample.py --out_dir=out/teacher --prompt="5:+3*7+2*4+1="          # one answer
     python sample.py --out_dir=out/teacher --prompt="5:+3*7+2*4+1=" --show   # watch masks fill in
     python sample.py --out_dir=out/student --eval --num_eval=500              # both scores + NFE
 
 The answer is split into blocks of block_size, decoded left to right (semi-autoregressive, as in
-LLaDA). Inside a block, every step predicts all masked positions at once and finalizes some; the
-rest stay masked for the next step ("low-confidence remasking", LLaDA Alg. 5: what is remasked is
-the model's proposals for the positions it is least sure of). Which ones is the selection rule
-(RULES, named by `rule`):
-  - 'count': a fixed count per step, the most confident first (LLaDA);
-  - 'threshold': every masked token whose confidence is at least `threshold`, and always at least
-    one (Fast-dLLM's parallel decoding, used for CDLM inference in Sec. 4.3).
-Caches: `exact` for block_causal and causal models (the prompt and finished blocks come from the
-cache; a step recomputes only the current block); `prefix` and `dual` are Fast-dLLM's approximate
-caches for the bidirectional teacher, refreshed at each block. With `early_stop`, a row whose
-finished text contains EOS stops and leaves the batch; the rest of its answer is EOS.
+LLaDA). Inside a block every step predicts all masked positions at once and finalizes some; the
+rest stay masked ("low-confidence remasking", LLaDA Alg. 5). Which ones is the selection rule, a
+row of RULES naming the score it ranks by and what it finalizes ('count': a fixed count per step,
+LLaDA; 'threshold': every token at least this confident, Fast-dLLM, CDLM Sec. 4.3); a step always
+finalizes at least the rule's best. Caches: `exact` for block_causal and causal models (a step
+recomputes only the current block); `prefix` and `dual`, Fast-dLLM's approximate caches for the
+bidirectional teacher, refreshed at each block. With `early_stop`, a row whose finished text holds
+EOS leaves the batch; the rest of its answer is EOS.
 """
 import functools
 import json
@@ -46,17 +43,29 @@ TEMPERATURES = "0 or [1e-3, inf)"
 
 
 class Rule(NamedTuple):
-    """A selection rule: which still-masked positions of the block a step finalizes."""
+    """A selection rule: the score it ranks a block's masked positions by, and which it finalizes."""
     param: str          # the DecodeSettings field that parameterizes it (None under every other rule)
     option: object      # that field's type and range, as sample.py's option --<param>
     amount: Callable    # (settings, i) -> the parameter at step i of a block
-    pick: Callable      # (conf (b, bs), amount) -> (b, bs) bool: the positions it would finalize
+    score: Callable     # (conf (b, bs) float64, logits (b, bs, V)) -> (b, bs): higher is finalized first
+    pick: Callable      # (score (b, bs), amount) -> (b, bs) bool: the positions it finalizes
 
 
-def top_k(conf, k):
-    """The k most confident positions of each row (ties to the lower position)."""
-    rank = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (b, bs) 0 = most confident
+def confidence(conf, logits):
+    """The probability of the proposed token (predict): the score of LLaDA's and Fast-dLLM's rules."""
+    return conf
+
+
+def top_k(score, k):
+    """The k best-scored positions of each row (ties to the lower position)."""
+    rank = score.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (b, bs) 0 = the best
     return rank < k
+
+
+def tokens_per_step(block_size, steps_per_block):
+    """How many tokens each of the steps_per_block steps of a block finalizes (sums to block_size)."""
+    base, extra = divmod(block_size, steps_per_block)
+    return [base + (i < extra) for i in range(steps_per_block)]
 
 
 # The selection rules, by name (DecodeSettings.rule). A new rule is a row here and a field for its
@@ -64,12 +73,179 @@ def top_k(conf, k):
 RULES = {
     # a fixed count per step, the most confident first (LLaDA): block_size / steps_per_block a step
     "count": Rule("steps_per_block", Int(None, "[1, inf)"),
-                  lambda st, i: tokens_per_step(st.block_size, st.steps_per_block)[i], top_k),
+                  lambda st, i: tokens_per_step(st.block_size, st.steps_per_block)[i], confidence, top_k),
     # every masked token at least this confident (Fast-dLLM's parallel decoding; CDLM Sec. 4.3)
-    "threshold": Rule("threshold", Float(None, "(0, 1]"), lambda st, i: st.threshold,
-                      lambda conf, threshold: conf >= threshold),
+    "threshold": Rule("threshold", Float(None, "(0, 1]"), lambda st, i: st.threshold, confidence,
+                      lambda score, threshold: score >= threshold),
 }
 
+
+class Decoded(NamedTuple):
+    tokens: torch.Tensor   # (B, gen_len) the answers
+    nfe: torch.Tensor      # (B,) forward passes each row took part in
+
+
+class StepOut(NamedTuple):
+    """One decode step's result (decode_step)."""
+    block: torch.Tensor    # (b, bs) the block after this step
+    picked: torch.Tensor   # (b, bs) finalized at this step
+    pred: torch.Tensor     # (b, bs) this step's proposals
+    conf: torch.Tensor     # (b, bs) their confidence, -inf where the position was already final
+    hidden: torch.Tensor   # (b, bs, C) the block's last hidden states in this pass
+    ran: torch.Tensor      # (b,) the rows that had masked positions (each finalized at least one)
+    more: torch.Tensor     # () whether any position of the block is still masked
+
+
+class Step(NamedTuple):
+    """What on_step sees after each step, for every row still decoding: the step and where it was."""
+    tokens: torch.Tensor   # (b, gen_len) their answers so far, MASK where not final
+    rows: torch.Tensor     # (b,) their indices in the batch
+    block: int             # the block decoded: answer positions block*bs .. (block+1)*bs
+    nfe: torch.Tensor      # (b,) forward passes so far
+    lo: int                # this pass computed sequence positions lo..hi; the rest came from the
+    hi: int                # cache (without a cache: 0..seq_len)
+    step: int              # steps taken before this one in this decode
+    out: StepOut           # the step itself: picked, pred, conf, hidden
+
+
+@torch.no_grad()
+def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, init=None, on_step=None):
+    """
+    Decode answers for a batch of padded prompts (B, prompt_len) with DecodeSettings `settings`.
+    `init` (B, gen_len) starts from a partial answer (MASK where to decode; infilling), else all MASK.
+    on_step(Step) sees every step (the traces; collect.Recorder keeps the trajectory, Sec. 4.1).
+    Every row runs every step of a block, so a step's shapes depend only on its kind (torch.compile:
+    runtime.compiled); a row whose block is final finalizes nothing and is not counted in its NFE.
+    Rows whose answer is over (early_stop) leave the batch between blocks. Returns Decoded.
+    """
+    st = settings.check(model.cfg.attn, gen_len)
+    if model.cfg.attn == "block_causal" and model.cfg.block_size != st.block_size:
+        raise CDLMError(f"option block_size={st.block_size}: the model's mask has blocks of "
+                        f"{model.cfg.block_size} (rebuild it with model.set_mask(block_size=...))")
+    B, P = prompt.shape
+    T, bs = P + gen_len, st.block_size
+    shift = 1 if model.cfg.attn == "causal" else 0  # AR: position p is predicted from the logits at p-1
+    answer = prompt.new_full((B, gen_len), mask_id) if init is None else init
+    x = torch.cat([prompt, answer], dim=1)  # (b, T): the rows still decoding
+    rows = torch.arange(B, device=x.device)  # their indices in the batch
+    out, nfe_out = answer.clone(), torch.zeros(B, dtype=torch.long, device=x.device)  # every row's, by index
+    nfe = torch.zeros(B, dtype=torch.long, device=x.device)
+    starts = torch.arange(T + 1, device=x.device).unbind()  # 0-d start tensors: no recompile per position
+    step_fn = step_function(model)
+    if st.cache != "none":
+        model.setup_cache(B, approximate=st.cache != "exact")
+    try:
+        cached_to, taken = 0, 0  # an exact cache holds final keys/values below cached_to; steps so far
+        for blk in range(gen_len // bs):
+            s, e = P + blk * bs, P + (blk + 1) * bs  # the block's sequence positions
+            todo = init is None or bool((x[:, s:e] == mask_id).any())  # False: a block given whole
+            for i in range(bs if todo else 0):  # each step finalizes a token of every row with any left
+                lo, hi = pass_window(st.cache, st.refresh, i, s, e, T, cached_to)
+                o = step_fn(x[:, lo:hi], None if st.cache == "none" else starts[lo], s - shift - lo, x[:, s:e],
+                            mask_id, st.rule, RULES[st.rule].amount(st, i), st.temperature, generator)
+                x[:, s:e], cached_to, nfe = o.block, s, nfe + o.ran
+                if on_step is not None:  # it may keep what it sees (traces): a copy of the answers
+                    on_step(Step(x[:, P:].clone(), rows, blk, nfe, lo, hi, taken, o))
+                taken += 1
+                if not o.more:  # the step's one host synchronisation
+                    break
+            # early stop: everything up to e is final, so an EOS there ends the answer
+            if st.early_stop and (done := (x[:, P:e] == eos_id).any(1)).any():  # (b,)
+                x[done, e:] = eos_id
+                out[rows[done]], nfe_out[rows[done]] = x[done, P:], nfe[done]
+                going = (~done).nonzero().flatten()  # the finished rows leave the batch
+                x, rows, nfe = x[going], rows[going], nfe[going]
+                if st.cache != "none":
+                    model.keep_cache_rows(going)
+                if len(rows) == 0:
+                    break
+        out[rows], nfe_out[rows] = x[:, P:], nfe
+    finally:
+        model.clear_cache()
+    return Decoded(out, nfe_out)
+
+
+def pass_window(cache, refresh, i, s, e, T, cached_to):
+    """The positions lo..hi a pass computes; the rest comes from the cache. An exact cache computes
+    what it lacks (a block's first step also writes the block before it, now final: no separate
+    prefill or commit pass); the approximate caches everything at a refresh, then the block and the
+    suffix ('prefix') or the block alone ('dual'); no cache, everything. The window's length depends
+    only on the kind of step, never on the block: static shapes."""
+    if cache == "exact":
+        return cached_to, e
+    if cache == "none" or i == 0 or refresh == "step":
+        return 0, T
+    return s, e if cache == "dual" else T
+
+
+def decode_step(model, window, start, off, block, mask_id, rule, amount, temperature, generator=None):
+    """
+    One denoising step of the current block (b, bs), in the order it runs: the forward over the
+    window (b, hi-lo) from position `start` (a 0-d tensor; None without a cache), the block's logits
+    at offset `off` of it; predict every position (never MASK itself); score the masked ones by the
+    rule's own score; select what the rule picks and always its best; write. It mutates none of its
+    inputs (the block is a view of the sampler's state; CUDA graphs skip a graph that writes its
+    inputs), so torch.compile makes it one graph per kind of step and batch size. Returns StepOut.
+    """
+    bs = block.size(1)
+    logits, h = model(window, start=start, return_hidden=True)  # (b, hi-lo, V), (b, hi-lo, C)
+    logits = logits[:, off:off + bs]  # (b, bs, V) the block's
+    logits[..., mask_id] = float("-inf")  # never propose MASK itself
+    masked = block == mask_id  # (b, bs)
+    pred, conf = predict(logits, temperature, generator)  # (b, bs), float64 (b, bs)
+    conf = conf.masked_fill(~masked, float("-inf"))  # only masked positions compete
+    scores = RULES[rule].score(conf, logits).masked_fill(~masked, float("-inf"))  # (b, bs)
+    pick = select_tokens(scores, rule, amount)  # (b, bs)
+    new = torch.where(pick, pred, block)  # (b, bs)
+    return StepOut(new, pick, pred, conf, h[:, off:off + bs], masked.any(1), (new == mask_id).any())
+
+
+def predict(logits, temperature=0.0, generator=None):
+    """
+    Proposed token and its confidence (probability under the model, float64) at every position.
+    Greedy: p_top = 1 / (1 + r) with r = sum over the other tokens of exp(logit - top), each term
+    exact to float32's relative precision; the float32 form exp(top - logsumexp) moves in steps of
+    about 1e-6 near 1 (the ulp of a logit of ~10), so near-certain positions tie and the tie goes to
+    the lowest position instead of the more confident one. The step order collect.py stores as the
+    teacher's trajectory depends on that ranking.
+    """
+    if temperature > 0:
+        logits = logits.double()  # Gumbel-max in float64: low precision noise hurts quality (LLaDA)
+        u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+        pred = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
+        return pred, logits.log_softmax(-1).gather(-1, pred[..., None])[..., 0].exp()
+    logits = logits.float()
+    top, pred = logits.max(-1)  # (B, L)
+    rest = (logits - top[..., None]).exp().scatter(-1, pred[..., None], 0.0).sum(-1)  # (B, L)
+    return pred, 1.0 / (1.0 + rest.double())
+
+
+def select_tokens(score, rule, amount):
+    """Which positions a step finalizes: score (b, bs), the rule's own, -inf where nothing may be
+    finalized; amount, the rule's parameter (the k of 'count', the threshold of 'threshold'). A row
+    with any candidate always finalizes at least its best-scored one."""
+    eligible = score > float("-inf")  # (b, bs)
+    best = torch.zeros_like(eligible).scatter_(1, score.argmax(dim=1, keepdim=True), True)  # (b, bs)
+    return eligible & (RULES[rule].pick(score, amount) | best)
+
+
+_compiled_steps = weakref.WeakKeyDictionary()  # compiled model -> its compiled decode_step
+
+
+def step_function(model):
+    """decode_step for this model; when the model is compiled (runtime.compiled), decode_step itself
+    is compiled around the plain model, so a step's forward and its twenty-odd small operations
+    around it become one graph."""
+    if not is_compiled(model):
+        return functools.partial(decode_step, model)
+    if model not in _compiled_steps:
+        plain = model._orig_mod
+        _compiled_steps[model] = compile_function(functools.partial(decode_step, plain), plain)
+    return _compiled_steps[model]
+
+
+# -----------------------------------------------------------------------------
+# the settings, their checks, evaluation and the command line
 
 @dataclass
 class DecodeSettings:
@@ -87,7 +263,7 @@ class DecodeSettings:
     rule: Optional[str] = None               # one of RULES; None: the rule whose parameter is given
 
     def __post_init__(self):
-        if self.rule is None:  # what checkpoints made before the field stored, and the short form
+        if self.rule is None:  # the short form: the rule whose parameter is given
             given = [name for name, r in RULES.items() if getattr(self, r.param, None) is not None]
             self.rule = given[0] if len(given) == 1 else None
 
@@ -120,6 +296,16 @@ class DecodeSettings:
         return self
 
 
+# Each training mode's decoding, stored in its checkpoints as the model's defaults (train.py) and
+# bench.py's methods cdlm, dlm and ar: the teacher one token per step over the whole answer (N =
+# gen_len); the student by threshold from its exact cache, stopping at EOS; AR greedy from its cache.
+DEFAULT_DECODING = {
+    "dlm": lambda bs, threshold: DecodeSettings(bs, steps_per_block=bs),
+    "cdlm": lambda bs, threshold: DecodeSettings(bs, threshold=threshold, cache="exact", early_stop=True),
+    "ar": lambda bs, threshold: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
+}
+
+
 def decode_options():
     """sample.py's options for DecodeSettings, one per field, with the ranges check() enforces;
     None keeps the checkpoint's setting."""
@@ -150,238 +336,6 @@ def decode_settings(ckpt, overrides):
         raise CDLMError(f"option refresh={st.refresh!r} has no effect with cache={st.cache!r}: it is for the "
                         f"approximate caches 'prefix' and 'dual'")
     return st
-
-
-def tokens_per_step(block_size, steps_per_block):
-    """How many tokens each of the steps_per_block steps of a block finalizes (sums to block_size)."""
-    base, extra = divmod(block_size, steps_per_block)
-    return [base + (i < extra) for i in range(steps_per_block)]
-
-
-def predict(logits, temperature=0.0, generator=None):
-    """
-    Proposed token and its confidence (probability under the model, float64) at every position.
-    Greedy: p_top = 1 / (1 + r) with r = sum over the other tokens of exp(logit - top), each term
-    exact to float32's relative precision; the float32 form exp(top - logsumexp) moves in steps of
-    about 1e-6 near 1 (the ulp of a logit of ~10), so near-certain positions tie and the tie goes to
-    the lowest position instead of the more confident one. The step order collect.py stores as the
-    teacher's trajectory depends on that ranking.
-    """
-    if temperature > 0:
-        logits = logits.double()  # Gumbel-max in float64: low precision noise hurts quality (LLaDA)
-        u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-        pred = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
-        return pred, logits.log_softmax(-1).gather(-1, pred[..., None])[..., 0].exp()
-    logits = logits.float()
-    top, pred = logits.max(-1)  # (B, L)
-    rest = (logits - top[..., None]).exp().scatter(-1, pred[..., None], 0.0).sum(-1)  # (B, L)
-    return pred, 1.0 / (1.0 + rest.double())
-
-
-def select_tokens(conf, rule, amount):
-    """
-    Which positions to finalize this step. conf: (B, L) confidence of the still-masked positions
-    of the current block, -inf where nothing may be finalized; rule: a name in RULES, with its
-    amount (the k of 'count', the threshold of 'threshold'). A row with any candidate always
-    finalizes at least its most confident one.
-    """
-    eligible = conf > float("-inf")  # (B, L)
-    pick = RULES[rule].pick(conf, amount)  # (B, L)
-    best = torch.zeros_like(eligible).scatter_(1, conf.argmax(dim=1, keepdim=True), True)  # (B, L)
-    return eligible & (pick | best)
-
-
-class Decoded(NamedTuple):
-    tokens: torch.Tensor                   # (B, gen_len) the answers
-    nfe: torch.Tensor                      # (B,) forward passes each row took part in
-    step: Optional[torch.Tensor] = None    # (B, gen_len) with record: the step each position was finalized
-    hidden: Optional[torch.Tensor] = None  # (B, gen_len, C) with record: its last hidden state then
-
-
-class Step(NamedTuple):
-    """What the hooks (on_step, recording) see after each step, for every row still decoding."""
-    tokens: torch.Tensor   # (b, gen_len) their answers so far, MASK where not final
-    rows: torch.Tensor     # (b,) their indices in the batch
-    block: int             # the block being decoded: answer positions block*bs .. (block+1)*bs
-    picked: torch.Tensor   # (b, bs) finalized at this step
-    pred: torch.Tensor     # (b, bs) this step's proposals
-    conf: torch.Tensor     # (b, bs) their confidence, -inf where the position was already final
-    nfe: torch.Tensor      # (b,) forward passes so far
-    lo: int                # this pass computed sequence positions lo..hi; the rest came from the
-    hi: int                # cache (without a cache: 0..seq_len)
-    step: int = 0          # steps taken so far in this decode, this one excluded
-    hidden: Optional[torch.Tensor] = None  # (b, bs, C) the block's last hidden states in this pass
-
-
-# A decoding step in phases, each a small function (gpt-fast's prefill/decode, for a diffusion
-# sampler): pass_window (what this pass computes), denoise_step (predict, select, write), finished
-# (early stop). decode_step joins the first two, the unit torch.compile fuses; `generate` is the
-# loop around them, with recording and tracing as hooks outside it.
-
-def pass_window(cache, refresh, i, s, e, T, cached_to):
-    """
-    Phase 1, what this pass computes: sequence positions lo..hi; the rest comes from the cache.
-    An exact cache computes what it lacks (a block's first step also writes the block before it,
-    now final: no separate prefill or commit pass); the approximate caches everything at a refresh,
-    then the block and the suffix ('prefix') or the block alone ('dual'); no cache, everything.
-    The window's length depends only on the kind of step, never on the block: static shapes.
-    """
-    if cache == "exact":
-        return cached_to, e
-    if cache == "none" or i == 0 or refresh == "step":
-        return 0, T
-    return s, e if cache == "dual" else T
-
-
-def denoise_step(logits, block, masked, mask_id, rule, amount, temperature, generator=None):
-    """
-    Phase 2, one denoising step of the current block: predict every position (never MASK itself),
-    select which masked ones to finalize (select_tokens), write them. logits (b, bs, V), block
-    (b, bs) its tokens, masked (b, bs). Returns the new block, picked, proposals, confidences.
-    A row with nothing masked finalizes nothing: its block comes back as it was.
-    """
-    logits[..., mask_id] = float("-inf")
-    pred, conf = predict(logits, temperature, generator)  # (b, bs)
-    conf = conf.masked_fill(~masked, float("-inf"))
-    pick = select_tokens(conf, rule, amount)
-    return torch.where(pick, pred, block), pick, pred, conf
-
-
-class StepOut(NamedTuple):
-    block: torch.Tensor    # (b, bs) the block after this step
-    picked: torch.Tensor   # (b, bs) finalized at this step
-    pred: torch.Tensor     # (b, bs) this step's proposals
-    conf: torch.Tensor     # (b, bs) their confidence, -inf where the position was already final
-    hidden: torch.Tensor   # (b, bs, C) the block's last hidden states in this pass
-    ran: torch.Tensor      # (b,) the rows that had masked positions (each finalized at least one)
-    more: torch.Tensor     # () whether any position of the block is still masked
-
-
-def decode_step(model, window, start, off, block, mask_id, rule, amount, temperature, generator=None):
-    """
-    Phases 1 and 2 as one function: the forward over window (b, hi-lo), the tokens at positions
-    start.. (a 0-d tensor; None without a cache), then one denoising step of block (b, bs), whose
-    logits sit at offset `off` of the window. Under torch.compile this is one graph per kind of step
-    (a block's first step, a later one) and batch size: nothing in it depends on the position, it
-    mutates none of its inputs (the block is a view of the sampler's state, at another offset each
-    block; CUDA graphs skip a graph that writes its inputs), and it computes the bookkeeping the
-    loop needs (ran, more). Returns a StepOut.
-    """
-    bs = block.size(1)
-    logits, h = model(window, start=start, return_hidden=True)  # (b, hi-lo, V), (b, hi-lo, C)
-    masked = block == mask_id  # (b, bs)
-    new, pick, pred, conf = denoise_step(logits[:, off:off + bs], block, masked, mask_id, rule, amount,
-                                         temperature, generator)
-    return StepOut(new, pick, pred, conf, h[:, off:off + bs], masked.any(1), (new == mask_id).any())
-
-
-_compiled_steps = weakref.WeakKeyDictionary()  # compiled model -> its compiled decode_step
-
-
-def step_function(model):
-    """decode_step for this model; when the model is compiled (runtime.compiled), decode_step itself
-    is compiled around the plain model, so a step's forward and its twenty-odd small operations
-    around it become one graph."""
-    if not is_compiled(model):
-        return functools.partial(decode_step, model)
-    if model not in _compiled_steps:
-        plain = model._orig_mod
-        _compiled_steps[model] = compile_function(functools.partial(decode_step, plain), plain)
-    return _compiled_steps[model]
-
-
-def finished(answer_so_far, eos_id):
-    """
-    Phase 3, early stop: the rows whose answer is over, given x[:, P:e] (b, e-P) with everything
-    final up to the block's end e: an EOS anywhere there is final with everything before it.
-    """
-    return (answer_so_far == eos_id).any(1)  # (b,)
-
-
-class Recorder:
-    """A hook that keeps the trajectory collect.py stores (CDLM Sec. 4.1): the step at which each
-    answer position was finalized, and its last hidden state at that pass."""
-
-    def __init__(self, B, gen_len, n_embd, bs, device):
-        self.step = torch.full((B, gen_len), -1, dtype=torch.long, device=device)
-        self.hidden = torch.zeros(B, gen_len, n_embd, device=device)
-        self.bs = bs
-
-    def __call__(self, ev):
-        r, a = ev.rows, slice(ev.block * self.bs, (ev.block + 1) * self.bs)
-        self.step[r, a] = torch.where(ev.picked, ev.step, self.step[r, a])
-        self.hidden[r, a] = torch.where(ev.picked[..., None], ev.hidden.float(), self.hidden[r, a])
-
-
-@torch.no_grad()
-def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, init=None, record=False,
-             on_step=None, step=None):
-    """
-    Decode answers for a batch of padded prompts (B, prompt_len) with DecodeSettings `settings`.
-    `init` (B, gen_len) starts from a partial answer (MASK where to decode; infilling), else all MASK.
-    With record=True also the step at which each answer position was finalized and the last hidden
-    state then: the trajectory collect.py stores (CDLM Sec. 4.1). `model` may be compiled
-    (runtime.compiled); `step` replaces step_function(model) (a profiler times it).
-    Every row of the batch runs every step of a block, so a step's shapes depend only on its kind;
-    a row whose block is final finalizes nothing and is not counted in its NFE. Rows whose answer
-    is over (early_stop) leave the batch between blocks.
-    """
-    st = settings.check(model.cfg.attn, gen_len)
-    if model.cfg.attn == "block_causal" and model.cfg.block_size != st.block_size:
-        raise CDLMError(f"option block_size={st.block_size}: the model's mask has blocks of "
-                        f"{model.cfg.block_size} (rebuild it with model.set_mask(block_size=...))")
-    B, P = prompt.shape
-    T, bs = P + gen_len, st.block_size
-    # a causal model predicts position p from the logits at p-1 (AR decoding is this loop with
-    # block_size 1 and that one-position shift)
-    shift = 1 if model.cfg.attn == "causal" else 0
-    answer = prompt.new_full((B, gen_len), mask_id) if init is None else init.clone()
-    x = torch.cat([prompt, answer], dim=1)  # (b, T): the rows still decoding
-    rows = torch.arange(B, device=x.device)  # their indices in the batch
-    out, nfe_out = answer, torch.zeros(B, dtype=torch.long, device=x.device)
-    nfe = torch.zeros(B, dtype=torch.long, device=x.device)
-    recorder = Recorder(B, gen_len, model.cfg.n_embd, bs, x.device) if record else None
-    hooks = [h for h in (recorder, on_step) if h is not None]  # outside the hot path when empty
-    starts = torch.arange(T + 1, device=x.device).unbind()  # 0-d start tensors: no recompile per position
-    step_fn = step or step_function(model)
-    if st.cache != "none":
-        model.setup_cache(B, approximate=st.cache != "exact")
-    try:
-        cached_to, n_steps = 0, 0  # an exact cache holds final keys/values for positions < cached_to
-        for blk in range(gen_len // bs):
-            s, e = P + blk * bs, P + (blk + 1) * bs
-            todo = init is None or bool((x[:, s:e] == mask_id).any())  # False: a block given whole
-            for i in range(bs if todo else 0):  # each step finalizes a token of every row with any left
-                lo, hi = pass_window(st.cache, st.refresh, i, s, e, T, cached_to)
-                o = step_fn(x[:, lo:hi], None if st.cache == "none" else starts[lo], s - shift - lo, x[:, s:e],
-                            mask_id, st.rule, RULES[st.rule].amount(st, i), st.temperature, generator)
-                x[:, s:e], cached_to = o.block, s
-                nfe += o.ran
-                if hooks:  # on_step may keep what it sees (traces): a copy; recording reads it at once
-                    keep = (lambda t: t.clone()) if on_step is not None else (lambda t: t)
-                    ev = Step(keep(x[:, P:]), rows, blk, o.picked, o.pred, o.conf, keep(nfe), lo, hi, n_steps, o.hidden)
-                    for hook in hooks:
-                        hook(ev)
-                n_steps += 1
-                if not o.more:  # the step's one host synchronisation
-                    break
-            if st.early_stop:
-                done = finished(x[:, P:e], eos_id)  # (b,)
-                if done.any():
-                    x[done, e:] = eos_id
-                    out[rows[done]], nfe_out[rows[done]] = x[done, P:], nfe[done]
-                    keep = (~done).nonzero().flatten()  # the finished rows leave the batch
-                    x, rows, nfe = x[keep], rows[keep], nfe[keep]
-                    if st.cache != "none":
-                        model.keep_cache_rows(keep)
-                    if len(rows) == 0:
-                        break
-        out[rows], nfe_out[rows] = x[:, P:], nfe
-    finally:
-        model.clear_cache()
-    if record:
-        return Decoded(out, nfe_out, recorder.step, recorder.hidden)
-    return Decoded(out, nfe_out)
 
 
 class Evaluation(NamedTuple):

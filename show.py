@@ -21,16 +21,16 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
-from bench import METHODS, decoded_tokens, load_models, needs, role_dirs
+from bench import DIR_OPTION, METHODS, decoded_tokens, load_models, needs, role_dirs, settings_of
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
 from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split,
                          task_module, whole_blocks)
 from data.trajectories import load_trajectories
-from model import ROLES, attention_mask, read_checkpoint
+from model import attention_mask, noise_answers, read_checkpoint
 from render import render_compare, replay_gif, replay_html, save_png, token_texts
 from runtime import compiled, lock, pick_device
 from sample import DecodeSettings, generate
-from train import LOSSES, Y_STARS, draw_states, noise_answers
+from train import LOSSES, Y_STARS, draw_states
 
 config = dict(
     view=Choice("compare", "compare", "masks", "states", "confidence", "infill"),
@@ -62,12 +62,13 @@ def trace(model, meta, prompt, settings):
     frames, t0, P = [], time.perf_counter(), meta["prompt_len"]
 
     def on_step(ev):
-        bs, lo = ev.picked.size(1), ev.block * ev.picked.size(1)
+        o = ev.out
+        bs, lo = o.picked.size(1), ev.block * o.picked.size(1)
         picked, conf = [False] * meta["gen_len"], [None] * meta["gen_len"]
         for j in range(bs):
-            c = ev.conf[0, j].item()
+            c = o.conf[0, j].item()
             conf[lo + j] = None if c == float("-inf") else round(c, 3)
-            picked[lo + j] = bool(ev.picked[0, j])
+            picked[lo + j] = bool(o.picked[0, j])
         frames.append(dict(tokens=ev.tokens[0].tolist(), picked=picked, conf=conf, nfe=ev.nfe[0].item(),
                            ms=round(1000 * (time.perf_counter() - t0), 2), lo=ev.lo - P, hi=ev.hi - P))
     out = generate(model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], settings, on_step=on_step)
@@ -80,13 +81,13 @@ def compare(cfg, models, meta, tok):
     prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], meta["prompt_len"])], device=device)
     runs = []
     threshold = models["student"][2].threshold if "student" in models else 0.9
+    def measured(dep, s):  # the tokens per step of a method another depends on, on this prompt
+        frames, answer = trace(models[METHODS[dep].role][0], meta, prompt, s)
+        return decoded_tokens(torch.tensor([answer]), meta["eos_id"], s.block_size, True).item() / frames[-1]["nfe"]
+
     for name in (m for m in METHODS if m in cfg["methods"]):
         model = models[METHODS[name].role][0]
-        bs, dep, tps = model.cfg.block_size, METHODS[name].depends_on, None
-        if dep:  # the tokens per step of the method this one depends on, on this prompt
-            d_frames, d_ans = trace(models[METHODS[dep].role][0], meta, prompt, METHODS[dep].decoding(bs, threshold, None))
-            tps = decoded_tokens(torch.tensor([d_ans]), meta["eos_id"], bs, True).item() / d_frames[-1]["nfe"]
-        s = METHODS[name].decoding(bs, threshold, tps)
+        s = settings_of(name, model.cfg.block_size, threshold, measured)
         trace(model, meta, prompt, s)  # untimed (compiles, under --compile): the replay shows warm passes
         frames, answer = trace(model, meta, prompt, s)
         runs.append(dict(name=name, about=METHODS[name].about, block_size=s.block_size, cache=s.cache,
@@ -259,9 +260,9 @@ def main(argv):
     cfg = role_dirs(configure(config, argv))
     view = cfg["view"]
     need = cfg["methods"] if view == "compare" else NEED[view]
-    dirs = {ROLES[r].option for name in need for r in needs(name)}
+    dirs = {DIR_OPTION[r] for name in need for r in needs(name)}
     refuse_unused(cfg, {k: f"with --view={view}" for k, views in READ_BY.items() if view not in views.split()}
-                  | {k: f"with --view={view}: no method shown needs it" for k in (r.option for r in ROLES.values()) if k not in dirs})
+                  | {k: f"with --view={view}: no method shown needs it" for k in DIR_OPTION.values() if k not in dirs})
     for key in ("png", "gif"):
         if cfg[key] and not cfg[key].endswith("." + key):
             raise CDLMError(f"option {key}={cfg[key]!r}: expected a file name ending in .{key}")
@@ -315,7 +316,7 @@ def run(cfg, device, need):
         P = meta["prompt_len"]
         probes = task_module(meta).infill_probes(tok, meta, rows[:, :P], rows[:, P:])  # each task its own holes
         acc = infill(models, meta, probes)
-        print(", ".join(f"{w}: {cfg[ROLES[w].option]}" for w in models))
+        print(", ".join(f"{w}: {cfg[DIR_OPTION[w]]}" for w in models))
         print("| hole | n | " + " | ".join(f"{w} ({models[w][0].cfg.attn})" for w in models) + " |")
         print("|---|---|" + "---|" * len(models))
         for probe, (p, *_) in probes.items():

@@ -202,7 +202,7 @@ def check_meta(meta, path, fix):
     need(isinstance(splits, dict) and all(isinstance(k, str) and is_int(n, 1) for k, n in splits.items()), "splits")
     need(isinstance(meta.get("answer_marker"), str) and meta["answer_marker"] != "", "answer_marker")
     need(isinstance(meta.get("settings", {}), dict), "settings")
-    need(meta.get("task") is None or isinstance(meta["task"], str) and re.fullmatch(r"[a-z_][a-z0-9_]*", meta["task"]), "task")
+    need(isinstance(meta.get("task"), str) and re.fullmatch(r"[a-z_][a-z0-9_]*", meta["task"]), "task")
     if meta["tokenizer"] == "char":
         need(isinstance(meta.get("chars"), str) and len(meta["chars"]) + 3 == meta["vocab_size"], "chars")
     if meta["tokenizer"] == "bpe":
@@ -367,8 +367,7 @@ class Probe(NamedTuple):
 def task_module(meta):
     """The data/<task>/prepare.py module that made a dataset (its infill probes, its generator)."""
     import importlib
-    # data prepared before meta.json named its task: the two tasks of the time, told apart by tokenizer
-    task = meta.get("task") or ("arithmetic" if meta["tokenizer"] == "char" else "wordproblems")
+    task = meta["task"]
     if task not in tasks():
         raise CDLMError(f"the data is of task {task!r}, which this checkout has no data/{task}/prepare.py for")
     return importlib.import_module(f"data.{task}.prepare")

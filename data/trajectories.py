@@ -157,6 +157,39 @@ def committed(out_dir):
     return check_commit(meta, path) if not isinstance(meta, dict) or "set" in meta else None
 
 
+def reuse(out_dir, set_id, settings, specs, meta):
+    """collect.py's start: 'done' if the live set of out_dir has these settings, after committing a
+    complete set a crash left uncommitted; else None (collect). A damaged live set is said so and
+    collected again; partial chunks with matching settings and sizes are resumed by the Writer."""
+    try:
+        live = committed(out_dir)
+        if live is not None and live["settings"] == settings:
+            load_trajectories(out_dir)  # refuses damaged files
+            remove_stale(out_dir, live["set"])
+            return "done"
+    except CDLMError as e:
+        print(f"the live set in {out_dir} is damaged ({str(e).split('; ')[0]}): collecting it again")
+        live = None
+    found = read_json_or_none(os.path.join(out_dir, "meta.json"))
+    if live is None and isinstance(found, dict) and "splits" in found:  # never written over
+        raise CDLMError(f"option out_dir={out_dir!r} holds a prepared dataset (its meta.json): give another directory")
+    d = os.path.join(out_dir, set_id)
+    prog = os.path.join(d, "progress.json")
+    if os.path.isfile(prog) and sizes_match(d, specs):
+        p = read_json_or_none(prog)  # damaged by the crash: collect again
+        if progress_ok(p, settings) and p["done"] == settings["n_examples"]:
+            commit(out_dir, set_id, {**meta, "teacher_final_acc": p["correct"] / p["done"]})
+            return "done"
+    return None
+
+
+def read_json_or_none(path):
+    try:
+        return read_json(path, "")
+    except CDLMError:
+        return None
+
+
 def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None, data=None):
     """The live set's arrays as read-only memmaps, and its meta; refuses a set that does not match
     (the teacher's weights hash, the layout, the data's fingerprint) or whose files are damaged."""

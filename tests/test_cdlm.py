@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_COLLECT
 
-from collect import collect
+from collect import Recorder, collect
 from configurator import CDLMError
 from data.trajectories import load_trajectories
 from model import load_model
@@ -34,8 +34,10 @@ def test_stored_hidden_state_rebuilds_teacher_logits(traj_dir, teacher_dir):
     model, ckpt = load_model(os.path.join(teacher_dir, "ckpt.pt"))
     prompt = torch.as_tensor(arrays["prompt"][:4].astype(np.int64))
     dm = ckpt["data_meta"]
-    out, _, step, hidden = generate(model, prompt, dm["gen_len"], dm["mask_id"], dm["eos_id"],
-                                    DecodeSettings(8, steps_per_block=8), record=True)
+    rec = Recorder(len(prompt), dm["gen_len"], model.cfg.n_embd, "cpu")
+    out = generate(model, prompt, dm["gen_len"], dm["mask_id"], dm["eos_id"], DecodeSettings(8, steps_per_block=8),
+                   on_step=rec).tokens
+    step, hidden = rec.step, rec.hidden
     assert torch.equal(out, torch.as_tensor(arrays["tokens"][:4].astype(np.int64)))
     assert torch.equal(step, torch.as_tensor(arrays["step"][:4].astype(np.int64)))
     stored = torch.as_tensor(arrays["hidden"][:4].astype(np.float32))

@@ -3,6 +3,7 @@ The typical changes, each made in its one place and run end to end on a tiny mod
 adds a row to a table in a copy of the script's source (what a user would type into the file) and
 runs that copy: what derives from the table has to follow from the row alone.
 """
+import dataclasses
 import json
 import os
 import types
@@ -28,7 +29,7 @@ def test_a_selection_rule_is_one_row_of_RULES_and_its_field(teacher_dir, capsys)
     """A third rule (finalize every token at least `ratio` times as confident as the block's best):
     a row of RULES and a field for its parameter; the option, the checks, the stored-settings
     override and the sampler follow."""
-    sample = with_row("sample", "RULES = {\n", '''    "relative": Rule("ratio", Float(None, "(0, 1]"), lambda st, i: st.ratio,
+    sample = with_row("sample", "RULES = {\n", '''    "relative": Rule("ratio", Float(None, "(0, 1]"), lambda st, i: st.ratio, confidence,
                      lambda conf, ratio: conf >= ratio * conf.max(1, keepdim=True).values),
 ''', "    temperature: float = 0.0                 # 0 is greedy; > 0 samples (Gumbel-max in float64)\n",
         "    ratio: Optional[float] = None\n")
@@ -45,10 +46,10 @@ def test_a_selection_rule_is_one_row_of_RULES_and_its_field(teacher_dir, capsys)
     seen = []
 
     def on_step(ev):  # every step finalizes exactly what the rule says (and at least one token)
-        eligible = ev.conf > float("-inf")
-        rule = eligible & (ev.conf >= 0.5 * ev.conf.max(1, keepdim=True).values)
-        assert torch.equal(ev.picked, rule) and ev.picked.any(1).all()
-        seen.append(ev.picked.sum().item())
+        conf, picked = ev.out.conf, ev.out.picked
+        rule = (conf > float("-inf")) & (conf >= 0.5 * conf.max(1, keepdim=True).values)
+        assert torch.equal(picked, rule) and picked.any(1).all()
+        seen.append(picked.sum().item())
     prompts = torch.tensor([[3, 4, 5, 6, 7, 8] + [0] * (ckpt["data_meta"]["prompt_len"] - 6)] * 3)
     meta = ckpt["data_meta"]
     out, nfe = sample.generate(model, prompts, meta["gen_len"], meta["mask_id"], meta["eos_id"], st, on_step=on_step)[:2]
@@ -60,7 +61,7 @@ def test_a_selection_rule_is_one_row_of_RULES_and_its_field(teacher_dir, capsys)
 
 def test_a_fourth_loss_is_one_row_of_LOSSES(tmp_path, data_dir, teacher_dir, traj_dir):
     calls = []
-    train = with_row("train", "LOSSES = {\n", '''    "entropy": Loss(0.05, lambda p, st: CALLS.append(1) or -(p.student.float().softmax(-1) *
+    train = with_row("train", "LOSSES = {\n", '''    "entropy": Loss(0.05, (), lambda p, st: CALLS.append(1) or -(p.student.float().softmax(-1) *
                     p.student.float().log_softmax(-1)).sum(-1)[st.distill].mean(), "E", lambda st: st.distill,
                     "entropy"),
 ''')
@@ -76,6 +77,88 @@ def test_a_fourth_loss_is_one_row_of_LOSSES(tmp_path, data_dir, teacher_dir, tra
     train.train({**TINY_MODEL, "mode": "cdlm", "init_from": "teacher", "teacher_dir": teacher_dir,
                  "traj_dirs": [traj_dir], "data_dir": data_dir, "max_iters": 3, "out_dir": str(tmp_path / "s")})
     assert len(calls) == 3  # in the training sum, once per iteration
+
+
+def test_a_rule_that_ranks_by_its_own_score_finalizes_exactly_k(teacher_dir, capsys):
+    """A rule that ranks by the margin between the top two probabilities, k a step: one row of RULES
+    (its own score and pick) and a field. A step finalizes exactly its k best by margin, even where
+    another position is the more confident: "at least one" takes the rule's own best."""
+    sample = with_row("sample", "RULES = {\n", '''    "margin": Rule("margin_k", Int(None, "[1, inf)"), lambda st, i: st.margin_k,
+                   lambda conf, logits: (lambda p: p[..., 0] - p[..., 1])(logits.float().softmax(-1).topk(2, -1).values),
+                   top_k),
+''', "    temperature: float = 0.0                 # 0 is greedy; > 0 samples (Gumbel-max in float64)\n",
+        "    margin_k: Optional[int] = None\n")
+    import torch
+    # position 0 is the most confident masked one (0.60) but has the smallest margin (0.21 < 0.22 < 0.25)
+    probs = torch.tensor([[[0.60, 0.39, 0.01], [0.50, 0.25, 0.25], [0.48, 0.26, 0.26], [0.90, 0.05, 0.05]]])
+    logits = torch.cat([probs.log(), torch.zeros(1, 4, 1)], -1)  # (1, 4, 4): MASK is token 3
+    block = torch.tensor([[3, 3, 3, 1]])  # the last position is final already
+    fake = lambda window, start=None, return_hidden=False: (logits.clone(), torch.zeros(1, 4, 2))
+    for k, want in ((1, [False, True, False, False]), (2, [False, True, True, False]), (4, [True, True, True, False])):
+        assert sample.decode_step(fake, block, None, 0, block, 3, "margin", k, 0.0).picked.tolist() == [want]
+    model, ckpt = __import__("model").load_model(os.path.join(teacher_dir, "ckpt.pt"))
+    meta, st = ckpt["data_meta"], sample.decode_settings(ckpt, {"margin_k": 2})
+    picks = []
+    prompts = torch.tensor([[3, 4, 5, 6, 7, 8] + [0] * (meta["prompt_len"] - 6)] * 3)
+    out, nfe = sample.generate(model, prompts, meta["gen_len"], meta["mask_id"], meta["eos_id"], st,
+                               on_step=lambda ev: picks.append(ev.out.picked.sum(1).tolist()))
+    assert all(p == [2, 2, 2] for p in picks) and nfe.tolist() == [meta["gen_len"] // 2] * 3
+    sample.main([f"--out_dir={teacher_dir}", "--prompt=5:+3*7=", "--margin_k=2"])  # the command line has it
+    assert f"({meta['gen_len'] // 2} forward passes)" in capsys.readouterr().out
+
+
+def test_a_loss_that_reads_the_students_hidden_state(tmp_path, data_dir, teacher_dir, traj_dir):
+    """A loss row declares the Pass fields it reads (here the student's last hidden states) and
+    cdlm_losses provides them; a row whose default weight is 0 adds no "no <loss>" ablation arm."""
+    seen = []
+    train = with_row("train", "LOSSES = {\n", '''    "hidden_norm": Loss(0.01, ("hidden",), lambda p, st: SEEN.append(tuple(p.hidden.shape)) or
+                        p.hidden.float().pow(2).mean(), "H", lambda st: st.distill, "hidden norm"),
+''')
+    train.SEEN = seen
+    train.train({**TINY_MODEL, "mode": "cdlm", "init_from": "teacher", "teacher_dir": teacher_dir,
+                 "traj_dirs": [traj_dir], "data_dir": data_dir, "max_iters": 2, "out_dir": str(tmp_path / "s")})
+    assert seen == [(TINY_MODEL["batch_size"], 48, TINY_MODEL["n_embd"])] * 2  # (B, gen_len, C), each iteration
+    import demo
+    real = demo.train.LOSSES
+    try:
+        demo.train.LOSSES = {**real, "zero": real["dlm"]._replace(weight=0.0, title="zero")}
+        arms = with_row("demo", "ABLATIONS = {\n", "").ABLATIONS
+    finally:
+        demo.train.LOSSES = real
+    assert "no distillation" in arms and "no zero" not in arms
+
+
+def test_a_method_two_dependencies_deep_is_benched_and_drawn(tmp_path, monkeypatch, capsys, teacher_dir, student_dir):
+    """Dependencies resolve recursively in one function (bench.settings_of) that bench.py and show.py
+    both call: a method that depends on one that depends on the student's."""
+    import torch
+    import bench
+    import show
+    from configurator import Choice, List
+    from data.common import load_split
+    twice = lambda bs, th, tps: bench.DecodeSettings(bs, steps_per_block=max(1, min(bs, round(2 * bs / tps))), early_stop=True)
+    half = lambda bs, th, tps: bench.DecodeSettings(bs, steps_per_block=max(1, min(bs, round(bs / tps / 2))), early_stop=True)
+    monkeypatch.setitem(bench.METHODS, "dlm_twice", bench.Method("teacher", twice, "twice the student's steps", depends_on="cdlm"))
+    monkeypatch.setitem(bench.METHODS, "dlm_half_twice", bench.Method("teacher", half, "half dlm_twice's steps",
+                                                                    depends_on="dlm_twice"))
+    choice = List(list(bench.METHODS), Choice(None, *bench.METHODS))
+    monkeypatch.setitem(bench.config, "methods", choice)
+    monkeypatch.setitem(show.config, "methods", choice)
+    assert bench.chain("dlm_half_twice") == ("dlm_half_twice", "dlm_twice", "cdlm")
+    out = tmp_path / "bench.json"
+    bench.run({"teacher_dir": teacher_dir, "student_dir": student_dir, "methods": ["dlm_half_twice"], "num_eval": 8,
+               "batch_size": 8, "latency_n": 1, "repeats": 1, "out_path": str(out), "device": "cpu", "compile": "off"})
+    got = json.loads(out.read_text())["methods"]["dlm_half_twice"]["settings"]
+    models = bench.load_models({"teacher_dir": teacher_dir, "student_dir": student_dir}, ["dlm_half_twice"], "cpu")
+    (teacher, ckpt, _), (student, _, s) = models["teacher"], models["student"]
+    meta = ckpt["data_meta"]
+    prompts = torch.as_tensor(load_split(ckpt["config"]["data_dir"], "test")[:8, :meta["prompt_len"]].astype("int64"))
+    tps = bench.mean_tokens_per_step(student, meta, prompts, bench.METHODS["cdlm"].decoding(8, s.threshold, None))
+    tps = bench.mean_tokens_per_step(teacher, meta, prompts, twice(8, s.threshold, tps))  # by hand, level by level
+    assert got == dataclasses.asdict(half(8, s.threshold, tps))
+    show.main(["--view=compare", f"--teacher_dir={teacher_dir}", f"--student_dir={student_dir}", "--prompt=5:+3*7=",
+               "--methods=dlm_half_twice"])
+    assert "dlm_half_twice" in capsys.readouterr().out
 
 
 def test_a_method_that_depends_on_another_is_one_row_of_METHODS(tmp_path, teacher_dir, student_dir):

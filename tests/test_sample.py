@@ -1,6 +1,7 @@
 """The block-wise sampler: selection rule, batching, the exact cache, early stop, the CLI."""
 import json
 import os
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import sample
 from data.common import load_split
 from model import load_model
 from configurator import CDLMError
+from collect import Recorder
 from runtime import compiled
 from sample import DecodeSettings, generate, predict, select_tokens, step_function, tokens_per_step
 
@@ -37,11 +39,19 @@ def rows_and_model(data_dir, ckpt_dir, n=6):
     return model, meta, rows[:, :meta["prompt_len"]]
 
 
+class Recorded(NamedTuple):
+    tokens: torch.Tensor
+    nfe: torch.Tensor
+    step: torch.Tensor     # the trajectory collect.Recorder keeps
+    hidden: torch.Tensor
+
+
 def run(model, meta, prompt, record=False, on_step=None, **kw):
-    """(tokens, nfe), or the whole Decoded result with record."""
+    """(tokens, nfe), and with record the trajectory collect.py keeps (Recorded)."""
+    rec = Recorder(len(prompt), meta["gen_len"], model.cfg.n_embd, prompt.device) if record else None
     r = generate(model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"],
-                    DecodeSettings(model.cfg.block_size, **kw), record=record, on_step=on_step)
-    return r if record else r[:2]
+                 DecodeSettings(model.cfg.block_size, **kw), on_step=rec or on_step)
+    return Recorded(*r, rec.step, rec.hidden) if record else r
 
 
 SETTINGS = [dict(steps_per_block=8), dict(steps_per_block=2), dict(threshold=0.5)]

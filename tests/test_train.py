@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from configurator import defaults
-from model import read_checkpoint
-from model import ModelConfig, Transformer
-from train import (Y_STARS, States, ar_loss, cdlm_losses, config, consistency_loss, diffusion_loss, distillation_loss,
-                   draw_states, final_after, get_lr, kl_loss, noise_answers, noise_block,
-                   noise_sequences)
+from model import (ModelConfig, Transformer, ar_loss, diffusion_loss, noise_answers, noise_block, noise_sequences,
+                   read_checkpoint)
+from train import (Y_STARS, States, cdlm_losses, config, consistency_loss, distillation_loss, draw_states, final_after,
+                   get_lr, kl_loss)
 
 
 def test_diffusion_loss_hand_computed():

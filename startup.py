@@ -1,0 +1,47 @@
+"""
+What a training run (train.py) starts from, each file checked before any work: a student's teacher
+and its trajectory sets, and the checkpoint a resumed run continues. A run killed at any point
+continues exactly with --init_from=resume: the checkpoint holds every random state and the data
+position, and is refused where the run would not continue it exactly.
+"""
+import os
+
+from configurator import CDLMError
+from data.common import data_fingerprint, same_data
+from data.trajectories import load_trajectory_sets
+from model import read_checkpoint
+
+# what a resumed run must share with the run it continues
+SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise",
+                  "prompt_noise")
+
+
+def load_teacher(cfg, meta, device):
+    """The student's teacher checkpoint and its trajectory sets, each checked against the data."""
+    teacher = read_checkpoint(os.path.join(cfg["teacher_dir"], "ckpt.pt"), device, "dlm", "teacher_dir")
+    if not same_data(teacher["data_meta"], meta):
+        raise CDLMError(f"the teacher in {cfg['teacher_dir']} was trained on other data than {cfg['data_dir']}")
+    return teacher, load_trajectory_sets(cfg["traj_dirs"], teacher["weights_hash"], meta["gen_len"], cfg["block_size"],
+                                         data_fingerprint(meta))
+
+
+def load_resume(cfg, meta, rt, teacher, traj):
+    """The checkpoint a resumed run continues, refused where the run would not continue it exactly."""
+    path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    try:
+        init = read_checkpoint(path, rt.device, cfg["mode"], "out_dir")
+    except CDLMError as e:  # what a rerun can do about it
+        raise CDLMError(f"{e}; to start over in {cfg['out_dir']} instead, rerun with --init_from="
+                        f"{'teacher' if cfg['mode'] == 'cdlm' else 'scratch'} (it replaces the checkpoint)") from None
+    changed = [k for k in SAME_ON_RESUME if init["config"][k] != cfg[k]]
+    if changed or not same_data(init["data_meta"], meta):
+        was = ", ".join(f"{k}={init['config'].get(k)!r}" for k in changed) or "other data"
+        raise CDLMError(f"cannot resume {path}: it was trained with {was}")
+    if teacher is not None and init["teacher_hash"] != teacher["weights_hash"]:
+        raise CDLMError(f"cannot resume {path}: it was distilled from another teacher than {cfg['teacher_dir']}")
+    if teacher is not None and init["trajectories"] != traj.ids:
+        raise CDLMError(f"cannot resume {path}: it was trained on other trajectory sets than those now "
+                        f"in {', '.join(cfg['traj_dirs'])} (collected again since)")
+    if len(init["rng"]) != rt.world:
+        raise CDLMError(f"cannot resume {path} exactly: it ran on {len(init['rng'])} process(es), this on {rt.world}")
+    return init
