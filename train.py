@@ -26,8 +26,8 @@ from data.common import data_fingerprint, load_meta, load_split, same_data
 from data.trajectories import load_trajectory_sets
 from model import (ROLES, ModelConfig, Transformer, add_lora, merged_state_dict, read_checkpoint, save_checkpoint,
                    weights_hash)
-from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock, rng_state,
-                     set_rng_state, setup_runtime)
+from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
+                     refuse_overlap, rng_state, set_rng_state, setup_runtime)
 from sample import DecodeSettings
 
 class Pass(NamedTuple):
@@ -340,6 +340,8 @@ def check_config(cfg):
     ignored |= dict.fromkeys(STUDENT_ONLY * (mode != "cdlm"), f"with mode={mode!r}: it is for the student (mode='cdlm')")
     ignored |= dict(prompt_noise=f"with mode={mode!r}: it is for the teacher (mode='dlm')") if mode != "dlm" else {}
     refuse_unused(cfg, ignored | dict.fromkeys(("block_size", "eps") * (mode == "ar"), "with mode='ar': no blocks, no noise"))
+    reads = ("data_dir", "teacher_dir", "traj_dirs") if mode == "cdlm" else ("data_dir",)  # (resume reads out_dir: its own)
+    refuse_overlap(dict(out_dir=cfg["out_dir"]), {k: cfg[k] for k in reads})
     meta = load_meta(cfg["data_dir"])
     if mode != "ar" and meta["gen_len"] % cfg["block_size"]:
         raise CDLMError(f"option block_size={cfg['block_size']}: gen_len={meta['gen_len']} of "

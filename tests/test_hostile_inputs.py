@@ -34,6 +34,33 @@ def one_line(e):
 
 
 # -----------------------------------------------------------------------------
+# no output is, contains or sits inside an input of the same run
+
+def test_no_run_writes_over_its_own_input(tmp_path, data_dir, teacher_dir, traj_dir, monkeypatch):
+    ckpt, before = f"{teacher_dir}/ckpt.pt", file_bytes(f"{teacher_dir}/ckpt.pt")
+    student = ["--mode=cdlm", "--init_from=teacher", f"--data_dir={data_dir}", f"--teacher_dir={teacher_dir}",
+               f"--traj_dirs=['{traj_dir}']", "--device=cpu"]
+    refused(train.main, student + [f"--out_dir={teacher_dir}"], "option out_dir", "option teacher_dir", "same path")
+    os.symlink(teacher_dir, tmp_path / "link")  # whichever way the path is written
+    refused(train.main, student + [f"--out_dir={tmp_path / 'link'}/"], "option out_dir", "option teacher_dir")
+    refused(train.main, student + [f"--out_dir={traj_dir}/s"], "option out_dir", "inside option traj_dirs")
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={os.path.dirname(data_dir)}"], "contains option data_dir")
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={data_dir}"], "option out_dir", "option data_dir")
+    refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={ckpt}"],
+            "option out_path", "option teacher_dir")
+    refused(show.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--html={ckpt}"], "option html", "option teacher_dir")
+    for out, other in ((teacher_dir, "option teacher_dir"), (data_dir, "option data_dir")):
+        refused(collect.main, [f"--teacher_dir={teacher_dir}", f"--out_dir={out}", "--device=cpu"], "option out_dir", other)
+    traj_meta = file_bytes(f"{traj_dir}/meta.json")
+    refused(arith.main, [f"--out_dir={traj_dir}", "--n_train=200", "--n_val=8", "--n_test=8"], "out_dir", "trajectory set")
+    assert file_bytes(ckpt) == before and file_bytes(f"{traj_dir}/meta.json") == traj_meta
+    monkeypatch.chdir(tmp_path)  # the defaults collide: a student's out_dir and teacher_dir are both out/teacher
+    refused(train.main, ["--mode=cdlm", "--init_from=teacher", f"--data_dir={data_dir}"], "option out_dir",
+            "option teacher_dir")
+    assert not os.path.exists("out")
+
+
+# -----------------------------------------------------------------------------
 # prepare.py: one writer, and a dataset committed as one unit
 
 PREP = ["--n_train=20000", "--n_val=50", "--n_test=50"]
