@@ -104,6 +104,8 @@ STUDENT_ONLY = ("teacher_dir", "traj_dirs", "y_star", "dlm_noise", "dlm_rows", *
 # what a resumed run must share with the run it continues
 SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise",
                   "prompt_noise")
+# what a resume restores beyond the weights: a weights-only checkpoint (as in ref/) cannot be resumed
+RESUME_KEYS = ("optimizer", "scaler", "rng", "best_val_loss")
 
 
 # -----------------------------------------------------------------------------
@@ -370,7 +372,7 @@ def _train(cfg, meta, data):
                                     data_fingerprint(meta))
     if cfg["init_from"] == "resume":
         try:
-            init = read_checkpoint(ckpt_path, rt.device, mode, "out_dir")
+            init = read_checkpoint(ckpt_path, rt.device, mode, "out_dir", RESUME_KEYS)
         except CDLMError as e:  # what a rerun can do about it
             raise CDLMError(f"{e}; to start over in {cfg['out_dir']} instead, rerun with --init_from="
                             f"{'teacher' if mode == 'cdlm' else 'scratch'} (it replaces the checkpoint)") from None

@@ -117,3 +117,63 @@ def test_a_dataset_write_that_fails_keeps_the_old_dataset(tmp_path, monkeypatch)
     assert {f: file_bytes(out / f) for f in os.listdir(out)} == old  # untouched, nothing stray
 
 
+# -----------------------------------------------------------------------------
+# checkpoints: the stored hash is checked on load; the crash paths end in one line
+
+def copy_checkpoint(src_dir, dst, edit=None):
+    dst.mkdir()
+    ckpt = torch.load(f"{src_dir}/ckpt.pt", weights_only=True)
+    if edit:
+        edit(ckpt)
+    torch.save(ckpt, dst / "ckpt.pt")
+    return dst
+
+
+def flip_one_bit(ckpt):
+    w = ckpt["model"]["blocks.0.attn.qkv.weight"]
+    w.view(torch.int32)[0, 0] ^= 1 << 30  # an exponent bit of one weight
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_refused(tmp_path, teacher_dir):
+    import sample
+    bad = copy_checkpoint(teacher_dir, tmp_path / "bad", flip_one_bit)
+    with pytest.raises(CDLMError) as e:
+        read_checkpoint(f"{bad}/ckpt.pt")
+    assert f"{bad}/ckpt.pt" in one_line(e) and "damaged" in str(e.value)
+    refused(sample.main, [f"--out_dir={bad}", "--prompt=5:+3*7="], f"{bad}/ckpt.pt", "damaged")
+    read_checkpoint(f"{copy_checkpoint(teacher_dir, tmp_path / 'good')}/ckpt.pt")  # an intact copy loads
+
+
+def test_a_weights_only_checkpoint_cannot_be_resumed(tmp_path, data_dir, teacher_dir):
+    drop = lambda c: [c.pop(k) for k in ("optimizer", "scaler", "rng", "best_val_loss")]
+    run = copy_checkpoint(teacher_dir, tmp_path / "run", drop)
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={run}", "--init_from=resume", "--device=cpu"],
+            f"{run}/ckpt.pt", "optimizer", "cannot be resumed", "--init_from=scratch")
+    with pytest.raises(CDLMError) as e:  # as the reference checkpoints are
+        read_checkpoint(os.path.join(ROOT, "ref/arithmetic/teacher/ckpt.pt"), needs=train.RESUME_KEYS)
+    assert "cannot be resumed" in one_line(e)
+
+
+def test_a_checkpoint_config_without_mode_is_one_line(tmp_path, teacher_dir):
+    import sample
+    bad = copy_checkpoint(teacher_dir, tmp_path / "bad", lambda c: c["config"].pop("mode"))
+    refused(sample.main, [f"--out_dir={bad}", "--prompt=5:+3*7="], f"{bad}/ckpt.pt", "mode=None")
+
+
+def test_a_full_disk_while_a_checkpoint_is_saved(tmp_path, data_dir, monkeypatch):
+    run = train_tiny(str(tmp_path / "run"), data_dir, mode="dlm", max_iters=4)
+    before = file_bytes(f"{run}/ckpt.pt")
+
+    def full(obj, f, *a, **kw):  # some bytes land, then the disk is full
+        (open(f, "wb") if isinstance(f, str) else f).write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CDLMError) as e:
+        train_tiny(run, data_dir, mode="dlm", max_iters=8, init_from="resume")
+    assert "No space left on device" in one_line(e) and f"{run}/ckpt.pt" in str(e.value)
+    assert sorted(os.listdir(run)) == ["ckpt.pt"] and file_bytes(f"{run}/ckpt.pt") == before  # no stray .tmp
+    with pytest.raises(CDLMError):  # the same through save_checkpoint alone
+        save_checkpoint({"x": 1}, str(tmp_path / "other" / "ckpt.pt"))
+    assert os.listdir(tmp_path / "other") == []
+    monkeypatch.undo()
+    read_checkpoint(f"{run}/ckpt.pt")  # the previous checkpoint is whole
