@@ -323,7 +323,7 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
             or not isinstance(ckpt["model"], dict) or not all(torch.is_tensor(t) for t in ckpt["model"].values()):
         raise CDLMError(f"{path} is not a checkpoint of this version of the repo (needs {', '.join(CKPT_KEYS)})")
     have = ckpt["config"].get("mode")
-    if have not in KINDS:
+    if not isinstance(have, str) or have not in KINDS:
         raise CDLMError(f"{path}: its config has mode={have!r}, not one of {', '.join(KINDS)}: it is not a checkpoint "
                         f"train.py made; give another --{option}")
     if mode is not None and have != mode:
