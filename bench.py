@@ -20,7 +20,8 @@ import torch
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, gave, refuse_unused,
                           run_main)
 from data.common import atomic_write_json, checkpoint_data, load_split, same_data, whole_blocks
-from runtime import autocast, check_file_writable, code_version, compiled, lock, machine_info, pick_device, pick_dtype
+from runtime import (autocast, check_file_writable, code_version, compiled, lock, machine_info, pick_device, pick_dtype,
+                     refuse_overlap)
 from model import ROLES, read_checkpoint
 from roofline import PLOTS, answer_tokens, decode_cost, plots, probe_machine, profile_decode, timed_decode
 from sample import DEFAULT_DECODING, DecodeSettings, evaluate, load_for_decoding
@@ -259,6 +260,7 @@ def check_options(cfg, methods):
         raise CDLMError("option sweep=True: the sweep is of the teacher's and the student's methods; give one in --methods")
     if cfg["profile"] and not set(methods) & {"cdlm", "dlm", "ar"}:
         raise CDLMError("option profile=True: it profiles cdlm, dlm and ar; give one of them in --methods")
+    refuse_overlap(dict(out_path=cfg["out_path"]), {k: cfg[k] for k in (*sorted(used), "data_dir")})
 
 
 def sized(cfg, split_rows, data_dir):

@@ -32,7 +32,8 @@ from configurator import SEED, CDLMError, Choice, Float, Int, Str, check, config
 from data.common import checkpoint_data, data_fingerprint, get_tokenizer, load_split, score
 from data.trajectories import Writer, field_specs, reuse
 from model import load_model
-from runtime import THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, lock, setup_runtime
+from runtime import (THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, lock, refuse_overlap,
+                     setup_runtime)
 from sample import TEMPERATURES, DecodeSettings, generate
 
 config = dict(
@@ -57,19 +58,20 @@ def collect(cfg):
     if cfg["temperature"] == 0:
         refuse_unused(cfg, {"seed": "at temperature 0: greedy decoding draws no noise"})
     rt = setup_runtime(cfg)
+    teacher_path = os.path.join(cfg["teacher_dir"], "ckpt.pt")
+    model, ckpt = load_model(teacher_path, rt.device, "dlm", "teacher_dir")
+    data_dir, dmeta = checkpoint_data(ckpt, cfg["data_dir"], teacher_path)
+    refuse_overlap(dict(out_dir=cfg["out_dir"]), dict(teacher_dir=cfg["teacher_dir"], data_dir=cfg["data_dir"] or data_dir))
     with lock(cfg["out_dir"], "option out_dir"), cpu_threads(cfg["threads"]):  # one writer per trajectory set
         try:
-            _collect(cfg, rt)
+            _collect(cfg, rt, model, ckpt, data_dir, dmeta)
         except OSError as e:  # disk full or another I/O error while writing: the committed set is untouched
             raise CDLMError(f"cannot write trajectories in {cfg['out_dir']}: {e.strerror or e}; the last complete "
                             f"set and the chunks written so far are kept: free space and run again to resume")
     end_runtime(rt)  # no rank returns before rank 0 has written the trajectory set
 
 
-def _collect(cfg, rt):
-    teacher_path = os.path.join(cfg["teacher_dir"], "ckpt.pt")
-    model, ckpt = load_model(teacher_path, rt.device, "dlm", "teacher_dir")
-    data_dir, dmeta = checkpoint_data(ckpt, cfg["data_dir"], teacher_path)
+def _collect(cfg, rt, model, ckpt, data_dir, dmeta):
     P, L = dmeta["prompt_len"], dmeta["gen_len"]
     bs = cfg["block_size"] or model.cfg.block_size
     decode = DecodeSettings(bs, steps_per_block=bs, temperature=cfg["temperature"]).check(model.cfg.attn, L)

@@ -366,14 +366,25 @@ def save_checkpoint(ckpt, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     try:
-        torch.save(ckpt, tmp)
+        with open(tmp, "wb") as f:  # a file object: torch.save on a path reports a full disk as a RuntimeError
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: a crash never leaves a half-written ckpt.pt
     except OSError as e:  # disk full, permissions: the previous checkpoint is still whole
-        raise CDLMError(f"cannot write checkpoint {path}: {e.strerror or e} (the previous one, if any, is intact)")
+        try:
+            os.remove(tmp)  # and no stray .tmp is left filling the disk
+        except OSError:
+            pass
+        raise CDLMError(f"cannot write checkpoint {path}: {e.strerror or e} (the previous one, if any, is intact)") from None
 
 
-def read_checkpoint(path, device="cpu", mode=None, option="out_dir"):
-    """The checkpoint dict, or a one-line error naming the file; `mode` requires a kind (dlm/cdlm/ar)."""
+def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
+    """
+    The checkpoint dict, or a one-line error naming the file; `mode` requires a kind (dlm/cdlm/ar),
+    `needs` more keys (a resume's optimizer and random states). Its weights must hash to the hash
+    stored beside them: a damaged file is refused, never decoded with silently.
+    """
     if not os.path.isfile(path):
         raise CDLMError(f"no checkpoint at {path} (train one first, or check --{option})")
     try:
@@ -381,11 +392,21 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir"):
     except Exception as e:
         raise CDLMError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:200]}; make it again "
                         f"(train.py with --init_from=scratch, or =teacher for a student) or give another --{option}")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS):
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or not isinstance(ckpt["config"], dict) \
+            or not isinstance(ckpt["model"], dict) or not all(torch.is_tensor(t) for t in ckpt["model"].values()):
         raise CDLMError(f"{path} is not a checkpoint of this version of the repo (needs {', '.join(CKPT_KEYS)})")
-    have = ckpt["config"]["mode"]
+    have = ckpt["config"].get("mode")
+    if not isinstance(have, str) or have not in KINDS:
+        raise CDLMError(f"{path}: its config has mode={have!r}, not one of {', '.join(KINDS)}: it is not a checkpoint "
+                        f"train.py made; give another --{option}")
     if mode is not None and have != mode:
         raise CDLMError(f"--{option}: {path} holds the {KINDS[have]} ({have}), but this needs the {KINDS[mode]} ({mode})")
+    missing = [k for k in needs if ckpt.get(k) is None]
+    if missing:
+        raise CDLMError(f"{path} holds no {', '.join(missing)} (weights only): it cannot be resumed")
+    if weights_hash(ckpt["model"]) != ckpt["weights_hash"]:  # 5 ms for ref/arithmetic/teacher, a fifth of its load
+        raise CDLMError(f"{path} is damaged: its weights do not hash to the {ckpt['weights_hash']!r} stored with them; "
+                        f"copy or train it again")
     return ckpt
 
 

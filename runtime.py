@@ -210,6 +210,23 @@ def check_file_writable(path, what):
     check_writable(os.path.dirname(os.path.abspath(path)), f"the directory of {what}")
 
 
+def refuse_overlap(outputs, inputs):
+    """
+    No output may be, contain or sit inside an input of the same run: the run would write over
+    what it reads. outputs and inputs are {option: path, or a list of paths}; None is skipped.
+    Real paths, so a symlink or a trailing slash hides nothing.
+    """
+    paths = lambda d: [(k, p) for k, v in d.items() for p in (v if isinstance(v, (list, tuple)) else [v]) if p]
+    for o, out in paths(outputs):
+        for i, inp in paths(inputs):
+            a, b = os.path.realpath(out), os.path.realpath(inp)
+            where = ("is the same path as" if a == b else "is inside" if os.path.commonpath([a, b]) == b else
+                     "contains" if os.path.commonpath([a, b]) == a else None)
+            if where:
+                raise CDLMError(f"option {o}={out!r} {where} option {i}={inp!r}, which this run reads: it would "
+                                f"be written over; give another {o}")
+
+
 @contextmanager
 def lock(path, what, file=False):
     """

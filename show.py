@@ -28,7 +28,7 @@ from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_finger
 from data.trajectories import load_trajectories
 from model import attention_mask, noise_answers, read_checkpoint
 from render import render_compare, replay_gif, replay_html, save_png, token_texts
-from runtime import compiled, lock, pick_device
+from runtime import compiled, lock, pick_device, refuse_overlap
 from sample import DecodeSettings, generate
 from train import LOSSES, Y_STARS, draw_states
 
@@ -268,6 +268,8 @@ def main(argv):
             raise CDLMError(f"option {key}={cfg[key]!r}: expected a file name ending in .{key}")
         if cfg[key] and importlib.util.find_spec("matplotlib") is None:  # before any work, not after it
             raise CDLMError(f"option {key}: drawing needs matplotlib (pip install matplotlib)")
+    refuse_overlap({k: cfg[k] for k in ("html", "png", "gif")},
+                   {k: cfg[k] for k in (*sorted(dirs), "traj_dir", "data_dir") if k in dirs or view in READ_BY[k].split()})
     with ExitStack() as outputs:  # every output proven writable, and held, before any work
         for key in ("html", "png", "gif"):
             if cfg[key]:

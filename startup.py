@@ -14,6 +14,8 @@ from model import read_checkpoint
 # what a resumed run must share with the run it continues
 SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise",
                   "prompt_noise")
+# what a resume restores beyond the weights: a weights-only checkpoint (as in ref/) cannot be resumed
+RESUME_KEYS = ("optimizer", "scaler", "rng", "best_val_loss")
 
 
 def load_teacher(cfg, meta, device):
@@ -29,7 +31,7 @@ def load_resume(cfg, meta, rt, teacher, traj):
     """The checkpoint a resumed run continues, refused where the run would not continue it exactly."""
     path = os.path.join(cfg["out_dir"], "ckpt.pt")
     try:
-        init = read_checkpoint(path, rt.device, cfg["mode"], "out_dir")
+        init = read_checkpoint(path, rt.device, cfg["mode"], "out_dir", RESUME_KEYS)
     except CDLMError as e:  # what a rerun can do about it
         raise CDLMError(f"{e}; to start over in {cfg['out_dir']} instead, rerun with --init_from="
                         f"{'teacher' if cfg['mode'] == 'cdlm' else 'scratch'} (it replaces the checkpoint)") from None

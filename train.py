@@ -25,8 +25,8 @@ from configurator import SEED, Bool, CDLMError, Choice, Float, Int, List, Str, c
 from data.common import load_meta, load_split
 from model import (ROLES, ModelConfig, Transformer, add_lora, ar_loss, block_of, diffusion_loss, merged_state_dict,
                    noise_answers, noise_block, noise_sequences, save_checkpoint, weights_hash)
-from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock, rng_state,
-                     set_rng_state, setup_runtime, wrap_model)
+from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
+                     refuse_overlap, rng_state, set_rng_state, setup_runtime, wrap_model)
 from sample import DEFAULT_DECODING
 from startup import load_resume, load_teacher
 
@@ -426,6 +426,8 @@ def check_config(cfg):
     ignored |= dict.fromkeys(STUDENT_ONLY * (mode != "cdlm"), f"with mode={mode!r}: it is for the student (mode='cdlm')")
     ignored |= dict(prompt_noise=f"with mode={mode!r}: it is for the teacher (mode='dlm')") if mode != "dlm" else {}
     refuse_unused(cfg, ignored | dict.fromkeys(("block_size", "eps") * (mode == "ar"), "with mode='ar': no blocks, no noise"))
+    reads = ("data_dir", "teacher_dir", "traj_dirs") if mode == "cdlm" else ("data_dir",)  # (resume reads out_dir: its own)
+    refuse_overlap(dict(out_dir=cfg["out_dir"]), {k: cfg[k] for k in reads})
     meta = load_meta(cfg["data_dir"])
     if mode != "ar" and meta["gen_len"] % cfg["block_size"]:
         raise CDLMError(f"option block_size={cfg['block_size']}: gen_len={meta['gen_len']} of "

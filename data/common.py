@@ -15,6 +15,7 @@ import json
 import os
 import re
 from collections import Counter
+from contextlib import contextmanager
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -375,16 +376,48 @@ def task_module(meta):
 
 def write_dataset(out_dir, arrays, meta):
     """
-    Write {split}.bin for each (n, seq_len) array, then meta.json. The old meta.json goes first and
-    the new one comes last, so a crash at any instant leaves no dataset (readers are told to
-    prepare it) rather than new rows under an old meta.json.
+    Write {split}.bin for each (n, seq_len) array, then meta.json, as one unit: every .bin is
+    written whole (and flushed) under a temporary name first, so a full disk stops before anything
+    is replaced; then the old meta.json goes, the .bins are renamed into place and the new meta.json
+    comes last. A crash at any instant leaves the old dataset or none (readers are told to prepare
+    it), never rows under a meta.json that does not describe them.
     """
     meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(meta_path):
-        os.remove(meta_path)
-    for split, arr in arrays.items():
-        atomic_write_bytes(os.path.join(out_dir, f"{split}.bin"), arr.tobytes())
+    bins = {os.path.join(out_dir, f"{split}.bin"): arr for split, arr in arrays.items()}
+    try:
+        for path, arr in bins.items():
+            atomic_write_bytes(path + ".new", arr.tobytes())
+        if os.path.exists(meta_path):
+            os.remove(meta_path)
+        for path in bins:
+            os.replace(path + ".new", path)
+    except OSError as e:
+        raise CDLMError(f"cannot write the dataset in {out_dir}: {e.strerror or e}") from None
+    finally:
+        for path in bins:  # no stray .new beside the dataset, whatever stopped it
+            if os.path.exists(path + ".new"):
+                os.remove(path + ".new")
     atomic_write_json(meta_path, meta)
+
+
+@contextmanager
+def writing(out_dir):
+    """
+    prepare.py's hold on out_dir, from the look at what is there to the last file written: the
+    one-writer lock every writer takes (runtime.lock), and never over a trajectory set, whose
+    commit record is also a meta.json (collect.py would then refuse the folder).
+    """
+    from runtime import lock
+    try:
+        with open(os.path.join(out_dir, "meta.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and "set" in record:
+        raise CDLMError(f"option out_dir={out_dir!r} holds a trajectory set (its meta.json is the set's commit "
+                        f"record): prepare the data elsewhere")
+    with lock(out_dir, "option out_dir"):
+        yield
 
 
 def prepared(out_dir, cfg):

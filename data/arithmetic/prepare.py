@@ -25,8 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configurator import CDLMError, Int, Str, check, configure, run_main  # noqa: E402
-from data.common import CharTokenizer, Probe, check_problem_count, prepared, whole_blocks, write_task  # noqa: E402
-from runtime import check_writable  # noqa: E402
+from data.common import CharTokenizer, Probe, check_problem_count, prepared, whole_blocks, write_task, writing  # noqa: E402
 
 config = dict(
     out_dir=Str(os.path.dirname(os.path.abspath(__file__))),
@@ -89,7 +88,11 @@ def prepare(cfg):
                         f"min_ops={cfg['min_ops']}, max_ops={cfg['max_ops']}, ops={cfg['ops']!r}; "
                         f"ask for at most {total // 2} or allow more operations")
     check_problem_count(cfg)
-    check_writable(cfg["out_dir"], "option out_dir")
+    with writing(cfg["out_dir"]):  # one writer, from the look at what is there to the last file
+        return _prepare(cfg)
+
+
+def _prepare(cfg):
     meta = prepared(cfg["out_dir"], cfg)
     if meta is not None:
         print(f"{cfg['out_dir']} already holds this dataset; nothing to do")

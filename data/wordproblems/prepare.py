@@ -30,8 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configurator import CDLMError, Choice, Int, Str, check, configure, run_main  # noqa: E402
 from data.common import (BPE_PATTERN, Probe, check_problem_count, bpe_tokenizer, get_tokenizer, gpt2_tokenizer, prepared,  # noqa: E402
-                         train_bpe, write_task)
-from runtime import check_writable  # noqa: E402
+                         train_bpe, write_task, writing)
 
 config = dict(
     out_dir=Str(os.path.dirname(os.path.abspath(__file__))),
@@ -133,7 +132,11 @@ def prepare(cfg):
     if cfg["min_steps"] > cfg["max_steps"]:
         raise CDLMError(f"option min_steps={cfg['min_steps']} is above max_steps={cfg['max_steps']}")
     check_problem_count(cfg)
-    check_writable(cfg["out_dir"], "option out_dir")
+    with writing(cfg["out_dir"]):  # one writer, from the look at what is there to the last file
+        return _prepare(cfg)
+
+
+def _prepare(cfg):
     meta = prepared(cfg["out_dir"], cfg)
     if meta is not None:
         print(f"{cfg['out_dir']} already holds this dataset; nothing to do")

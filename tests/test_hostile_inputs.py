@@ -1,0 +1,180 @@
+"""
+The hostile user, third round (beside test_hostile.py): no run writes over its own input, two
+prepare.py into one folder leave one whole dataset, a damaged checkpoint is refused where it is
+read, and the crash paths of a checkpoint (weights only, no mode, a full disk) end in one line.
+"""
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, train_tiny
+from test_hostile import refused
+
+import bench
+import collect
+import show
+import startup
+import train
+from configurator import CDLMError
+from data.arithmetic import prepare as arith
+from model import read_checkpoint, save_checkpoint
+
+
+def file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def one_line(e):
+    assert "\n" not in str(e.value), str(e.value)
+    return str(e.value)
+
+
+# -----------------------------------------------------------------------------
+# no output is, contains or sits inside an input of the same run
+
+def test_no_run_writes_over_its_own_input(tmp_path, data_dir, teacher_dir, traj_dir, monkeypatch):
+    ckpt, before = f"{teacher_dir}/ckpt.pt", file_bytes(f"{teacher_dir}/ckpt.pt")
+    student = ["--mode=cdlm", "--init_from=teacher", f"--data_dir={data_dir}", f"--teacher_dir={teacher_dir}",
+               f"--traj_dirs=['{traj_dir}']", "--device=cpu"]
+    refused(train.main, student + [f"--out_dir={teacher_dir}"], "option out_dir", "option teacher_dir", "same path")
+    os.symlink(teacher_dir, tmp_path / "link")  # whichever way the path is written
+    refused(train.main, student + [f"--out_dir={tmp_path / 'link'}/"], "option out_dir", "option teacher_dir")
+    refused(train.main, student + [f"--out_dir={traj_dir}/s"], "option out_dir", "inside option traj_dirs")
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={os.path.dirname(data_dir)}"], "contains option data_dir")
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={data_dir}"], "option out_dir", "option data_dir")
+    refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={ckpt}"],
+            "option out_path", "option teacher_dir")
+    refused(show.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--html={ckpt}"], "option html", "option teacher_dir")
+    for out, other in ((teacher_dir, "option teacher_dir"), (data_dir, "option data_dir")):
+        refused(collect.main, [f"--teacher_dir={teacher_dir}", f"--out_dir={out}", "--device=cpu"], "option out_dir", other)
+    traj_meta = file_bytes(f"{traj_dir}/meta.json")
+    refused(arith.main, [f"--out_dir={traj_dir}", "--n_train=200", "--n_val=8", "--n_test=8"], "out_dir", "trajectory set")
+    assert file_bytes(ckpt) == before and file_bytes(f"{traj_dir}/meta.json") == traj_meta
+    monkeypatch.chdir(tmp_path)  # the defaults collide: a student's out_dir and teacher_dir are both out/teacher
+    refused(train.main, ["--mode=cdlm", "--init_from=teacher", f"--data_dir={data_dir}"], "option out_dir",
+            "option teacher_dir")
+    assert not os.path.exists("out")
+
+
+# -----------------------------------------------------------------------------
+# prepare.py: one writer, and a dataset committed as one unit
+
+PREP = ["--n_train=20000", "--n_val=50", "--n_test=50"]
+
+
+def prepare_process(out, seed):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "data/arithmetic/prepare.py"), f"--out_dir={out}",
+                             f"--seed={seed}", *PREP], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_prepare_takes_the_one_writer_lock(tmp_path):
+    from runtime import lock
+    out = tmp_path / "d"
+    with lock(str(out), "option out_dir"):  # another writer holds the folder
+        p = prepare_process(out, 1)
+        _, err = p.communicate()
+    assert p.returncode == 2 and err.count("\n") == 1 and "being written by another run" in err, err
+    assert not (out / "meta.json").exists()
+
+
+def test_two_prepares_into_one_folder_leave_one_whole_dataset(tmp_path):
+    want = {}
+    for seed in (1, 2):  # what each seed's dataset is, prepared alone
+        arith.main([f"--out_dir={tmp_path / f'ref{seed}'}", f"--seed={seed}", *PREP])
+        want[seed] = {f: file_bytes(tmp_path / f"ref{seed}" / f) for f in ("train.bin", "val.bin", "test.bin")}
+    out = tmp_path / "d"
+    runs = [prepare_process(out, seed) for seed in (1, 2)]  # started together
+    for p in runs:
+        _, err = p.communicate()
+        assert p.returncode == 0 or (p.returncode == 2 and err.count("\n") == 1
+                                     and "being written by another run" in err), err
+    assert any(p.returncode == 0 for p in runs)
+    seed = json.loads((out / "meta.json").read_text())["settings"]["seed"]
+    assert {f: file_bytes(out / f) for f in want[seed]} == want[seed]  # the rows meta.json describes
+    assert sorted(os.listdir(out)) == ["meta.json", "test.bin", "train.bin", "val.bin"]  # nothing stray
+
+
+def test_a_dataset_write_that_fails_keeps_the_old_dataset(tmp_path, monkeypatch):
+    from data import common
+    out, cfg = tmp_path / "d", dict(n_train=200, n_val=8, n_test=8)
+    arith.prepare({"out_dir": str(out), **cfg})
+    old = {f: file_bytes(out / f) for f in os.listdir(out)}
+    real, calls = common.atomic_write_bytes, []
+
+    def full_at_second(path, data):  # the disk fills while the second split is written
+        calls.append(path)
+        if len(calls) == 2:
+            raise CDLMError(f"cannot write {path}: No space left on device")
+        real(path, data)
+    monkeypatch.setattr(common, "atomic_write_bytes", full_at_second)
+    with pytest.raises(CDLMError, match="No space left"):
+        arith.prepare({"out_dir": str(out), **cfg, "seed": 2})
+    assert {f: file_bytes(out / f) for f in os.listdir(out)} == old  # untouched, nothing stray
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: the stored hash is checked on load; the crash paths end in one line
+
+def copy_checkpoint(src_dir, dst, edit=None):
+    dst.mkdir()
+    ckpt = torch.load(f"{src_dir}/ckpt.pt", weights_only=True)
+    if edit:
+        edit(ckpt)
+    torch.save(ckpt, dst / "ckpt.pt")
+    return dst
+
+
+def flip_one_bit(ckpt):
+    w = ckpt["model"]["blocks.0.attn.qkv.weight"]
+    w.view(torch.int32)[0, 0] ^= 1 << 30  # an exponent bit of one weight
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_refused(tmp_path, teacher_dir):
+    import sample
+    bad = copy_checkpoint(teacher_dir, tmp_path / "bad", flip_one_bit)
+    with pytest.raises(CDLMError) as e:
+        read_checkpoint(f"{bad}/ckpt.pt")
+    assert f"{bad}/ckpt.pt" in one_line(e) and "damaged" in str(e.value)
+    refused(sample.main, [f"--out_dir={bad}", "--prompt=5:+3*7="], f"{bad}/ckpt.pt", "damaged")
+    read_checkpoint(f"{copy_checkpoint(teacher_dir, tmp_path / 'good')}/ckpt.pt")  # an intact copy loads
+
+
+def test_a_weights_only_checkpoint_cannot_be_resumed(tmp_path, data_dir, teacher_dir):
+    drop = lambda c: [c.pop(k) for k in ("optimizer", "scaler", "rng", "best_val_loss")]
+    run = copy_checkpoint(teacher_dir, tmp_path / "run", drop)
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={run}", "--init_from=resume", "--device=cpu"],
+            f"{run}/ckpt.pt", "optimizer", "cannot be resumed", "--init_from=scratch")
+    with pytest.raises(CDLMError) as e:  # as the reference checkpoints are
+        read_checkpoint(os.path.join(ROOT, "ref/arithmetic/teacher/ckpt.pt"), needs=startup.RESUME_KEYS)
+    assert "cannot be resumed" in one_line(e)
+
+
+def test_a_checkpoint_config_without_mode_is_one_line(tmp_path, teacher_dir):
+    import sample
+    bad = copy_checkpoint(teacher_dir, tmp_path / "bad", lambda c: c["config"].pop("mode"))
+    refused(sample.main, [f"--out_dir={bad}", "--prompt=5:+3*7="], f"{bad}/ckpt.pt", "mode=None")
+
+
+def test_a_full_disk_while_a_checkpoint_is_saved(tmp_path, data_dir, monkeypatch):
+    run = train_tiny(str(tmp_path / "run"), data_dir, mode="dlm", max_iters=4)
+    before = file_bytes(f"{run}/ckpt.pt")
+
+    def full(obj, f, *a, **kw):  # some bytes land, then the disk is full
+        (open(f, "wb") if isinstance(f, str) else f).write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CDLMError) as e:
+        train_tiny(run, data_dir, mode="dlm", max_iters=8, init_from="resume")
+    assert "No space left on device" in one_line(e) and f"{run}/ckpt.pt" in str(e.value)
+    assert sorted(os.listdir(run)) == ["ckpt.pt"] and file_bytes(f"{run}/ckpt.pt") == before  # no stray .tmp
+    with pytest.raises(CDLMError):  # the same through save_checkpoint alone
+        save_checkpoint({"x": 1}, str(tmp_path / "other" / "ckpt.pt"))
+    assert os.listdir(tmp_path / "other") == []
+    monkeypatch.undo()
+    read_checkpoint(f"{run}/ckpt.pt")  # the previous checkpoint is whole
