@@ -310,6 +310,9 @@ def comparable(run, other):
         return f"trained at {other.get('threads')} thread(s), this run at {run['threads']}"
     if other["machine"]["torch"] != run["machine"]["torch"]:
         return f"trained on torch {other['machine']['torch']}, this run on {run['machine']['torch']}"
+    isa = other["machine"].get("isa"), run["machine"].get("isa")
+    if None not in isa and isa[0] != isa[1]:  # another CPU kernel rounds otherwise: another run
+        return f"trained with {isa[0]} CPU kernels, this run with {isa[1]}"
     return None
 
 
@@ -320,6 +323,9 @@ def against(run, others):
     lines = [f"{o.get('path', 'seed %d' % o['seed'])}: not compared, {why}" for o in others if (why := comparable(run, o))]
     others = [o for o in others if not comparable(run, o)]
     same = next((o for o in others if o["seed"] == run["seed"]), None)
+    lines += [f"{o.get('path', 'seed %d' % o['seed'])}: its CPU instruction set is not recorded; a run on another "
+              f"(AVX2 against AVX512) is another run, whatever the thread count" for o in others
+              if "isa" not in o["machine"]]
     if not others:
         return "\n".join(lines + ["no committed result file was trained like this run: nothing to compare"])
     lines.append(f"your seed {run['seed']} against the {len(others)} committed result file(s) trained like it "

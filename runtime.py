@@ -294,7 +294,9 @@ def check_memory(device, what, mcfg, rows, train=False, extra_params=0):
 
 
 def machine_info():
-    """What a timing or an accuracy was measured on: the CPU model, cores, threads, torch, python."""
+    """What a timing or an accuracy was measured on: the CPU model, its vector instruction set as
+    torch uses it (isa: AVX2, AVX512, ...: the kernels, and so the rounding, differ between them),
+    cores, threads, torch, python."""
     import platform
     cpu = platform.processor() or platform.machine()
     try:
@@ -302,8 +304,8 @@ def machine_info():
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version())
+    return dict(cpu=cpu, isa=torch.backends.cpu.get_cpu_capability(), cores=os.cpu_count(),
+                threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version())
 
 
 def code_version(root=os.path.dirname(os.path.abspath(__file__))):

@@ -134,6 +134,10 @@ def test_a_run_outside_the_committed_range_says_by_how_much():
     assert "against the 1 committed result file(s) trained like it" in text
     assert "96.0%, range 95.0%-95.0%: outside, by 1.0%, committed seed 7: 95.0%" in text
     assert "nothing to compare" in demo.against(run(0.96, 48.0), [run(0.95, 48.0, 1, threads=2)])
+    mine, avx512 = run(0.96, 48.0), run(0.95, 48.0, 1)  # the CPU's kernels: another rounding, another run
+    mine["machine"]["isa"], avx512["machine"]["isa"] = "AVX2", "AVX512"
+    assert "seed 1: not compared, trained with AVX512 CPU kernels, this run with AVX2" in demo.against(mine, [avx512])
+    assert "seed 1: its CPU instruction set is not recorded" in demo.against(mine, [run(0.95, 48.0, 1)])
 
 
 def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, capsys, monkeypatch):
