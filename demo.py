@@ -320,8 +320,9 @@ def against(run, others):
     """Your run's headline figures against the range of the committed results files (the README's
     tables) trained like it: each inside or outside the seeds' min-max, and equal where it is
     the same seed. Timing ratios move with the machine."""
-    lines = [f"{o.get('path', 'seed %d' % o['seed'])}: not compared, {why}" for o in others if (why := comparable(run, o))]
-    others = [o for o in others if not comparable(run, o)]
+    reasons = [(o, comparable(run, o)) for o in others]
+    lines = [f"{o.get('path', 'seed %d' % o['seed'])}: not compared, {why}" for o, why in reasons if why]
+    others = [o for o, why in reasons if not why]
     same = next((o for o in others if o["seed"] == run["seed"]), None)
     lines += [f"{o.get('path', 'seed %d' % o['seed'])}: its CPU instruction set is not recorded; a run on another "
               f"(AVX2 against AVX512) is another run, whatever the thread count" for o in others
