@@ -239,6 +239,7 @@ class Run(NamedTuple):  # what every step of a run reads, built once by _train
     data: dict               # split -> (n, T) rows: the teacher's and AR's batches, every mode's validation
     traj: object             # the trajectory sets (mode 'cdlm', else None)
     teacher: dict            # the teacher's checkpoint (mode 'cdlm', else None)
+    head: torch.Tensor       # (V, C) its frozen LM head in float32: the stored hidden states' logits
     model: torch.nn.Module   # as trained: compiled, DDP-wrapped
     raw: torch.nn.Module     # the model itself
     optimizer: object
@@ -271,8 +272,7 @@ def student_loss(run):
     cfg = run.cfg
     batch = run.traj.batch(np.sort(run.rng.integers(0, run.traj.n, cfg["batch_size"])), run.rt.device)
     states = draw_states(batch["step"], cfg["block_size"], cfg["y_star"], run.gen)
-    head = run.teacher["model"]["lm_head.weight"].float()  # (V, C) frozen: the stored hidden states' logits
-    parts = cdlm_losses(run.model, batch, states, head, run.meta["mask_id"], cfg["block_size"], cfg["dlm_noise"],
+    parts = cdlm_losses(run.model, batch, states, run.head, run.meta["mask_id"], cfg["block_size"], cfg["dlm_noise"],
                         cfg["eps"], run.gen, run.raw, run.rt.ctx, cfg["dlm_rows"])
     return sum(cfg[f"w_{k}"] * v for k, v in parts.items()), parts
 
@@ -332,7 +332,8 @@ def _train(cfg, meta, data):
         optimizer.load_state_dict(init["optimizer"])
         scaler.load_state_dict(init["scaler"])
         set_rng_state(init["rng"][rt.rank], rng, gen)
-    run = Run(cfg, meta, data, traj, teacher, wrap_model(model, cfg["compile"], rt), model, optimizer, scaler, rng, gen, rt)
+    head = teacher["model"]["lm_head.weight"].float() if teacher else None  # once, not every step
+    run = Run(cfg, meta, data, traj, teacher, head, wrap_model(model, cfg["compile"], rt), model, optimizer, scaler, rng, gen, rt)
     if iter_num >= cfg["max_iters"]:
         if rt.master:
             print(f"{ckpt_path} is already at iteration {iter_num} of max_iters={cfg['max_iters']}; nothing to do")
