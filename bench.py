@@ -19,7 +19,7 @@ import torch
 
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, gave, refuse_unused,
                           run_main)
-from data.common import atomic_write_json, checkpoint_data, load_split, same_data, whole_blocks
+from data.common import atomic_write_json, checkpoint_data, load_split, read_json, same_data, whole_blocks
 from runtime import (autocast, check_file_writable, code_version, compiled, lock, machine_info, pick_device, pick_dtype,
                      refuse_overlap)
 from model import ROLES, read_checkpoint
@@ -131,6 +131,7 @@ config = dict(
     seed=Int(1337, SEED),               # the sampling noise of a method with temperature > 0
     device=Str("auto"),
     dtype=Str("auto"),                  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
+    table=Str(None),                    # a stored report (an out_path, or demo.py's seed file): print its tables, run nothing
 )
 
 
@@ -276,6 +277,10 @@ def sized(cfg, split_rows, data_dir):
 
 def run(cfg):
     cfg = check(config, cfg)
+    if cfg["table"] is not None:
+        refuse_unused(cfg, dict.fromkeys(set(config) - {"table"}, "with --table: it prints a stored report"))
+        print(table(stored_report(cfg["table"])))
+        return None
     methods = [m for m in METHODS if m in cfg["methods"]]
     check_options(cfg, methods)
     with lock(cfg["out_path"], "option out_path", file=True):  # one writer per result file (and its plots)
@@ -380,6 +385,16 @@ def sweep(models, meta, rows, cfg, act_bytes, device):
 
 def pick(r):
     return {k: r[k] for k in ("final_acc", "whole_acc", "nfe", "latency_ms", "tokens_per_step")}
+
+
+def stored_report(path):
+    """A bench report read back for table(): bench.py's own file, or the bench part of demo.py's seed file."""
+    r = read_json(path, "option table")
+    if isinstance(r, dict) and "bench" in r:
+        r = dict(methods=r["bench"], settings=r.get("bench_settings"), machine=r.get("bench_machine"))
+    if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine"))):
+        raise CDLMError(f"option table={path!r}: not a bench report (no methods, settings and machine)")
+    return r
 
 
 def table(report):

@@ -6,6 +6,7 @@ See decoding: the trace renderer and the teaching views, made from your own chec
     python show.py --prompt="5:+3*7+2*4+1=" --gif=out/replay.gif    # ... and as an animated GIF (needs matplotlib)
     python show.py --view=masks                                     # the three attention masks and the KV cache
     python show.py --view=states                                    # one CDLM training state and its targets
+    python show.py --view=losses                                    # one cdlm_losses call on that state, tensor by tensor
     python show.py --view=confidence --state="+3>8,*7>_,+2>_"       # teacher vs student on a partial answer
     python show.py --view=infill                                    # what bidirectional attention buys
 
@@ -25,15 +26,15 @@ from bench import DIR_OPTION, METHODS, decoded_tokens, load_models, needs, role_
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
 from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split,
                          task_module, whole_blocks)
-from data.trajectories import load_trajectories
+from data.trajectories import FIELDS, load_trajectories
 from model import attention_mask, noise_answers, read_checkpoint
 from render import render_compare, replay_gif, replay_html, save_png, token_texts
 from runtime import compiled, lock, pick_device, refuse_overlap
 from sample import DecodeSettings, generate
-from train import LOSSES, Y_STARS, draw_states
+from train import LOSSES, Y_STARS, draw_states, student_pass
 
 config = dict(
-    view=Choice("compare", "compare", "masks", "states", "confidence", "infill"),
+    view=Choice("compare", "compare", "masks", "states", "losses", "confidence", "infill"),
     prompt=Str("5:+3*7+2*4+1="),
     state=Str(None),                    # the answer so far, '_' where masked (the rest masked)
     methods=List(list(METHODS), Choice(None, *METHODS)),
@@ -49,10 +50,11 @@ config = dict(
     compile=Bool(False),                # torch.compile the models (runtime.compiled); the replay's times are warm
 )
 # the views that read each option (and the checkpoints their methods need): given to another, refused
-READ_BY = dict(checkpoints="compare states confidence infill", prompt="compare confidence", state="confidence", methods="compare", traj_dir="states", index="states",
-               y_star="states", html="compare", gif="compare", png="masks states", color="compare", num_eval="infill confidence",
-               data_dir="infill confidence", seed="states", device="compare states confidence infill", compile="compare infill")
-NEED = {"confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"], "states": ["cdlm"], "masks": []}
+READ_BY = dict(checkpoints="compare states losses confidence infill", prompt="compare confidence", state="confidence", methods="compare",
+               traj_dir="states losses", index="states losses", y_star="states losses", html="compare", gif="compare", png="masks states",
+               color="compare", num_eval="infill confidence", data_dir="infill confidence", seed="states losses",
+               device="compare states losses confidence infill", compile="compare infill")
+NEED = {"confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"], "states": ["cdlm"], "losses": ["cdlm", "dlm"], "masks": []}
 
 # -----------------------------------------------------------------------------
 # compare: every method on one prompt
@@ -121,16 +123,24 @@ def grids_text(labels, grids):
     return "\n".join(out)
 
 
+def stored_trajectory(cfg, student):
+    """Row --index of the trajectory set --traj_dir, which must be the student's own teacher's."""
+    meta = student["data_meta"]
+    arrays, tmeta = load_trajectories(cfg["traj_dir"], student["teacher_hash"], meta["gen_len"],
+                                      student["model_config"]["block_size"], data_fingerprint(meta))
+    i = cfg["index"]
+    if i >= tmeta["n"]:
+        raise CDLMError(f"option index={i}: {cfg['traj_dir']} holds {tmeta['n']} trajectories")
+    return arrays, tmeta
+
+
 def training_state(cfg, device):
     """One stored trajectory, one drawn (y, y*) pair of the student's reading, and what each position
     is trained on."""
     student = read_checkpoint(os.path.join(cfg["student_dir"], "ckpt.pt"), device, "cdlm", "student_dir")
     meta, y_star = student["data_meta"], cfg["y_star"] or student["config"]["y_star"]
-    arrays, tmeta = load_trajectories(cfg["traj_dir"], student["teacher_hash"], meta["gen_len"],  # the student's own
-                                      student["model_config"]["block_size"], data_fingerprint(meta))
+    arrays, tmeta = stored_trajectory(cfg, student)
     i = cfg["index"]
-    if i >= tmeta["n"]:
-        raise CDLMError(f"option index={i}: {cfg['traj_dir']} holds {tmeta['n']} trajectories")
     tok, bs = get_tokenizer(meta), tmeta["block_size"]
     step = torch.as_tensor(arrays["step"][i:i + 1].astype(np.int64))
     tokens = arrays["tokens"][i].tolist()
@@ -154,6 +164,62 @@ def training_state(cfg, device):
              f"own noised copy of the ground truth (every answer position can be)"]
     lines += [f"{name:<22}" + " ".join(f"{c:>2}" for c in cells) for name, cells in rows]
     return "\n".join(lines), rows
+
+
+def losses_walk(cfg, models, meta):
+    """One cdlm_losses call of train.py, on a batch of one row: the states view's trajectory and
+    drawn state (same --index and --seed), every tensor the losses read with its shape, the
+    positions each loss covers and against what, and the weighted losses."""
+    model, student, _ = models["student"]
+    teacher, bs, c = models["teacher"][1], model.cfg.block_size, student["config"]
+    y_star = cfg["y_star"] or c["y_star"]
+    arrays, _ = stored_trajectory(cfg, student)
+    i = cfg["index"]
+    batch = {k: torch.as_tensor(np.asarray(arrays[k][i:i + 1]).astype(np.float32 if k == "hidden" else np.int64))
+             for k in FIELDS}
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    st = draw_states(batch["step"], bs, y_star, gen)
+    head = teacher["model"]["lm_head.weight"].float()  # (V, C): the teacher's frozen LM head
+    with torch.no_grad():
+        p = student_pass(model, batch, st, head, meta["mask_id"], bs, c["dlm_noise"], c["eps"], gen)
+        parts = {name: loss.fn(p, st).item() for name, loss in LOSSES.items()}
+    b = int(st.distill[0].nonzero()[0].item() // bs)
+    where = lambda m, at=0: ", ".join(str(j + at) for j in m.nonzero().flatten().tolist()) or "none"
+    shape = lambda x: "(" + ", ".join(map(str, x.shape)) + ")"
+    in_b = lambda m: m[0, b * bs:(b + 1) * bs]
+    against = dict(distill="KL(teacher || student)", consist="KL(target || student)")
+    V, C = head.shape
+    lines = [f"cdlm_losses on one row: trajectory {i} of {cfg['traj_dir']}, y_star={y_star!r}, block {b} "
+             f"(answer positions {b * bs}..{(b + 1) * bs - 1}); training draws batch_size={c['batch_size']} such rows",
+             "the trajectory row"]
+    lines += [f"  {k:<8}{shape(v):<14}{what}" for k, v, what in (
+        ("prompt", batch["prompt"], "the question"), ("tokens", batch["tokens"], "the teacher's answer"),
+        ("step", batch["step"], "the step at which the teacher finalized each answer token"),
+        ("hidden", batch["hidden"], f"the teacher's last hidden state at that step (stored {arrays['hidden'].dtype})"),
+        ("truth", batch["truth"], "the ground truth"))]
+    lines += ["draw_states: boolean masks over the answer (True: final in that state, or trained there)",
+              f"  y       {shape(st.y):<14}final in y: every earlier block and {int(in_b(st.y).sum())} of block {b}'s "
+              f"{bs} (answer positions {where(in_b(st.y), b * bs) if in_b(st.y).any() else 'none'})",
+              f"  target  {shape(st.target):<14}final in y' (the consistency target's state): {int(in_b(st.target).sum())} of "
+              f"block {b}'s {bs}"]
+    lines += [f"  {name:<8}{shape(loss.positions(st)):<14}{loss.title} at answer positions {where(loss.positions(st)[0])}"
+              for name, loss in LOSSES.items() if loss.positions is not None]
+    lines += ["student_pass: the Pass the loss rows read",
+              f"  student {shape(p.student):<14}the student's logits at y (block-causal: the prompt, earlier blocks, block {b})",
+              f"  teacher {shape(p.teacher):<14}hidden @ head.T, head {shape(head)} the teacher's frozen LM head: its "
+              f"logits when it finalized each token",
+              f"  target  {shape(p.target):<14}the student's own logits at y', no gradient",
+              f"  dlm     {shape(p.dlm):<14}the student on the ground truth noised at t={p.t.item():.2f}: "
+              f"{int(p.masked[0].sum())} of {p.n_positions} answer positions masked"]
+    lines += ["the losses (weight x value)"]
+    lines += [f"  {name:<8}{c['w_' + name]} x {v:.3g}  " + (
+        f"{against[name]}, the mean over its positions ({int(loss.positions(st).sum())})" if name in against else
+        f"cross-entropy at the masked positions, x 1/t, / {p.n_positions}" if name == "dlm" else loss.title)
+              for (name, loss), v in zip(LOSSES.items(), parts.values())]
+    lines += [f"  total   {sum(c['w_' + k] * v for k, v in parts.items()):.3g}",
+              f"why hidden states: per token the set stores C={C} numbers, from which head rebuilds all V={V} "
+              f"logits; here V < C, at LLaDA-8B's size C=4096 against V=126,464: {126464 / 4096:.1f}x less to store"]
+    return "\n".join(lines)
 
 
 def proposals(model, meta, prompt, state):
@@ -309,6 +375,8 @@ def run(cfg, device, need):
     tok = get_tokenizer(meta)
     if cfg["view"] == "confidence":
         print(confidence_view(cfg, models, meta, tok))
+    elif cfg["view"] == "losses":
+        print(losses_walk(cfg, models, meta))
     elif cfg["view"] == "infill":
         data_dir, _ = checkpoint_data(next(iter(models.values()))[1], cfg["data_dir"])
         rows = load_split(data_dir, "test", meta)

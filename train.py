@@ -188,13 +188,21 @@ def draw_states(step, block_size, y_star, generator=None):
 
 def cdlm_losses(model, batch, states, teacher_head, mask_id, block_size, dlm_noise="answer", eps=1e-3,
                 generator=None, target_model=None, ctx=nullcontext(), dlm_rows=None):
+    """The CDLM losses (Sec. 4.2, the table LOSSES) on a batch of trajectory rows: {name: loss}."""
+    p = student_pass(model, batch, states, teacher_head, mask_id, block_size, dlm_noise, eps, generator,
+                     target_model, ctx, dlm_rows)
+    return {name: loss.fn(p, states) for name, loss in LOSSES.items()}
+
+
+def student_pass(model, batch, states, teacher_head, mask_id, block_size, dlm_noise="answer", eps=1e-3,
+                 generator=None, target_model=None, ctx=nullcontext(), dlm_rows=None):
     """
-    The CDLM losses (Sec. 4.2, the table LOSSES) on a batch of trajectory rows: tensors prompt
-    (B, P), tokens (B, L) the teacher's answer, truth (B, L), hidden (B, L, C) the teacher's last
-    hidden state at each token's finalization; `states` from draw_states. Returns {name: loss}.
-    The Pass fields the rows need are computed; the student's pass at y and the DLM pass on the
-    noised ground truth share one forward. The DLM loss noises `dlm_rows` rows of the batch, drawn at
-    random (None: every row): it only keeps the student a denoiser, and each row left out is cheaper.
+    The Pass the loss rows read, on a batch of trajectory rows: tensors prompt (B, P), tokens (B, L)
+    the teacher's answer, truth (B, L), hidden (B, L, C) the teacher's last hidden state at each
+    token's finalization; `states` from draw_states. Only the fields some row needs are computed;
+    the student's pass at y and the DLM pass on the noised ground truth share one forward. The DLM
+    loss noises `dlm_rows` rows of the batch, drawn at random (None: every row): it only keeps the
+    student a denoiser, and each row left out is cheaper.
     """
     needs = {f for loss in LOSSES.values() for f in loss.needs}
     prompt, tokens = batch["prompt"], batch["tokens"]
@@ -217,9 +225,8 @@ def cdlm_losses(model, batch, states, teacher_head, mask_id, block_size, dlm_noi
             with torch.no_grad():
                 target = (target_model or model)(as_state(states.target))[:, P:]
     teacher_logits = batch["hidden"].float() @ teacher_head.T if "teacher" in needs else None  # (B, L, V)
-    p = Pass(logits[:B, P:], hidden[:B, P:], teacher_logits, target,
-             None if xt is None else logits[B:], x0, masked, t, block_size if dlm_noise == "block" else tokens.size(1))
-    return {name: loss.fn(p, states) for name, loss in LOSSES.items()}
+    return Pass(logits[:B, P:], hidden[:B, P:], teacher_logits, target,
+                None if xt is None else logits[B:], x0, masked, t, block_size if dlm_noise == "block" else tokens.size(1))
 
 
 def get_lr(it, cfg):

@@ -1,4 +1,4 @@
-# The masked-diffusion teacher on arithmetic: about 12 minutes on a 2-core CPU (README, section 7).
+# The masked-diffusion teacher on arithmetic: about 12 minutes on a 2-core CPU (RESULTS.md).
 mode = "dlm"
 out_dir = "out/teacher"
 data_dir = "data/arithmetic"

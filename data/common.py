@@ -286,7 +286,7 @@ def final_answer(text, marker="#"):
     return text.rsplit(marker, 1)[1].strip()
 
 
-# The two scores of a decoded answer, each a share of problems (README, section 7):
+# The two scores of a decoded answer, each a share of problems (RESULTS.md):
 #   final_acc  the final answer (the text after the last marker) is present and right: what
 #              GSM8K-style benchmarks score; on arithmetic one digit, right by chance 1 time in 10
 #   whole_acc  the whole worked answer is right: every token up to EOS, each intermediate value too

@@ -49,6 +49,23 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
     # the passes are timed in a replay, apart from the decode: their order is timing, not tested
     assert prof["model_ms_per_answer"] > 0 and prof["ms_per_answer"] > 0 and prof["aten_ops_per_step"] > 10
     assert prof["passes_per_answer"] == pytest.approx(m["cdlm"]["nfe"], rel=0.5)
+    # --table prints the stored report's tables again, from the file alone, and runs nothing
+    assert run({"table": str(out)}) is None and capsys.readouterr().out.strip() == bench.table(saved)
+    seed_file = tmp_path / "seed1.json"  # demo.py's seed file keeps the bench's parts under its own names
+    seed_file.write_text(json.dumps(dict(bench=saved["methods"], bench_settings=saved["settings"],
+                                         bench_machine=saved["machine"])))
+    run({"table": str(seed_file)})
+    assert capsys.readouterr().out.strip() == bench.table({k: saved[k] for k in ("methods", "settings", "machine")})
+
+
+def test_table_refuses_what_is_not_a_bench_report(tmp_path):
+    from configurator import CDLMError
+    bad = tmp_path / "x.json"
+    bad.write_text('{"methods": {}}')
+    with pytest.raises(CDLMError, match="not a bench report"):
+        run({"table": str(bad)})
+    with pytest.raises(CDLMError, match="option num_eval=3 has no effect with --table"):
+        run(bench.configure(bench.config, [f"--table={bad}", "--num_eval=3"]))
 
 
 def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):

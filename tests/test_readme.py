@@ -1,7 +1,7 @@
 """
-The README's narrated outputs, rerun on the reference checkpoints it narrates (ref/): every fenced
-block that starts with `$ python ...` and reads ref/ must print what the README shows (times
-excepted; a line starting with '...' stands for lines left out).
+The pages' narrated outputs, rerun: every fenced block of README.md, RESULTS.md and docs/*.md that
+starts with `$ python ...` must print what the page shows (times excepted; a line starting with '...'
+stands for lines left out). They read the reference checkpoints (ref/) and the committed results/.
 """
 import os
 import re
@@ -52,24 +52,65 @@ def test_shows_reads_elisions():
     assert shows(["x   1.5 ms"], ["x 123.2 ms"]) is None
 
 
-# out/ is made by an earlier command; the infilling view reads the prepared test split (and takes
-# a minute): those blocks are rerun by hand, not here
-BLOCKS = [b for b in readme_blocks(open(os.path.join(ROOT, "README.md")).read())
-          if "ref/" in b[0] and "out/" not in b[0] and "--view=infill" not in b[0]]
+PAGES = ["README.md", "RESULTS.md", *sorted("docs/" + f for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))]
+# the states and losses views read a few stored trajectories of the reference teacher, collected once by
+# the command the README gives; the infilling view (a minute) is rerun by hand, not here
+TRAJ = "out/ref_trajectories"
+COLLECT = f"collect.py --teacher_dir=ref/arithmetic/teacher --n_examples=64 --out_dir={TRAJ}"
+BLOCKS = [(page, cmd, out) for page in PAGES for cmd, out in readme_blocks(open(os.path.join(ROOT, page)).read())
+          if "--view=infill" not in cmd and "out/" not in cmd.replace(TRAJ, "")]
+
+
+@pytest.fixture(scope="module")
+def trajectories(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("ref") / "ref_trajectories")
+    out = subprocess.run([sys.executable, *COLLECT.replace(TRAJ, d).split()], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return d
+
+
+def test_the_readme_collects_what_its_views_read():
+    assert "python " + COLLECT in " ".join(open(os.path.join(ROOT, "README.md")).read().split())
 
 
 def test_the_readme_narrates_the_reference_checkpoints():
-    """The teacher's decode (section 1), the confidences (3) and every decoder side by side (4)."""
-    cmds = [c for c, _ in BLOCKS]
+    """The teacher's decode (section 1), the states, the losses and the confidences (3), every decoder
+    side by side (4); the results page's tables from results/."""
+    cmds = [c for p, c, _ in BLOCKS if p == "README.md"]
     assert any("sample.py" in c and "--show" in c for c in cmds)
-    assert any("--view=confidence" in c for c in cmds) and any("show.py" in c and "--view" not in c for c in cmds)
+    assert all(any(f"--view={v}" in c for c in cmds) for v in ("confidence", "states", "losses", "masks"))
+    assert any("show.py" in c and "--view" not in c for c in cmds)
+    results = [c for p, c, _ in BLOCKS if p == "RESULTS.md"]
+    assert "python demo.py --report" in results and "python demo.py --task=wordproblems --report" in results
+    assert any("bench.py --table=" in c for c in results)
 
 
-@pytest.mark.parametrize("cmd, expected", BLOCKS, ids=[c[:60] for c, _ in BLOCKS])
-def test_readme_output_reproduces(cmd, expected):
+@pytest.mark.parametrize("page, cmd, expected", BLOCKS, ids=[f"{p}: {c[:60]}" for p, c, _ in BLOCKS])
+def test_readme_output_reproduces(page, cmd, expected, request):
+    if TRAJ in cmd:  # the stored trajectories, in a temporary folder
+        d = request.getfixturevalue("trajectories")
+        cmd, expected = cmd.replace(TRAJ, d), [line.replace(TRAJ, d) for line in expected]
     argv = shlex.split(cmd)
     out = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     missing = shows(expected, out.stdout.splitlines())
-    assert missing is None, f"{cmd}\nthe README shows\n" + "\n".join(missing) + "\nbut it printed\n" + out.stdout
+    assert missing is None, f"{page}: {cmd}\nthe page shows\n" + "\n".join(missing) + "\nbut it printed\n" + out.stdout
+
+
+def test_the_pages_speak_of_the_method_not_the_project():
+    """No release, no 'since then', no earlier README, no commit hash outside a results file's
+    provenance line (the report's 'commits ...')."""
+    history = re.compile(r"\b((this|that|an?|the|earlier|last|previous|next) release|since then|earlier README|this session|"
+                         r"previous version)\b", re.I)
+    commit = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,12}\b")
+    for page in PAGES:
+        for n, line in enumerate(open(os.path.join(ROOT, page)), 1):
+            assert not history.search(line), f"{page}:{n}: {line}"
+            assert "commits " in line or not commit.search(line), f"{page}:{n}: {line}"
+
+
+def test_history_and_commit_checks_can_fail():
+    assert re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,12}\b", "code at e68ae22.")
+    assert not re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,12}\b", "weights b738b9382880c1f7")

@@ -122,6 +122,34 @@ def test_training_state_view(student_dir, traj_dir):
     assert all(y == "_" for y, d in zip(table["y"], table["distill (D)"]) if d == "D")  # targets where y is masked
 
 
+def test_losses_walk_prints_the_losses_training_computes(teacher_dir, student_dir, traj_dir):
+    """The walk's losses are cdlm_losses' own on the same row and drawn state, and its block the states view's."""
+    import numpy as np
+    import train
+    from bench import load_models
+    from configurator import check
+    from data.trajectories import FIELDS, load_trajectories
+    cfg = check(show.config, dict(view="losses", teacher_dir=teacher_dir, student_dir=student_dir, traj_dir=traj_dir,
+                                  index=3))
+    models = load_models(cfg, ["cdlm", "dlm"], "cpu")
+    (model, ckpt, _), meta = models["student"], models["student"][1]["data_meta"]
+    text, c, bs = show.losses_walk(cfg, models, meta), ckpt["config"], model.cfg.block_size
+    arrays, _ = load_trajectories(traj_dir)
+    batch = {k: torch.as_tensor(np.asarray(arrays[k][3:4]).astype(np.float32 if k == "hidden" else np.int64))
+             for k in FIELDS}
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    st = train.draw_states(batch["step"], bs, c["y_star"], gen)
+    head = models["teacher"][1]["model"]["lm_head.weight"].float()
+    with torch.no_grad():
+        parts = train.cdlm_losses(model, batch, st, head, meta["mask_id"], bs, c["dlm_noise"], c["eps"], gen)
+    for name, v in parts.items():
+        assert re.search(rf"^  {name} +{c['w_' + name]} x {v.item():.3g}  ", text, re.M), (name, text)
+    assert re.search(r"^  teacher \(1, 48, \d+\) ", text, re.M) and "no gradient" in text
+    states, _ = show.training_state(check(show.config, dict(view="states", student_dir=student_dir, traj_dir=traj_dir,
+                                                             index=3)), "cpu")
+    assert re.search(r"block \d+ \(answer positions \d+\.\.\d+\)", states).group(0) in text
+
+
 def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir):
     from configurator import check
     from data.common import get_tokenizer, load_split
