@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import types
 import typing
 import weakref
 from dataclasses import asdict, dataclass, fields
@@ -131,7 +132,7 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     out, nfe_out = answer.clone(), torch.zeros(B, dtype=torch.long, device=x.device)  # every row's, by index
     nfe = torch.zeros(B, dtype=torch.long, device=x.device)
     starts = torch.arange(T + 1, device=x.device).unbind()  # 0-d start tensors: no recompile per position
-    step_fn = step_function(model)
+    step_fn = step_function(model, st)
     if st.cache != "none":
         model.setup_cache(B, approximate=st.cache != "exact")
     try:
@@ -229,19 +230,29 @@ def select_tokens(score, rule, amount):
     return eligible & (RULES[rule].pick(score, amount) | best)
 
 
-_compiled_steps = weakref.WeakKeyDictionary()  # compiled model -> its compiled decode_step
+_compiled_steps = weakref.WeakKeyDictionary()  # compiled model -> {kind of decode: its compiled decode_step}
 
 
-def step_function(model):
+def step_function(model, settings=None):
     """decode_step for this model; when the model is compiled (runtime.compiled), decode_step itself
     is compiled around the plain model, so a step's forward and its twenty-odd small operations
-    around it become one graph."""
+    around it become one graph. torch.compile keeps a code object's graphs in one list and checks
+    their guards in turn at every call: each model and each kind of decode (rule, cache, sampling)
+    gets a copy of the step with a code object of its own, so a decode checks its own few graphs,
+    not those of every method benched before it."""
     if not is_compiled(model):
         return functools.partial(decode_step, model)
-    if model not in _compiled_steps:
+    kind = (settings.rule, settings.cache, settings.temperature > 0) if settings is not None else ()
+    steps = _compiled_steps.setdefault(model, {})
+    if kind not in steps:
         plain = model._orig_mod
-        _compiled_steps[model] = compile_function(functools.partial(decode_step, plain), plain)
-    return _compiled_steps[model]
+
+        def step(*args):
+            return decode_step(plain, *args)
+        name = f"decode_step_{id(model):x}_" + "_".join(map(str, kind))
+        code = step.__code__.replace(co_name=name, co_qualname=name)
+        steps[kind] = compile_function(types.FunctionType(code, step.__globals__, name, None, step.__closure__), plain)
+    return steps[kind]
 
 
 # -----------------------------------------------------------------------------

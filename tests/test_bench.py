@@ -76,7 +76,32 @@ def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
     assert r["latency_ms"] > 0 and r["compiled"]["latency_ms"] > 0 and r["compiled"]["compile_s"] > 0
     assert r["compiled"]["differs_from_eager"] == 0.0
     assert set(saved["profile"]) == {"cdlm", "cdlm compiled"}
-    assert "| under torch.compile |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| under torch.compile |" in printed and "| each on its faster path |" in printed
+    assert r["fastest"]["latency_path"] in ("eager", "compiled") and r["fastest"]["latency_ms"] == min(
+        r["latency_ms"], r["compiled"]["latency_ms"])
+
+
+def test_each_method_on_its_faster_path():
+    """A compiled method slower than itself eager: its fair ratios take its eager timings, and the
+    table says so."""
+    rounds = lambda lat, thr: dict(latency_ms=lat, throughput_tok_s=thr, rounds=dict(latency_ms=[lat], throughput_tok_s=[thr]))
+    got = {("cdlm", False): rounds(20.0, 1000.0), ("cdlm", True): rounds(10.0, 1100.0),
+           ("dlm", False): rounds(80.0, 50.0), ("dlm", True): rounds(100.0, 40.0),
+           ("dlm_stop", False): rounds(70.0, 60.0), ("dlm_stop", True): rounds(60.0, 70.0)}
+    f = bench.fastest(got, "cdlm")
+    assert (f["latency_path"], f["throughput_path"]) == ("compiled", "compiled")
+    assert f["speedup_latency_vs_dlm"] == 8.0 and f["speedup_throughput_vs_dlm"] == 22.0  # dlm eager, not compiled
+    assert f["speedup_latency_vs_dlm_stop"] == 6.0
+    assert bench.fastest(got, "dlm")["latency_path"] == "eager"
+    report = bench.stored_report("results/arithmetic/seed1337.json")
+    for r in report["methods"].values():
+        r["fastest"] = dict(r, latency_path="eager", throughput_path="eager")
+    report["methods"]["dlm"]["compiled"]["latency_ms"] = 200.0  # eager: 168.8
+    text = bench.table(report)
+    assert "| dlm | 168.8 eager | 479 eager |" in text
+    assert "note: dlm compiled is slower than eager at batch 1 (200.0 against 168.8 ms); " in text
+    assert "dlm_prefix_cache compiled is slower than eager at batch 64 (3,884 against 4,015 tok/s)" in text
 
 
 def test_speedups_are_ratios_within_rounds():

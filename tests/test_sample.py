@@ -226,4 +226,9 @@ def test_compiled_decoding_equals_eager(data_dir, request, role):
         got = run(fast, meta, rows, record=True, **settings)
         assert torch.equal(got.tokens, want.tokens) and torch.equal(got.nfe, want.nfe)
         assert torch.equal(got.step, want.step) and torch.allclose(got.hidden, want.hidden, atol=1e-5)
-    assert step_function(fast) is step_function(fast) and step_function(model) is not step_function(fast)
+    st = DecodeSettings(8, **settings)
+    assert step_function(fast, st) is step_function(fast, st) and step_function(model, st) is not step_function(fast, st)
+    # another kind of decode compiles a step with a code object of its own: its graphs are checked apart
+    other = step_function(fast, DecodeSettings(8, steps_per_block=8))
+    code = lambda f: f._torchdynamo_orig_callable.__code__
+    assert other is not step_function(fast, st) and code(other) is not code(step_function(fast, st))
