@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from configurator import CDLMError
+from configurator import CDLMError, Str
 
 PAD, MASK, EOS = "<pad>", "<mask>", "<eos>"
 
@@ -173,6 +173,49 @@ def read_json(path, what):
         raise CDLMError(f"{path} not found ({what})") from None
     except (OSError, ValueError) as e:
         raise CDLMError(f"{path} is unreadable or corrupt ({type(e).__name__}: {e}); {what}") from None
+
+
+class Each(NamedTuple):
+    """In a schema (check_fields): an object of at least `at_least` keys, each matching the regex
+    `keys`, each value `value`."""
+    value: object
+    keys: str = r".+"
+    at_least: int = 0
+
+
+def check_fields(record, schema, path, fix, at=""):
+    """
+    A JSON record against a schema, or one line naming the file and the field: {field: spec} is an
+    object with those fields ('field?' where optional; other fields are allowed), Each(spec) an
+    object of any keys, and a configurator Option a value of its type and range (null only where
+    the option's default is None, as on a command line). Returns the record.
+    """
+    where = f"field {at}" if at else "the file"
+    if isinstance(schema, (dict, Each)):
+        if not isinstance(record, dict):
+            raise CDLMError(f"{path}: {where}: expected an object, got {short(record)}; {fix}")
+        items = (((k, schema.value) for k in record) if isinstance(schema, Each) else
+                 ((k.rstrip("?"), v) for k, v in schema.items() if not (k.endswith("?") and k[:-1] not in record)))
+        if isinstance(schema, Each) and len(record) < schema.at_least:
+            raise CDLMError(f"{path}: {where}: expected at least {schema.at_least} entry, got none; {fix}")
+        for key, spec in items:
+            name = f"{at}.{key}" if at else key
+            if isinstance(schema, Each) and not re.fullmatch(schema.keys, key):
+                raise CDLMError(f"{path}: field {name}: not a key of this record (expected {schema.keys}); {fix}")
+            if key not in record:
+                raise CDLMError(f"{path}: field {name} is missing; {fix}")
+            check_fields(record[key], spec, path, fix, name)
+        return record
+    if record is None and schema.default is None:
+        return record
+    value = schema.coerce(record) if not isinstance(record, str) or schema.kind == Str.kind else None
+    if value is None or not schema.valid(value):
+        raise CDLMError(f"{path}: {where}: expected {schema.describe()}, got {short(record)}; {fix}")
+    return record
+
+
+def short(value):
+    return "null" if value is None else "a list" if isinstance(value, list) else repr(value)[:60]
 
 
 def load_meta(data_dir):

@@ -178,3 +178,48 @@ def test_a_full_disk_while_a_checkpoint_is_saved(tmp_path, data_dir, monkeypatch
     assert os.listdir(tmp_path / "other") == []
     monkeypatch.undo()
     read_checkpoint(f"{run}/ckpt.pt")  # the previous checkpoint is whole
+
+
+# -----------------------------------------------------------------------------
+# demo.py --report reads the files its layout names, each checked against its name and schema
+
+def test_the_report_reads_only_its_layout_each_file_checked(tmp_path):
+    import shutil
+
+    import demo
+    res = tmp_path / "results"
+    here = res / "arithmetic"
+    shutil.copytree(os.path.join(ROOT, "results/arithmetic"), here)
+    shutil.copytree(os.path.join(ROOT, "results/wordproblems"), res / "wordproblems")
+    good = demo.report("arithmetic", str(res))
+    assert "3 seed(s) [2, 3, 1337]" in good  # rerun/, profile and rounds files are no part of the layout
+    report = lambda *a: refused(demo.main, ["--report", f"--results_dir={res}", *a], *words)
+
+    def edited(path, change, *words_):
+        nonlocal words
+        before, words = file_bytes(path), words_
+        d = json.loads(before)
+        change(d)
+        path.write_text(json.dumps(d))
+        report()
+        path.write_bytes(before)
+    words = ()
+    seed2, abl = here / "seed2.json", here / "ablation" / "default_seed2.json"
+    edited(seed2, lambda d: d.pop("num_eval"), "seed2.json", "num_eval is missing")
+    edited(seed2, lambda d: d.update(num_eval="500"), "seed2.json", "num_eval", "'500'")
+    edited(seed2, lambda d: d.update(bench=[]), "seed2.json", "field bench", "a list")
+    edited(seed2, lambda d: d["teacher_steps"]["2"].update(final_acc=None), "teacher_steps.2.final_acc", "null")
+    edited(seed2, lambda d: d.update(num_eval=0), "seed2.json", "num_eval", "got 0")
+    edited(seed2, lambda d: d.update(machine={}), "seed2.json", "machine.cpu is missing")
+    edited(abl, lambda d: d.pop("variant"), "default_seed2.json", "variant is missing")
+    edited(seed2, lambda d: d.update(seed=3), "seed2.json", "seed 3")
+    for stray, src in (("seed1337_backup.json", here / "seed1337.json"), ("seed4.json", res / "wordproblems/seed2.json"),
+                       ("seed02.json", seed2), ("ablation/default_seed2_old.json", abl)):
+        shutil.copy(src, here / stray)
+        words = (stray.split("/")[-1],)
+        report()
+        os.remove(here / stray)
+    words = ("has no effect with --report",)
+    for option in ("--seeds=1,2", "--jobs=1", "--num_eval=100", "--ablate"):
+        report(option)
+    assert demo.report("arithmetic", str(res)) == good
