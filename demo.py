@@ -38,7 +38,7 @@ from configurator import SEED, Bool, CDLMError, Choice, Float, Int, List, Str, c
 from data.common import METRICS, Each, atomic_write_json, check_fields, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
-from runtime import THREADS, check_writable, code_version, cpu_threads, machine_info, pick_device
+from runtime import THREADS, check_compiler, check_writable, code_version, cpu_threads, machine_info, pick_device
 
 # every task's defaults: arithmetic's presets (a bench needs none)
 PRESETS = dict(teacher="config/train_teacher.py", collect="config/collect.py", student="config/train_student.py",
@@ -511,6 +511,11 @@ def main(argv):
     read_results(task, cfg["results_dir"])  # a stray or damaged file is refused before any work
     if not cfg["report"]:
         check_writable(os.path.join(cfg["results_dir"], task, "ablation" if cfg["ablate"] else ""), "option results_dir")
+        if cfg["stage"] == "all" and not cfg["ablate"]:  # the benches come last: their compiler is checked first
+            b = configure(bench.config, TASKS[task]["bench"])
+            if b["compile"] != "off":
+                check_compiler(pick_device(b["device"]), f"the benchmark's option compile={b['compile']!r} "
+                                                         f"(demo.py --stage=train runs every stage but the benches)")
         module = __import__(TASKS[task]["prepare"][0], fromlist=["prepare"])
         module.prepare(configure(module.config, TASKS[task]["prepare"][1]))  # before any job reads it
         if cfg["ablate"]:

@@ -223,3 +223,24 @@ def test_the_report_reads_only_its_layout_each_file_checked(tmp_path):
     for option in ("--seeds=1,2", "--jobs=1", "--num_eval=100", "--ablate"):
         report(option)
     assert demo.report("arithmetic", str(res)) == good
+
+
+# -----------------------------------------------------------------------------
+# torch.compile on a CPU needs a C++ compiler: checked before any work
+
+def test_no_cpp_compiler_is_refused_before_any_work(tmp_path, data_dir, teacher_dir, monkeypatch):
+    import runtime
+    import sample
+    env = {**os.environ, "PATH": str(tmp_path), "OMP_NUM_THREADS": "1"}  # no cc, gcc, g++ on it
+    p = subprocess.run([sys.executable, "sample.py", f"--out_dir={teacher_dir}", "--prompt=5:+3*7=", "--compile"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no working C++ compiler" in p.stderr, p.stderr
+    monkeypatch.setattr(runtime, "cpp_compiler", lambda: None)
+    refused(sample.main, [f"--out_dir={teacher_dir}", "--eval", "--compile"], "option compile", "C++ compiler")
+    refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={tmp_path}/b.json"],
+            "option compile", "C++ compiler")  # compiled by default: refused before its eager work
+    assert not os.path.exists(f"{tmp_path}/b.json")
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path}/t", "--device=cpu", "--compile"],
+            "option compile", "C++ compiler")
+    assert not os.path.exists(f"{tmp_path}/t/ckpt.pt")
+    sample.main([f"--out_dir={teacher_dir}", "--prompt=5:+3*7="])  # eager needs none
