@@ -192,25 +192,27 @@ def read_results(task, results_dir):
 
 
 def run_train(cfg):
-    """Train, or resume, or skip: a checkpoint made with these options is reused."""
+    """Train, or resume, or skip: a checkpoint made with these options is reused; else it says why not."""
     path = os.path.join(cfg["out_dir"], "ckpt.pt")
-    want, _, _ = train.check_config(cfg)
+    want, _, _ = train.check_config(cfg)  # data_dir as checkpoints store it (data.common.checkout_path)
     if os.path.isfile(path):
         have = read_checkpoint(path, mode=cfg["mode"])
         # an option newer than the checkpoint counts as its default (what the checkpoint was made with)
-        same = all(have["config"].get(k, train.config[k].default) == v for k, v in want.items()
-                   if k not in ("init_from", "max_iters"))
+        other = [f"{k}={have['config'].get(k, train.config[k].default)!r}" for k, v in want.items()
+                 if k != "init_from" and have["config"].get(k, train.config[k].default) != v]
         if cfg["mode"] == "cdlm":  # and distilled from the teacher that is there now
             teacher = read_checkpoint(os.path.join(cfg["teacher_dir"], "ckpt.pt"), mode="dlm", option="teacher_dir")
-            same = same and have["teacher_hash"] == teacher["weights_hash"]
+            other += ["another teacher"] * (have["teacher_hash"] != teacher["weights_hash"])
             # and on the trajectory sets there now (a checkpoint older than this record: taken as is)
-            same = same and have.get("trajectories", None) in (None, live_set_ids(cfg["traj_dirs"]))
-        if same and have["iter_num"] >= cfg["max_iters"] and have["config"]["max_iters"] == cfg["max_iters"]:
+            other += ["other trajectory sets"] * (have.get("trajectories", None) not in (None, live_set_ids(cfg["traj_dirs"])))
+        if not other and have["iter_num"] >= cfg["max_iters"]:
             print(f"{path}: done (iteration {have['iter_num']}), skipped")
             return
-        if same and have["config"]["max_iters"] == cfg["max_iters"]:
+        if not other:
             print(f"{path}: resuming at iteration {have['iter_num']}")
             cfg = {**cfg, "init_from": "resume"}
+        else:
+            print(f"{path}: made with {', '.join(other)}; trained again")
     train.train(cfg)
 
 

@@ -274,12 +274,23 @@ def same_data(a, b):
     return data_fingerprint(a) == data_fingerprint(b)
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this copy of the repository
+
+
+def checkout_path(path):
+    """A data path as a checkpoint stores it: relative to this checkout where it lies inside it, so
+    a moved or copied checkout finds its own data (and demo.py reuses its stages); else absolute."""
+    a = os.path.abspath(path)
+    return os.path.relpath(a, CHECKOUT) if os.path.commonpath([a, CHECKOUT]) == CHECKOUT else a
+
+
 def checkpoint_data(ckpt, data_dir=None, what="the checkpoint"):
     """
-    The data directory a checkpoint was trained on (stored as an absolute path), or the override
-    data_dir, with its meta; refused unless it holds the very data the checkpoint was trained on.
+    The data directory a checkpoint was trained on (checkout_path: a relative one is under this
+    checkout), or the override data_dir, with its meta; refused unless it holds the very data the
+    checkpoint was trained on.
     """
-    d = data_dir or ckpt["config"]["data_dir"]
+    d = data_dir or os.path.join(CHECKOUT, ckpt["config"]["data_dir"])
     if not os.path.isfile(os.path.join(d, "meta.json")):
         raise CDLMError(f"the data {what} was trained on is not at {d} (moved?): give it with --data_dir")
     meta = load_meta(d)

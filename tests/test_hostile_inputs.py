@@ -244,3 +244,34 @@ def test_no_cpp_compiler_is_refused_before_any_work(tmp_path, data_dir, teacher_
             "option compile", "C++ compiler")
     assert not os.path.exists(f"{tmp_path}/t/ckpt.pt")
     sample.main([f"--out_dir={teacher_dir}", "--prompt=5:+3*7="])  # eager needs none
+
+
+# -----------------------------------------------------------------------------
+# a moved or copied checkout reuses its finished stages (data paths stored relative to the checkout)
+
+def test_a_moved_checkout_reuses_its_stages(tmp_path, data_dir, monkeypatch, capsys):
+    import shutil
+
+    import data.common
+    import demo
+    from conftest import TINY_COLLECT, TINY_MODEL
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(data_dir, a / "data" / "arithmetic")
+    teacher = {**TINY_MODEL, "mode": "dlm", "data_dir": "data/arithmetic", "out_dir": "out/teacher", "max_iters": 10}
+    traj = {**TINY_COLLECT, "teacher_dir": "out/teacher", "out_dir": "out/trajectories", "n_examples": 16}
+
+    def stages(root, **over):
+        monkeypatch.setattr(data.common, "CHECKOUT", str(root))
+        monkeypatch.chdir(root)
+        demo.run_train(demo.configure(train.config, [f"--{k}={v}" for k, v in {**teacher, **over}.items()]))
+        collect.collect(demo.configure(collect.config, [f"--{k}={v}" for k, v in traj.items()]))
+        return capsys.readouterr().out
+    stages(a)
+    assert read_checkpoint(str(a / "out/teacher/ckpt.pt"))["config"]["data_dir"] == "data/arithmetic"
+    shutil.copytree(a, b)
+    shutil.rmtree(a)  # moved, not copied: the old place is gone
+    out = stages(b)
+    assert "out/teacher/ckpt.pt: done (iteration 10), skipped" in out and "nothing to do" in out, out
+    out = stages(b, learning_rate=2e-3)  # and where a stage reruns, it says why
+    assert "out/teacher/ckpt.pt: made with learning_rate=0.001; trained again" in out, out
+
