@@ -413,6 +413,10 @@ def check_config(cfg):
         raise CDLMError(f"option n_embd={cfg['n_embd']} is not a multiple of n_head={cfg['n_head']}")
     if cfg["min_lr"] > cfg["learning_rate"]:
         raise CDLMError(f"option min_lr={cfg['min_lr']} is above learning_rate={cfg['learning_rate']}")
+    if cfg["learning_rate"] * cfg["weight_decay"] >= 1:  # AdamW's decay: each weight times (1 - lr * wd) a step
+        raise CDLMError(f"option weight_decay={cfg['weight_decay']}: AdamW scales every weight by 1 - learning_rate * "
+                        f"weight_decay each step, here {1 - cfg['learning_rate'] * cfg['weight_decay']:.3g}: give less "
+                        f"than 1/learning_rate = {1 / cfg['learning_rate']:.3g}")
     if cfg["init_from"] == ("scratch" if mode == "cdlm" else "teacher"):
         raise CDLMError(f"option init_from={cfg['init_from']!r}: mode={mode!r} starts from "
                         f"{'the teacher' if mode == 'cdlm' else 'scratch'} (or resumes)")

@@ -333,6 +333,21 @@ def encode_prompt(tok, text, prompt_len):
     return ids + [tok.pad_id] * (prompt_len - len(ids))
 
 
+def encode_state(tok, text, mask_id, gen_len, option="state"):
+    """A partial answer written as text, '_' for each masked position, as token ids: each run of
+    text between masks through the data's own tokenizer (a BPE token may hold several characters).
+    The positions after it, up to gen_len, are masked too: not returned."""
+    ids = []
+    for k, run in enumerate(text.split("_")):
+        try:
+            ids += [mask_id] * (k > 0) + (tok.encode(run) if run else [])
+        except CDLMError as e:
+            raise CDLMError(f"option {option}={text!r}: {e}") from None
+    if len(ids) > gen_len:
+        raise CDLMError(f"option {option}={text!r} is {len(ids)} tokens, more than gen_len={gen_len}")
+    return ids
+
+
 def final_answer(text, marker="#"):
     """The final answer of a worked solution: what follows the last marker, or None if absent."""
     if marker not in text:

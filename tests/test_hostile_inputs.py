@@ -275,3 +275,38 @@ def test_a_moved_checkout_reuses_its_stages(tmp_path, data_dir, monkeypatch, cap
     out = stages(b, learning_rate=2e-3)  # and where a stage reruns, it says why
     assert "out/teacher/ckpt.pt: made with learning_rate=0.001; trained again" in out, out
 
+
+# -----------------------------------------------------------------------------
+# option messages that name the right option and say what is true
+
+def test_option_messages_name_the_right_option(tmp_path, data_dir, capsys):
+    from configurator import configure
+    from data.common import encode_state, get_tokenizer
+    from data.wordproblems import prepare as wp
+    # a state is encoded with the data's own tokenizer: a BPE token holds several characters
+    meta = read_checkpoint(os.path.join(ROOT, "ref/wordproblems/teacher/ckpt.pt"))["data_meta"]
+    tok, mask = get_tokenizer(meta), meta["mask_id"]
+    assert encode_state(tok, "-5=2 /2=_", mask, 32) == tok.encode("-5=2 /2=") + [mask]
+    assert len(tok.encode(" /2")) < len(" /2")
+    refused(show.main, ["--view=confidence", f"--checkpoints={ROOT}/ref/arithmetic", "--state=+3>8,x"],
+            "option state='+3>8,x'", "'x'")
+    refused(show.main, ["--view=confidence", f"--checkpoints={ROOT}/ref/arithmetic", "--state=" + "1" * 49],
+            "option state=", "49 tokens", "gen_len=48")
+    # weight decay too large for the learning rate is blamed on weight_decay
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path}/t", "--device=cpu", "--weight_decay=1e308"],
+            "option weight_decay=1e+308", "1/learning_rate")
+    # the BPE's size and sample: refused where they cannot work, not written silently or failed later
+    small = [f"--out_dir={tmp_path}/wp", "--n_train=100", "--n_val=8", "--n_test=8"]
+    refused(wp.main, small + ["--vocab_size=1"], "option vocab_size=1", "give at least")
+    refused(wp.main, small + ["--bpe_sample=1"], "option bpe_sample=1", "raise it")
+    assert not os.path.exists(f"{tmp_path}/wp/meta.json")
+    # a preset's own settings are not options given for nothing (the bench preset names every folder)
+    preset = os.path.join(ROOT, "config/wordproblems_bench.py")
+    bench.check_options(configure(bench.config, [preset, "--methods=cdlm"]), ["cdlm"])
+    refused(bench.main, [preset, "--methods=cdlm", "--teacher_dir=out/wp_teacher"], "option teacher_dir", "no effect")
+    # prepare.py says what it did: nothing, or wrote
+    capsys.readouterr()
+    arith.main([f"--out_dir={tmp_path}/a", "--n_train=100", "--n_val=8", "--n_test=8"])
+    arith.main([f"--out_dir={tmp_path}/a", "--n_train=100", "--n_val=8", "--n_test=8"])
+    first, second = capsys.readouterr().out.split("example:")[:2]
+    assert "wrote" in first and "nothing to do" in second.split("\n", 1)[1] and "wrote" not in second
