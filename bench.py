@@ -312,6 +312,8 @@ def _run(cfg, methods):
     dtype = pick_dtype(cfg["dtype"], device)
     torch.manual_seed(cfg["seed"])
     models = load_models(cfg, methods, device)
+    # one compiled wrapper per model, shared by its methods (compiled graphs are per kind of pass)
+    cmodels = {role: compiled(m[0]) for role, m in models.items()} if cfg["compile"] != "off" else {}
     first = next(iter(models.values()))[1]
     data_dir, meta = checkpoint_data(first, cfg["data_dir"])
     rows = load_split(data_dir, cfg["split"], meta)
@@ -325,8 +327,6 @@ def _run(cfg, methods):
     gflops, gbs = probe_machine(device)
     from tqdm import tqdm
     results = {}
-    # one compiled wrapper per model, shared by its methods (compiled graphs are per kind of pass)
-    cmodels = {role: compiled(m[0]) for role, m in models.items()} if cfg["compile"] != "off" else {}
 
     def measured(dep, settings):
         """The tokens per step of a method another depends on: from this run, or measured on the side."""

@@ -11,7 +11,9 @@ Every value is checked before any work starts, options whose default is None inc
 `--early_stop=no` is refused, never read as truthy. The repo's own errors (bad options, bad files,
 impossible settings) are one class, CDLMError, which each script's entry prints as one line and
 turns into exit status 2; any other exception keeps its traceback, because it is a bug.
-An option the user gave (`given`) that the run would ignore is refused too (`refuse_unused`).
+An option typed on the command line that the run would ignore is refused too (`refuse_unused`);
+a config file's settings are a preset's, which may serve several kinds of run (a bench preset
+names every checkpoint folder, whichever methods a run times).
 """
 import ast
 import math
@@ -181,19 +183,21 @@ class List(Option):
 
 
 class Config(dict):
-    """A script's options; `given` holds the keys a config file or --key=value set (a dict built in
-    code, as tests and demo.py do, gives none: its keys are not refused as unused)."""
+    """A script's options; `given` holds the keys a config file or --key=value set, `typed` those
+    of --key=value alone (a dict built in code, as tests and demo.py do, gives none: its keys are
+    not refused as unused)."""
 
-    def __init__(self, values, given=()):
+    def __init__(self, values, given=(), typed=()):
         super().__init__(values)
-        self.given = frozenset(given)
+        self.given, self.typed = frozenset(given), frozenset(typed)
 
 
 def refuse_unused(cfg, ignored):
-    """Refuse an option the user gave that this run would ignore. ignored: {key: why it would have
-    no effect}, for the keys this run ignores; a key at its default is not the user's."""
+    """Refuse an option typed on the command line that this run would ignore. ignored: {key: why it
+    would have no effect}, for the keys this run ignores; a key at its default, or set by a config
+    file (a preset, which may serve other runs), is not refused."""
     for key, why in ignored.items():
-        if key in getattr(cfg, "given", ()):
+        if key in getattr(cfg, "typed", ()):
             raise CDLMError(f"option {key}={cfg[key]!r} has no effect {why}")
 
 
@@ -211,12 +215,13 @@ def check(spec, cfg):
     unknown = sorted(set(cfg) - set(spec))
     if unknown:
         raise CDLMError(f"unknown option(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(spec))})")
-    return Config({k: opt.check(k, cfg.get(k, opt.default)) for k, opt in spec.items()}, getattr(cfg, "given", ()))
+    return Config({k: opt.check(k, cfg.get(k, opt.default)) for k, opt in spec.items()}, getattr(cfg, "given", ()),
+                  getattr(cfg, "typed", ()))
 
 
 def configure(spec, argv):
     """The checked options of a script: its defaults, updated by config files and --key=value in argv."""
-    cfg, given = defaults(spec), set()
+    cfg, given, typed = defaults(spec), set(), set()
     for arg in argv:
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
@@ -244,4 +249,5 @@ def configure(spec, argv):
             raw = "True"  # a bare --flag switches a boolean on
         cfg[key] = spec[key].check(key, spec[key].parse(raw))
         given.add(key)
-    return Config(cfg, given)
+        typed.add(key)
+    return Config(cfg, given, typed)

@@ -21,7 +21,6 @@ students; the timed benchmarks come after, one at a time, alone, at the machine'
 finished run writes a small JSON under results/ (commit, machine, seed, thread count, weights
 hashes, every figure): `--report` prints the README's tables from those files alone.
 """
-import glob
 import math
 import os
 import re
@@ -29,16 +28,17 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import bench
 import collect
 import sample
 import train
-from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, run_main
-from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
+from configurator import SEED, Bool, CDLMError, Choice, Float, Int, List, Str, configure, refuse_unused, run_main
+from data.common import METRICS, Each, atomic_write_json, check_fields, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
-from runtime import THREADS, check_writable, code_version, cpu_threads, machine_info, pick_device
+from runtime import THREADS, check_compiler, check_writable, code_version, cpu_threads, machine_info, pick_device
 
 # every task's defaults: arithmetic's presets (a bench needs none)
 PRESETS = dict(teacher="config/train_teacher.py", collect="config/collect.py", student="config/train_student.py",
@@ -124,26 +124,95 @@ def options(spec, argv, seed, **over):
     return {**cfg, "seed": seed} if "seed" in spec else cfg
 
 
+# -----------------------------------------------------------------------------
+# the results layout: results_dir/<task>/seed<N>.json, one per seed (pipeline), and
+# results_dir/<task>/ablation/<variant>_seed<N>.json, one per ablation student and seed (ablate).
+# Nothing else there is read; a file named like one of these that is not one is refused.
+
+def seed_path(results_dir, task, seed):
+    return os.path.join(results_dir, task, f"seed{seed}.json")
+
+
+def slug(variant):
+    return variant.replace(" ", "_").replace("=", "_")
+
+
+def ablation_path(results_dir, task, variant, seed):
+    return os.path.join(results_dir, task, "ablation", f"{slug(variant)}_seed{seed}.json")
+
+
+SHARE, COUNT = Float(0.0, "[0, 1]"), Float(0.0, "[0, inf)")
+SCORES = dict(final_acc=SHARE, whole_acc=SHARE, nfe=COUNT)
+# what the report and `against` read of a seed's file; other fields are kept, not read
+SPEEDUPS = [field.split(".") for _, _, field in HEADLINE if "speedup" in field]  # ['compiled', 'speedup_...'] or one
+SEED_FILE = {
+    "task": Str(""), "seed": Int(0, SEED), "commit": Str(None), "threads?": THREADS, "num_eval": Int(1, "[1, inf)"),
+    "ar_seed": Int(0, SEED), "machine": {"cpu": Str(""), "cores": Int(1, "[1, inf)"), "torch": Str(""), "isa?": Str("")},
+    "teacher_steps": Each(SCORES, r"[1-9][0-9]*", at_least=1), "bench_settings": dict(chance=dict(final_acc=SHARE, whole_acc=SHARE)),
+    "bench_machine": dict(threads=Int(1, "[1, inf)")), "weights?": Each(Str("")),
+    "bench": Each({**SCORES, **{f"{f[0]}?": COUNT for f in SPEEDUPS if len(f) == 1},
+                   "compiled?": {f"{f[1]}?": COUNT for f in SPEEDUPS if len(f) == 2}})}
+ABLATION_FILE = dict(task=Str(""), variant=Str(""), seed=Int(0, SEED), iters=Int(1, "[1, inf)"),
+                     num_eval=Int(1, "[1, inf)"), **SCORES)
+
+
+class Results(NamedTuple):
+    seeds: list      # (path, record), by seed
+    ablation: list   # (path, record), by file name
+
+
+def read_results(task, results_dir):
+    """The files of results_dir/<task> that the layout names, each checked against its name and
+    its schema; a stray or duplicate file is one line naming it (the report would count it)."""
+    here = os.path.join(results_dir, task)
+    fix = f"restore it (git checkout) or move it out of {here}/: the report reads every file of its layout"
+    names = lambda d: sorted(n for n in (os.listdir(d) if os.path.isdir(d) else []) if n.endswith(".json"))
+    seeds = []
+    for name in (n for n in names(here) if n.startswith("seed")):
+        path, m = os.path.join(here, name), re.fullmatch(r"seed(0|[1-9][0-9]*)\.json", name)
+        if not m:
+            raise CDLMError(f"{path}: not a file of the results layout (seed<N>.json); {fix}")
+        r = check_fields(read_json(path, fix), SEED_FILE, path, fix)
+        if (r["task"], r["seed"]) != (task, int(m[1])):
+            raise CDLMError(f"{path}: holds {r['task']} seed {r['seed']}, not {task} seed {m[1]} as its place says; {fix}")
+        seeds.append((path, r))
+    ablation, seen = [], {}
+    for name in names(os.path.join(here, "ablation")):
+        path = os.path.join(here, "ablation", name)
+        r = check_fields(read_json(path, fix), ABLATION_FILE, path, fix)
+        if r["task"] != task or os.path.normpath(path) != os.path.normpath(ablation_path(results_dir, task, r["variant"], r["seed"])):
+            raise CDLMError(f"{path}: holds {r['task']} variant {r['variant']!r} seed {r['seed']}, whose file is "
+                            f"{ablation_path(results_dir, r['task'], r['variant'], r['seed'])}; {fix}")
+        if (r["variant"], r["seed"]) in seen:
+            raise CDLMError(f"{path}: variant {r['variant']!r} seed {r['seed']} again (also in "
+                            f"{seen[r['variant'], r['seed']]}); {fix}")
+        seen[r["variant"], r["seed"]] = path
+        ablation.append((path, r))
+    return Results(sorted(seeds, key=lambda pr: pr[1]["seed"]), ablation)
+
+
 def run_train(cfg):
-    """Train, or resume, or skip: a checkpoint made with these options is reused."""
+    """Train, or resume, or skip: a checkpoint made with these options is reused; else it says why not."""
     path = os.path.join(cfg["out_dir"], "ckpt.pt")
-    want, _, _ = train.check_config(cfg)
+    want, _, _ = train.check_config(cfg)  # data_dir as checkpoints store it (data.common.checkout_path)
     if os.path.isfile(path):
         have = read_checkpoint(path, mode=cfg["mode"])
         # an option newer than the checkpoint counts as its default (what the checkpoint was made with)
-        same = all(have["config"].get(k, train.config[k].default) == v for k, v in want.items()
-                   if k not in ("init_from", "max_iters"))
+        other = [f"{k}={have['config'].get(k, train.config[k].default)!r}" for k, v in want.items()
+                 if k != "init_from" and have["config"].get(k, train.config[k].default) != v]
         if cfg["mode"] == "cdlm":  # and distilled from the teacher that is there now
             teacher = read_checkpoint(os.path.join(cfg["teacher_dir"], "ckpt.pt"), mode="dlm", option="teacher_dir")
-            same = same and have["teacher_hash"] == teacher["weights_hash"]
+            other += ["another teacher"] * (have["teacher_hash"] != teacher["weights_hash"])
             # and on the trajectory sets there now (a checkpoint older than this record: taken as is)
-            same = same and have.get("trajectories", None) in (None, live_set_ids(cfg["traj_dirs"]))
-        if same and have["iter_num"] >= cfg["max_iters"] and have["config"]["max_iters"] == cfg["max_iters"]:
+            other += ["other trajectory sets"] * (have.get("trajectories", None) not in (None, live_set_ids(cfg["traj_dirs"])))
+        if not other and have["iter_num"] >= cfg["max_iters"]:
             print(f"{path}: done (iteration {have['iter_num']}), skipped")
             return
-        if same and have["config"]["max_iters"] == cfg["max_iters"]:
+        if not other:
             print(f"{path}: resuming at iteration {have['iter_num']}")
             cfg = {**cfg, "init_from": "resume"}
+        else:
+            print(f"{path}: made with {', '.join(other)}; trained again")
     train.train(cfg)
 
 
@@ -218,8 +287,8 @@ def pipeline(task, seed, num_eval, threads, results_dir, methods=tuple(bench.MET
     out = dict(task=task, seed=seed, commit=rep.get("commit"), machine=machine_info(), threads=threads,
                weights=rep["checkpoints"], num_eval=num_eval, ar_seed=AR_SEED, teacher_steps=steps,
                bench=rep["methods"], bench_settings=rep["settings"], bench_machine=rep["machine"])
-    path = os.path.join(results_dir, task, f"seed{seed}.json")
-    others = [{**read_json(p, ""), "path": p} for p in sorted(glob.glob(os.path.join(results_dir, task, "seed*.json")))]
+    path = seed_path(results_dir, task, seed)
+    others = [{**r, "path": p} for p, r in read_results(task, results_dir).seeds]
     if others:  # before this run replaces its seed's file (git diff shows what moved; git checkout restores it)
         print("\n" + against(out, others))
     atomic_write_json(path, out)
@@ -266,10 +335,9 @@ def ablate(cfg):
         run_jobs([common + [f"--variants={name}", f"--seeds={seed}"] for name, seed in todo], cfg["jobs"], "out/logs")
         return
     for name, seed in todo:
-        slug = name.replace(" ", "_").replace("=", "_")
         argv = [a.replace("TRAJS", every) for a in ABLATIONS[name]]
         tcfg = configure(train.config, t["student"] + argv + [f"--max_iters={cfg['ablate_iters']}", f"--seed={seed}",
-                                                              f"--out_dir=out/ablate/{task}/{slug}/seed{seed}",
+                                                              f"--out_dir=out/ablate/{task}/{slug(name)}/seed{seed}",
                                                               f"--threads={cfg['threads']}"])
         print(f"\n=== ablation {name}, seed {seed} ===", flush=True)
         commit = code_version()  # the code that trains this variant
@@ -278,7 +346,7 @@ def ablate(cfg):
         data_dir, meta = checkpoint_data(ckpt)
         with cpu_threads(cfg["threads"]):
             ev = sample.evaluate(model, meta, load_split(data_dir, "test", meta)[:cfg["num_eval"]], s)
-        atomic_write_json(os.path.join(cfg["results_dir"], task, "ablation", f"{slug}_seed{seed}.json"),
+        atomic_write_json(ablation_path(cfg["results_dir"], task, name, seed),
                           dict(task=task, variant=name, seed=seed, iters=cfg["ablate_iters"], num_eval=cfg["num_eval"],
                                commit=commit, machine=machine_info(), threads=cfg["threads"],
                                weights_hash=ckpt["weights_hash"],
@@ -295,7 +363,7 @@ def headline(run, source, field):
     """One figure of a results file, or None where that run did not measure it."""
     if source.startswith("steps:"):
         steps = run["teacher_steps"]
-        got = steps[max(steps, key=int) if source == "steps:block" else source[6:]]
+        got = steps.get(max(steps, key=int) if source == "steps:block" else source[6:])
     else:
         got = run["bench"].get(source, {})
     for key in field.split("."):  # 'compiled.speedup_latency_vs_dlm': the compiled timings' ratio
@@ -392,8 +460,8 @@ def export_reference(task, dest="ref"):
 
 def report(task, results_dir):
     """The README's tables, from the results files alone: headline figures over seeds, AR, ablation."""
-    runs = sorted((read_json(p, "") for p in glob.glob(os.path.join(results_dir, task, "seed*.json"))),
-                  key=lambda r: r["seed"])
+    files = read_results(task, results_dir)
+    runs = [r for _, r in files.seeds]
     lines = []
     if runs:
         r0 = runs[0]
@@ -419,7 +487,7 @@ def report(task, results_dir):
         if ar:
             lines += ["", f"AR baseline (trained once, seed {r0['ar_seed']}): final answer {100 * ar['final_acc']:.1f}%, "
                           f"whole answer {100 * ar['whole_acc']:.1f}%, {ar['nfe']:.1f} NFE"]
-    abl = [read_json(p, "") for p in sorted(glob.glob(os.path.join(results_dir, task, "ablation", "*.json")))]
+    abl = [r for _, r in files.ablation]
     if abl:
         by = {}
         for r in abl:
@@ -439,8 +507,17 @@ def main(argv):
     cfg = configure(config, argv)
     t0 = time.time()
     task, seeds = cfg["task"], cfg["seeds"]
+    if cfg["report"]:
+        refuse_unused(cfg, {k: "with --report: it prints the tables from the files in results_dir alone"
+                            for k in config if k not in ("task", "results_dir", "report")})
+    read_results(task, cfg["results_dir"])  # a stray or damaged file is refused before any work
     if not cfg["report"]:
         check_writable(os.path.join(cfg["results_dir"], task, "ablation" if cfg["ablate"] else ""), "option results_dir")
+        if cfg["stage"] == "all" and not cfg["ablate"]:  # the benches come last: their compiler is checked first
+            b = configure(bench.config, TASKS[task]["bench"])
+            if b["compile"] != "off":
+                check_compiler(pick_device(b["device"]), f"the benchmark's option compile={b['compile']!r} "
+                                                         f"(demo.py --stage=train runs every stage but the benches)")
         module = __import__(TASKS[task]["prepare"][0], fromlist=["prepare"])
         module.prepare(configure(module.config, TASKS[task]["prepare"][1]))  # before any job reads it
         if cfg["ablate"]:

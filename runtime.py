@@ -123,6 +123,7 @@ def setup_runtime(cfg):
 def wrap_model(model, compile, rt):
     """The model as training steps call it: compiled (--compile), and DDP-wrapped under torchrun."""
     if compile:
+        check_compiler(rt.device)
         model = torch.compile(model)
     if rt.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -318,6 +319,26 @@ def code_version(root=os.path.dirname(os.path.abspath(__file__))):
         return None
 
 
+def cpp_compiler():
+    """The C++ compiler torch.compile uses on a CPU, found as Inductor finds it ($CXX, else g++), or None."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    try:
+        return get_cpp_compiler()
+    except RuntimeError:  # Inductor's InvalidCxxCompiler
+        return None
+
+
+def check_compiler(device, what="option compile"):
+    """
+    torch.compile on a CPU writes C++ and builds it at the first call: without a compiler it would
+    fail there, after the eager work, in an Inductor traceback; so it is refused before any work.
+    On CUDA it writes Triton kernels, and Triton checks its own tools.
+    """
+    if torch.device(device).type == "cpu" and cpp_compiler() is None:
+        raise CDLMError(f"{what}: torch.compile on a CPU builds C++ and finds no working C++ compiler "
+                        "(g++, or the one $CXX names): install one, or run with compile off")
+
+
 def compile_function(fn, model):
     """
     fn (which runs model) under torch.compile, in the mode for model's device: on CUDA
@@ -340,6 +361,8 @@ def compiled(model, on=True):
     compiles its whole decoding step around such a model (sample.step_function). Compile time is
     spent at the first calls: time decoding after a warm-up (bench.py does).
     """
+    if on:
+        check_compiler(next(model.parameters()).device)
     return compile_function(model, model) if on else model
 
 

@@ -24,8 +24,8 @@ import torch
 
 from bench import DIR_OPTION, METHODS, decoded_tokens, load_models, needs, role_dirs, settings_of
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
-from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, get_tokenizer, load_split,
-                         task_module, whole_blocks)
+from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, encode_state,
+                         get_tokenizer, load_split, task_module, whole_blocks)
 from data.trajectories import FIELDS, load_trajectories
 from model import attention_mask, noise_answers, read_checkpoint
 from render import render_compare, replay_gif, replay_html, save_png, token_texts
@@ -287,9 +287,7 @@ def confidence_view(cfg, models, meta, tok):
                      f"(position {j}) is under threshold {threshold} for the teacher and above it for the student")
         upto = (j // bs + 1) * bs
     else:
-        given = [meta["mask_id"] if c == "_" else tok.encode(c)[0] for c in cfg["state"]]
-        if len(given) > L:
-            raise CDLMError(f"option state is longer than gen_len={L}")
+        given = encode_state(tok, cfg["state"], meta["mask_id"], L)
         state = torch.tensor([given + [meta["mask_id"]] * (L - len(given))], device=device)
         upto = whole_blocks(max(len(given), 1), bs)  # through the block the state ends in
     rows = {w: proposals(models[w][0], meta, prompt, state) for w in ("teacher", "student")}

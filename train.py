@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, refuse_unused, run_main
-from data.common import load_meta, load_split
+from data.common import checkout_path, load_meta, load_split
 from model import (ROLES, ModelConfig, Transformer, add_lora, ar_loss, block_of, diffusion_loss, merged_state_dict,
                    noise_answers, noise_block, noise_sequences, save_checkpoint, weights_hash)
 from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
@@ -414,12 +414,16 @@ def model_config(cfg, meta, init, teacher, device):
 def check_config(cfg):
     """Options that only make sense together, and every file the run reads, before any work."""
     cfg = check(config, cfg)
-    cfg["data_dir"] = os.path.abspath(cfg["data_dir"])  # checkpoints find their data from anywhere
+    cfg["data_dir"] = os.path.abspath(cfg["data_dir"])  # the checks below, from any working directory
     mode = cfg["mode"]
     if cfg["n_embd"] % cfg["n_head"]:
         raise CDLMError(f"option n_embd={cfg['n_embd']} is not a multiple of n_head={cfg['n_head']}")
     if cfg["min_lr"] > cfg["learning_rate"]:
         raise CDLMError(f"option min_lr={cfg['min_lr']} is above learning_rate={cfg['learning_rate']}")
+    if cfg["learning_rate"] * cfg["weight_decay"] >= 1:  # AdamW's decay: each weight times (1 - lr * wd) a step
+        raise CDLMError(f"option weight_decay={cfg['weight_decay']}: AdamW scales every weight by 1 - learning_rate * "
+                        f"weight_decay each step, here {1 - cfg['learning_rate'] * cfg['weight_decay']:.3g}: give less "
+                        f"than 1/learning_rate = {1 / cfg['learning_rate']:.3g}")
     if cfg["init_from"] == ("scratch" if mode == "cdlm" else "teacher"):
         raise CDLMError(f"option init_from={cfg['init_from']!r}: mode={mode!r} starts from "
                         f"{'the teacher' if mode == 'cdlm' else 'scratch'} (or resumes)")
@@ -442,6 +446,7 @@ def check_config(cfg):
                         f"{cfg['data_dir']} is not a multiple of it")
     data = {s: load_split(cfg["data_dir"], s, meta) for s in ("train", "val")}
     check_file_writable(os.path.join(cfg["out_dir"], "ckpt.pt"), "the checkpoint of option out_dir")
+    cfg["data_dir"] = checkout_path(cfg["data_dir"])  # as the checkpoint stores it
     return cfg, meta, data
 
 

@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from configurator import CDLMError
+from configurator import CDLMError, Str
 
 PAD, MASK, EOS = "<pad>", "<mask>", "<eos>"
 
@@ -175,6 +175,49 @@ def read_json(path, what):
         raise CDLMError(f"{path} is unreadable or corrupt ({type(e).__name__}: {e}); {what}") from None
 
 
+class Each(NamedTuple):
+    """In a schema (check_fields): an object of at least `at_least` keys, each matching the regex
+    `keys`, each value `value`."""
+    value: object
+    keys: str = r".+"
+    at_least: int = 0
+
+
+def check_fields(record, schema, path, fix, at=""):
+    """
+    A JSON record against a schema, or one line naming the file and the field: {field: spec} is an
+    object with those fields ('field?' where optional; other fields are allowed), Each(spec) an
+    object of any keys, and a configurator Option a value of its type and range (null only where
+    the option's default is None, as on a command line). Returns the record.
+    """
+    where = f"field {at}" if at else "the file"
+    if isinstance(schema, (dict, Each)):
+        if not isinstance(record, dict):
+            raise CDLMError(f"{path}: {where}: expected an object, got {short(record)}; {fix}")
+        items = (((k, schema.value) for k in record) if isinstance(schema, Each) else
+                 ((k.rstrip("?"), v) for k, v in schema.items() if not (k.endswith("?") and k[:-1] not in record)))
+        if isinstance(schema, Each) and len(record) < schema.at_least:
+            raise CDLMError(f"{path}: {where}: expected at least {schema.at_least} entry, got none; {fix}")
+        for key, spec in items:
+            name = f"{at}.{key}" if at else key
+            if isinstance(schema, Each) and not re.fullmatch(schema.keys, key):
+                raise CDLMError(f"{path}: field {name}: not a key of this record (expected {schema.keys}); {fix}")
+            if key not in record:
+                raise CDLMError(f"{path}: field {name} is missing; {fix}")
+            check_fields(record[key], spec, path, fix, name)
+        return record
+    if record is None and schema.default is None:
+        return record
+    value = schema.coerce(record) if not isinstance(record, str) or schema.kind == Str.kind else None
+    if value is None or not schema.valid(value):
+        raise CDLMError(f"{path}: {where}: expected {schema.describe()}, got {short(record)}; {fix}")
+    return record
+
+
+def short(value):
+    return "null" if value is None else "a list" if isinstance(value, list) else repr(value)[:60]
+
+
 def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     return check_meta(read_json(path, f"prepare the data first: python data/<task>/prepare.py --out_dir={data_dir}"),
@@ -231,12 +274,23 @@ def same_data(a, b):
     return data_fingerprint(a) == data_fingerprint(b)
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this copy of the repository
+
+
+def checkout_path(path):
+    """A data path as a checkpoint stores it: relative to this checkout where it lies inside it, so
+    a moved or copied checkout finds its own data (and demo.py reuses its stages); else absolute."""
+    a = os.path.abspath(path)
+    return os.path.relpath(a, CHECKOUT) if os.path.commonpath([a, CHECKOUT]) == CHECKOUT else a
+
+
 def checkpoint_data(ckpt, data_dir=None, what="the checkpoint"):
     """
-    The data directory a checkpoint was trained on (stored as an absolute path), or the override
-    data_dir, with its meta; refused unless it holds the very data the checkpoint was trained on.
+    The data directory a checkpoint was trained on (checkout_path: a relative one is under this
+    checkout), or the override data_dir, with its meta; refused unless it holds the very data the
+    checkpoint was trained on.
     """
-    d = data_dir or ckpt["config"]["data_dir"]
+    d = data_dir or os.path.join(CHECKOUT, ckpt["config"]["data_dir"])
     if not os.path.isfile(os.path.join(d, "meta.json")):
         raise CDLMError(f"the data {what} was trained on is not at {d} (moved?): give it with --data_dir")
     meta = load_meta(d)
@@ -277,6 +331,21 @@ def encode_prompt(tok, text, prompt_len):
     if len(ids) > prompt_len:
         raise CDLMError(f"prompt {text!r} has {len(ids)} tokens, more than prompt_len={prompt_len}")
     return ids + [tok.pad_id] * (prompt_len - len(ids))
+
+
+def encode_state(tok, text, mask_id, gen_len, option="state"):
+    """A partial answer written as text, '_' for each masked position, as token ids: each run of
+    text between masks through the data's own tokenizer (a BPE token may hold several characters).
+    The positions after it, up to gen_len, are masked too: not returned."""
+    ids = []
+    for k, run in enumerate(text.split("_")):
+        try:
+            ids += [mask_id] * (k > 0) + (tok.encode(run) if run else [])
+        except CDLMError as e:
+            raise CDLMError(f"option {option}={text!r}: {e}") from None
+    if len(ids) > gen_len:
+        raise CDLMError(f"option {option}={text!r} is {len(ids)} tokens, more than gen_len={gen_len}")
+    return ids
 
 
 def final_answer(text, marker="#"):

@@ -178,3 +178,135 @@ def test_a_full_disk_while_a_checkpoint_is_saved(tmp_path, data_dir, monkeypatch
     assert os.listdir(tmp_path / "other") == []
     monkeypatch.undo()
     read_checkpoint(f"{run}/ckpt.pt")  # the previous checkpoint is whole
+
+
+# -----------------------------------------------------------------------------
+# demo.py --report reads the files its layout names, each checked against its name and schema
+
+def test_the_report_reads_only_its_layout_each_file_checked(tmp_path):
+    import shutil
+
+    import demo
+    res = tmp_path / "results"
+    here = res / "arithmetic"
+    shutil.copytree(os.path.join(ROOT, "results/arithmetic"), here)
+    shutil.copytree(os.path.join(ROOT, "results/wordproblems"), res / "wordproblems")
+    good = demo.report("arithmetic", str(res))
+    assert "3 seed(s) [2, 3, 1337]" in good  # rerun/, profile and rounds files are no part of the layout
+    report = lambda *a: refused(demo.main, ["--report", f"--results_dir={res}", *a], *words)
+
+    def edited(path, change, *words_):
+        nonlocal words
+        before, words = file_bytes(path), words_
+        d = json.loads(before)
+        change(d)
+        path.write_text(json.dumps(d))
+        report()
+        path.write_bytes(before)
+    words = ()
+    seed2, abl = here / "seed2.json", here / "ablation" / "default_seed2.json"
+    edited(seed2, lambda d: d.pop("num_eval"), "seed2.json", "num_eval is missing")
+    edited(seed2, lambda d: d.update(num_eval="500"), "seed2.json", "num_eval", "'500'")
+    edited(seed2, lambda d: d.update(bench=[]), "seed2.json", "field bench", "a list")
+    edited(seed2, lambda d: d["teacher_steps"]["2"].update(final_acc=None), "teacher_steps.2.final_acc", "null")
+    edited(seed2, lambda d: d.update(num_eval=0), "seed2.json", "num_eval", "got 0")
+    edited(seed2, lambda d: d.update(machine={}), "seed2.json", "machine.cpu is missing")
+    edited(abl, lambda d: d.pop("variant"), "default_seed2.json", "variant is missing")
+    edited(seed2, lambda d: d.update(seed=3), "seed2.json", "seed 3")
+    for stray, src in (("seed1337_backup.json", here / "seed1337.json"), ("seed4.json", res / "wordproblems/seed2.json"),
+                       ("seed02.json", seed2), ("ablation/default_seed2_old.json", abl)):
+        shutil.copy(src, here / stray)
+        words = (stray.split("/")[-1],)
+        report()
+        os.remove(here / stray)
+    words = ("has no effect with --report",)
+    for option in ("--seeds=1,2", "--jobs=1", "--num_eval=100", "--ablate"):
+        report(option)
+    assert demo.report("arithmetic", str(res)) == good
+
+
+# -----------------------------------------------------------------------------
+# torch.compile on a CPU needs a C++ compiler: checked before any work
+
+def test_no_cpp_compiler_is_refused_before_any_work(tmp_path, data_dir, teacher_dir, monkeypatch):
+    import runtime
+    import sample
+    env = {**os.environ, "PATH": str(tmp_path), "OMP_NUM_THREADS": "1"}  # no cc, gcc, g++ on it
+    p = subprocess.run([sys.executable, "sample.py", f"--out_dir={teacher_dir}", "--prompt=5:+3*7=", "--compile"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no working C++ compiler" in p.stderr, p.stderr
+    monkeypatch.setattr(runtime, "cpp_compiler", lambda: None)
+    refused(sample.main, [f"--out_dir={teacher_dir}", "--eval", "--compile"], "option compile", "C++ compiler")
+    refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={tmp_path}/b.json"],
+            "option compile", "C++ compiler")  # compiled by default: refused before its eager work
+    assert not os.path.exists(f"{tmp_path}/b.json")
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path}/t", "--device=cpu", "--compile"],
+            "option compile", "C++ compiler")
+    assert not os.path.exists(f"{tmp_path}/t/ckpt.pt")
+    sample.main([f"--out_dir={teacher_dir}", "--prompt=5:+3*7="])  # eager needs none
+
+
+# -----------------------------------------------------------------------------
+# a moved or copied checkout reuses its finished stages (data paths stored relative to the checkout)
+
+def test_a_moved_checkout_reuses_its_stages(tmp_path, data_dir, monkeypatch, capsys):
+    import shutil
+
+    import data.common
+    import demo
+    from conftest import TINY_COLLECT, TINY_MODEL
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(data_dir, a / "data" / "arithmetic")
+    teacher = {**TINY_MODEL, "mode": "dlm", "data_dir": "data/arithmetic", "out_dir": "out/teacher", "max_iters": 10}
+    traj = {**TINY_COLLECT, "teacher_dir": "out/teacher", "out_dir": "out/trajectories", "n_examples": 16}
+
+    def stages(root, **over):
+        monkeypatch.setattr(data.common, "CHECKOUT", str(root))
+        monkeypatch.chdir(root)
+        demo.run_train(demo.configure(train.config, [f"--{k}={v}" for k, v in {**teacher, **over}.items()]))
+        collect.collect(demo.configure(collect.config, [f"--{k}={v}" for k, v in traj.items()]))
+        return capsys.readouterr().out
+    stages(a)
+    assert read_checkpoint(str(a / "out/teacher/ckpt.pt"))["config"]["data_dir"] == "data/arithmetic"
+    shutil.copytree(a, b)
+    shutil.rmtree(a)  # moved, not copied: the old place is gone
+    out = stages(b)
+    assert "out/teacher/ckpt.pt: done (iteration 10), skipped" in out and "nothing to do" in out, out
+    out = stages(b, learning_rate=2e-3)  # and where a stage reruns, it says why
+    assert "out/teacher/ckpt.pt: made with learning_rate=0.001; trained again" in out, out
+
+
+# -----------------------------------------------------------------------------
+# option messages that name the right option and say what is true
+
+def test_option_messages_name_the_right_option(tmp_path, data_dir, capsys):
+    from configurator import configure
+    from data.common import encode_state, get_tokenizer
+    from data.wordproblems import prepare as wp
+    # a state is encoded with the data's own tokenizer: a BPE token holds several characters
+    meta = read_checkpoint(os.path.join(ROOT, "ref/wordproblems/teacher/ckpt.pt"))["data_meta"]
+    tok, mask = get_tokenizer(meta), meta["mask_id"]
+    assert encode_state(tok, "-5=2 /2=_", mask, 32) == tok.encode("-5=2 /2=") + [mask]
+    assert len(tok.encode(" /2")) < len(" /2")
+    refused(show.main, ["--view=confidence", f"--checkpoints={ROOT}/ref/arithmetic", "--state=+3>8,x"],
+            "option state='+3>8,x'", "'x'")
+    refused(show.main, ["--view=confidence", f"--checkpoints={ROOT}/ref/arithmetic", "--state=" + "1" * 49],
+            "option state=", "49 tokens", "gen_len=48")
+    # weight decay too large for the learning rate is blamed on weight_decay
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path}/t", "--device=cpu", "--weight_decay=1e308"],
+            "option weight_decay=1e+308", "1/learning_rate")
+    # the BPE's size and sample: refused where they cannot work, not written silently or failed later
+    small = [f"--out_dir={tmp_path}/wp", "--n_train=100", "--n_val=8", "--n_test=8"]
+    refused(wp.main, small + ["--vocab_size=1"], "option vocab_size=1", "give at least")
+    refused(wp.main, small + ["--bpe_sample=1"], "option bpe_sample=1", "raise it")
+    assert not os.path.exists(f"{tmp_path}/wp/meta.json")
+    # a preset's own settings are not options given for nothing (the bench preset names every folder)
+    preset = os.path.join(ROOT, "config/wordproblems_bench.py")
+    bench.check_options(configure(bench.config, [preset, "--methods=cdlm"]), ["cdlm"])
+    refused(bench.main, [preset, "--methods=cdlm", "--teacher_dir=out/wp_teacher"], "option teacher_dir", "no effect")
+    # prepare.py says what it did: nothing, or wrote
+    capsys.readouterr()
+    arith.main([f"--out_dir={tmp_path}/a", "--n_train=100", "--n_val=8", "--n_test=8"])
+    arith.main([f"--out_dir={tmp_path}/a", "--n_train=100", "--n_val=8", "--n_test=8"])
+    first, second = capsys.readouterr().out.split("example:")[:2]
+    assert "wrote" in first and "nothing to do" in second.split("\n", 1)[1] and "wrote" not in second

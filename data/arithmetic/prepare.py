@@ -113,8 +113,11 @@ def _prepare(cfg):
         seen |= used
         splits[split] = rows
     prompt_len, gen_len = lengths(cfg["max_ops"], cfg["block_size"])  # every row alike, whatever was drawn
-    return write_task(cfg["out_dir"], "arithmetic", splits, CharTokenizer(CHARS), dict(tokenizer="char", chars=CHARS),
+    meta = write_task(cfg["out_dir"], "arithmetic", splits, CharTokenizer(CHARS), dict(tokenizer="char", chars=CHARS),
                       cfg, prompt_len, gen_len)
+    print(f"wrote {meta['splits']} to {cfg['out_dir']}: prompt_len={meta['prompt_len']} "
+          f"gen_len={meta['gen_len']} vocab={meta['vocab_size']}")
+    return meta
 
 
 def infill_probes(tok, meta, prompts, answers):
@@ -155,8 +158,6 @@ def main(argv):
     tok = CharTokenizer(meta["chars"])
     example = np.fromfile(os.path.join(cfg["out_dir"], "train.bin"), dtype=np.uint8,
                           count=meta["prompt_len"] + meta["gen_len"])
-    print(f"wrote {meta['splits']} to {cfg['out_dir']}: prompt_len={meta['prompt_len']} "
-          f"gen_len={meta['gen_len']} vocab={meta['vocab_size']}")
     print("example:", tok.decode(example[:meta["prompt_len"]]), "->",
           tok.decode(example[meta["prompt_len"]:]))
 

@@ -136,6 +136,20 @@ def prepare(cfg):
         return _prepare(cfg)
 
 
+def check_bpe(cfg, alphabet, splits):
+    """The BPE starts from the characters of its sample: it cannot be smaller than them, and it
+    cannot encode a problem with a character its sample lacks."""
+    if cfg["vocab_size"] < len(alphabet):
+        raise CDLMError(f"option vocab_size={cfg['vocab_size']}: the BPE starts from the {len(alphabet)} characters of "
+                        f"its sample (the first {min(cfg['bpe_sample'], cfg['n_train'])} training problems) and merges up from there; give at least "
+                        f"{len(alphabet)}")
+    missing = sorted({c for rows in splits.values() for pa in rows for t in pa for c in t} - set(alphabet))
+    if missing:
+        raise CDLMError(f"option bpe_sample={cfg['bpe_sample']}: the BPE's sample lacks the character(s) "
+                        f"{''.join(missing)!r} that other problems use, and it encodes only the characters of its "
+                        f"sample; raise it")
+
+
 def _prepare(cfg):
     meta = prepared(cfg["out_dir"], cfg)
     if meta is not None:
@@ -147,6 +161,7 @@ def _prepare(cfg):
         sample = [t for pa in splits["train"][:cfg["bpe_sample"]] for t in pa]
         ranks = train_bpe(sample, cfg["vocab_size"])
         alphabet = "".join(sorted({c for t in sample for c in t}))  # exactly the bytes the BPE has
+        check_bpe(cfg, alphabet, splits)
         tok_meta = dict(tokenizer="bpe", bpe=dict(pattern=BPE_PATTERN, alphabet=alphabet,
                                                   ranks=[b.hex() for b in ranks]))
         tok = bpe_tokenizer(tok_meta["bpe"])
