@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import demo
+import results
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_demo_over_seeds_and_resume(tiny_task, capsys):
     assert "| teacher, 1 token/step: final answer |" in out and "seed 1 | seed 2 |" in out
     assert {json.load(open(f"results/arithmetic/seed{s}.json"))["seed"] for s in (1, 2)} == {1, 2}
     assert os.path.isfile("out/ar/ckpt.pt") and not os.path.exists("out/seed1/ar")  # one AR, at AR_SEED
-    assert demo.report("arithmetic", "results") in out  # the table comes from the files alone
+    assert results.report("arithmetic", "results", demo.ABLATIONS) in out  # the table comes from the files alone
     # a second run of a seed is placed against the files already there, before replacing its own
     demo.main(["--jobs=1", "--num_eval=16", "--seeds=1"])
     out = capsys.readouterr().out
@@ -122,22 +123,22 @@ def test_a_run_outside_the_committed_range_says_by_how_much():
     def run(acc, nfe, seed=7, threads=1, torch="2.13.0+cpu"):
         return dict(seed=seed, threads=threads, machine=dict(torch=torch), bench={},
                     teacher_steps={k: dict(final_acc=acc, whole_acc=acc, nfe=nfe) for k in "128"})
-    text = demo.against(run(0.90, 48.0), [run(0.95, 48.0, 1), run(0.97, 48.0, 2)])
+    text = results.against(run(0.90, 48.0), [run(0.95, 48.0, 1), run(0.97, 48.0, 2)])
     assert "teacher, 1 token/step: final answer: 90.0%, range 95.0%-97.0%: outside, by 5.0%" in text
     assert "teacher, 2 tokens/step: whole answer: 90.0%" in text and "speedup" not in text  # unmeasured: not listed
-    assert demo.against(run(0.96, 48.0), [run(0.95, 48.0, 1), run(0.97, 48.0, 2)]).count(": inside") == 6
+    assert results.against(run(0.96, 48.0), [run(0.95, 48.0, 1), run(0.97, 48.0, 2)]).count(": inside") == 6
     # the same seed is compared figure by figure; runs trained at another thread count or torch are not compared
-    text = demo.against(run(0.96, 48.0), [run(0.95, 48.0, 7), run(0.97, 48.0, 2, threads=2),
+    text = results.against(run(0.96, 48.0), [run(0.95, 48.0, 7), run(0.97, 48.0, 2, threads=2),
                                           run(0.97, 48.0, 3, torch="2.4.0")])
     assert "seed 2: not compared, trained at 2 thread(s), this run at 1" in text
     assert "seed 3: not compared, trained on torch 2.4.0, this run on 2.13.0+cpu" in text
     assert "against the 1 committed result file(s) trained like it" in text
     assert "96.0%, range 95.0%-95.0%: outside, by 1.0%, committed seed 7: 95.0%" in text
-    assert "nothing to compare" in demo.against(run(0.96, 48.0), [run(0.95, 48.0, 1, threads=2)])
+    assert "nothing to compare" in results.against(run(0.96, 48.0), [run(0.95, 48.0, 1, threads=2)])
     mine, avx512 = run(0.96, 48.0), run(0.95, 48.0, 1)  # the CPU's kernels: another rounding, another run
     mine["machine"]["isa"], avx512["machine"]["isa"] = "AVX2", "AVX512"
-    assert "seed 1: not compared, trained with AVX512 CPU kernels, this run with AVX2" in demo.against(mine, [avx512])
-    assert "seed 1: its CPU instruction set is not recorded" in demo.against(mine, [run(0.95, 48.0, 1)])
+    assert "seed 1: not compared, trained with AVX512 CPU kernels, this run with AVX2" in results.against(mine, [avx512])
+    assert "seed 1: its CPU instruction set is not recorded" in results.against(mine, [run(0.95, 48.0, 1)])
 
 
 def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, capsys, monkeypatch):

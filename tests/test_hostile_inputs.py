@@ -187,11 +187,12 @@ def test_the_report_reads_only_its_layout_each_file_checked(tmp_path):
     import shutil
 
     import demo
+    import results
     res = tmp_path / "results"
     here = res / "arithmetic"
     shutil.copytree(os.path.join(ROOT, "results/arithmetic"), here)
     shutil.copytree(os.path.join(ROOT, "results/wordproblems"), res / "wordproblems")
-    good = demo.report("arithmetic", str(res))
+    good = results.report("arithmetic", str(res), demo.ABLATIONS)
     assert "3 seed(s) [2, 3, 1337]" in good  # rerun/, profile and rounds files are no part of the layout
     report = lambda *a: refused(demo.main, ["--report", f"--results_dir={res}", *a], *words)
 
@@ -222,7 +223,7 @@ def test_the_report_reads_only_its_layout_each_file_checked(tmp_path):
     words = ("has no effect with --report",)
     for option in ("--seeds=1,2", "--jobs=1", "--num_eval=100", "--ablate"):
         report(option)
-    assert demo.report("arithmetic", str(res)) == good
+    assert results.report("arithmetic", str(res), demo.ABLATIONS) == good
 
 
 # -----------------------------------------------------------------------------

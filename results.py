@@ -1,0 +1,201 @@
+"""
+The results files and their tables: where `demo.py` writes each run's figures (one small JSON per
+seed, one per ablation student, under results/<task>/), what each holds (checked on every read),
+and what is printed from them: RESULTS.md's tables (`python demo.py --report`) and a new run
+placed against the committed ones (`against`).
+"""
+import math
+import os
+import re
+import statistics
+from typing import NamedTuple
+
+from configurator import SEED, CDLMError, Float, Int, Str
+from data.common import METRICS, Each, check_fields, read_json
+from runtime import THREADS
+
+# the headline figures: (label, method or teacher steps, field); accuracies are shares, both metrics
+# (teacher_steps' keys are tokens per step; 'block' is the largest, one step per block, whatever the block size)
+HEADLINE = [(f"teacher, {what}: {m.split('_')[0]} answer", f"steps:{k}", m)
+            for k, what in (("1", "1 token/step"), ("2", "2 tokens/step"), ("block", "one step per block"))
+            for m in METRICS] + \
+           [(f"student (cdlm): {m.split('_')[0]} answer", "cdlm", m) for m in METRICS] + \
+           [("student NFE", "cdlm", "nfe"), ("teacher NFE (dlm)", "dlm", "nfe")] + \
+           [(f"cdlm vs {b}: {w}{', compiled' * c}", "cdlm", "compiled." * c + f"speedup_{w}_vs_{b}")
+            for c in (False, True) for b in ("dlm", "dlm_stop") for w in ("latency", "throughput")]
+
+
+# the results layout: results_dir/<task>/seed<N>.json, one per seed (pipeline), and
+# results_dir/<task>/ablation/<variant>_seed<N>.json, one per ablation student and seed (ablate).
+# Nothing else there is read; a file named like one of these that is not one is refused.
+
+def seed_path(results_dir, task, seed):
+    return os.path.join(results_dir, task, f"seed{seed}.json")
+
+
+def slug(variant):
+    return variant.replace(" ", "_").replace("=", "_")
+
+
+def ablation_path(results_dir, task, variant, seed):
+    return os.path.join(results_dir, task, "ablation", f"{slug(variant)}_seed{seed}.json")
+
+
+SHARE, COUNT = Float(0.0, "[0, 1]"), Float(0.0, "[0, inf)")
+SCORES = dict(final_acc=SHARE, whole_acc=SHARE, nfe=COUNT)
+# what the report and `against` read of a seed's file; other fields are kept, not read
+SPEEDUPS = [field.split(".") for _, _, field in HEADLINE if "speedup" in field]  # ['compiled', 'speedup_...'] or one
+SEED_FILE = {
+    "task": Str(""), "seed": Int(0, SEED), "commit": Str(None), "threads?": THREADS, "num_eval": Int(1, "[1, inf)"),
+    "ar_seed": Int(0, SEED), "machine": {"cpu": Str(""), "cores": Int(1, "[1, inf)"), "torch": Str(""), "isa?": Str("")},
+    "teacher_steps": Each(SCORES, r"[1-9][0-9]*", at_least=1), "bench_settings": dict(chance=dict(final_acc=SHARE, whole_acc=SHARE)),
+    "bench_machine": dict(threads=Int(1, "[1, inf)")), "weights?": Each(Str("")),
+    "bench": Each({**SCORES, **{f"{f[0]}?": COUNT for f in SPEEDUPS if len(f) == 1},
+                   "compiled?": {f"{f[1]}?": COUNT for f in SPEEDUPS if len(f) == 2}})}
+ABLATION_FILE = dict(task=Str(""), variant=Str(""), seed=Int(0, SEED), iters=Int(1, "[1, inf)"),
+                     num_eval=Int(1, "[1, inf)"), **SCORES)
+
+
+class Results(NamedTuple):
+    seeds: list      # (path, record), by seed
+    ablation: list   # (path, record), by file name
+
+
+def read_results(task, results_dir):
+    """The files of results_dir/<task> that the layout names, each checked against its name and
+    its schema; a stray or duplicate file is one line naming it (the report would count it)."""
+    here = os.path.join(results_dir, task)
+    fix = f"restore it (git checkout) or move it out of {here}/: the report reads every file of its layout"
+    names = lambda d: sorted(n for n in (os.listdir(d) if os.path.isdir(d) else []) if n.endswith(".json"))
+    seeds = []
+    for name in (n for n in names(here) if n.startswith("seed")):
+        path, m = os.path.join(here, name), re.fullmatch(r"seed(0|[1-9][0-9]*)\.json", name)
+        if not m:
+            raise CDLMError(f"{path}: not a file of the results layout (seed<N>.json); {fix}")
+        r = check_fields(read_json(path, fix), SEED_FILE, path, fix)
+        if (r["task"], r["seed"]) != (task, int(m[1])):
+            raise CDLMError(f"{path}: holds {r['task']} seed {r['seed']}, not {task} seed {m[1]} as its place says; {fix}")
+        seeds.append((path, r))
+    ablation, seen = [], {}
+    for name in names(os.path.join(here, "ablation")):
+        path = os.path.join(here, "ablation", name)
+        r = check_fields(read_json(path, fix), ABLATION_FILE, path, fix)
+        if r["task"] != task or os.path.normpath(path) != os.path.normpath(ablation_path(results_dir, task, r["variant"], r["seed"])):
+            raise CDLMError(f"{path}: holds {r['task']} variant {r['variant']!r} seed {r['seed']}, whose file is "
+                            f"{ablation_path(results_dir, r['task'], r['variant'], r['seed'])}; {fix}")
+        if (r["variant"], r["seed"]) in seen:
+            raise CDLMError(f"{path}: variant {r['variant']!r} seed {r['seed']} again (also in "
+                            f"{seen[r['variant'], r['seed']]}); {fix}")
+        seen[r["variant"], r["seed"]] = path
+        ablation.append((path, r))
+    return Results(sorted(seeds, key=lambda pr: pr[1]["seed"]), ablation)
+
+
+def spread(xs, unit, digits=1):
+    """mean, and min-max over seeds when there are several."""
+    f = lambda x: f"{x:.{digits}f}{unit}"
+    return f(statistics.mean(xs)) + (f" ({f(min(xs))}-{f(max(xs))})" if len(xs) > 1 else "")
+
+
+def headline(run, source, field):
+    """One figure of a results file, or None where that run did not measure it."""
+    if source.startswith("steps:"):
+        steps = run["teacher_steps"]
+        got = steps.get(max(steps, key=int) if source == "steps:block" else source[6:])
+    else:
+        got = run["bench"].get(source, {})
+    for key in field.split("."):  # 'compiled.speedup_latency_vs_dlm': the compiled timings' ratio
+        got = got.get(key) if isinstance(got, dict) else None
+    return got
+
+
+def comparable(run, other):
+    """Why a committed run's figures cannot be compared with this one's, or None: training at
+    another thread count or on another torch is another run (runtime.cpu_threads)."""
+    if other.get("threads") != run["threads"]:
+        return f"trained at {other.get('threads')} thread(s), this run at {run['threads']}"
+    if other["machine"]["torch"] != run["machine"]["torch"]:
+        return f"trained on torch {other['machine']['torch']}, this run on {run['machine']['torch']}"
+    isa = other["machine"].get("isa"), run["machine"].get("isa")
+    if None not in isa and isa[0] != isa[1]:  # another CPU kernel rounds otherwise: another run
+        return f"trained with {isa[0]} CPU kernels, this run with {isa[1]}"
+    return None
+
+
+def against(run, others):
+    """Your run's headline figures against the range of the committed results files (RESULTS.md's
+    tables) trained like it: each inside or outside the seeds' min-max, and equal where it is
+    the same seed. Timing ratios move with the machine."""
+    reasons = [(o, comparable(run, o)) for o in others]
+    lines = [f"{o.get('path', 'seed %d' % o['seed'])}: not compared, {why}" for o, why in reasons if why]
+    others = [o for o, why in reasons if not why]
+    same = next((o for o in others if o["seed"] == run["seed"]), None)
+    lines += [f"{o.get('path', 'seed %d' % o['seed'])}: its CPU instruction set is not recorded; a run on another "
+              f"(AVX2 against AVX512) is another run, whatever the thread count" for o in others
+              if "isa" not in o["machine"]]
+    if not others:
+        return "\n".join(lines + ["no committed result file was trained like this run: nothing to compare"])
+    lines.append(f"your seed {run['seed']} against the {len(others)} committed result file(s) trained like it "
+                 f"(RESULTS.md's ranges{'; =: equal to the committed seed ' + str(run['seed']) if same else ''}):")
+    for label, source, field in HEADLINE:
+        xs = [headline(r, source, field) for r in others]
+        mine = headline(run, source, field)
+        if mine is None or not xs or None in xs:
+            continue
+        scale, unit = (100, "%") if field in METRICS else (1, "x" if "speedup" in field else "")
+        lo, hi = min(xs), max(xs)
+        where = "inside" if lo <= mine <= hi else f"outside, by {scale * min(abs(mine - lo), abs(mine - hi)):.1f}{unit}"
+        if same is not None and "speedup" not in field:  # accuracies and passes reproduce; timings do not
+            where += ", =" if headline(same, source, field) == mine else f", committed seed {run['seed']}: " \
+                     f"{scale * headline(same, source, field):.1f}{unit}"
+        lines.append(f"  {label}: {scale * mine:.1f}{unit}, range {scale * lo:.1f}{unit}-{scale * hi:.1f}{unit}: {where}")
+    for role, h in (same or {}).get("weights", {}).items():
+        mine = run["weights"].get(role)
+        lines.append(f"  {role}'s weights: {mine}, committed {h}: {'=' if mine == h else 'another run'}")
+    return "\n".join(lines)
+
+
+def report(task, results_dir, variants=()):
+    """RESULTS.md's tables, from the results files alone: headline figures over seeds, AR, and the
+    ablation (its rows in the order of `variants`, then any other)."""
+    files = read_results(task, results_dir)
+    runs = [r for _, r in files.seeds]
+    lines = []
+    if runs:
+        r0 = runs[0]
+        n, chance = r0["num_eval"], r0["bench_settings"]["chance"]
+        at = lambda r: f"{r['threads']} thread(s)" if r.get("threads") else "an unrecorded thread count"
+        trained = "trained at " + (at(r0) if len({at(r) for r in runs}) == 1 else
+                                   ", ".join(f"{at(r)} (seed {r['seed']})" for r in runs))
+        lines += [f"{task}: {len(runs)} seed(s) {[r['seed'] for r in runs]}, {n} test problems; {trained}; accuracy on "
+                  f"{r0['machine']['cpu']} ({r0['machine']['cores']} cores), timings at {r0['bench_machine']['threads']} "
+                  f"threads, torch {r0['machine']['torch']}; commits {', '.join(sorted({str(r['commit']) for r in runs}))}",
+                  f"a guess scores {100 * chance['final_acc']:.1f}% (final answer) and {100 * chance['whole_acc']:.1f}% "
+                  f"(whole answer); at n={n} one standard error is {100 * math.sqrt(0.5 * 0.5 / n):.1f} points at 50%, "
+                  f"{100 * math.sqrt(0.9 * 0.1 / n):.1f} at 90%, {100 * math.sqrt(0.99 * 0.01 / n):.2f} at 99%", "",
+                  "| | mean (min-max) |" + "".join(f" seed {r['seed']} |" for r in runs), "|---|---|" + "---|" * len(runs)]
+        for label, source, field in HEADLINE:
+            if any(headline(r, source, field) is None for r in runs):
+                continue
+            pct = field in METRICS
+            xs = [(100 if pct else 1) * headline(r, source, field) for r in runs]
+            unit = "%" if pct else "x" if "speedup" in field else ""
+            lines.append(f"| {label} | {spread(xs, unit)} |" + "".join(f" {x:.1f}{unit} |" for x in xs))
+        ar = next((r["bench"]["ar"] for r in runs if "ar" in r["bench"]), None)
+        if ar:
+            lines += ["", f"AR baseline (trained once, seed {r0['ar_seed']}): final answer {100 * ar['final_acc']:.1f}%, "
+                          f"whole answer {100 * ar['whole_acc']:.1f}%, {ar['nfe']:.1f} NFE"]
+    abl = [r for _, r in files.ablation]
+    if abl:
+        by = {}
+        for r in abl:
+            by.setdefault(r["variant"], []).append(r)
+        lines += ["", f"ablation: students of {abl[0]['iters']} iterations, {abl[0]['num_eval']} test problems, "
+                      f"seeds {sorted({r['seed'] for r in abl})}", "",
+                  "| student | final answer | whole answer | NFE | seeds |", "|---|---|---|---|---|"]
+        for name in [v for v in variants if v in by] + [v for v in by if v not in variants]:
+            rs = by[name]
+            lines.append(f"| {name} | {spread([100 * r['final_acc'] for r in rs], '%')} | "
+                         f"{spread([100 * r['whole_acc'] for r in rs], '%')} | {spread([r['nfe'] for r in rs], '', 2)} | "
+                         f"{len(rs)} |")
+    return "\n".join(lines) if lines else f"no results for {task} in {results_dir}/ yet"
