@@ -36,7 +36,7 @@ from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configur
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
-from results import ablation_path, against, read_results, report, seed_path, slug
+from results import ablation_path, against, read_results, report, seed_path, slug, table
 from runtime import THREADS, check_compiler, check_writable, code_version, cpu_threads, machine_info, pick_device
 
 # every task's defaults: arithmetic's presets (a bench needs none)
@@ -170,7 +170,7 @@ def run_bench(cfg):
         got = read_json(cfg["out_path"], "")
         if got.get("config") == cfg and got.get("checkpoints") == bench.checkpoint_hashes(cfg):
             print(f"{cfg['out_path']}: done, skipped")
-            print(bench.table(got))
+            print(table(got))
             return got
     return bench.run(cfg)
 

@@ -1,8 +1,9 @@
 """
-The results files and their tables: where `demo.py` writes each run's figures (one small JSON per
-seed, one per ablation student, under results/<task>/), what each holds (checked on every read),
-and what is printed from them: RESULTS.md's tables (`python demo.py --report`) and a new run
-placed against the committed ones (`against`).
+The results files and their tables: bench.py's tables of one report (`table`; `bench.py --table`
+prints a stored one), where `demo.py` writes each run's figures (one small JSON per seed, one per
+ablation student, under results/<task>/), what each holds (checked on every read), and what is
+printed from them: RESULTS.md's tables (`python demo.py --report`) and a new run placed against the
+committed ones (`against`).
 """
 import math
 import os
@@ -199,3 +200,78 @@ def report(task, results_dir, variants=()):
                          f"{spread([100 * r['whole_acc'] for r in rs], '%')} | {spread([r['nfe'] for r in rs], '', 2)} | "
                          f"{len(rs)} |")
     return "\n".join(lines) if lines else f"no results for {task} in {results_dir}/ yet"
+
+
+# -----------------------------------------------------------------------------
+# one bench report
+
+def stored_report(path):
+    """A bench report read back for table(): bench.py's own file, or the bench part of demo.py's seed file."""
+    r = read_json(path, "option table")
+    if isinstance(r, dict) and "bench" in r:
+        r = dict(methods=r["bench"], settings=r.get("bench_settings"), machine=r.get("bench_machine"))
+    if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine"))):
+        raise CDLMError(f"option table={path!r}: not a bench report (no methods, settings and machine)")
+    return r
+
+
+def table(report):
+    m, s = report["machine"], report["settings"]
+    where = f"{m['device']}" + (f" ({m['gpu']})" if m.get("gpu") else "") + f", {m['dtype']}, torch {m['torch']}"
+    vs = lambda r, base: (f"{r[f'speedup_latency_vs_{base}']:.1f}x / {r[f'speedup_throughput_vs_{base}']:.1f}x"
+                          if f"speedup_latency_vs_{base}" in r else "-")
+    lines = [f"{s['num_eval']} {s['split']} problems of {s['data_dir']} on {where}; measured peaks "
+             f"{m['peak_gflops']:.0f} GFLOP/s, {m['peak_gb_s']:.1f} GB/s; a guess (the most frequent answer) "
+             f"scores {100 * s['chance']['final_acc']:.1f}% on the final answer, "
+             f"{100 * s['chance']['whole_acc']:.1f}% on the whole", "",
+             "| method | final answer | whole answer | NFE | tokens/step | latency (ms, batch 1) | throughput (tok/s, batch "
+             f"{s['batch_size']}) | vs dlm (latency / throughput) | vs dlm_stop |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["methods"].items():
+        differ = next((f" ({100 * v:.1f}% differ)" for k, v in r.items() if k.startswith("differs_from_")), "")
+        lines.append(f"| {name} | {100 * r['final_acc']:.1f}% | {100 * r['whole_acc']:.1f}%{differ} | {r['nfe']:.1f} | {r['tokens_per_step']:.2f} | "
+                     f"{r['latency_ms']:.1f} | {r['throughput_tok_s']:,.0f} | {vs(r, 'dlm')} | {vs(r, 'dlm_stop')} |")
+    if any("compiled" in r for r in report["methods"].values()):
+        lines += ["", "| under torch.compile | latency (ms, batch 1) | throughput (tok/s) | vs dlm (latency / throughput) "
+                      "| vs dlm_stop | first calls (s, compile included) | answers that differ from eager |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in report["methods"].items():
+            c = r.get("compiled")
+            if c:
+                lines.append(f"| {name} | {c['latency_ms']:.1f} | {c['throughput_tok_s']:,.0f} | {vs(c, 'dlm')} | "
+                             f"{vs(c, 'dlm_stop')} | {c['compile_s']:.1f} | {100 * c['differs_from_eager']:.1f}% |")
+    if any("fastest" in r for r in report["methods"].values()):
+        lines += ["", "| each on its faster path | latency (ms, batch 1) | throughput (tok/s) | vs dlm (latency / throughput) "
+                      "| vs dlm_stop |", "|---|---|---|---|---|"]
+        for name, r in report["methods"].items():
+            f = r["fastest"]
+            lines.append(f"| {name} | {f['latency_ms']:.1f} {f['latency_path']} | {f['throughput_tok_s']:,.0f} "
+                         f"{f['throughput_path']} | {vs(f, 'dlm')} | {vs(f, 'dlm_stop')} |")
+        slower = [f"{name} compiled is slower than eager at {what} ({c[key]:,.{d}f} against {r[key]:,.{d}f} {unit})"
+                  for name, r in report["methods"].items() if "fastest" in r for c in [r["compiled"]]
+                  for what, key, worse, d, unit in (("batch 1", "latency_ms", 1, 1, "ms"),
+                                                    (f"batch {s['batch_size']}", "throughput_tok_s", -1, 0, "tok/s"))
+                  if worse * (c[key] - r[key]) > 0]
+        if slower:
+            lines += ["", "note: " + "; ".join(slower) + ". The faster-path table uses the faster one for each."]
+    lines += ["", "| method | MFLOP per token | KB moved per token | FLOP/byte | achieved GFLOP/s | % of peak |",
+              "|---|---|---|---|---|---|"]
+    for name, r in report["methods"].items():
+        lines.append(f"| {name} | {r['flops_per_token'] / 1e6:.2f} | {r['bytes_per_token'] / 1e3:.0f} | "
+                     f"{r['arithmetic_intensity']:.1f} | {r['achieved_gflops']:.2f} | "
+                     f"{100 * r['achieved_gflops'] / m['peak_gflops']:.1f}% |")
+    for name, pts in report.get("sweep", {}).items():
+        key = "block_size" if name.endswith("block_size") else "threshold"
+        lines += ["", f"| {name}: {key} | " + " | ".join(str(p[key]) for p in pts) + " |", "|---|" + "---|" * len(pts)]
+        for field, f in (("final_acc", lambda v: f"{100 * v:.1f}%"), ("whole_acc", lambda v: f"{100 * v:.1f}%"),
+                         ("nfe", "{:.1f}".format),
+                         ("latency_ms", "{:.1f}".format)):
+            lines.append(f"| {field.replace('_ms', ' (ms, batch 1)')} | " + " | ".join(f(p[field]) for p in pts) + " |")
+    if "profile" in report:
+        names = list(report["profile"])
+        lines += ["", "| where a decode's time goes (batch 1) | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for key in report["profile"][names[0]]:
+            lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(f"{report['profile'][n][key]:.2f}"
+                                                                      for n in names) + " |")
+    return "\n".join(lines)

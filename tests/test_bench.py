@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import bench
+import results
 from bench import METHODS, answer_tokens, decoded_tokens, ratios, run, timed_rounds, timings
 
 
@@ -50,12 +51,12 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
     assert prof["model_ms_per_answer"] > 0 and prof["ms_per_answer"] > 0 and prof["aten_ops_per_step"] > 10
     assert prof["passes_per_answer"] == pytest.approx(m["cdlm"]["nfe"], rel=0.5)
     # --table prints the stored report's tables again, from the file alone, and runs nothing
-    assert run({"table": str(out)}) is None and capsys.readouterr().out.strip() == bench.table(saved)
+    assert run({"table": str(out)}) is None and capsys.readouterr().out.strip() == results.table(saved)
     seed_file = tmp_path / "seed1.json"  # demo.py's seed file keeps the bench's parts under its own names
     seed_file.write_text(json.dumps(dict(bench=saved["methods"], bench_settings=saved["settings"],
                                          bench_machine=saved["machine"])))
     run({"table": str(seed_file)})
-    assert capsys.readouterr().out.strip() == bench.table({k: saved[k] for k in ("methods", "settings", "machine")})
+    assert capsys.readouterr().out.strip() == results.table({k: saved[k] for k in ("methods", "settings", "machine")})
 
 
 def test_table_refuses_what_is_not_a_bench_report(tmp_path):
@@ -94,11 +95,11 @@ def test_each_method_on_its_faster_path():
     assert f["speedup_latency_vs_dlm"] == 8.0 and f["speedup_throughput_vs_dlm"] == 22.0  # dlm eager, not compiled
     assert f["speedup_latency_vs_dlm_stop"] == 6.0
     assert bench.fastest(got, "dlm")["latency_path"] == "eager"
-    report = bench.stored_report("results/arithmetic/seed1337.json")
+    report = results.stored_report("results/arithmetic/seed1337.json")
     for r in report["methods"].values():
         r["fastest"] = dict(r, latency_path="eager", throughput_path="eager")
     report["methods"]["dlm"]["compiled"]["latency_ms"] = 200.0  # eager: 168.8
-    text = bench.table(report)
+    text = results.table(report)
     assert "| dlm | 168.8 eager | 479 eager |" in text
     assert "note: dlm compiled is slower than eager at batch 1 (200.0 against 168.8 ms); " in text
     assert "dlm_prefix_cache compiled is slower than eager at batch 64 (3,884 against 4,015 tok/s)" in text
