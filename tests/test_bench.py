@@ -103,6 +103,9 @@ def test_each_method_on_its_faster_path():
     assert "| dlm | 168.8 eager | 479 eager |" in text
     assert "note: dlm compiled is slower than eager at batch 1 (200.0 against 168.8 ms); " in text
     assert "dlm_prefix_cache compiled is slower than eager at batch 64 (3,884 against 4,015 tok/s)" in text
+    assert "The faster-path table takes the faster one for each." in text
+    plain = results.table(results.stored_report("results/arithmetic/seed1337.json"))  # no faster-path figures stored
+    assert "| each on its faster path |" not in plain and "The compiled ratios above take it as it is." in plain
 
 
 def test_speedups_are_ratios_within_rounds():
