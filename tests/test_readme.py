@@ -114,3 +114,18 @@ def test_the_pages_speak_of_the_method_not_the_project():
 def test_history_and_commit_checks_can_fail():
     assert re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,12}\b", "code at e68ae22.")
     assert not re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,12}\b", "weights b738b9382880c1f7")
+
+
+def test_the_results_in_brief_are_the_reports():
+    """Every mean (min-max) of the README's summary table is one of `demo.py --report`'s, for its task."""
+    import results
+    from demo import ABLATIONS
+    text = open(os.path.join(ROOT, "README.md")).read()
+    brief = text[text.index("**Results in brief**"):text.index("Contents:")]
+    figures = re.findall(r"\d+\.\dx? \(\d+\.\dx?-\d+\.\dx?\)|\d+\.\d% \(\d+\.\d%-\d+\.\d%\)", brief)
+    reports = {task: results.report(task, os.path.join(ROOT, "results"), ABLATIONS) for task in ("arithmetic", "wordproblems")}
+    assert len(figures) >= 8
+    for line in brief.splitlines():
+        for f in re.findall(r"\d+\.\dx? \(\d+\.\dx?-\d+\.\dx?\)|\d+\.\d% \(\d+\.\d%-\d+\.\d%\)", line):
+            task = "wordproblems" if "word problems" in line else "arithmetic"
+            assert f"| {f} |" in reports[task], (task, f)
