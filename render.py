@@ -87,54 +87,99 @@ def pass_cells(frame, cache, gen_len):
     return ("c" if lo < 0 else cached), answer
 
 
+# Every symbol of the replay, one definition for the page's legend, the GIF's and the tests:
+# a cell's text and outline, then where its keys and values came from (pass_cells' codes).
+CELL_KEY = {  # (CSS class, sample text, meaning)
+    "masked": ("m", "_", "masked"),
+    "eos": ("", ".", "EOS (the answer has ended)"),
+    "new": ("n", "7", "finalized at this step"),
+    "block": ("b", " ", "block boundary"),
+    "prompt": ("p", "prompt", "the prompt, one cell"),
+}
+WHERE_KEY = {
+    "c": ("", "7", "computed in this pass"),
+    "k": ("k", "7", "read from the exact cache"),
+    "a": ("a", "7", "read from an approximate cache"),
+    "-": ("x", "_", "not in the pass (a later block, hidden by the mask)"),
+}
+PASS_NOTE = ("nfe: forward passes so far;{ms} pass over n of T: the positions this pass "
+             "computes, the rest read from a cache or not in the pass. An exact cache computes the block being "
+             "decoded and, at its first step, the block before it (final now, its keys and values not yet "
+             "cached): AR's blocks are one token, so its passes cover 2 positions.")
+SCALE = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # the confidence scale's marks (the thresholds join them)
+
+
+def shade(conf):
+    """A finalized token's colour (r, g, b in 0..1) by its confidence: hue on a log scale in 1 - conf,
+    0.5 red, 0.9 yellow, 0.99 and above green (most values lie near 1)."""
+    import colorsys
+    import math
+    hue = 120 * min(1.0, max(0.0, math.log10(0.5 / max(1 - conf, 1e-9)) / math.log10(50)))
+    return colorsys.hls_to_rgb(hue / 360, 0.78, 0.75)
+
+
+def hex_colour(rgb):
+    return "#" + "".join(f"{round(255 * v):02x}" for v in rgb)
+
+
+def thresholds_of(runs):
+    """The thresholds the runs decode with (their settings), each marked on the confidence scale."""
+    return sorted({r["threshold"] for r in runs if r.get("threshold") is not None})
+
+
+def legend_html(thresholds):
+    """The page's legend: every cell symbol, where keys and values came from, the confidence scale
+    with each threshold outlined, and what the right-hand column counts."""
+    sw = lambda cls, text, style="": f'<span class="c {cls}"{style}>{html.escape(text)}</span>'
+    cells = " ".join(sw(c, t) + m for c, t, m in CELL_KEY.values())
+    where = " ".join(sw(c, t) + m for c, t, m in WHERE_KEY.values())
+    marks = " ".join(sw("s" + (" thr" if v in thresholds else ""), f"{v:g}", f' style="background:{hex_colour(shade(v))}"')
+                     for v in sorted(set(SCALE) | set(thresholds)))
+    thr = (f" outlined: the threshold {', '.join(f'{v:g}' for v in thresholds)} (from the settings); a threshold "
+           f"method finalizes every token at or above it") if thresholds else ""
+    return (f'<div class="legend"><b>cells</b> {cells}<br><b>keys and values</b> {where}<br>'
+            f'<b>confidence when finalized</b> {marks}{html.escape(thr)}<br>'
+            f'<span class="note">{html.escape(PASS_NOTE.format(ms=" ms: time so far (warm);"))}</span></div>')
+
+
 REPLAY = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CDLM decoding replay</title>
 <style>
-body{font-family:system-ui,sans-serif;margin:24px;color:#222} h1{font-size:18px} .prompt{font-family:monospace;font-size:15px}
-table{border-collapse:collapse;margin-top:12px} td{padding:0 0 6px 0} #controls{margin:12px 0} .about{font-size:12px;color:#666}
-td.ans{white-space:nowrap} td.name{font-family:monospace;padding-right:12px;white-space:nowrap;font-size:13px}
-td.info{font-family:monospace;font-size:12px;padding-left:12px;white-space:nowrap;color:#555}
-span.c{display:inline-block;box-sizing:border-box;height:26px;line-height:22px;text-align:center;font-family:monospace;
-font-size:13px;border-left:2px solid #e4e4e4;white-space:pre;vertical-align:top}
+body{font-family:system-ui,sans-serif;margin:8px 14px;color:#222;font-size:12px} h1{font-size:15px;margin:0;display:inline}
+.prompt{font-family:monospace;font-size:15px} #controls{margin:0 0 2px} .hint{color:#666}
+.legend{line-height:23px} .legend b{margin-right:2px} .legend span.c{margin:0 3px 0 9px;min-width:18px;height:20px;line-height:18px}
+.legend .note{display:inline-block;line-height:14px;color:#555;margin:1px 0 3px}
+.legend span.s{width:38px;margin:0 1px;font-size:11px} .legend span.thr{outline:2px solid #222;outline-offset:-2px;font-weight:bold}
+table{border-collapse:collapse;margin-top:2px;width:100%} td{padding:0 0 3px 0;vertical-align:middle}
+td.name{font-family:monospace;font-size:13px;padding-right:10px;white-space:nowrap;width:1%}
+td.ans{white-space:nowrap;width:1%} td.info{font-family:monospace;font-size:11px;line-height:12px;padding-left:10px;color:#555}
+span.c{display:inline-block;box-sizing:border-box;height:24px;line-height:20px;text-align:center;font-family:monospace;
+font-size:13px;border-left:2px solid #e4e4e4;white-space:pre;vertical-align:middle}
 span.b{border-left-color:#333} span.m{color:#aaa} span.n{outline:2px solid #d33;outline-offset:-2px;font-weight:bold}
-span.k{box-shadow:inset 0 -6px 0 #2b6cb0} span.a{box-shadow:inset 0 -6px 0 #e69500}
+span.k{box-shadow:inset 0 -5px 0 #2b6cb0} span.a{box-shadow:inset 0 -5px 0 #e69500}
 span.x{background:repeating-linear-gradient(45deg,#eee 0 3px,#fff 3px 6px);color:#bbb} span.p{padding:0 6px}
-.legend{font-size:13px;line-height:30px} .legend span.c{margin-right:4px;min-width:22px}
-#scale{display:inline-block;vertical-align:middle;margin-left:6px}
-#scale span{display:inline-block;width:44px;height:18px;font-size:11px;text-align:center;line-height:18px;font-family:monospace}
+#about{columns:2;column-gap:24px;font-size:11px;line-height:14px;color:#555;margin-top:2px} #about div{break-inside:avoid}
 </style></head><body>
-<h1>Decoding one prompt with every method</h1>
-<div class="prompt">prompt: PROMPT</div>
-<div id="controls"><button id="play">play</button>
-<input id="t" type="range" min="1" max="1" value="1" style="width:420px"> step <span id="tv">1</span> / <span id="tmax">1</span>
-&nbsp; <span class="about">(also replay.html#step=N)</span></div>
-<div class="legend"><span class="c m">_</span>masked &nbsp; <span class="c n">7</span>finalized at this step &nbsp;
-<span class="c b">&nbsp;</span>block boundary<br>
-keys and values at this step: <span class="c">7</span>computed in this pass &nbsp;
-<span class="c k">7</span>read from the exact cache &nbsp; <span class="c a">7</span>read from an approximate cache &nbsp;
-<span class="c x">_</span>not in the pass<br>
-confidence when finalized: <span id="scale"></span></div>
+<div id="controls"><h1>Decoding <span class="prompt">PROMPT</span> with every method</h1> &nbsp; <button id="play">play</button>
+<input id="t" type="range" min="1" max="1" value="1" style="width:300px"> step <span id="tv">1</span> / <span id="tmax">1</span>
+&nbsp; <span class="hint">(a step: one forward pass of each method; #step=N in the URL)</span></div>
+LEGEND
 <table id="grid"></table>
 <div id="about"></div>
 <script>
 const RUNS = DATA;
 const WIDTH = WIDTHS, T = SEQ_LEN;  // characters per answer column, the same in every row; seq_len
+const SHADE = SHADES, WHERE = WHERE_CLASSES;  // confidence (3 decimals) -> colour; pass_cells' code -> class
 const grid = document.getElementById("grid"), slider = document.getElementById("t");
 slider.max = Math.max(...RUNS.map(r => r.frames.length)); document.getElementById("tmax").textContent = slider.max;
-// log scale in 1 - confidence: 0.5 red, 0.9 orange, 0.99 and above green (most values lie near 1)
-function shade(c) { const h = 120 * Math.min(1, Math.max(0, Math.log10(0.5 / Math.max(1 - c, 1e-9)) / Math.log10(50)));
-                    return "hsl(" + h.toFixed(0) + ",75%,78%)"; }
-for (const c of [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]) {
-  const s = document.createElement("span"); s.style.background = shade(c); s.textContent = c;
-  document.getElementById("scale").appendChild(s);
-}
 function cell(text, cls, width, title, conf) {
   const s = document.createElement("span");
   s.className = "c " + cls; s.textContent = text; if (title) s.title = title;
   if (width) s.style.width = "calc(" + width + "ch + 6px)";
-  if (conf !== null) s.style.background = shade(conf);
+  if (conf !== null) s.style.background = SHADE[conf.toFixed(3)];
   return s;
 }
+function line(text) { const d = document.createElement("div"); d.textContent = text; return d; }
 function draw() {
   const t = +slider.value; document.getElementById("tv").textContent = t; grid.innerHTML = "";
   for (const r of RUNS) {
@@ -142,20 +187,21 @@ function draw() {
     const row = grid.insertRow(), name = row.insertCell(), ans = row.insertCell(), info = row.insertCell();
     name.className = "name"; name.textContent = r.name; name.title = r.about; info.className = "info"; ans.className = "ans";
     const where = done ? "c" : f.where_prompt;
-    ans.appendChild(cell("prompt", "p " + (where === "c" ? "" : where), null,
+    ans.appendChild(cell("prompt", "p " + WHERE[where], null,
                          where === "c" ? "prompt: computed in this pass" : "prompt: read from the cache", null));
     const text = done ? r.answer_text : f.text, fresh = [];
     text.forEach((tx, j) => {
       const w = done ? "c" : f.where[j];
       let cls = (j % r.block_size === 0 && r.block_size > 1 ? "b " : "") + (!done && f.tokens[j] === MASK ? "m " : "");
       if (f.picked[j] && !done) { cls += "n "; fresh.push("'" + tx + "'@" + j + " " + f.conf[j].toFixed(3)); }
-      if (w !== "c") cls += (w === "-" ? "x " : w + " ");
+      cls += WHERE[w];
       let conf = null;
       for (let k = 0; k <= i; k++) if (r.frames[k].picked[j]) conf = r.frames[k].conf[j];
       ans.appendChild(cell(tx, cls, WIDTH[j], conf === null ? "masked" : "confidence " + conf, conf));
     });
-    info.textContent = done ? "done: nfe " + f.nfe : "nfe " + f.nfe + ", " + f.ms.toFixed(1) + " ms warm, pass over "
-                       + (f.hi - f.lo) + " of " + T + " positions" + (fresh.length ? "; new: " + fresh.join(", ") : "");
+    info.appendChild(line(done ? "done: nfe " + f.nfe : "nfe " + f.nfe + ", " + f.ms.toFixed(1) + " ms, pass over "
+                                 + (f.hi - f.lo) + " of " + T));
+    if (fresh.length) info.appendChild(line("new: " + fresh.join(", ")));
   }
 }
 function fromHash() { const m = location.hash.match(/step=(\\d+)/); if (m) { slider.value = m[1]; draw(); } }
@@ -168,7 +214,8 @@ document.getElementById("play").onclick = () => {
   timer = setInterval(() => { if (+slider.value >= +slider.max) { clearInterval(timer); timer = null; return; }
                                slider.value = +slider.value + 1; draw(); }, 250);
 };
-document.getElementById("about").innerHTML = RUNS.map(r => "<div class='about'><b>" + r.name + "</b>: " + r.about + "</div>").join("");
+document.getElementById("about").replaceChildren(...RUNS.map(r => {
+  const d = line(": " + r.about), b = document.createElement("b"); b.textContent = r.name; d.prepend(b); return d; }));
 draw(); fromHash();
 </script></body></html>
 """
@@ -186,64 +233,147 @@ def replay_html(runs, tok, meta, prompt):
         data.append({**r, "frames": frames, "answer_text": token_texts(tok, meta, r["answer"])})
     widths = [max(len(t) for d in data for t in [d["answer_text"][j]] + [f["text"][j] for f in d["frames"]])
               for j in range(L)]
+    shades = {f"{c:.3f}": hex_colour(shade(c)) for r in runs for f in r["frames"] for c in f["conf"] if c is not None}
     return (REPLAY.replace("PROMPT", html.escape(prompt)).replace("MASK", str(meta["mask_id"]))
             .replace("SEQ_LEN", str(meta["prompt_len"] + L)).replace("WIDTHS", json.dumps(widths))
+            .replace("LEGEND", legend_html(thresholds_of(runs))).replace("SHADES", json.dumps(shades))
+            .replace("WHERE_CLASSES", json.dumps({code: cls for code, (cls, _, _) in WHERE_KEY.items()}))
             .replace("DATA", json.dumps(data).replace("</", "<\\/")))
 
 
+
 def replay_gif(runs, tok, meta, prompt, ms_per_step=600):
-    """The replay as an animated GIF (a page that cannot run the HTML one shows this): one frame per
-    step, the same cells, the cache as a band under each cell (blue exact, orange approximate)."""
+    """The replay as an animated GIF (for a page that cannot run the HTML one): one frame per step,
+    drawn as the page draws it (block boundaries, confidence, the step's new tokens, where keys and
+    values came from, the prompt cell) under the same legend; times left out. Laid out in pixels,
+    each row's tokens written as three monospace strings (plain, masked, new): fast to draw."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.collections import LineCollection, PatchCollection
         from PIL import Image  # matplotlib's own dependency
     except ImportError:
         raise CDLMError("option gif: drawing needs matplotlib (pip install matplotlib)") from None
     import io
-    L = meta["gen_len"]
+    import textwrap
+    L, T = meta["gen_len"], meta["prompt_len"] + meta["gen_len"]
+    FS, probe = 8, plt.figure(dpi=100)  # a character's advance in px at FS points, measured (hinting rounds it)
+    CH = probe.text(0, 0, "0" * 100, fontsize=FS, family="monospace").get_window_extent(probe.canvas.get_renderer()).width / 100
+    plt.close(probe)
     texts = {r["name"]: [token_texts(tok, meta, f["tokens"]) for f in r["frames"]] + [token_texts(tok, meta, r["answer"])]
              for r in runs}
-    width = [max(1, max(len(t[j]) for ts in texts.values() for t in ts)) * 0.62 + 0.5 for j in range(L)]
-    x0 = [sum(width[:j]) for j in range(L)]
+    chars = [max(len(t[j]) for ts in texts.values() for t in ts) + 1 for j in range(L)]  # a column's width, in characters
+    x_prompt = 8 + CH * (max(len(r["name"]) for r in runs) + 2)
+    x0 = [x_prompt + CH * (8 + sum(chars[:j])) for j in range(L)]  # the prompt cell: 7 characters and a gap
+    x_info = x0[-1] + CH * chars[-1] + 10
+    W, thresholds = int(x_info + 26 * CH), thresholds_of(runs)
     band = {"k": "#2b6cb0", "a": "#e69500"}
-    steps, images = max(len(r["frames"]) for r in runs), []
-    left = max(len(r["name"]) for r in runs) * 0.75 + 1  # the names' column, in cell units
-    for t in range(steps + 1):
-        fig, ax = plt.subplots(figsize=(0.12 * (left + sum(width) + 4), 0.9 + 0.36 * len(runs)), dpi=100)
-        ax.set_xlim(-left, sum(width) + 4)
-        ax.set_ylim(len(runs) + 0.3, -1.2)
-        ax.text(-left, len(runs) + 0.05, "red: finalized at this step; band under a cell: its keys and values read from the "
-                "exact cache (blue) or an approximate one (orange); _ masked, . EOS", fontsize=7, color="#555")
+    write = lambda ax, x, y, s, size=FS, **kw: ax.text(x, y, s, va="center", fontsize=size, family="monospace", **kw)
+
+    def box(pen, x, y, w, where="c", conf=None, new=False, boundary=False):  # a cell's shapes; its text apart
+        if where == "-" and conf is None:
+            pen["hatch"].append(plt.Rectangle((x, y), w, 22))
+        else:
+            pen["fill"].append((plt.Rectangle((x, y), w, 22), hex_colour(shade(conf)) if conf is not None else "white"))
+        pen["line"].append(([(x + 1, y), (x + 1, y + 22)], "#333" if boundary else "#e4e4e4"))
+        if where in band:
+            pen["band"].append((plt.Rectangle((x, y + 17), w, 5), band[where]))
+        if new:
+            pen["new"].append(plt.Rectangle((x + 1.5, y + 1), w - 2.5, 20))
+
+    def ink(ax, pen):  # every shape of a frame as five collections, in drawing order
+        for z, (key, kw) in enumerate((("fill", dict(lw=0)), ("hatch", dict(facecolor="white", edgecolor="#ccc",
+                                       hatch="/////", lw=0)), ("line", dict(lw=1.5)), ("band", dict(lw=0)),
+                                       ("new", dict(facecolor="none", edgecolor="#d33", lw=1.5)))):
+            items = pen[key]
+            if key == "line":
+                ax.add_collection(LineCollection([s for s, _ in items], colors=[c for _, c in items], zorder=z, **kw))
+            elif key in ("fill", "band"):
+                ax.add_collection(PatchCollection([p for p, _ in items], facecolors=[c for _, c in items], zorder=z, **kw))
+            else:
+                ax.add_collection(PatchCollection(items, zorder=z, **kw))
+
+    def legend(ax, pen, y):  # the page's legend: each line's items flowed, wrapped at the frame's width
+        lines = [("cells:", [(m, s, dict(new=k == "new", boundary=k == "block"), "#aaa" if k == "masked" else "#222")
+                             for k, (_, s, m) in CELL_KEY.items()]),
+                 ("keys and values:", [(m, s, dict(where=c), "#bbb" if c == "-" else "#222")
+                                       for c, (_, s, m) in WHERE_KEY.items()]),
+                 ("confidence when finalized:", [("", f"{v:g}", dict(conf=v, new=v in thresholds), "#222")
+                                                 for v in sorted(set(SCALE) | set(thresholds))]
+                  + ([(f"red outline: the threshold {', '.join(f'{v:g}' for v in thresholds)} (from the settings)",
+                       None, None, None)] if thresholds else []))]
+        for head, items in lines:
+            write(ax, 8, y + 11, head, FS * 0.9, color="#333", weight="bold")
+            start = x = 8 + len(head) * CH * 0.9 + 10
+            for label, sample, kw, colour in items:
+                w = 0 if sample is None else max(len(sample) * CH + 8, 22 if label else 38)
+                if x + w + len(label) * CH * 0.9 > W - 8:
+                    x, y = start, y + 26
+                if sample is not None:
+                    box(pen, x, y, w, **kw)
+                    write(ax, x + w / 2, y + 10, sample, ha="center", color=colour)
+                write(ax, x + w + 3, y + 11, label, FS * 0.9, color="#333")
+                x += w + (len(label) * CH * 0.9 + 14 if label else 1)
+            y += 26
+        for line in textwrap.wrap(PASS_NOTE.format(ms=""), int((W - 16) / (CH * 0.85))):
+            write(ax, 8, y + 6, line, FS * 0.85, color="#555")
+            y += 13
+        return y + 4
+
+    def frame(t, H):
+        fig = plt.figure(figsize=(W / 100, H / 100), dpi=100)
+        ax = fig.add_axes([0, 0, 1, 1])
+        ax.set_xlim(0, W)
+        ax.set_ylim(H, 0)
         ax.axis("off")
-        ax.text(-left, -0.9, f"{prompt}    step {min(t + 1, steps)} / {steps}", fontsize=9, family="monospace")
-        for y, r in enumerate(runs):
-            done = t >= len(r["frames"])
+        pen = dict(fill=[], hatch=[], line=[], band=[], new=[])
+        write(ax, 8, 14, f"decoding {prompt} with every method    step {min(t + 1, steps)} / {steps}", FS + 2,
+              weight="bold")
+        for i, r in enumerate(runs):
+            y, done = 32 + 28 * i, t >= len(r["frames"])
             f = r["frames"][min(t, len(r["frames"]) - 1)]
-            where = ["c"] * L if done else pass_cells(f, r["cache"], L)[1]
-            ax.text(-left, y, r["name"], va="center", fontsize=8, family="monospace")
+            where_prompt, where = ("c", ["c"] * L) if done else pass_cells(f, r["cache"], L)
+            write(ax, 8, y + 11, r["name"])
+            box(pen, x_prompt, y, 7 * CH, where=where_prompt)
+            write(ax, x_prompt + CH / 2, y + 10, "prompt")
+            cells = []
             for j, text in enumerate(texts[r["name"]][min(t, len(r["frames"]))]):
+                conf = next((g["conf"][j] for g in r["frames"][:t + 1] if g["picked"][j]), None)
                 new = f["picked"][j] and not done
-                ax.add_patch(plt.Rectangle((x0[j], y - 0.4), width[j], 0.8, facecolor="#fde2e2" if new else "white",
-                                           edgecolor="#d33" if new else "#ddd", lw=1.2 if new else 0.5))
-                if where[j] in band:
-                    ax.add_patch(plt.Rectangle((x0[j], y + 0.28), width[j], 0.12, color=band[where[j]], lw=0))
-                ax.text(x0[j] + width[j] / 2, y, text, ha="center", va="center", fontsize=8, family="monospace",
-                        color="#aaa" if text == "_" else "#222", weight="bold" if new else "normal")
-            ax.text(sum(width) + 0.2, y, " done" if done else f" nfe {f['nfe']}", va="center", fontsize=8)
+                box(pen, x0[j], y, CH * chars[j], where[j], conf, new, j % r["block_size"] == 0 and r["block_size"] > 1)
+                cells.append((text.center(chars[j] - 1) + " ", "new" if new else "grey" if text == "_" and not done else ""))
+            for style, kw in (("", {}), ("grey", dict(color="#999")), ("new", dict(weight="bold"))):
+                line = "".join(c if s == style else " " * len(c) for c, s in cells)
+                if line.strip():
+                    write(ax, x0[0] + CH / 2, y + 10, line, zorder=6, **kw)
+            write(ax, x_info, y + 11, f"done: nfe {f['nfe']}" if done else f"nfe {f['nfe']}, pass over "
+                  f"{f['hi'] - f['lo']} of {T}", FS * 0.9, color="#555")
+        bottom = legend(ax, pen, 32 + 28 * len(runs) + 4)
+        ink(ax, pen)
         fig.canvas.draw()
-        images.append(Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()).convert("RGB"))
+        image = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()).convert("RGB")
         plt.close(fig)
+        return image, bottom
+
+    steps = max(len(r["frames"]) for r in runs)
+    H = int(frame(0, 2000)[1])  # the first frame measures the legend's height
+    images = [frame(t, H)[0] for t in range(steps + 1)]
+    sample = Image.new("RGB", (W, 3 * H))  # one palette for every frame, from the first, a middle and the last
+    for k, im in enumerate((images[0], images[steps // 2], images[-1])):
+        sample.paste(im, (0, k * H))
+    palette = sample.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+    frames = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
     buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_step, loop=0)
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=ms_per_step, loop=0,
+                   optimize=True)
     return buf.getvalue()
 
 
-def save_png(path, panels, rows=None, cols=None, xlabel=None, ylabel=None, texts=None):
+def save_png(path, panels, rows=None, cols=None, xlabel=None, ylabel=None, texts=None, cell=0.28, ncol=4):
     """panels: [(title, 2-D array of cell codes, {code: (colour, label)})] side by side, as a PNG, with
-    one legend for all of them below; rows and cols label the cells, texts (one 2-D array per panel,
-    or None) are written on them."""
+    one legend for all of them below (ncol columns); rows and cols label the cells (cell: their side in
+    inches), texts (one 2-D array per panel, or None) are written on them."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -253,15 +383,16 @@ def save_png(path, panels, rows=None, cols=None, xlabel=None, ylabel=None, texts
     except ImportError:
         raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)") from None
     import textwrap
-    width = max(len(g[0]) for _, g, _ in panels) * 0.28 + 1.2
-    height = max(len(g) for _, g, _ in panels) * 0.28 + 2.8
+    width = max(len(g[0]) for _, g, _ in panels) * cell + 1.2
+    wrap = lambda title, grid: textwrap.wrap(title, max(28, int(len(grid[0]) * cell * 11.4)))
+    height = max(len(g) for _, g, _ in panels) * cell + 2.6 + 0.2 * max(len(wrap(t, g)) for t, g, _ in panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + (1.4 if rows else 0), height), squeeze=False)
     legend = {}
     for k, (ax, (title, grid, key)) in enumerate(zip(axes[0], panels)):
         codes = sorted({c for row in grid for c in row})
         ax.imshow([[codes.index(c) for c in row] for row in grid], cmap=ListedColormap([key[c][0] for c in codes]),
                   vmin=0, vmax=max(1, len(codes) - 1))
-        ax.set_title("\n".join(textwrap.wrap(title, max(28, int(len(grid[0]) * 3.2)))), fontsize=9)
+        ax.set_title("\n".join(wrap(title, grid)), fontsize=9)
         ax.set_xticks(range(len(cols)) if cols else [], cols or [], fontsize=7)
         ax.set_yticks(range(len(rows)) if rows else [], rows or [], fontsize=7)
         ax.set_xlabel(xlabel or "", fontsize=8)
@@ -274,9 +405,9 @@ def save_png(path, panels, rows=None, cols=None, xlabel=None, ylabel=None, texts
         for i, row in enumerate((texts or [None] * len(panels))[k] or []):
             for j, t in enumerate(row):
                 ax.text(j, i, t, ha="center", va="center", fontsize=7, family="monospace")
-        legend.update({key[c][1]: key[c][0] for c in codes})
+        legend.update({key[c][1]: key[c][0] for c in codes if key[c][1]})  # "": not in the legend (a gap)
     handles = [Line2D([], [], ls="", marker="s", ms=9, color=colour, markeredgecolor="#777", label=label)
                for label, colour in legend.items()]  # an edge, so a white swatch shows on the white page
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
-    save_figure(fig, path, dpi=130, rect=(0, 0.08 + 0.04 * ((len(handles) - 1) // 4), 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=min(ncol, len(handles)), fontsize=8, frameon=False)
+    save_figure(fig, path, dpi=130, rect=(0, 0.08 + 0.04 * ((len(handles) - 1) // ncol), 1, 1))
     print(f"wrote {path}")

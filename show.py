@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ def trace(model, meta, prompt, settings):
 
 
 def compare(cfg, models, meta, tok):
-    """Every method on one prompt: a list of dict(name, about, block_size, cache, frames, answer)."""
+    """Every method on one prompt: a list of dict(name, about, block_size, cache, threshold, frames, answer)."""
     device = next(iter(models.values()))[0].lm_head.weight.device
     prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], meta["prompt_len"])], device=device)
     runs = []
@@ -93,7 +94,7 @@ def compare(cfg, models, meta, tok):
         trace(model, meta, prompt, s)  # untimed (compiles, under --compile): the replay shows warm passes
         frames, answer = trace(model, meta, prompt, s)
         runs.append(dict(name=name, about=METHODS[name].about, block_size=s.block_size, cache=s.cache,
-                         frames=frames, answer=answer))
+                         threshold=s.threshold if s.rule == "threshold" else None, frames=frames, answer=answer))
     return runs
 
 
@@ -102,17 +103,25 @@ def compare(cfg, models, meta, tok):
 
 def mask_grids(prompt_len=2, block_size=3, n_blocks=3, decoding=2):
     """The three masks for a prompt and n_blocks blocks ('#' may attend, '.' may not), and the
-    block-causal mask while block `decoding` is decoded with the exact cache: 'C' keys read from
-    the cache, '#' keys computed in this pass, rows not computed at all left blank. Returns
-    (labels, [(title, rows of cells)])."""
+    block-causal mask while block `decoding` (numbered from 0) is decoded with the exact cache, at
+    its first step and at a later one: 'C' keys read from the cache, '#' keys computed in this pass,
+    rows not computed at all left blank. A block's first step computes the block before it too
+    (final now; sample.pass_window), so only later steps read every earlier block from the cache.
+    Returns (labels, [(title, rows of cells)])."""
     T = prompt_len + block_size * n_blocks
     labels = ["p"] * prompt_len + [str(b) for b in range(n_blocks) for _ in range(block_size)]
     grids = [(mode, [["#" if v else "." for v in row] for row in attention_mask(mode, T, prompt_len, block_size).tolist()])
              for mode in ("bidirectional", "block_causal", "causal")]
     s, e = prompt_len + decoding * block_size, prompt_len + (decoding + 1) * block_size
-    cached = [[("C" if j < s else "#") if c == "#" else "." for j, c in enumerate(row)] if s <= i < e else [" "] * T
-              for i, row in enumerate(grids[1][1])]
-    return labels, grids + [(f"block_causal, decoding block {decoding} (cache)", cached)]
+    first = s - block_size if decoding > 0 else 0  # where the first step's pass starts
+    cached = lambda lo: [[("C" if j < lo else "#") if c == "#" else "." for j, c in enumerate(row)] if lo <= i < e
+                         else [" "] * T for i, row in enumerate(grids[1][1])]
+    upto = lambda n: "the prompt" + ("" if n == 0 else ", block 0" if n == 1 else f", blocks 0-{n - 1}")  # n blocks
+    step = f"block_causal, decoding block {decoding} (exact cache),"
+    return labels, grids + [
+        (f"{step} its first step: {upto(decoding - 1)} from the cache, block {decoding - 1} (final now) computed again"
+         if decoding > 0 else f"{step} its first step: the prompt computed", cached(first)),
+        (f"{step} a later step: {upto(decoding)} from the cache", cached(s))]
 
 
 def grids_text(labels, grids):
@@ -134,9 +143,28 @@ def stored_trajectory(cfg, student):
     return arrays, tmeta
 
 
+# How each reading of the paper (train.draw_states) names its states: y the drawn state, y* the
+# paper's more informed state, y' the later state whose student predictions are the consistency target.
+READINGS = {
+    "random": "y* = a random later state of the block, y' = y*",
+    "completion": "y* = the block completion, no consistency term (no y')",
+    "completion_plus": "y* = the block completion, y' = a random later state",
+    "literal": "y* = the block completion, y' = y* (its consistency positions: the later blocks')",
+}
+Y_STAR_ROW = {"random": "y* (a later state)"}  # the others: the completion
+
+
+class StateView(NamedTuple):
+    text: str               # what the view prints
+    rows: list              # [(label, cells)]: the teacher's order, the states, where each loss applies
+    block: int              # the block drawn, numbered from 0
+    y_star: str             # the reading (READINGS)
+
+
 def training_state(cfg, device):
-    """One stored trajectory, one drawn (y, y*) pair of the student's reading, and what each position
-    is trained on."""
+    """One stored trajectory, one drawn state y with y* and y' of the student's reading (READINGS),
+    and what each position is trained on: the distillation and consistency losses on the student's
+    pass at y, the DLM loss on its own noised copy of the ground truth (a separate state)."""
     student = read_checkpoint(os.path.join(cfg["student_dir"], "ckpt.pt"), device, "cdlm", "student_dir")
     meta, y_star = student["data_meta"], cfg["y_star"] or student["config"]["y_star"]
     arrays, tmeta = stored_trajectory(cfg, student)
@@ -148,22 +176,27 @@ def training_state(cfg, device):
     st = draw_states(step, bs, y_star, gen)
     b = int(st.distill[0].nonzero()[0].item() // bs)
     span = range(b * bs, (b + 1) * bs)
-    x0 = torch.as_tensor(np.concatenate([arrays["prompt"][i], arrays["truth"][i]]).astype(np.int64))[None]
+    truth = arrays["truth"][i].tolist()
+    x0 = torch.as_tensor(np.concatenate([arrays["prompt"][i], truth]).astype(np.int64))[None]
     _, dlm_masked, t = noise_answers(x0, meta["prompt_len"], meta["mask_id"], generator=gen)
     dlm_masked = dlm_masked[0, meta["prompt_len"]:]
-    show = lambda vis: [tok.decode([tokens[j]]) or "." if vis[0, j] else "_" for j in span]
+    show = lambda vis, ids=tokens: [tok.decode([ids[j]]) or "." if vis[j] else "_" for j in span]
     order = (step[0, list(span)] - b * bs).tolist()
-    rows = [("teacher's order", [str(o) for o in order]), ("y", show(st.y)),
-            ("y*" if y_star in ("random", "literal") else "y' (consistency)", show(st.target)),
+    y_prime = "y' = y* (consistency target)" if y_star in ("random", "literal") else "y' (consistency target)"
+    rows = [("teacher's order", [str(o) for o in order]), ("y", show(st.y[0])),
+            (Y_STAR_ROW.get(y_star, "y* (completion)"), show(st.target[0] if y_star == "random" else [True] * len(tokens))),
+            *([] if y_star == "completion" else [(y_prime, show(st.target[0]))]),
             *[(f"{name} ({loss.mark})", [loss.mark if loss.positions(st)[0, j] else "." for j in span])
               for name, loss in LOSSES.items() if loss.positions is not None],  # one row per loss of train.LOSSES
-            (f"DLM loss (t={t.item():.2f})", ["L" if dlm_masked[j] else "." for j in span])]
+            (f"DLM copy (t={t.item():.2f})", show(~dlm_masked, truth)),
+            (f"DLM loss ({LOSSES['dlm'].mark})", [LOSSES["dlm"].mark if dlm_masked[j] else "." for j in span])]
     lines = [f"trajectory {i} of {cfg['traj_dir']}: {tok.decode(arrays['prompt'][i].tolist())} -> "
-             f"{tok.decode(tokens)}", f"block {b} (answer positions {span.start}..{span.stop - 1}), "
-             f"y_star={y_star!r}; D: a teacher target, C: a consistency target, L: masked in the DLM loss's "
-             f"own noised copy of the ground truth (every answer position can be)"]
-    lines += [f"{name:<22}" + " ".join(f"{c:>2}" for c in cells) for name, cells in rows]
-    return "\n".join(lines), rows
+             f"{tok.decode(tokens)}", f"block {b} (answer positions {span.start}..{span.stop - 1}; blocks from 0), "
+             f"y_star={y_star!r}: {READINGS[y_star]}",
+             "D: a teacher target and C: a consistency target, both on the student's pass at y; L: masked in the DLM "
+             "loss's own noised copy of the ground truth (DLM copy: every answer position can be)"]
+    lines += [f"{name:<28}" + " ".join(f"{c:>2}" for c in cells) for name, cells in rows]
+    return StateView("\n".join(lines), rows, b, y_star)
 
 
 def losses_walk(cfg, models, meta):
@@ -347,24 +380,34 @@ def run(cfg, device, need):
         labels, grids = mask_grids()
         print(grids_text(labels, grids))
         if cfg["png"]:
-            key = {"#": ("#2a7", "may attend"), ".": ("#eee", "hidden"), "C": ("#39c", "read from the cache"),
+            key = {"#": ("#2a7", "may attend (cache panels: its keys and values computed in this pass)"),
+                   ".": ("#eee", "hidden"), "C": ("#39c", "may attend, its keys and values read from the cache"),
                    " ": ("#fff", "query not computed in this pass")}
-            save_png(cfg["png"], [(t, g, key) for t, g in grids], rows=labels, cols=labels,
-                     xlabel="key position (p: prompt, n: block n)", ylabel="query position")
+            save_png(cfg["png"], [(t, g, key) for t, g in grids], rows=labels, cols=labels, ncol=2, cell=0.34,
+                     xlabel="key position (p: prompt, n: block n, from 0)", ylabel="query position")
         return
     if cfg["view"] == "states":
-        text, rows = training_state(cfg, device)
+        text, rows, b, y_star = training_state(cfg, device)
         print(text)
         if cfg["png"]:
             colours = iter(["#d73", "#39c", "#7a4", "#a5c", "#cc3"])
-            key = {**{loss.mark: (next(colours), loss.title) for loss in LOSSES.values()},
-                   ".": ("#eee", "nothing"), "_": ("#bbb", "masked"), "k": ("#cfe0f0", "final (its token written)")}
-            states = ("y", "y*", "y' (consistency)")
-            grid = [["_" if c == "_" else "k" for c in cells] if name in states else cells for name, cells in rows[1:]]
-            texts = [[c if name in states and c != "_" else "" for c in cells] for name, cells in rows[1:]]
-            save_png(cfg["png"], [("one training state of the block: tokens, and where each loss applies", grid, key)],
-                     rows=[n for n, _ in rows[1:]], cols=rows[0][1], texts=[texts],
-                     xlabel="answer position, labelled with the step the teacher finalized it at")
+            on = {"dlm": "on its own noised copy of the ground truth"}
+            key = {**{loss.mark: (next(colours), f"{loss.title} ({loss.mark}), {on.get(name, 'on the pass at y')}")
+                      for name, loss in LOSSES.items()},
+                   ".": ("#eee", "no loss here"), "_": ("#bbb", "masked"), "k": ("#cfe0f0", "final (its token written)"),
+                   " ": ("#fff", "")}
+            shown = [("", [" "] * len(c)) if n.startswith("DLM copy") else None for n, c in rows[1:]]  # a gap before it
+            rows_drawn = [r for gap, row in zip(shown, rows[1:]) for r in ([gap] if gap else []) + [row]]
+            states = {n for n, _ in rows_drawn if n.startswith(("y", "DLM copy"))}
+            grid = [["_" if c == "_" else "k" for c in cells] if name in states else cells for name, cells in rows_drawn]
+            texts = [[c if name in states and c != "_" else "" for c in cells] for name, cells in rows_drawn]
+            span = len(rows[0][1])
+            title = (f"trajectory {cfg['index']}, block {b} (answer positions {b * span}-{(b + 1) * span - 1}; blocks "
+                     f"from 0); y_star={y_star!r}: {READINGS[y_star]}")
+            save_png(cfg["png"], [(title, grid, key)], rows=[n for n, _ in rows_drawn],
+                     cols=[f"{b * span + j}\n{o}" for j, o in enumerate(rows[0][1])], texts=[texts], cell=0.5, ncol=2,
+                     xlabel="answer position (top) and the order the teacher finalized it in within the block "
+                            "(bottom, 0 = first)")
         return
     # infilling compares what each mask can see: its teacher may be another than the student's (prompt_noise)
     loaded = load_models(cfg, need, device, same_teacher=cfg["view"] != "infill")

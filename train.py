@@ -144,7 +144,7 @@ def final_after(step, block, k, block_size):
 
 class States(NamedTuple):
     y: torch.Tensor        # (B, L) answer positions final in the student's state y
-    target: torch.Tensor   # (B, L) final in the consistency target's state (y* or y')
+    target: torch.Tensor   # (B, L) final in y', the consistency target's state (= y* under random, literal)
     distill: torch.Tensor  # (B, L) positions with a teacher target
     consist: torch.Tensor  # (B, L) positions with a consistency target
 
@@ -156,16 +156,18 @@ def draw_states(step, block_size, y_star, generator=None):
     The authors' words: distillation on "positions that become newly unmasked between an
     intermediate state y and its block completion y*"; consistency aligns "the student's predictions
     at state y with its own predictions at the more informed state y* for still-masked positions,
-    using a stop-gradient target". Read literally, nothing is still masked in a completion, so:
-      random           y* = the later state: distillation on the positions final in y* but not y,
-                       consistency on those still masked in y* (our first reading);
+    using a stop-gradient target". Read literally, nothing is still masked in a completion, so the
+    readings name three states: y (drawn), y* (the paper's more informed state) and y' (the later
+    state whose student predictions are the consistency target; States.target):
+      random           y* = y' = the later state: distillation on the positions final in y* but
+                       not y, consistency on those still masked in y* (our first reading);
       completion       y* = the completion: distillation on every position of the block masked in
                        y (each against the teacher at the moment it finalized that token); no
-                       consistency term;
-      completion_plus  distillation as in completion, and consistency toward the later state,
-                       renamed y', on the positions still masked there (our inference: both
-                       sentences hold, each with its own y*).
-      literal          y* = the completion, read word for word: distillation as in completion;
+                       consistency term (no y');
+      completion_plus  distillation as in completion, and consistency toward y' = the later state,
+                       on the positions still masked there (our inference: both sentences hold,
+                       each with its own more informed state).
+      literal          y* = y' = the completion, read word for word: distillation as in completion;
                        consistency on the positions still masked in y*, which are the later
                        blocks' (under the block-causal mask they see the current block, so their
                        predictions at y and at y* differ); the target is the student at y*.

@@ -80,6 +80,30 @@ def test_html_replay_is_self_contained_and_complete(runs):
     assert "hashchange" in page and 'id="tmax"' in page  # the URL's step redraws; step N / max
 
 
+def test_replay_legend_names_every_symbol_and_marks_the_threshold(runs):
+    """Every cell text token_texts writes for a special id, every pass_cells code and every cell
+    class the page draws has a legend entry; each threshold of the settings is outlined on the scale."""
+    runs, meta, tok = runs
+    page = render.replay_html(runs, tok, meta, "5:+3*7+2*4+1=")
+    legend = re.search(r'<div class="legend">(.*?)</div>', page, re.S).group(1)
+    specials = render.token_texts(tok, meta, [meta["mask_id"], meta["eos_id"]])
+    assert specials == ["_", "."] and all(f'">{t}</span>' in legend for t in specials)
+    L = meta["gen_len"]
+    codes = {c for r in runs for f in r["frames"] for c in [render.pass_cells(f, r["cache"], L)[0],
+                                                            *render.pass_cells(f, r["cache"], L)[1]]}
+    assert codes <= set(render.WHERE_KEY) and {"k", "a", "-"} <= codes  # the reference methods use every kind
+    for cls, _, meaning in [*render.CELL_KEY.values(), *render.WHERE_KEY.values()]:
+        assert meaning in legend and f'class="c {cls}"' in legend
+    assert "pass over n of T" in legend and "2 positions" in legend  # the right-hand column, AR's passes
+    thresholds = render.thresholds_of(runs)
+    assert thresholds == [runs[0]["threshold"]] and runs[0]["name"] == "cdlm"  # from the settings: the student's
+    for v in thresholds:
+        assert 'class="c s thr"' in legend and re.search(rf'class="c s thr"[^>]*>{v:g}</span>', legend)
+        assert f"the threshold {v:g}" in legend
+    runs[0] = {**runs[0], "threshold": 0.85}  # another threshold joins the scale
+    assert re.search(r'class="c s thr"[^>]*>0.85</span>', render.legend_html(render.thresholds_of(runs)))
+
+
 def test_replay_shows_where_each_pass_reads_keys_and_values(runs):
     """The cache drawn as it is: the student's exact cache serves the prompt and earlier blocks and
     never reads later ones; the dual cache serves both sides; no cache computes everything."""
@@ -104,22 +128,53 @@ def test_replay_shows_where_each_pass_reads_keys_and_values(runs):
 def test_mask_grids_match_the_masks():
     from model import attention_mask
     labels, grids = show.mask_grids(prompt_len=2, block_size=3, n_blocks=3, decoding=2)
-    assert labels == ["p", "p", "0", "0", "0", "1", "1", "1", "2", "2", "2"] and len(grids) == 4
+    assert labels == ["p", "p", "0", "0", "0", "1", "1", "1", "2", "2", "2"] and len(grids) == 5
     for (title, rows), mode in zip(grids, ("bidirectional", "block_causal", "causal")):
         assert title == mode and [[c == "#" for c in r] for r in rows] == attention_mask(mode, 11, 2, 3).tolist()
-    cache = grids[3][1]
-    assert cache[8] == ["C"] * 8 + ["#"] * 3 and cache[0] == [" "] * 11  # block 2 reads 8 cached keys
+    (first_title, first), (later_title, later) = grids[3], grids[4]
+    assert later[8] == ["C"] * 8 + ["#"] * 3 and later[5] == later[0] == [" "] * 11  # a later step: 8 cached keys
+    assert first[8] == ["C"] * 5 + ["#"] * 6 and first[5] == ["C"] * 5 + ["#"] * 3 + ["."] * 3  # block 1 recomputed
+    assert "first step" in first_title and "block 1 (final now) computed again" in first_title
+    assert "a later step" in later_title and "blocks 0-1 from the cache" in later_title
     text = show.grids_text(labels, grids)
-    assert text.count("keys: p p 0 0 0 1 1 1 2 2 2") == 4
+    assert text.count("keys: p p 0 0 0 1 1 1 2 2 2") == 5
 
 
 def test_training_state_view(student_dir, traj_dir):
     from configurator import check
     cfg = check(show.config, dict(view="states", student_dir=student_dir, traj_dir=traj_dir, index=3))
-    text, rows = show.training_state(cfg, "cpu")
-    table = dict(rows)
+    view = show.training_state(cfg, "cpu")
+    table = dict(view.rows)
     assert len(table["distill (D)"]) == 8 and "D" in table["distill (D)"]
     assert all(y == "_" for y, d in zip(table["y"], table["distill (D)"]) if d == "D")  # targets where y is masked
+    assert view.y_star == "completion_plus" and f"block {view.block} " in view.text
+    assert "_" not in table["y* (completion)"] and "y' (consistency target)" in table  # y* the completion, y' apart
+    copy = next(c for n, c in view.rows if n.startswith("DLM copy"))  # the DLM loss's own state, not y
+    assert [c == "_" for c in copy] == [m == "L" for m in table["DLM loss (L)"]]
+    for y_star, label in (("random", "y' = y* (consistency target)"), ("literal", "y' = y* (consistency target)"),
+                          ("completion", None)):
+        rows = dict(show.training_state({**cfg, "y_star": y_star}, "cpu").rows)
+        assert (label in rows) if label else not any(n.startswith("y'") for n in rows)
+    assert set(show.READINGS) == set(show.Y_STARS)
+
+
+def test_states_and_masks_pictures_label_what_they_draw(student_dir, traj_dir, tmp_path, monkeypatch):
+    """states.png: the block, the reading, both position labels on the x-axis, the DLM copy as its
+    own row; masks.png: the cache panels name the step. (The labels handed to the picture writer.)"""
+    pytest.importorskip("matplotlib")
+    drawn = []
+    monkeypatch.setattr(show, "save_png", lambda path, panels, **kw: drawn.append((panels, kw)))
+    show.main(["--view=states", f"--student_dir={student_dir}", f"--traj_dir={traj_dir}", f"--png={tmp_path / 's.png'}"])
+    (title, grid, key), = drawn[0][0]
+    kw = drawn[0][1]
+    assert re.search(r"block \d+ \(answer positions \d+-\d+; blocks from 0\)", title) and "y_star='completion_plus'" in title
+    assert "y* = the block completion" in title and "order the teacher finalized" in kw["xlabel"]
+    assert all(re.fullmatch(r"\d+\n[0-7]", c) for c in kw["cols"])  # position over order within the block
+    assert "y' (consistency target)" in kw["rows"] and any(r.startswith("DLM copy") for r in kw["rows"])
+    assert "noised copy of the ground truth" in key["L"][1] and "pass at y" in key["D"][1]
+    show.main(["--view=masks", f"--png={tmp_path / 'm.png'}"])
+    titles = [t for t, _, _ in drawn[1][0]]
+    assert "first step" in titles[3] and "a later step" in titles[4]
 
 
 def test_losses_walk_prints_the_losses_training_computes(teacher_dir, student_dir, traj_dir):
@@ -145,9 +200,9 @@ def test_losses_walk_prints_the_losses_training_computes(teacher_dir, student_di
     for name, v in parts.items():
         assert re.search(rf"^  {name} +{c['w_' + name]} x {v.item():.3g}  ", text, re.M), (name, text)
     assert re.search(r"^  teacher \(1, 48, \d+\) ", text, re.M) and "no gradient" in text
-    states, _ = show.training_state(check(show.config, dict(view="states", student_dir=student_dir, traj_dir=traj_dir,
-                                                             index=3)), "cpu")
-    assert re.search(r"block \d+ \(answer positions \d+\.\.\d+\)", states).group(0) in text
+    states = show.training_state(check(show.config, dict(view="states", student_dir=student_dir, traj_dir=traj_dir,
+                                                             index=3)), "cpu").text
+    assert re.search(r"block \d+ \(answer positions \d+\.\.\d+", states).group(0) in text
 
 
 def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir):
@@ -198,6 +253,7 @@ def test_gif_replay_has_a_frame_per_step(runs):
     from PIL import Image
     import io
     runs, meta, tok = runs
+    runs = [{**r, "frames": r["frames"][:3 + k % 2]} for k, r in enumerate(runs)]  # a few steps: fast to draw
     data = render.replay_gif(runs, tok, meta, "5:+3*7+2*4+1=", ms_per_step=100)
     img = Image.open(io.BytesIO(data))
     assert img.format == "GIF" and img.n_frames == max(len(r["frames"]) for r in runs) + 1
