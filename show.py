@@ -27,7 +27,7 @@ from bench import DIR_OPTION, METHODS, decoded_tokens, load_models, needs, role_
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
 from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, encode_state,
                          get_tokenizer, load_split, task_module, whole_blocks)
-from data.trajectories import FIELDS, load_trajectories
+from data.trajectories import TrajectorySets, load_trajectories
 from model import attention_mask, noise_answers, read_checkpoint
 from render import render_compare, replay_gif, replay_html, save_png, token_texts
 from runtime import compiled, lock, pick_device, refuse_overlap
@@ -208,8 +208,7 @@ def losses_walk(cfg, models, meta):
     y_star = cfg["y_star"] or c["y_star"]
     arrays, _ = stored_trajectory(cfg, student)
     i = cfg["index"]
-    batch = {k: torch.as_tensor(np.asarray(arrays[k][i:i + 1]).astype(np.float32 if k == "hidden" else np.int64))
-             for k in FIELDS}
+    batch = TrajectorySets([arrays], [None]).batch(np.array([i]), "cpu")  # the rows as training reads them
     gen = torch.Generator().manual_seed(cfg["seed"])
     st = draw_states(batch["step"], bs, y_star, gen)
     head = teacher["model"]["lm_head.weight"].float()  # (V, C): the teacher's frozen LM head

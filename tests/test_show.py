@@ -183,15 +183,14 @@ def test_losses_walk_prints_the_losses_training_computes(teacher_dir, student_di
     import train
     from bench import load_models
     from configurator import check
-    from data.trajectories import FIELDS, load_trajectories
+    from data.trajectories import TrajectorySets, load_trajectories
     cfg = check(show.config, dict(view="losses", teacher_dir=teacher_dir, student_dir=student_dir, traj_dir=traj_dir,
                                   index=3))
     models = load_models(cfg, ["cdlm", "dlm"], "cpu")
     (model, ckpt, _), meta = models["student"], models["student"][1]["data_meta"]
     text, c, bs = show.losses_walk(cfg, models, meta), ckpt["config"], model.cfg.block_size
     arrays, _ = load_trajectories(traj_dir)
-    batch = {k: torch.as_tensor(np.asarray(arrays[k][3:4]).astype(np.float32 if k == "hidden" else np.int64))
-             for k in FIELDS}
+    batch = TrajectorySets([arrays], [None]).batch(np.array([3]), "cpu")
     gen = torch.Generator().manual_seed(cfg["seed"])
     st = train.draw_states(batch["step"], bs, c["y_star"], gen)
     head = models["teacher"][1]["model"]["lm_head.weight"].float()
