@@ -61,8 +61,14 @@ BLOCKS = [(page, cmd, out) for page in PAGES for cmd, out in readme_blocks(open(
           if "--view=infill" not in cmd and "out/" not in cmd.replace(TRAJ, "")]
 
 
+PREPARE = "-m data.arithmetic.prepare"  # the quick start's first command: the problems the teacher was trained on
+
+
 @pytest.fixture(scope="module")
 def trajectories(tmp_path_factory):
+    if not os.path.isfile(os.path.join(ROOT, "data", "arithmetic", "meta.json")):  # a clean clone, as in CI
+        out = subprocess.run([sys.executable, *PREPARE.split()], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
     d = str(tmp_path_factory.mktemp("ref") / "ref_trajectories")
     out = subprocess.run([sys.executable, *COLLECT.replace(TRAJ, d).split()], cwd=ROOT, capture_output=True,
                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -71,7 +77,9 @@ def trajectories(tmp_path_factory):
 
 
 def test_the_readme_collects_what_its_views_read():
-    assert "python " + COLLECT in " ".join(open(os.path.join(ROOT, "README.md")).read().split())
+    readme = " ".join(open(os.path.join(ROOT, "README.md")).read().split())
+    assert "python " + PREPARE in readme and "python " + COLLECT in readme
+    assert readme.index("python " + PREPARE) < readme.index("python " + COLLECT)
 
 
 def test_the_readme_narrates_the_reference_checkpoints():
