@@ -22,6 +22,7 @@ finished run writes a small JSON under results/ (commit, machine, seed, thread c
 hashes, every figure; the layout and the tables: results.py): `--report` prints RESULTS.md's tables
 from those files alone.
 """
+import importlib.util
 import os
 import re
 import subprocess
@@ -36,8 +37,10 @@ from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configur
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
-from results import ablation_path, against, read_results, report, seed_path, slug, table
-from runtime import THREADS, check_compiler, check_writable, code_version, cpu_threads, machine_info, pick_device
+from render import frontier_png
+from results import ablation_path, against, read_frontier, read_results, report, seed_path, slug, table
+from runtime import (THREADS, check_compiler, check_file_writable, check_writable, code_version, cpu_threads, lock,
+                     machine_info, pick_device)
 
 # every task's defaults: arithmetic's presets (a bench needs none)
 PRESETS = dict(teacher="config/train_teacher.py", collect="config/collect.py", student="config/train_student.py",
@@ -94,6 +97,7 @@ config = dict(
     num_eval=Int(500, "[1, inf)"),
     bench_methods=List(list(bench.METHODS), Choice(None, *bench.METHODS)),  # what each seed's bench times
     report=Bool(False),                # print the tables from results_dir and stop
+    png=Str(None),                     # with --report: also draw the student's frontier here (needs matplotlib)
     results_dir=Str("results"),
 )
 
@@ -323,7 +327,8 @@ def main(argv):
     task, seeds = cfg["task"], cfg["seeds"]
     if cfg["report"]:
         refuse_unused(cfg, {k: "with --report: it prints the tables from the files in results_dir alone"
-                            for k in config if k not in ("task", "results_dir", "report")})
+                            for k in config if k not in ("task", "results_dir", "report", "png")})
+    check_png(cfg)
     read_results(task, cfg["results_dir"])  # a stray or damaged file is refused before any work
     if not cfg["report"]:
         check_writable(os.path.join(cfg["results_dir"], task, "ablation" if cfg["ablate"] else ""), "option results_dir")
@@ -356,8 +361,25 @@ def main(argv):
                 else:
                     pipeline(task, s, cfg["num_eval"], cfg["threads"], cfg["results_dir"], cfg["bench_methods"])
     print("\n" + report(task, cfg["results_dir"], ABLATIONS))
+    if cfg["png"]:
+        with lock(cfg["png"], "option png", file=True):
+            frontier_png(cfg["png"], read_frontier(task, cfg["results_dir"]))
     if not cfg["report"]:
         print(f"\n(demo took {time.time() - t0:.0f} s)")
+
+
+def check_png(cfg):
+    if cfg["png"] is None:
+        return
+    if not cfg["report"]:
+        raise CDLMError("option png: the frontier is drawn from the results files: give --report with it")
+    if not cfg["png"].endswith(".png"):
+        raise CDLMError(f"option png={cfg['png']!r}: expected a file name ending in .png")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)")
+    if not read_frontier(cfg["task"], cfg["results_dir"]):
+        raise CDLMError(f"option png: no frontier files in {os.path.join(cfg['results_dir'], cfg['task'], 'frontier')}/ to draw")
+    check_file_writable(cfg["png"], "option png")
 
 
 def entry(argv):

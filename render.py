@@ -411,3 +411,36 @@ def save_png(path, panels, rows=None, cols=None, xlabel=None, ylabel=None, texts
     fig.legend(handles=handles, loc="lower center", ncol=min(ncol, len(handles)), fontsize=8, frameon=False)
     save_figure(fig, path, dpi=130, rect=(0, 0.08 + 0.04 * ((len(handles) - 1) // ncol), 1, 1))
     print(f"wrote {path}")
+
+
+def frontier_png(path, runs, target_nfe=5.5):
+    """The student's frontier (results.read_frontier's runs) as a PNG: whole answers and passes per
+    answer against training iterations, one line per seed; the teacher's accuracy, the default
+    student and the target pass count marked."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)") from None
+    fig, (acc, nfe) = plt.subplots(1, 2, figsize=(10, 4))
+    for run, rs in runs.items():
+        for r in rs:
+            its = sorted(map(int, r["points"]))
+            for ax, key, scale in ((acc, "whole_acc", 100), (nfe, "nfe", 1)):
+                ax.plot(its, [scale * r["points"][str(i)][key] for i in its], "o-", ms=3, lw=1,
+                        label=f"{run}, seed {r['seed']}")
+        r0, d = rs[0], rs[0]["default_student"]
+        acc.axhline(100 * r0["teacher_whole_acc"], color="k", ls="--", lw=0.8,
+                    label=f"its teacher, one token per step ({100 * r0['teacher_whole_acc']:.1f}%)")
+        for ax, value in ((acc, 100 * d["whole_acc"]), (nfe, d["nfe"])):
+            ax.plot([d["iters"]], [value], "kx", ms=8, label=f"the default student ({d['iters']} iterations, "
+                                                             f"{d['trajectories']} trajectories)")
+    nfe.axhline(target_nfe, color="r", ls=":", lw=1, label=f"{target_nfe} passes per answer")
+    acc.set(xlabel="training iteration", ylabel="whole answer right (%)", title="accuracy along training")
+    nfe.set(xlabel="training iteration", ylabel="forward passes per answer (NFE)", title="passes along training")
+    for ax in (acc, nfe):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    print(f"wrote {path}")

@@ -199,7 +199,51 @@ def report(task, results_dir, variants=()):
             lines.append(f"| {name} | {spread([100 * r['final_acc'] for r in rs], '%')} | "
                          f"{spread([100 * r['whole_acc'] for r in rs], '%')} | {spread([r['nfe'] for r in rs], '', 2)} | "
                          f"{len(rs)} |")
+    lines += frontier(task, results_dir)
     return "\n".join(lines) if lines else f"no results for {task} in {results_dir}/ yet"
+
+
+# the student's frontier: results_dir/<task>/frontier/<run>_seed<N>.json, one student run each, its
+# checkpoint scored (sample.py --eval) at every save along the training: passes and accuracy against
+# the training budget
+FRONTIER_FILE = dict(task=Str(""), run=Str(""), seed=Int(0, SEED), teacher=Str(""), teacher_whole_acc=SHARE,
+                     trajectories=Int(1, "[1, inf)"), max_iters=Int(1, "[1, inf)"), num_eval=Int(1, "[1, inf)"),
+                     points=Each(SCORES, r"[1-9][0-9]*"),
+                     default_student=dict(iters=Int(1, "[1, inf)"), trajectories=Int(1, "[1, inf)"), **SCORES))
+
+
+def read_frontier(task, results_dir):
+    """{run: [record, by seed]} of results_dir/<task>/frontier, each file checked against its name."""
+    here = os.path.join(results_dir, task, "frontier")
+    fix = f"restore it (git checkout) or move it out of {here}/: the report reads every file there"
+    runs = {}
+    for name in sorted(n for n in (os.listdir(here) if os.path.isdir(here) else []) if n.endswith(".json")):
+        path = os.path.join(here, name)
+        r = check_fields(read_json(path, fix), FRONTIER_FILE, path, fix)
+        if r["task"] != task or name != f"{r['run']}_seed{r['seed']}.json":
+            raise CDLMError(f"{path}: holds {r['task']} run {r['run']!r} seed {r['seed']}, whose file is "
+                            f"{r['run']}_seed{r['seed']}.json of results/{r['task']}/frontier; {fix}")
+        runs.setdefault(r["run"], []).append(r)
+    return {run: sorted(rs, key=lambda r: r["seed"]) for run, rs in runs.items()}
+
+
+def frontier(task, results_dir):
+    """The frontier's table: each scored iteration, mean (min-max) over the seeds that reached it."""
+    lines = []
+    for run, rs in read_frontier(task, results_dir).items():
+        r0, d = rs[0], rs[0]["default_student"]
+        lines += ["", f"the student along its training ({run}): {r0['trajectories']} trajectories of {r0['teacher']} "
+                      f"(whole answer {100 * r0['teacher_whole_acc']:.1f}%), a cosine schedule to {r0['max_iters']} "
+                      f"iterations, seeds {[r['seed'] for r in rs]}, {r0['num_eval']} test problems; the default "
+                      f"student ({d['iters']} iterations, {d['trajectories']} trajectories): "
+                      f"{100 * d['whole_acc']:.1f}% whole answers, {d['nfe']:.2f} passes", "",
+                  "| iteration | whole answer | final answer | passes (NFE) | seeds |", "|---|---|---|---|---|"]
+        for it in sorted({int(i) for r in rs for i in r["points"]}):
+            ps = [r["points"][str(it)] for r in rs if str(it) in r["points"]]
+            lines.append(f"| {it} | {spread([100 * p['whole_acc'] for p in ps], '%')} | "
+                         f"{spread([100 * p['final_acc'] for p in ps], '%')} | {spread([p['nfe'] for p in ps], '', 2)} | "
+                         f"{len(ps)} |")
+    return lines
 
 
 # -----------------------------------------------------------------------------

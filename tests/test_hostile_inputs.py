@@ -226,6 +226,32 @@ def test_the_report_reads_only_its_layout_each_file_checked(tmp_path):
     assert results.report("arithmetic", str(res), demo.ABLATIONS) == good
 
 
+def test_the_frontier_is_read_from_its_files_each_checked(tmp_path):
+    """results/<task>/frontier/<run>_seed<N>.json: the table's rows are every scored iteration, each a
+    mean over the seeds that reached it; a file that is not what its name says is refused."""
+    import shutil
+
+    import demo
+    import results
+    here = tmp_path / "arithmetic" / "frontier"
+    shutil.copytree(os.path.join(ROOT, "results/arithmetic/frontier"), here)
+    one = here / "student_2400_6144_seed1337.json"
+    d = json.loads(one.read_text())
+    d.update(seed=2, points={"300": dict(final_acc=0.5, whole_acc=0.4, nfe=8.0)})
+    (here / "student_2400_6144_seed2.json").write_text(json.dumps(d))
+    rows = {line.split(" |")[0]: line for line in results.frontier("arithmetic", str(tmp_path)) if line.startswith("| ")}
+    assert rows["| 300"].endswith("| 2 |") and "65.4% (40.0%-90.8%)" in rows["| 300"]
+    assert rows["| 1500"].endswith("| 1 |") and "99.6% |" in rows["| 1500"]
+    shutil.copy(one, here / "student_2400_6144_seed3.json")  # seed 1337's record under seed 3's name
+    refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "student_2400_6144_seed3.json", "seed 1337")
+    os.remove(here / "student_2400_6144_seed3.json")
+    d["points"]["last"] = d["points"]["300"]
+    (here / "student_2400_6144_seed2.json").write_text(json.dumps(d))
+    refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "seed2.json", "points.last")
+    refused(demo.main, ["--png=x.png"], "option png", "--report")
+    refused(demo.main, ["--report", "--png=x.svg"], "option png", ".png")
+
+
 # -----------------------------------------------------------------------------
 # torch.compile on a CPU needs a C++ compiler: checked before any work
 
