@@ -300,6 +300,24 @@ def checkpoint_data(ckpt, data_dir=None, what="the checkpoint"):
     return d, meta
 
 
+def stored_data_dirs(cfg, keys):
+    """
+    Where each checkpoint folder cfg[key] says its data lies, {"the data of option <key>'s
+    checkpoint": path}, read from its config without loading its weights: inputs of the run for
+    runtime.refuse_overlap. None where cfg gives data_dir, or where a checkpoint cannot be read (its
+    load, later, says why).
+    """
+    import torch
+    out = {}
+    for key in keys * (not cfg.get("data_dir")):
+        try:
+            ckpt = torch.load(os.path.join(cfg[key], "ckpt.pt"), map_location="cpu", weights_only=True, mmap=True)
+            out[f"the data of option {key}'s checkpoint"] = os.path.join(CHECKOUT, ckpt["config"]["data_dir"])
+        except Exception:  # anything unreadable is for read_checkpoint to name, with its fix
+            pass
+    return out
+
+
 def get_tokenizer(meta):
     if meta["tokenizer"] == "char":
         return CharTokenizer(meta["chars"])
