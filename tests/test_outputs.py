@@ -13,6 +13,7 @@ from test_hostile_inputs import file_bytes
 
 import bench
 import show
+from data.arithmetic import prepare as arith
 
 
 def hostages(tmp_path, data_dir):
@@ -61,3 +62,17 @@ def test_a_running_bench_holds_its_plots(tmp_path, teacher_dir, monkeypatch):
         refused(show.main, ["--view=masks", f"--png={png}"], "option png", "another run")))
     bench.main([f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={tmp_path / 'b.json'}", "--device=cpu"])
     assert seen and not png.exists()
+
+
+def test_prepare_writes_only_over_its_own_data(tmp_path, data_dir):
+    small = ["--n_train=50", "--n_val=8", "--n_test=8"]
+    other = tmp_path / "wp"  # another task's prepared data
+    other.mkdir()
+    meta = {**json.load(open(f"{data_dir}/meta.json")), "task": "wordproblems"}
+    (other / "meta.json").write_text(json.dumps(meta))
+    refused(arith.main, [f"--out_dir={other}", *small], f"option out_dir='{other}'", "task 'wordproblems'")
+    assert json.loads((other / "meta.json").read_text()) == meta
+    (tmp_path / "h").mkdir()  # a folder of other files
+    files = hostages(tmp_path / "h", data_dir)
+    refused(arith.main, [f"--out_dir={tmp_path / 'h'}", *small], "option out_dir", "'MANIFEST.json'", "not prepared data")
+    assert all(file_bytes(p) == data for p, data in files.items())
