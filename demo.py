@@ -136,7 +136,7 @@ def run_train(cfg):
             cfg = {**cfg, "init_from": "resume"}
         else:
             print(f"{path}: made with {', '.join(other)}; trained again")
-    train.train(cfg)
+    train.train(cfg, replace=os.path.isfile(path))  # a checkpoint of other options: it said why
 
 
 def scores(ev):

@@ -6,13 +6,16 @@ a fresh training run, a plot a running bench holds: each refused in one line bef
 """
 import json
 import os
+import shutil
 
+import torch
 from conftest import ROOT
 from test_hostile import refused
 from test_hostile_inputs import file_bytes
 
 import bench
 import show
+import train
 from data.arithmetic import prepare as arith
 
 
@@ -76,3 +79,24 @@ def test_prepare_writes_only_over_its_own_data(tmp_path, data_dir):
     files = hostages(tmp_path / "h", data_dir)
     refused(arith.main, [f"--out_dir={tmp_path / 'h'}", *small], "option out_dir", "'MANIFEST.json'", "not prepared data")
     assert all(file_bytes(p) == data for p, data in files.items())
+
+
+def test_a_fresh_training_run_keeps_a_finished_or_reference_checkpoint(tmp_path, data_dir, teacher_dir):
+    argv = [f"--data_dir={data_dir}", "--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=8", "--max_iters=2",
+            "--eval_iters=1", "--warmup_iters=1", "--device=cpu"]
+    done = tmp_path / "done"
+    shutil.copytree(teacher_dir, done)
+    before = file_bytes(f"{done}/ckpt.pt")
+    refused(train.main, argv + [f"--out_dir={done}"], f"option out_dir='{done}'", "finished checkpoint",
+            "30 iterations", "another --out_dir")
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    shutil.copy(os.path.join(ROOT, "ref/arithmetic/teacher/ckpt.pt"), ref / "ckpt.pt")
+    refused(train.main, argv + [f"--out_dir={ref}"], "option out_dir", "weights-only reference checkpoint")
+    refused(train.main, argv + [f"--out_dir={ref}", "--init_from=resume"], "cannot be resumed", "another --out_dir")
+    assert file_bytes(f"{done}/ckpt.pt") == before
+    # an unfinished one (a killed run) is started again from scratch, as asked
+    ckpt = torch.load(f"{done}/ckpt.pt", weights_only=True)
+    torch.save({**ckpt, "iter_num": 10}, f"{done}/ckpt.pt")
+    train.main(argv + [f"--out_dir={done}"])
+    assert torch.load(f"{done}/ckpt.pt", weights_only=True)["iter_num"] == 2
