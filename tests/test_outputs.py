@@ -14,6 +14,7 @@ from test_hostile import refused
 from test_hostile_inputs import file_bytes
 
 import bench
+import sample
 import show
 import train
 from data.arithmetic import prepare as arith
@@ -100,3 +101,10 @@ def test_a_fresh_training_run_keeps_a_finished_or_reference_checkpoint(tmp_path,
     torch.save({**ckpt, "iter_num": 10}, f"{done}/ckpt.pt")
     train.main(argv + [f"--out_dir={done}"])
     assert torch.load(f"{done}/ckpt.pt", weights_only=True)["iter_num"] == 2
+
+
+def test_an_empty_data_dir_is_named_as_given(tmp_path, teacher_dir):
+    empty = tmp_path / "killed"  # what a prepare killed at once leaves
+    empty.mkdir()
+    refused(sample.main, [f"--out_dir={teacher_dir}", "--eval", f"--data_dir={empty}"], f"option data_dir='{empty}'",
+            "no prepared data", "interrupted")
