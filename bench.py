@@ -19,11 +19,11 @@ import torch
 
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, gave, refuse_unused,
                           run_main)
-from data.common import atomic_write_json, checkpoint_data, load_split, same_data, whole_blocks
-from runtime import (autocast, check_file_writable, code_version, compiled, lock, machine_info, pick_device, pick_dtype,
-                     refuse_overlap)
+from data.common import atomic_write_json, checkpoint_data, load_split, same_data, stored_data_dirs, whole_blocks
+from runtime import autocast, code_version, compiled, holding, machine_info, pick_device, pick_dtype, refuse_overlap
 from model import ROLES, read_checkpoint
-from results import stored_report, table
+from render import PNG
+from results import REPORT, stored_report, table
 from roofline import PLOTS, answer_tokens, decode_cost, plots, probe_machine, profile_decode, timed_decode
 from sample import DEFAULT_DECODING, DecodeSettings, evaluate, load_for_decoding
 
@@ -279,7 +279,8 @@ def check_options(cfg, methods):
         raise CDLMError("option sweep=True: the sweep is of the teacher's and the student's methods; give one in --methods")
     if cfg["profile"] and not set(methods) & {"cdlm", "dlm", "ar"}:
         raise CDLMError("option profile=True: it profiles cdlm, dlm and ar; give one of them in --methods")
-    refuse_overlap(dict(out_path=cfg["out_path"]), {k: cfg[k] for k in (*sorted(used), "data_dir")})
+    refuse_overlap(dict(out_path=cfg["out_path"]),
+                   {k: cfg[k] for k in (*sorted(used), "data_dir")} | stored_data_dirs(cfg, sorted(used)))
 
 
 def sized(cfg, split_rows, data_dir):
@@ -301,9 +302,8 @@ def run(cfg):
         return None
     methods = [m for m in METHODS if m in cfg["methods"]]
     check_options(cfg, methods)
-    with lock(cfg["out_path"], "option out_path", file=True):  # one writer per result file (and its plots)
-        for suffix in PLOTS:
-            check_file_writable(os.path.splitext(cfg["out_path"])[0] + suffix, "the plot of option out_path")
+    with holding([(cfg["out_path"], "option out_path", REPORT)] +  # one writer per result file and its plots
+                 [(os.path.splitext(cfg["out_path"])[0] + s, "the plot of option out_path", PNG) for s in PLOTS]):
         return _run(cfg, methods)
 
 

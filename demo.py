@@ -140,7 +140,7 @@ def run_train(cfg):
             cfg = {**cfg, "init_from": "resume"}
         else:
             print(f"{path}: made with {', '.join(other)}; trained again")
-    train.train(cfg)
+    train.train(cfg, replace=os.path.isfile(path))  # a checkpoint of other options: it said why
 
 
 def scores(ev):
@@ -296,20 +296,26 @@ def export_reference(task, dest="ref"):
     sources = {**{role: (t[role], demo) for role in ("teacher", "student", "ar")},
                **{name: (argv, "python train.py " + " ".join(argv)) for name, argv in REFERENCE_EXTRA.get(task, {}).items()}}
     manifest = dict(task=task, exported_at=code_version(), made_by=demo, checkpoints={})
+    cfgs = {name: configure(train.config, argv) for name, (argv, _) in sources.items()}
+    paths = {name: os.path.join(cfg["out_dir"], "ckpt.pt") for name, cfg in cfgs.items()}
+    missing = [f"{paths[name]} ({made_by if made_by != demo else demo + ' --stage=train'})"
+               for name, (_, made_by) in sources.items() if not os.path.isfile(paths[name])]
+    if missing:  # before reading any of them
+        raise CDLMError(f"no checkpoint to export at {', '.join(missing)}: make them first")
     ckpts = {}
-    for name, (argv, made_by) in sources.items():
-        cfg = configure(train.config, argv)
-        path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        if not os.path.isfile(path):
-            how = made_by if made_by != demo else f"{demo} --stage=train"
-            raise CDLMError(f"no checkpoint at {path} to export: make it first ({how})")
-        ckpt = read_checkpoint(path)
+    for name, (_, made_by) in sources.items():
+        cfg = cfgs[name]
+        ckpt = read_checkpoint(paths[name], mode=cfg["mode"])  # the kind its place in ref/ holds
+        if ckpt.get("teacher_hash") is not None and ckpt["teacher_hash"] != ckpts["teacher"]["weights_hash"]:
+            raise CDLMError(f"{paths[name]} was distilled from another teacher than {paths['teacher']}: export a "
+                            f"student with its own teacher")
         data_dir = os.path.relpath(cfg["data_dir"])  # the task's own place, as its presets name it
-        checkpoint_data(ckpt, data_dir, path)  # which must hold the very data the checkpoint learned
+        checkpoint_data(ckpt, data_dir, paths[name])  # which must hold the very data the checkpoint learned
         keep = {k: ckpt[k] for k in CKPT_KEYS + ("teacher_hash", "lora_state") if k in ckpt}
         keep["config"] = {**ckpt["config"], "data_dir": data_dir, "out_dir": os.path.join(dest, task, name)}
         ckpts[name] = keep
         manifest["checkpoints"][name] = dict(weights_hash=ckpt["weights_hash"], iter_num=ckpt["iter_num"], made_by=made_by)
+    manifest |= manifest_notes(os.path.join(dest, task, "MANIFEST.json"), manifest)
     if os.path.exists(os.path.join(dest, task, "MANIFEST.json")):  # a crash mid-way leaves no manifest, not a wrong one
         os.remove(os.path.join(dest, task, "MANIFEST.json"))
     for name, ckpt in ckpts.items():
@@ -319,6 +325,23 @@ def export_reference(task, dest="ref"):
         manifest["checkpoints"][name]["bytes"] = os.path.getsize(out)
         print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
     atomic_write_json(os.path.join(dest, task, "MANIFEST.json"), manifest)
+
+
+def manifest_notes(path, manifest):
+    """The fields of the manifest at path that export does not write (how the weights were trained, the
+    data): carried while it lists the very weights exported; otherwise they describe others, and go."""
+    try:
+        old = read_json(path, "")
+    except CDLMError:  # none, or a damaged one: the export writes it anew
+        return {}
+    if not isinstance(old, dict) or not isinstance(old.get("checkpoints"), dict):
+        return {}
+    notes = {k: v for k, v in old.items() if k not in manifest}
+    hashes = lambda m: {n: c.get("weights_hash") if isinstance(c, dict) else None for n, c in m["checkpoints"].items()}
+    if notes and hashes(old) != hashes(manifest):
+        print(f"{path}: {', '.join(notes)} described the weights replaced: not carried, write them again")
+        return {}
+    return notes
 
 
 def main(argv):
@@ -337,14 +360,14 @@ def main(argv):
             if b["compile"] != "off":
                 check_compiler(pick_device(b["device"]), f"the benchmark's option compile={b['compile']!r} "
                                                          f"(demo.py --stage=train runs every stage but the benches)")
+        if cfg["stage"] == "export" and not cfg["ablate"]:  # of checkpoints made on data there already
+            return export_reference(task)
         module = __import__(TASKS[task]["prepare"][0], fromlist=["prepare"])
         module.prepare(configure(module.config, TASKS[task]["prepare"][1]))  # before any job reads it
         if cfg["ablate"]:
             ablate(cfg)
         elif cfg["stage"] == "ar":
             return train_ar(task, cfg["threads"])
-        elif cfg["stage"] == "export":
-            return export_reference(task)
         elif cfg["stage"] == "seed":
             for s in seeds:
                 train_stages(task, s, cfg["num_eval"], cfg["threads"])

@@ -9,11 +9,18 @@ import json
 
 from configurator import CDLMError
 from data.common import atomic_write_bytes
+from runtime import Output, file_head
 
 LEGEND = "legend: _ masked, . EOS; the tokens finalized at this step are highlighted (or marked ^ below)"
 STEP_LEGEND = ("one line per forward pass: the answer so far ('_' masked, '.' EOS), the passes so far, and each "
                "token finalized by this pass as 'token'@position confidence")
 NEW, DIM, OFF = "\033[1;30;42m", "\033[2m", "\033[0m"
+# the files written here, each told by its first bytes (runtime.check_output: only these are written over)
+GENERATOR = '<meta name="generator" content="CDLM show.py replay">'
+PAGE = Output(".html", "a replay page show.py wrote (its head names the generator)",
+              lambda path: GENERATOR.encode() in file_head(path, 4096))
+PNG = Output(".png", "a PNG picture", lambda path: file_head(path, 8) == b"\x89PNG\r\n\x1a\n")
+GIF = Output(".gif", "a GIF picture", lambda path: file_head(path, 6) in (b"GIF87a", b"GIF89a"))
 
 
 def token_texts(tok, meta, ids):
@@ -143,7 +150,7 @@ def legend_html(thresholds):
 
 
 REPLAY = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>CDLM decoding replay</title>
+<html lang="en"><head><meta charset="utf-8">GENERATOR<title>CDLM decoding replay</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:8px 14px;color:#222;font-size:12px} h1{font-size:15px;margin:0;display:inline}
 .prompt{font-family:monospace;font-size:15px} #controls{margin:0 0 2px} .hint{color:#666}
@@ -234,7 +241,7 @@ def replay_html(runs, tok, meta, prompt):
     widths = [max(len(t) for d in data for t in [d["answer_text"][j]] + [f["text"][j] for f in d["frames"]])
               for j in range(L)]
     shades = {f"{c:.3f}": hex_colour(shade(c)) for r in runs for f in r["frames"] for c in f["conf"] if c is not None}
-    return (REPLAY.replace("PROMPT", html.escape(prompt)).replace("MASK", str(meta["mask_id"]))
+    return (REPLAY.replace("GENERATOR", GENERATOR).replace("PROMPT", html.escape(prompt)).replace("MASK", str(meta["mask_id"]))
             .replace("SEQ_LEN", str(meta["prompt_len"] + L)).replace("WIDTHS", json.dumps(widths))
             .replace("LEGEND", legend_html(thresholds_of(runs))).replace("SHADES", json.dumps(shades))
             .replace("WHERE_CLASSES", json.dumps({code: cls for code, (cls, _, _) in WHERE_KEY.items()}))

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from configurator import SEED, CDLMError, Float, Int, Str
 from data.common import METRICS, Each, check_fields, read_json
-from runtime import THREADS
+from runtime import THREADS, Output
 
 # the headline figures: (label, method or teacher steps, field); accuracies are shares, both metrics
 # (teacher_steps' keys are tokens per step; 'block' is the largest, one step per block, whatever the block size)
@@ -257,6 +257,19 @@ def stored_report(path):
     if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine"))):
         raise CDLMError(f"option table={path!r}: not a bench report (no methods, settings and machine)")
     return r
+
+
+def is_report(path):
+    """Whether path holds a bench report as bench.py writes it: an object whose methods, settings,
+    machine and config are objects."""
+    try:
+        r = read_json(path, "")
+    except CDLMError:
+        return False
+    return isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine", "config"))
+
+
+REPORT = Output(".json", "a bench report (an object with methods, settings, machine and config)", is_report)
 
 
 def table(report):

@@ -8,8 +8,8 @@ import re
 import socket
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from typing import NamedTuple
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -214,8 +214,9 @@ def check_file_writable(path, what):
 def refuse_overlap(outputs, inputs):
     """
     No output may be, contain or sit inside an input of the same run: the run would write over
-    what it reads. outputs and inputs are {option: path, or a list of paths}; None is skipped.
-    Real paths, so a symlink or a trailing slash hides nothing.
+    what it reads. outputs and inputs are {option: path, or a list of paths}; None is skipped. An
+    input whose key has a space is named by it as written (an input no option names: "the data of
+    option teacher_dir's checkpoint"). Real paths, so a symlink or a trailing slash hides nothing.
     """
     paths = lambda d: [(k, p) for k, v in d.items() for p in (v if isinstance(v, (list, tuple)) else [v]) if p]
     for o, out in paths(outputs):
@@ -224,16 +225,58 @@ def refuse_overlap(outputs, inputs):
             where = ("is the same path as" if a == b else "is inside" if os.path.commonpath([a, b]) == b else
                      "contains" if os.path.commonpath([a, b]) == a else None)
             if where:
-                raise CDLMError(f"option {o}={out!r} {where} option {i}={inp!r}, which this run reads: it would "
+                named = f"{i} {inp!r}" if " " in i else f"option {i}={inp!r}"
+                raise CDLMError(f"option {o}={out!r} {where} {named}, which this run reads: it would "
                                 f"be written over; give another {o}")
 
 
-@contextmanager
-def lock(path, what, file=False):
+class Output(NamedTuple):
+    """A kind of file a script writes: its suffix, what it is (for a message), and ours(path), whether
+    an existing file is one of that kind (a bench report by its fields, a replay page by its marker)."""
+    suffix: str
+    kind: str
+    ours: Callable
+
+
+def check_output(path, what, kind):
     """
-    One writer per output (a directory, or with file=True a file and the files named after it),
-    held for the run through .{name}.lock beside it. A second writer is refused in one line naming
-    the holder. flock is released by the kernel when its process ends, however it ends, so a
+    A file output may be new, or an existing file of the kind the script writes there (an Output),
+    which it replaces; anything else (a README, a dataset's meta.json or split, a manifest) is
+    refused, as is a name without the kind's suffix, before any work.
+    """
+    if not path.endswith(kind.suffix):
+        raise CDLMError(f"{what}={path!r}: expected a file name ending in {kind.suffix}")
+    if os.path.lexists(path) and not kind.ours(path):
+        raise CDLMError(f"{what}={path!r} is an existing file that is not {kind.kind}: it would be written over; "
+                        f"give a new file name, or remove that file")
+
+
+def file_head(path, n=65536):
+    """The first n bytes of a file (b'' when it cannot be read): what a kind of output is told by."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+@contextmanager
+def holding(outputs):
+    """Every file output of a run, [(path, what, Output)], checked (check_output) and locked (lock)
+    for the run, before any work: a second writer of any of them is refused."""
+    with ExitStack() as stack:
+        for path, what, kind in outputs:
+            stack.enter_context(lock(path, what, file=True, kind=kind))
+        yield
+
+
+@contextmanager
+def lock(path, what, file=False, kind=None):
+    """
+    One writer per output (a directory, or with file=True a file), held for the run through
+    .{name}.lock beside it; with kind (an Output), the file there must be of that kind
+    (check_output), checked under the lock. A second writer is refused in one line naming the
+    holder. flock is released by the kernel when its process ends, however it ends, so a
     killed run never blocks a rerun. Under torchrun only rank 0 writes files, so only rank 0 locks.
     """
     if int(os.environ.get("RANK", 0)) != 0:
@@ -262,6 +305,8 @@ def lock(path, what, file=False):
                          f"{' '.join(sys.argv)}".encode())
         except OSError:
             pass
+        if kind is not None:
+            check_output(path, what, kind)
         yield
     finally:
         os.close(fd)

@@ -17,7 +17,6 @@ import importlib.util
 import os
 import sys
 import time
-from contextlib import ExitStack
 from typing import NamedTuple
 
 import numpy as np
@@ -29,8 +28,8 @@ from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_finger
                          get_tokenizer, load_split, task_module, whole_blocks)
 from data.trajectories import TrajectorySets, load_trajectories
 from model import attention_mask, noise_answers, read_checkpoint
-from render import render_compare, replay_gif, replay_html, save_png, token_texts
-from runtime import compiled, lock, pick_device, refuse_overlap
+from render import GIF, PAGE, PNG, render_compare, replay_gif, replay_html, save_png, token_texts
+from runtime import compiled, holding, pick_device, refuse_overlap
 from sample import DecodeSettings, generate
 from train import LOSSES, Y_STARS, draw_states, student_pass
 
@@ -55,6 +54,7 @@ READ_BY = dict(checkpoints="compare states losses confidence infill", prompt="co
                traj_dir="states losses", index="states losses", y_star="states losses", html="compare", gif="compare", png="masks states",
                color="compare", num_eval="infill confidence", data_dir="infill confidence", seed="states losses",
                device="compare states losses confidence infill", compile="compare infill")
+OUTPUTS = dict(html=PAGE, png=PNG, gif=GIF)  # what each output option writes (render.py), and so may write over
 NEED = {"confidence": ["cdlm", "dlm"], "infill": ["dlm", "cdlm", "ar"], "states": ["cdlm"], "losses": ["cdlm", "dlm"], "masks": []}
 
 # -----------------------------------------------------------------------------
@@ -360,16 +360,12 @@ def main(argv):
     refuse_unused(cfg, {k: f"with --view={view}" for k, views in READ_BY.items() if view not in views.split()}
                   | {k: f"with --view={view}: no method shown needs it" for k in DIR_OPTION.values() if k not in dirs})
     for key in ("png", "gif"):
-        if cfg[key] and not cfg[key].endswith("." + key):
-            raise CDLMError(f"option {key}={cfg[key]!r}: expected a file name ending in .{key}")
         if cfg[key] and importlib.util.find_spec("matplotlib") is None:  # before any work, not after it
             raise CDLMError(f"option {key}: drawing needs matplotlib (pip install matplotlib)")
-    refuse_overlap({k: cfg[k] for k in ("html", "png", "gif")},
+    refuse_overlap({k: cfg[k] for k in OUTPUTS},
                    {k: cfg[k] for k in (*sorted(dirs), "traj_dir", "data_dir") if k in dirs or view in READ_BY[k].split()})
-    with ExitStack() as outputs:  # every output proven writable, and held, before any work
-        for key in ("html", "png", "gif"):
-            if cfg[key]:
-                outputs.enter_context(lock(cfg[key], f"option {key}", file=True))
+    # every output new or one of its kind, proven writable, and held (as bench.py holds its plots), before any work
+    with holding([(cfg[k], f"option {k}", kind) for k, kind in OUTPUTS.items() if cfg[k]]):
         run(cfg, pick_device(cfg["device"]), need)
 
 

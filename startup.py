@@ -2,14 +2,15 @@
 What a training run (train.py) starts from, each file checked before any work: a student's teacher
 and its trajectory sets, and the checkpoint a resumed run continues. A run killed at any point
 continues exactly with --init_from=resume: the checkpoint holds every random state and the data
-position, and is refused where the run would not continue it exactly.
+position, and is refused where the run would not continue it exactly. A run that starts afresh
+never writes over a finished checkpoint or a reference one.
 """
 import os
 
 from configurator import CDLMError
 from data.common import data_fingerprint, same_data
 from data.trajectories import load_trajectory_sets
-from model import read_checkpoint
+from model import KINDS, read_checkpoint
 
 # what a resumed run must share with the run it continues
 SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise",
@@ -27,12 +28,40 @@ def load_teacher(cfg, meta, device):
                                          data_fingerprint(meta))
 
 
+def finished(path):
+    """What a fresh start would destroy at path: a finished checkpoint, or a weights-only reference one (as
+    in ref/), described; None where there is none, or one unfinished (a killed run) or unreadable."""
+    try:
+        ckpt = read_checkpoint(path)
+    except CDLMError:
+        return None
+    kind = KINDS[ckpt["config"]["mode"]]
+    if ckpt.get("optimizer") is None:
+        return f"a weights-only reference checkpoint of the {kind} ({ckpt['iter_num']} iterations)"
+    if ckpt["iter_num"] >= ckpt["config"].get("max_iters", ckpt["iter_num"]):
+        return f"the finished checkpoint of a {kind} ({ckpt['iter_num']} iterations)"
+    return None
+
+
+def refuse_fresh_start(cfg, replace=False):
+    """A run from scratch (or from the teacher) writes its checkpoints into out_dir: over an unfinished or
+    damaged one there, never over a finished or a reference one (finished), unless replace (demo.py,
+    training a stage again, says why)."""
+    path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    held = None if cfg["init_from"] == "resume" or replace else finished(path)
+    if held:
+        raise CDLMError(f"option out_dir={cfg['out_dir']!r} holds {held}, which init_from={cfg['init_from']!r} "
+                        f"would write over: give another --out_dir, or remove {path}")
+
+
 def load_resume(cfg, meta, rt, teacher, traj):
     """The checkpoint a resumed run continues, refused where the run would not continue it exactly."""
     path = os.path.join(cfg["out_dir"], "ckpt.pt")
     try:
         init = read_checkpoint(path, rt.device, cfg["mode"], "out_dir", RESUME_KEYS)
     except CDLMError as e:  # what a rerun can do about it
+        if finished(path):  # a reference checkpoint: kept
+            raise CDLMError(f"{e}; to start over, give another --out_dir") from None
         raise CDLMError(f"{e}; to start over in {cfg['out_dir']} instead, rerun with --init_from="
                         f"{'teacher' if cfg['mode'] == 'cdlm' else 'scratch'} (it replaces the checkpoint)") from None
     changed = [k for k in SAME_ON_RESUME if init["config"][k] != cfg[k]]

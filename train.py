@@ -28,7 +28,7 @@ from model import (ROLES, ModelConfig, Transformer, add_lora, ar_loss, block_of,
 from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
                      refuse_overlap, rng_state, set_rng_state, setup_runtime, wrap_model)
 from sample import DEFAULT_DECODING
-from startup import load_resume, load_teacher
+from startup import load_resume, load_teacher, refuse_fresh_start
 
 class Pass(NamedTuple):
     """What the student's losses read from one batch (cdlm_losses): each loss row names its fields."""
@@ -103,7 +103,6 @@ config = dict(
 ATTN = {r.mode: r.attn for r in ROLES.values()}  # mode -> the mask it trains
 STUDENT_ONLY = ("teacher_dir", "traj_dirs", "y_star", "dlm_noise", "dlm_rows", *(f"w_{name}" for name in LOSSES), "lora_alpha",
                 "threshold")  # the options only mode='cdlm' reads
-
 
 
 # -----------------------------------------------------------------------------
@@ -310,9 +309,10 @@ def save(run, mcfg, iter_num, best_val, path):
                          sampling=asdict(DEFAULT_DECODING[cfg["mode"]](cfg["block_size"], cfg["threshold"]))), path)
 
 
-def train(cfg):
+def train(cfg, replace=False):  # replace: a finished checkpoint in out_dir (startup.refuse_fresh_start)
     cfg, meta, data = check_config(cfg)
     with lock(cfg["out_dir"], "option out_dir"), cpu_threads(cfg["threads"]):  # one writer per checkpoint folder
+        refuse_fresh_start(cfg, replace)
         return _train(cfg, meta, data)
 
 

@@ -291,6 +291,9 @@ def checkpoint_data(ckpt, data_dir=None, what="the checkpoint"):
     checkpoint was trained on.
     """
     d = data_dir or os.path.join(CHECKOUT, ckpt["config"]["data_dir"])
+    if data_dir and os.path.isdir(d) and not os.path.isfile(os.path.join(d, "meta.json")):
+        raise CDLMError(f"option data_dir={d!r} holds no prepared data (no meta.json: was prepare.py interrupted?): "
+                        f"prepare it again there, or give the data {what} was trained on")
     if not os.path.isfile(os.path.join(d, "meta.json")):
         raise CDLMError(f"the data {what} was trained on is not at {d} (moved?): give it with --data_dir")
     meta = load_meta(d)
@@ -298,6 +301,24 @@ def checkpoint_data(ckpt, data_dir=None, what="the checkpoint"):
         raise CDLMError(f"{d} holds other data than {what} was trained on (another seed, size or "
                         f"tokenizer): give the right one with --data_dir, or prepare it again")
     return d, meta
+
+
+def stored_data_dirs(cfg, keys):
+    """
+    Where each checkpoint folder cfg[key] says its data lies, {"the data of option <key>'s
+    checkpoint": path}, read from its config without loading its weights: inputs of the run for
+    runtime.refuse_overlap. None where cfg gives data_dir, or where a checkpoint cannot be read (its
+    load, later, says why).
+    """
+    import torch
+    out = {}
+    for key in keys * (not cfg.get("data_dir")):
+        try:
+            ckpt = torch.load(os.path.join(cfg[key], "ckpt.pt"), map_location="cpu", weights_only=True, mmap=True)
+            out[f"the data of option {key}'s checkpoint"] = os.path.join(CHECKOUT, ckpt["config"]["data_dir"])
+        except Exception:  # anything unreadable is for read_checkpoint to name, with its fix
+            pass
+    return out
 
 
 def get_tokenizer(meta):
@@ -470,13 +491,25 @@ def write_dataset(out_dir, arrays, meta):
 
 
 @contextmanager
-def writing(out_dir):
+def writing(out_dir, task):
     """
     prepare.py's hold on out_dir, from the look at what is there to the last file written: the
-    one-writer lock every writer takes (runtime.lock), and never over a trajectory set, whose
-    commit record is also a meta.json (collect.py would then refuse the folder).
+    one-writer lock every writer takes (runtime.lock), and only over this task's prepared data
+    (check_data_dir), never over another task's or a trajectory set.
     """
     from runtime import lock
+    with lock(out_dir, "option out_dir"):
+        check_data_dir(out_dir, task)
+        yield
+
+
+def check_data_dir(out_dir, task):
+    """
+    A folder prepare.py may write task's data into: new or empty, the task's own data/<task>/, or
+    holding nothing but prepared data (meta.json, the .bin splits, their temporary names) of this
+    task; a meta.json too damaged to name its task is rewritten. Another task's data, a trajectory
+    set (whose commit record is also a meta.json) or any other file is refused.
+    """
     try:
         with open(os.path.join(out_dir, "meta.json")) as f:
             record = json.load(f)
@@ -485,8 +518,19 @@ def writing(out_dir):
     if isinstance(record, dict) and "set" in record:
         raise CDLMError(f"option out_dir={out_dir!r} holds a trajectory set (its meta.json is the set's commit "
                         f"record): prepare the data elsewhere")
-    with lock(out_dir, "option out_dir"):
-        yield
+    if isinstance(record, dict) and isinstance(record.get("task"), str) and record["task"] != task:
+        raise CDLMError(f"option out_dir={out_dir!r} holds the prepared data of task {record['task']!r}, not "
+                        f"{task!r}: prepare {task} in another folder")
+    owner = next((t for t, d in tasks().items() if os.path.realpath(d) == os.path.realpath(out_dir)), None)
+    if owner == task:
+        return  # the task's own folder: its prepare.py lives beside the data
+    if owner is not None:
+        raise CDLMError(f"option out_dir={out_dir!r} is the folder of task {owner!r}: prepare {task} in another folder")
+    other = sorted(n for n in os.listdir(out_dir) if not n.startswith(".")
+                   and not re.fullmatch(r"meta\.json|\w+\.bin(\.new)?|.+\.tmp", n))
+    if other:
+        raise CDLMError(f"option out_dir={out_dir!r} holds {other[0]!r}, which is not prepared data: prepare "
+                        f"{task} in a new or empty folder, or one holding its data")
 
 
 def prepared(out_dir, cfg):

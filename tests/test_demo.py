@@ -1,6 +1,7 @@
 """demo.py: every stage in one command, skipped on a second run; several seeds in one table."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -141,7 +142,7 @@ def test_a_run_outside_the_committed_range_says_by_how_much():
     assert "seed 1: its CPU instruction set is not recorded" in results.against(mine, [run(0.95, 48.0, 1)])
 
 
-def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, capsys, monkeypatch):
+def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, capsys, monkeypatch, teacher_dir):
     """--stage=export: ref/<task>/ holds each checkpoint without optimizer or RNG state, its data
     path relative to the root, and decodes exactly as the original."""
     from model import load_model
@@ -162,6 +163,33 @@ def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, c
     s = DecodeSettings(ca["model_config"]["block_size"], threshold=0.9, cache="exact")
     run = lambda m: generate(m, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], s).tokens
     assert torch.equal(run(a), run(b))
+    # the manifest's notes written by hand stay while it lists the same weights
+    manifest["trained_at"], manifest["data"] = "by hand", "python -m data.arithmetic.prepare"
+    json.dump(manifest, open("ref/arithmetic/MANIFEST.json", "w"))
+    demo.main(["--stage=export"])
+    again = json.load(open("ref/arithmetic/MANIFEST.json"))
+    assert again["trained_at"] == "by hand" and again["data"] == manifest["data"]
+    # a student from another teacher, a checkpoint of the wrong kind in a place: refused, ref/ untouched
+    ref = {name: open(f"ref/arithmetic/{name}/ckpt.pt", "rb").read() for name in manifest["checkpoints"]}
+    shutil.copy("out/teacher/ckpt.pt", "teacher.pt")
+    shutil.copy(os.path.join(teacher_dir, "ckpt.pt"), "out/teacher/ckpt.pt")
+    with pytest.raises(demo.CDLMError, match="out/student/ckpt.pt was distilled from another teacher than out/teacher"):
+        demo.main(["--stage=export"])
+    shutil.copy("teacher.pt", "out/teacher/ckpt.pt")
+    shutil.copy("out/student/ckpt.pt", "out/ar/ckpt.pt")
+    with pytest.raises(demo.CDLMError, match=r"out/ar/ckpt.pt holds the student \(cdlm\).*AR baseline"):
+        demo.main(["--stage=export"])
+    assert all(open(f"ref/arithmetic/{name}/ckpt.pt", "rb").read() == b for name, b in ref.items())
     monkeypatch.setitem(demo.REFERENCE_EXTRA, "arithmetic", {"teacher_infill": ["config/missing.py"]})
     with pytest.raises(demo.CDLMError, match="missing.py"):
         demo.main(["--stage=export"])
+
+
+def test_export_without_checkpoints_is_refused_before_any_work(tiny_task, monkeypatch):
+    """Every missing checkpoint named at once, and no data prepared first."""
+    import data.arithmetic.prepare as arith
+    monkeypatch.setattr(arith, "prepare", lambda cfg: pytest.fail("export prepared the data"))
+    monkeypatch.setitem(demo.REFERENCE_EXTRA, "arithmetic", {})
+    with pytest.raises(demo.CDLMError) as e:
+        demo.main(["--stage=export"])
+    assert all(f"out/{name}/ckpt.pt" in str(e.value) for name in ("teacher", "student", "ar")), e.value

@@ -132,7 +132,7 @@ def prepare(cfg):
     if cfg["min_steps"] > cfg["max_steps"]:
         raise CDLMError(f"option min_steps={cfg['min_steps']} is above max_steps={cfg['max_steps']}")
     check_problem_count(cfg)
-    with writing(cfg["out_dir"]):  # one writer, from the look at what is there to the last file
+    with writing(cfg["out_dir"], "wordproblems"):  # one writer, from the look at what is there to the last file
         return _prepare(cfg)
 
 
