@@ -37,9 +37,9 @@ from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configur
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
-from render import frontier_png
+from render import PNG, frontier_png
 from results import ablation_path, against, read_frontier, read_results, report, seed_path, slug, table
-from runtime import (THREADS, check_compiler, check_file_writable, check_writable, code_version, cpu_threads, lock,
+from runtime import (THREADS, check_compiler, check_output, check_writable, code_version, cpu_threads, lock,
                      machine_info, pick_device)
 
 # every task's defaults: arithmetic's presets (a bench needs none)
@@ -385,7 +385,7 @@ def main(argv):
                     pipeline(task, s, cfg["num_eval"], cfg["threads"], cfg["results_dir"], cfg["bench_methods"])
     print("\n" + report(task, cfg["results_dir"], ABLATIONS))
     if cfg["png"]:
-        with lock(cfg["png"], "option png", file=True):
+        with lock(cfg["png"], "option png", file=True, kind=PNG):
             frontier_png(cfg["png"], read_frontier(task, cfg["results_dir"]))
     if not cfg["report"]:
         print(f"\n(demo took {time.time() - t0:.0f} s)")
@@ -396,13 +396,11 @@ def check_png(cfg):
         return
     if not cfg["report"]:
         raise CDLMError("option png: the frontier is drawn from the results files: give --report with it")
-    if not cfg["png"].endswith(".png"):
-        raise CDLMError(f"option png={cfg['png']!r}: expected a file name ending in .png")
     if importlib.util.find_spec("matplotlib") is None:
         raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)")
     if not read_frontier(cfg["task"], cfg["results_dir"]):
         raise CDLMError(f"option png: no frontier files in {os.path.join(cfg['results_dir'], cfg['task'], 'frontier')}/ to draw")
-    check_file_writable(cfg["png"], "option png")
+    check_output(cfg["png"], "option png", PNG)
 
 
 def entry(argv):
