@@ -1,0 +1,129 @@
+"""
+Every file read is the file it claims to be, down to its contents: a trajectory set's token ids,
+steps and hidden states, a checkpoint's mode against its mask and its weights against its
+model_config, a checkpoint's stored decoding settings named as its own, a results file's figures
+against what they count. Each is one line naming the file, the field or the first bad row.
+"""
+import os
+import shutil
+
+import numpy as np
+import pytest
+from test_hostile import collect_into, refused
+
+import show
+import train
+from configurator import CDLMError
+from data.trajectories import Writer, field_specs, load_trajectories, load_trajectory_sets
+
+# -----------------------------------------------------------------------------
+# trajectory sets: ids inside the vocabulary, the steps of one token a step, finite hidden states
+
+N, P, L, BS, C, V = 6, 5, 8, 4, 3, 12
+
+
+def write_set(out, edit=None, name="set-synthetic"):
+    """A small trajectory set written by the repo's own Writer and committed as collect.py commits it:
+    rows whose steps finalize one position a step, block by block."""
+    specs = field_specs(dict(dtype="uint8", prompt_len=P, gen_len=L), N, C, "float16")
+    settings = dict(teacher_hash="0" * 16, data="1" * 16, n_examples=N)
+    rng = np.random.default_rng(0)
+    arrays = dict(prompt=rng.integers(3, V, (N, P)), tokens=rng.integers(3, V, (N, L)), truth=rng.integers(3, V, (N, L)),
+                  step=np.stack([np.concatenate([b * BS + rng.permutation(BS) for b in range(L // BS)]) for _ in range(N)]),
+                  hidden=rng.standard_normal((N, L, C)))
+    if edit:
+        edit(arrays)
+    w = Writer(str(out), specs, settings)
+    w.resume()
+    w.write(range(N), arrays)
+    w.checkpoint(N, N)
+    w.commit(name, dict(settings=settings, n=N, gen_len=L, block_size=BS, prompt_len=P, vocab_size=V, n_embd=C,
+                        fields={k: [list(s), d] for k, (s, d) in specs.items()}))
+    return str(out)
+
+
+def put(field, value, row=None, pos=None):
+    def edit(a):
+        a[field] = a[field].astype(np.float64 if field == "hidden" else np.int64)
+        if row is None:
+            a[field][...] = value
+        else:
+            a[field][row, pos] = value
+    return edit
+
+
+def twice(a):  # row 2 finalizes position 1 at position 0's step: one step finalizes two, another none
+    a["step"][2, 1] = a["step"][2, 0]
+
+
+@pytest.mark.parametrize("edit, words", [
+    (put("tokens", 200, 3, 2), ["tokens.bin: row 3, position 2 holds token id 200", "vocabulary of 12"]),  # probe 240
+    (put("tokens", 200), ["tokens.bin: row 0, position 0 holds token id 200"]),                            # 241, 257
+    (put("truth", 200), ["truth.bin: row 0, position 0 holds token id 200"]),                              # 242
+    (put("prompt", 200), ["prompt.bin: row 0, position 0 holds token id 200"]),                            # 243
+    (put("truth", 250, 5, 7), ["truth.bin: row 5, position 7 holds token id 250"]),                        # 244
+    (put("step", 999), ["step.bin: row 0, position 0 holds step 999", "its block's steps 0..3"]),          # 245, 256
+    (put("step", -1), ["step.bin: row 0, position 0 holds step -1"]),                                      # 246
+    (put("step", 2, 1, 6), ["step.bin: row 1, position 6 holds step 2", "its block's steps 4..7"]),
+    (twice, ["step.bin: row 2 finalizes 2 positions at step", "and none at step", "one a step"]),
+    (put("hidden", np.nan), ["hidden.bin: row 0, position 0", "not finite"]),                              # 247, 261
+    (put("hidden", np.inf, 4, 5), ["hidden.bin: row 4, position 5", "not finite"]),
+])
+def test_a_damaged_trajectory_set_is_refused_naming_its_first_bad_row(tmp_path, edit, words):
+    load_trajectories(write_set(tmp_path / "good"))  # the writer's own set opens
+    with pytest.raises(CDLMError) as e:
+        load_trajectories(write_set(tmp_path / "bad", edit))
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words) and "run collect.py again" in msg, msg
+    assert str(tmp_path / "bad") in msg
+
+
+def test_a_trajectory_set_given_twice_is_refused(tmp_path):
+    a = write_set(tmp_path / "a")
+    os.symlink(a, tmp_path / "link")
+    shutil.copytree(a, tmp_path / "copy")
+    load = lambda *dirs: load_trajectory_sets(list(dirs), None, L, BS)
+    assert load(a).n == N and load(a, write_set(tmp_path / "b", name="set-other")).n == 2 * N
+    for again in (a, a + "/", str(tmp_path / "link"), str(tmp_path / ".." / tmp_path.name / "a")):
+        with pytest.raises(CDLMError, match=f"option traj_dirs: '{again}' is '{a}' again"):
+            load(a, again)
+    with pytest.raises(CDLMError, match=f"'{tmp_path / 'copy'}' holds the same set \\(set-synthetic\\) as '{a}'"):
+        load(a, str(tmp_path / "copy"))
+
+
+def damaged_copy(src, dst, field, value):
+    shutil.copytree(src, dst)
+    _, meta = load_trajectories(str(dst))
+    f = dst / meta["set"] / f"{field}.bin"
+    a = np.fromfile(f, dtype=meta["fields"][field][1])
+    a[...] = value
+    a.tofile(f)
+    return dst
+
+
+@pytest.mark.parametrize("field, value, words", [("tokens", 200, ["tokens.bin: row 0", "token id 200"]),
+                                                 ("step", 999, ["step.bin: row 0", "step 999"]),
+                                                 ("hidden", np.nan, ["hidden.bin: row 0", "not finite"])])
+def test_train_and_show_refuse_a_damaged_set_before_work(tmp_path, data_dir, teacher_dir, student_dir, traj_dir,
+                                                        field, value, words):
+    bad = damaged_copy(traj_dir, tmp_path / "bad", field, value)
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 's'}", "--mode=cdlm", "--init_from=teacher",
+                         f"--teacher_dir={teacher_dir}", f"--traj_dirs={bad}", "--device=cpu"], *words)
+    for view, extra in (("states", []), ("losses", [f"--teacher_dir={teacher_dir}"])):
+        refused(show.main, [f"--view={view}", f"--student_dir={student_dir}", f"--traj_dir={bad}", *extra], *words)
+
+
+def test_train_refuses_a_set_given_twice(tmp_path, data_dir, teacher_dir, traj_dir):
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 's'}", "--mode=cdlm", "--init_from=teacher",
+                         f"--teacher_dir={teacher_dir}", f"--traj_dirs={traj_dir},{traj_dir}/", "--device=cpu"],
+            "option traj_dirs", f"'{traj_dir}/' is '{traj_dir}' again")
+
+
+def test_a_set_with_damaged_contents_is_collected_again_by_the_rerun(tmp_path, teacher_dir, traj_dir, capsys):
+    want, _ = load_trajectories(traj_dir)
+    bad = damaged_copy(traj_dir, tmp_path / "bad", "step", 999)
+    collect_into(bad, teacher_dir)  # the rerun the message names: not the damaged set committed again
+    assert "damaged" in capsys.readouterr().out
+    got, _ = load_trajectories(str(bad))
+    for f in ("step", "tokens"):
+        np.testing.assert_array_equal(got[f], want[f])
