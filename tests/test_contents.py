@@ -10,7 +10,10 @@ import shutil
 import numpy as np
 import pytest
 from test_hostile import collect_into, refused
+from test_hostile_inputs import copy_checkpoint
 
+import collect
+import sample
 import show
 import train
 from configurator import CDLMError
@@ -127,3 +130,45 @@ def test_a_set_with_damaged_contents_is_collected_again_by_the_rerun(tmp_path, t
     got, _ = load_trajectories(str(bad))
     for f in ("step", "tokens"):
         np.testing.assert_array_equal(got[f], want[f])
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: the mode agrees with the mask, the weights with the model_config, and a stored
+# decoding setting is named as the checkpoint's, not as an option nobody typed
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c: c["config"].update(mode="dlm"), ["mode='dlm' (the teacher)", "attn='block_causal'", "disagree"]),  # 220
+    (lambda c: c["model_config"].update(attn="bidirectional"), ["mode='cdlm' (the student)", "attn='bidirectional'"]),
+    (lambda c: c["model_config"].update(n_layer=3), ["does not match its model_config", "it has no blocks.2."]),  # 227
+    (lambda c: c["model_config"].update(vocab_size=22), ["does not match", "lm_head.weight of shape [21, 32], where "
+                                                                           "that model has [22, 32]"]),  # 228
+    (lambda c: c["model_config"].update(seq_len=70), ["does not match", "wpe.weight of shape [69, 32]"]),  # 229
+    (lambda c: c["model_config"].update(n_heads=2), ["its model_config builds no model", "n_heads"]),
+])
+def test_an_edited_checkpoint_is_refused_naming_it(tmp_path, student_dir, edit, words):
+    bad = copy_checkpoint(student_dir, tmp_path / "bad", edit)
+    refused(sample.main, [f"--out_dir={bad}", "--prompt=5:+3*7="], f"{bad}/ckpt.pt", *words)
+
+
+def test_a_student_edited_into_a_teacher_is_no_teacher(tmp_path, data_dir, student_dir, teacher_dir):
+    bad = copy_checkpoint(student_dir, tmp_path / "bad", lambda c: c["config"].update(mode="dlm"))
+    refused(collect.main, [f"--teacher_dir={bad}", f"--out_dir={tmp_path / 't'}", "--device=cpu"],
+            f"{bad}/ckpt.pt", "mode='dlm'", "attn='block_causal'")
+    wide = copy_checkpoint(teacher_dir, tmp_path / "wide", lambda c: c["model_config"].update(n_embd=64))
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 's'}", "--mode=cdlm", "--init_from=teacher",
+                         f"--teacher_dir={wide}", f"--traj_dirs={tmp_path / 'none'}", "--device=cpu"],
+            f"{wide}/ckpt.pt", "does not match its model_config")
+
+
+@pytest.mark.parametrize("stored, typed, words", [
+    (dict(threshold=5.0), "--threshold=0.9", ["sampling.threshold=5.0", "expected float in (0, 1]"]),  # 223
+    (dict(threshold="0.9"), "--threshold=0.9", ["sampling.threshold='0.9'", "expected float"]),       # 226
+    (dict(cache="prefix"), "--cache=exact", ["sampling.cache='prefix'", "block_causal model's cache is exact"]),  # 224
+    (dict(block_size=7), "--block_size=8", ["sampling.block_size=7", "divisor of gen_len=48"]),        # 225
+])
+def test_a_bad_stored_decoding_setting_names_its_checkpoint(tmp_path, student_dir, stored, typed, words):
+    bad = copy_checkpoint(student_dir, tmp_path / "bad", lambda c: c["sampling"].update(stored))
+    msg = refused(sample.main, [f"--out_dir={bad}", "--prompt=5:+3*7="], f"{bad}/ckpt.pt: its stored setting", *words)
+    assert "option" not in msg.replace(str(bad), ""), msg
+    sample.main([f"--out_dir={bad}", "--prompt=5:+3*7=", typed])  # the option typed replaces the stored setting
+    refused(sample.main, [f"--out_dir={student_dir}", "--prompt=5:+3*7=", "--cache=prefix"], "option cache='prefix'")
