@@ -36,7 +36,7 @@ from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configur
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
-from results import ablation_path, against, read_results, report, seed_path, slug, table
+from results import ablation_path, against, read_results, report, seed_path, slug, table, teacher_steps_per_block
 from runtime import THREADS, check_compiler, check_writable, code_version, cpu_threads, machine_info, pick_device
 
 # every task's defaults: arithmetic's presets (a bench needs none)
@@ -158,7 +158,7 @@ def teacher_steps(cfg, num_eval):
     bs = model.cfg.block_size
     with cpu_threads(cfg["threads"]):
         steps = {str(bs // spb): scores(sample.evaluate(model, meta, rows, sample.DecodeSettings(bs, steps_per_block=spb)))
-                 for spb in (bs, bs // 2, bs // 4, 1)}
+                 for spb in teacher_steps_per_block(bs)}
     atomic_write_json(path, dict(weights_hash=ckpt["weights_hash"], num_eval=num_eval, metrics=list(METRICS),
                                  threads=cfg["threads"], steps=steps))
     return steps

@@ -4,11 +4,13 @@ steps and hidden states, a checkpoint's mode against its mask and its weights ag
 model_config, a checkpoint's stored decoding settings named as its own, a results file's figures
 against what they count. Each is one line naming the file, the field or the first bad row.
 """
+import json
 import os
 import shutil
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from test_hostile import collect_into, refused
 from test_hostile_inputs import copy_checkpoint
 
@@ -172,3 +174,39 @@ def test_a_bad_stored_decoding_setting_names_its_checkpoint(tmp_path, student_di
     assert "option" not in msg.replace(str(bad), ""), msg
     sample.main([f"--out_dir={bad}", "--prompt=5:+3*7=", typed])  # the option typed replaces the stored setting
     refused(sample.main, [f"--out_dir={student_dir}", "--prompt=5:+3*7=", "--cache=prefix"], "option cache='prefix'")
+
+
+# -----------------------------------------------------------------------------
+# results files: figures that cannot have been measured are refused, naming the file and field
+
+def test_a_results_file_with_impossible_figures_is_refused(tmp_path):
+    import demo
+    import results
+    res, here = tmp_path / "results", tmp_path / "results" / "arithmetic"
+    shutil.copytree(os.path.join(ROOT, "results/arithmetic"), here)
+    good = results.report("arithmetic", str(res), demo.ABLATIONS)
+    seed2, abl = here / "seed2.json", here / "ablation" / "default_seed2.json"
+
+    def edited(path, change, *words):
+        before = path.read_bytes()
+        d = json.loads(before)
+        change(d)
+        path.write_text(json.dumps(d))
+        refused(demo.main, ["--report", f"--results_dir={res}"], path.name, *words)
+        path.write_bytes(before)
+    edited(seed2, lambda d: d["bench"]["cdlm"].update(nfe=0), "field bench.cdlm.nfe", "[1, inf)", "got 0")  # probe 417
+    edited(seed2, lambda d: d["teacher_steps"]["1"].update(nfe=-1.0), "teacher_steps.1.nfe")
+    edited(abl, lambda d: d.update(nfe=0.5), "field nfe", "got 0.5")
+    steps = lambda d: d.update(teacher_steps={("3" if k == "2" else k): v for k, v in d["teacher_steps"].items()})
+    edited(seed2, steps, "field teacher_steps has rows ['1', '3', '4', '8']", "a block of 8: ['1', '2', '4', '8']")  # 423
+    edited(here / "seed3.json", lambda d: d["teacher_steps"].pop("8"), "seed3.json: field teacher_steps has rows "
+           "['1', '2', '4']", "seed1337.json has ['1', '2', '4', '8']")
+    edited(seed2, lambda d: d["bench"]["cdlm"].update(whole_acc=0.999), "bench.cdlm.whole_acc=0.999 is above "
+           "bench.cdlm.final_acc")  # 432
+    edited(seed2, lambda d: d["teacher_steps"]["8"].update(whole_acc=1.0), "teacher_steps.8.whole_acc=1.0 is above")
+    edited(abl, lambda d: d.update(whole_acc=1.0), "field whole_acc=1.0 is above final_acc")
+    assert results.report("arithmetic", str(res), demo.ABLATIONS) == good
+    for where, words in ((tmp_path / "nowhere", "does not exist"), (seed2, "is a file, not a directory")):  # 449, 450
+        refused(demo.main, ["--report", f"--results_dir={where}"], f"option results_dir='{where}' {words}")
+    (tmp_path / "empty").mkdir()  # a folder without this task's files is a report of none yet
+    assert "no results for arithmetic" in results.report("arithmetic", str(tmp_path / "empty"))
