@@ -69,6 +69,10 @@ class Option:
     def coerce(self, value):
         return value
 
+    def accepts(self, value):
+        """Whether check would take value (a setting read from a file, named there by its reader)."""
+        return (value is None and self.default is None) or (self.coerce(value) is not None and self.valid(self.coerce(value)))
+
 
 # every seed: seed + rank and seed + row offsets (collect.py) stay below 2**64, torch's limit
 SEED = "[0, 2**63)"

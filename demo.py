@@ -38,7 +38,8 @@ from data.common import METRICS, atomic_write_json, checkpoint_data, load_split,
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
 from render import PNG, frontier_png
-from results import ablation_path, against, read_frontier, read_results, report, seed_path, slug, table
+from results import (ablation_path, against, read_frontier, read_results, report, seed_path, slug, table,
+                     teacher_steps_per_block)
 from runtime import (THREADS, check_compiler, check_output, check_writable, code_version, cpu_threads, lock,
                      machine_info, pick_device)
 
@@ -162,7 +163,7 @@ def teacher_steps(cfg, num_eval):
     bs = model.cfg.block_size
     with cpu_threads(cfg["threads"]):
         steps = {str(bs // spb): scores(sample.evaluate(model, meta, rows, sample.DecodeSettings(bs, steps_per_block=spb)))
-                 for spb in (bs, bs // 2, bs // 4, 1)}
+                 for spb in teacher_steps_per_block(bs)}
     atomic_write_json(path, dict(weights_hash=ckpt["weights_hash"], num_eval=num_eval, metrics=list(METRICS),
                                  threads=cfg["threads"], steps=steps))
     return steps

@@ -382,8 +382,9 @@ def save_checkpoint(ckpt, path):
 def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
     """
     The checkpoint dict, or a one-line error naming the file; `mode` requires a kind (dlm/cdlm/ar),
-    `needs` more keys (a resume's optimizer and random states). Its weights must hash to the hash
-    stored beside them: a damaged file is refused, never decoded with silently.
+    `needs` more keys (a resume's optimizer and random states). Its mask must be its mode's, and its
+    weights must hash to the hash stored beside them and fit its model_config: a damaged or edited
+    file is refused, never decoded with silently.
     """
     if not os.path.isfile(path):
         raise CDLMError(f"no checkpoint at {path} (train one first, or check --{option})")
@@ -393,12 +394,18 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
         raise CDLMError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:200]}; make it again "
                         f"(train.py with --init_from=scratch, or =teacher for a student) or give another --{option}")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or not isinstance(ckpt["config"], dict) \
-            or not isinstance(ckpt["model"], dict) or not all(torch.is_tensor(t) for t in ckpt["model"].values()):
+            or not isinstance(ckpt["model"], dict) or not all(torch.is_tensor(t) for t in ckpt["model"].values()) \
+            or not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["sampling"], dict):
         raise CDLMError(f"{path} is not a checkpoint of this version of the repo (needs {', '.join(CKPT_KEYS)})")
     have = ckpt["config"].get("mode")
     if not isinstance(have, str) or have not in KINDS:
         raise CDLMError(f"{path}: its config has mode={have!r}, not one of {', '.join(KINDS)}: it is not a checkpoint "
                         f"train.py made; give another --{option}")
+    role = next(r for r in ROLES.values() if r.mode == have)
+    attn = ckpt["model_config"].get("attn")
+    if attn != role.attn:  # an edited mode or mask: the weights are not of the kind the config says
+        raise CDLMError(f"{path}: its config has mode={have!r} (the {role.label}) but its model_config has attn={attn!r}, "
+                        f"not the {role.label}'s {role.attn!r}: the two disagree; copy or train it again")
     if mode is not None and have != mode:
         raise CDLMError(f"--{option}: {path} holds the {KINDS[have]} ({have}), but this needs the {KINDS[mode]} ({mode})")
     missing = [k for k in needs if ckpt.get(k) is None]
@@ -407,7 +414,26 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
     if weights_hash(ckpt["model"]) != ckpt["weights_hash"]:  # 5 ms for ref/arithmetic/teacher, a fifth of its load
         raise CDLMError(f"{path} is damaged: its weights do not hash to the {ckpt['weights_hash']!r} stored with them; "
                         f"copy or train it again")
+    check_fit(ckpt, path)
     return ckpt
+
+
+def check_fit(ckpt, path):
+    """The weights are those of the model that the checkpoint's model_config builds, name by name and
+    shape by shape: an edited model_config is one line naming the file, not load_state_dict's
+    traceback. The model is built on the CPU without drawing from the run's random state."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            want = {k: tuple(v.shape) for k, v in Transformer(ModelConfig(**ckpt["model_config"])).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CDLMError(f"{path}: its model_config builds no model ({type(e).__name__}: {str(e)[:100]}); copy or train "
+                        f"it again") from None
+    have = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    if want != have:
+        k = next(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
+        why = (f"no {k}" if k not in have else f"{k}, which that model has not" if k not in want else
+               f"{k} of shape {list(have[k])}, where that model has {list(want[k])}")
+        raise CDLMError(f"{path}: its state dict does not match its model_config (it has {why}); copy or train it again")
 
 
 def load_model(path, device="cpu", mode=None, option="out_dir"):

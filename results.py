@@ -43,7 +43,13 @@ def ablation_path(results_dir, task, variant, seed):
 
 
 SHARE, COUNT = Float(0.0, "[0, 1]"), Float(0.0, "[0, inf)")
-SCORES = dict(final_acc=SHARE, whole_acc=SHARE, nfe=COUNT)
+SCORES = dict(final_acc=SHARE, whole_acc=SHARE, nfe=Float(1.0, "[1, inf)"))  # a decode takes at least one pass
+
+
+def teacher_steps_per_block(block_size):
+    """The teacher's rows of a seed file (demo.py measures them): 1, 2 and 4 tokens per step and one step
+    per block, as steps per block; its key in teacher_steps is tokens per step, block_size // steps."""
+    return tuple(dict.fromkeys(s for s in (block_size, block_size // 2, block_size // 4, 1) if s))
 # what the report and `against` read of a seed's file; other fields are kept, not read
 SPEEDUPS = [field.split(".") for _, _, field in HEADLINE if "speedup" in field]  # ['compiled', 'speedup_...'] or one
 SEED_FILE = {
@@ -76,11 +82,13 @@ def read_results(task, results_dir):
         r = check_fields(read_json(path, fix), SEED_FILE, path, fix)
         if (r["task"], r["seed"]) != (task, int(m[1])):
             raise CDLMError(f"{path}: holds {r['task']} seed {r['seed']}, not {task} seed {m[1]} as its place says; {fix}")
+        check_seed_figures(path, r, seeds, fix)
         seeds.append((path, r))
     ablation, seen = [], {}
     for name in names(os.path.join(here, "ablation")):
         path = os.path.join(here, "ablation", name)
         r = check_fields(read_json(path, fix), ABLATION_FILE, path, fix)
+        check_scores(path, r, "", fix)
         if r["task"] != task or os.path.normpath(path) != os.path.normpath(ablation_path(results_dir, task, r["variant"], r["seed"])):
             raise CDLMError(f"{path}: holds {r['task']} variant {r['variant']!r} seed {r['seed']}, whose file is "
                             f"{ablation_path(results_dir, r['task'], r['variant'], r['seed'])}; {fix}")
@@ -90,6 +98,30 @@ def read_results(task, results_dir):
         seen[r["variant"], r["seed"]] = path
         ablation.append((path, r))
     return Results(sorted(seeds, key=lambda pr: pr[1]["seed"]), ablation)
+
+
+def check_scores(path, scores, at, fix):
+    """A whole worked answer right has its final answer right: whole_acc above final_acc cannot be measured."""
+    if scores["whole_acc"] > scores["final_acc"]:
+        raise CDLMError(f"{path}: field {at}whole_acc={scores['whole_acc']} is above {at}final_acc={scores['final_acc']}, "
+                        f"which a whole answer right implies; {fix}")
+
+
+def check_seed_figures(path, r, before, fix):
+    """What the schema cannot say of a seed file: every score pair possible, and the teacher's rows those
+    demo.py measures at its block size (the largest key), the same rows as the seed files read before it."""
+    for k, scores in [*(("teacher_steps." + k, v) for k, v in r["teacher_steps"].items()),
+                      *(("bench." + k, v) for k, v in r["bench"].items())]:
+        check_scores(path, scores, k + ".", fix)
+    have = sorted(r["teacher_steps"], key=int)  # tokens per step
+    want = sorted({str(int(have[-1]) // s) for s in teacher_steps_per_block(int(have[-1]))}, key=int)
+    if have != want:
+        raise CDLMError(f"{path}: field teacher_steps has rows {have} (tokens per step), not those demo.py measures at "
+                        f"a block of {have[-1]}: {want}; {fix}")
+    other = next((p for p, o in before if sorted(o["teacher_steps"], key=int) != have), None)
+    if other:
+        raise CDLMError(f"{path}: field teacher_steps has rows {have}, but {other} has "
+                        f"{sorted(dict(before)[other]['teacher_steps'], key=int)}: one table reads both; {fix}")
 
 
 def spread(xs, unit, digits=1):
@@ -159,6 +191,9 @@ def against(run, others):
 def report(task, results_dir, variants=()):
     """RESULTS.md's tables, from the results files alone: headline figures over seeds, AR, and the
     ablation (its rows in the order of `variants`, then any other)."""
+    if not os.path.isdir(results_dir):
+        what = "is a file, not a directory" if os.path.exists(results_dir) else "does not exist"
+        raise CDLMError(f"option results_dir={results_dir!r} {what}: give the folder of the results files (results)")
     files = read_results(task, results_dir)
     runs = [r for _, r in files.seeds]
     lines = []

@@ -278,18 +278,18 @@ class DecodeSettings:
             given = [name for name, r in RULES.items() if getattr(self, r.param, None) is not None]
             self.rule = given[0] if len(given) == 1 else None
 
-    def check(self, attn, gen_len):
-        """A one-line error, naming the option, for settings this model and layout cannot decode."""
+    def check(self, attn, gen_len, origin="option {}".format):
+        """A one-line error for settings this model and layout cannot decode, naming each as origin(field) does."""
         def bad(key, allowed):
-            raise CDLMError(f"option {key}={getattr(self, key)!r}: {allowed}")
-        params = [r.param for r in RULES.values()]
+            raise CDLMError(f"{origin(key)}={getattr(self, key)!r}: {allowed}")
+        params, options = [r.param for r in RULES.values()], decode_options()
         if self.rule is None:
-            raise CDLMError(f"give exactly one of {' and '.join(params)} (or name the rule: one of {', '.join(RULES)})")
-        options = decode_options()
+            bad("rule", f"give exactly one of {' and '.join(params)} (or name the rule: one of {', '.join(RULES)})")
         for f in fields(self):  # each field's type and range, as sample.py declares them
             if getattr(self, f.name) is None and type(None) not in typing.get_args(f.type):
                 bad(f.name, "expected a value, not None")
-            options[f.name].check(f.name, getattr(self, f.name))
+            if not options[f.name].accepts(getattr(self, f.name)):
+                bad(f.name, f"expected {options[f.name].describe()}")
         own = RULES[self.rule].param
         for p in params:  # the rule's own parameter, and no other rule's
             if (getattr(self, p) is not None) != (p == own):
@@ -325,11 +325,10 @@ def decode_options():
                 early_stop=Bool(None), temperature=Float(None, TEMPERATURES), rule=Choice(None, *RULES))
 
 
-def decode_settings(ckpt, overrides):
-    """The checkpoint's stored decoding settings, updated by the non-None overrides; an override that
-    would have no effect is refused. Giving a rule's parameter selects that rule."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    params = {r.param: name for name, r in RULES.items()}
+def decode_settings(ckpt, overrides, path="the checkpoint"):
+    """The checkpoint's stored decoding settings, updated by the non-None overrides (one without effect is refused;
+    a rule's parameter selects that rule). A bad setting is named as the option given, or as path's stored one."""
+    given, params = {k: v for k, v in overrides.items() if v is not None}, {r.param: name for name, r in RULES.items()}
     chosen = [p for p in params if p in given]
     if len(chosen) > 1:
         raise CDLMError(f"options {' and '.join(f'{p}={given[p]}' for p in chosen)}: give one (the parameter "
@@ -342,7 +341,8 @@ def decode_settings(ckpt, overrides):
         s |= {p: None for p in params if p not in chosen}
     elif stored.rule == "count" and stored.steps_per_block == stored.block_size:  # one token per step stays one
         s["steps_per_block"] = s["block_size"]
-    st = DecodeSettings(**s).check(ckpt["model_config"]["attn"], ckpt["data_meta"]["gen_len"])
+    origin = lambda k: f"option {k}" if k in given else f"{path}: its stored setting sampling.{k}"
+    st = DecodeSettings(**s).check(ckpt["model_config"]["attn"], ckpt["data_meta"]["gen_len"], origin)
     if "refresh" in given and st.cache not in ("prefix", "dual"):
         raise CDLMError(f"option refresh={st.refresh!r} has no effect with cache={st.cache!r}: it is for the "
                         f"approximate caches 'prefix' and 'dual'")
@@ -406,7 +406,7 @@ def load_for_decoding(path, settings_overrides, device, mode=None, option="out_d
     """A checkpoint's model, its data meta and its decoding settings with the overrides applied;
     a block_causal model's mask follows the decoding block size."""
     model, ckpt = load_model(path, device, mode, option)
-    settings = decode_settings(ckpt, settings_overrides)
+    settings = decode_settings(ckpt, settings_overrides, path)
     if model.cfg.attn == "block_causal":
         model.set_mask(block_size=settings.block_size)
     return model, ckpt, settings

@@ -161,6 +161,7 @@ def reuse(out_dir, set_id, settings, specs, meta):
     """collect.py's start: 'done' if the live set of out_dir has these settings, after committing a
     complete set a crash left uncommitted; else None (collect). A damaged live set is said so and
     collected again; partial chunks with matching settings and sizes are resumed by the Writer."""
+    live = None
     try:
         live = committed(out_dir)
         if live is not None and live["settings"] == settings:
@@ -169,6 +170,8 @@ def reuse(out_dir, set_id, settings, specs, meta):
             return "done"
     except CDLMError as e:
         print(f"the live set in {out_dir} is damaged ({str(e).split('; ')[0]}): collecting it again")
+        if live is not None:  # files of the right sizes and a bad content: not committed again below
+            shutil.rmtree(os.path.join(out_dir, live["set"]), ignore_errors=True)
         live = None
     found = read_json_or_none(os.path.join(out_dir, "meta.json"))
     if live is None and isinstance(found, dict) and "splits" in found:  # never written over
@@ -212,7 +215,51 @@ def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None
             raise CDLMError(f"{f} is missing or truncated (expected {nbytes(specs[name])} bytes); {REPAIR}")
     arrays = {k: np.memmap(os.path.join(d, f"{k}.bin"), dtype=specs[k][1], mode="r", shape=specs[k][0])
               for k in FIELDS}
+    check_contents(arrays, meta, d)
     return arrays, meta
+
+
+def check_contents(arrays, meta, d):
+    """
+    What the files hold, checked once when a set is opened, over whole arrays: token ids inside the
+    vocabulary; each row's steps those of collect.py's decode (one token a step, block by block, so
+    block b's positions are finalized at steps b*block_size .. b*block_size + block_size - 1, each
+    step once); finite hidden states. Unchecked, a bad id ends in an IndexError deep in a forward,
+    a step out of its block silently empties the distillation and consistency losses, and a NaN
+    hidden state makes the loss NaN at some later iteration. One line names the file and the first
+    bad row and position.
+    """
+    def first(name, bad, offset=0):  # the file, and the first bad (row, position) of bad (rows, L)
+        r, p = np.unravel_index(np.argmax(bad), bad.shape)
+        return os.path.join(d, f"{name}.bin"), offset + int(r), int(p)
+    V, L, bs = meta["vocab_size"], meta["gen_len"], meta["block_size"]
+    for name in ("prompt", "tokens", "truth"):
+        bad = np.asarray(arrays[name]) >= V  # unsigned: never below 0
+        if bad.any():
+            f, r, p = first(name, bad)
+            raise CDLMError(f"{f}: row {r}, position {p} holds token id {arrays[name][r, p]}, outside the "
+                            f"vocabulary of {V}; {REPAIR}")
+    step = np.asarray(arrays["step"])
+    lo = np.arange(L) // bs * bs  # (L,) the first step of each position's block
+    bad = (step < lo) | (step >= lo + bs)
+    if bad.any():
+        f, r, p = first("step", bad)
+        raise CDLMError(f"{f}: row {r}, position {p} holds step {step[r, p]}, not one of its block's steps "
+                        f"{lo[p]}..{lo[p] + bs - 1}; {REPAIR}")
+    bad = np.sort(step, axis=1) != np.arange(L)  # (n, L) each of the gen_len steps finalizes one position
+    if bad.any():
+        f, r, _ = first("step", bad)
+        count = np.bincount(step[r], minlength=L)
+        raise CDLMError(f"{f}: row {r} finalizes {count.max()} positions at step {count.argmax()} and none at step "
+                        f"{np.argmin(count)}, where the teacher finalizes one a step; {REPAIR}")
+    h = arrays["hidden"]
+    rows = max(1, 2 ** 22 // h[0].size)  # a few MB at a time
+    for i in range(0, len(h), rows):
+        bad = ~np.isfinite(h[i:i + rows]).all(axis=2)  # (rows, L)
+        if bad.any():
+            f, r, p = first("hidden", bad, i)
+            raise CDLMError(f"{f}: row {r}, position {p} holds a hidden state that is not finite (NaN or inf); "
+                            f"{REPAIR}")
 
 
 class TrajectorySets:
@@ -236,8 +283,20 @@ class TrajectorySets:
 
 
 def load_trajectory_sets(dirs, teacher_hash, gen_len, block_size, data=None):
+    """Each set of dirs, opened and checked; a set given twice (the same folder however written, or a
+    copy of one set) is refused: its trajectories would count twice."""
+    real = [os.path.realpath(d) for d in dirs]
+    for i, r in enumerate(real):
+        if r in real[:i]:
+            raise CDLMError(f"option traj_dirs: {dirs[i]!r} is {dirs[real.index(r)]!r} again: give each trajectory "
+                            f"set once (its trajectories would count twice)")
     loaded = [load_trajectories(d, teacher_hash, gen_len, block_size, data) for d in dirs]
-    return TrajectorySets([arrays for arrays, _ in loaded], [meta["set"] for _, meta in loaded])
+    ids = [meta["set"] for _, meta in loaded]
+    for i, s in enumerate(ids):
+        if s in ids[:i]:
+            raise CDLMError(f"option traj_dirs: {dirs[i]!r} holds the same set ({s}) as {dirs[ids.index(s)]!r}: give "
+                            f"each trajectory set once (its trajectories would count twice)")
+    return TrajectorySets([arrays for arrays, _ in loaded], ids)
 
 
 def live_set_ids(dirs):
