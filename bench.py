@@ -17,8 +17,8 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, gave, refuse_unused,
-                          run_main)
+from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, fit_sizes, gave,
+                          refuse_unused, run_main)
 from data.common import atomic_write_json, checkpoint_data, load_split, same_data, whole_blocks
 from runtime import (autocast, check_file_writable, code_version, compiled, lock, machine_info, pick_device, pick_dtype,
                      refuse_overlap)
@@ -282,17 +282,6 @@ def check_options(cfg, methods):
     refuse_overlap(dict(out_path=cfg["out_path"]), {k: cfg[k] for k in (*sorted(used), "data_dir")})
 
 
-def sized(cfg, split_rows, data_dir):
-    """The sizes measured: a size given must fit the problems there are, a default shrinks to them."""
-    n = len(split_rows)
-    for key in ("num_eval", "batch_size", "latency_n"):
-        if gave(cfg, key) and cfg[key] > n:
-            raise CDLMError(f"option {key}={cfg[key]}: more than the {n} problems " + (
-                f"of the {cfg['split']} split of {data_dir}" if key == "num_eval" else "evaluated (num_eval)"))
-        n = min(n, cfg["num_eval"])
-    return {**cfg, "num_eval": n, "batch_size": min(cfg["batch_size"], n), "latency_n": min(cfg["latency_n"], n)}
-
-
 def run(cfg):
     cfg = check(config, cfg)
     if cfg["table"] is not None:
@@ -318,7 +307,8 @@ def _run(cfg, methods):
     first = next(iter(models.values()))[1]
     data_dir, meta = checkpoint_data(first, cfg["data_dir"])
     rows = load_split(data_dir, cfg["split"], meta)
-    run_cfg = sized(cfg, rows, data_dir)  # the sizes measured; the report keeps the options as given
+    # the sizes measured; the report keeps the options as given
+    run_cfg = fit_sizes(cfg, len(rows), f"the {cfg['split']} split of {data_dir}", ("batch_size", "latency_n"))
     rows = rows[:run_cfg["num_eval"]]
     if cfg["sweep"] and any(meta["gen_len"] % b for b in cfg["sweep_block_sizes"]):
         raise CDLMError(f"option sweep_block_sizes={cfg['sweep_block_sizes']}: each must divide gen_len={meta['gen_len']}")

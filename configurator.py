@@ -205,6 +205,22 @@ def gave(cfg, key):
     return key in getattr(cfg, "given", ())
 
 
+def fit_sizes(cfg, n, where, within=("batch_size",)):
+    """
+    The sizes a run measures on the n problems of `where`: num_eval, typed, must fit them, and each
+    size of `within` (batch_size, latency_n), typed, the problems evaluated; a default or a
+    preset's size shrinks to them. Returns cfg with the sizes fitted.
+    """
+    sizes = {}
+    for key in ("num_eval", *within):
+        if key in getattr(cfg, "typed", ()) and cfg[key] > n:
+            raise CDLMError(f"option {key}={cfg[key]}: more than the {n} problems " +
+                            (f"of {where}" if key == "num_eval" else "evaluated (num_eval)"))
+        sizes[key] = min(cfg[key], n)
+        n = sizes["num_eval"]
+    return Config({**cfg, **sizes}, getattr(cfg, "given", ()), getattr(cfg, "typed", ()))
+
+
 def defaults(spec):
     """The plain default values of a script's options."""
     return {k: opt.default for k, opt in spec.items()}
