@@ -2,7 +2,13 @@
 An option typed takes effect or is refused, and a refusal names the real cause: sizes, options
 without effect under another option's value, resumes, the odd checkpoint out, positions in a state.
 """
+import os
+
+import torch
+from conftest import TINY_MODEL, train_tiny
+
 import sample
+import train
 from test_hostile import refused
 
 
@@ -10,3 +16,21 @@ def test_sample_refuses_a_batch_above_the_problems_evaluated(teacher_dir):
     s = [f"--out_dir={teacher_dir}", "--eval", "--num_eval=2"]
     refused(sample.main, s + ["--batch_size=3"], "option batch_size=3", "more than the 2 problems evaluated")
     refused(sample.main, s + ["--threshold=0.5", "--threshold=0.9"], "option threshold is given twice")
+
+
+def test_train_refuses_a_loss_weight_its_reading_has_no_term_for(tmp_path, data_dir, teacher_dir, traj_dir):
+    """y_star='completion' has no consistency term: a typed --w_consist would be dropped in silence."""
+    st = [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 's'}", "--mode=cdlm", "--init_from=teacher",
+          f"--teacher_dir={teacher_dir}", f"--traj_dirs={traj_dir}", "--max_iters=1", "--batch_size=4", "--device=cpu"]
+    refused(train.main, st + ["--y_star=completion", "--w_consist=0.7"], "option w_consist=0.7", "y_star='completion'")
+
+
+def test_a_resume_refuses_a_seed_it_cannot_honour(tmp_path, data_dir):
+    """A resumed run restores its random states: another --seed would take no effect, and the new
+    checkpoint would record it."""
+    out = train_tiny(str(tmp_path / "r"), data_dir, mode="dlm", max_iters=5)
+    argv = [f"--data_dir={data_dir}", f"--out_dir={out}", "--init_from=resume", "--max_iters=10",
+            *(f"--{k}={v}" for k, v in TINY_MODEL.items())]
+    refused(train.main, argv + ["--seed=5"], "cannot resume", "seed=1337")
+    train.main(argv)  # the same seed resumes
+    assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["iter_num"] == 10
