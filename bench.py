@@ -302,8 +302,6 @@ def _run(cfg, methods):
     dtype = pick_dtype(cfg["dtype"], device)
     torch.manual_seed(cfg["seed"])
     models = load_models(cfg, methods, device)
-    # one compiled wrapper per model, shared by its methods (compiled graphs are per kind of pass)
-    cmodels = {role: compiled(m[0]) for role, m in models.items()} if cfg["compile"] != "off" else {}
     first = next(iter(models.values()))[1]
     data_dir, meta = checkpoint_data(first, cfg["data_dir"])
     rows = load_split(data_dir, cfg["split"], meta)
@@ -312,6 +310,8 @@ def _run(cfg, methods):
     rows = rows[:run_cfg["num_eval"]]
     if cfg["sweep"] and any(meta["gen_len"] % b for b in cfg["sweep_block_sizes"]):
         raise CDLMError(f"option sweep_block_sizes={cfg['sweep_block_sizes']}: each must divide gen_len={meta['gen_len']}")
+    # one compiled wrapper per model, shared by its methods (compiled graphs are per kind of pass)
+    cmodels = {role: compiled(m[0]) for role, m in models.items()} if cfg["compile"] != "off" else {}
     student = models.get("student")
     threshold = cfg["threshold"] or (student[2].threshold if student else 0.9)
     act_bytes = 4 if dtype == "float32" else 2
