@@ -4,12 +4,15 @@ without effect under another option's value, resumes, the odd checkpoint out, po
 """
 import os
 
+import pytest
 import torch
 from conftest import TINY_MODEL, train_tiny
 
+import collect
 import sample
 import train
-from test_hostile import refused
+from data.trajectories import load_trajectories
+from test_hostile import Crash, collect_into, dies_after, refused
 
 
 def test_sample_refuses_a_batch_above_the_problems_evaluated(teacher_dir):
@@ -34,3 +37,21 @@ def test_a_resume_refuses_a_seed_it_cannot_honour(tmp_path, data_dir):
     refused(train.main, argv + ["--seed=5"], "cannot resume", "seed=1337")
     train.main(argv)  # the same seed resumes
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["iter_num"] == 10
+
+
+def test_a_resumed_collection_shows_the_teacher_accuracy_over_every_example(tmp_path, teacher_dir, monkeypatch):
+    """The progress bar's teacher_acc counts the examples of the run it resumes too (it was the
+    prior correct answers over this run's examples alone: above 1)."""
+    import tqdm
+    out, real_replace = tmp_path / "t", os.replace
+    always_right = lambda preds, truth, marker: dict(final_acc=[True] * len(preds))
+    monkeypatch.setattr(collect, "score", always_right)
+    monkeypatch.setattr("os.replace", dies_after(os.replace, 1))  # dies after the first chunk is recorded
+    with pytest.raises(Crash):
+        collect_into(out, teacher_dir)
+    monkeypatch.setattr("os.replace", real_replace)
+    shown, real = [], tqdm.tqdm.set_postfix
+    monkeypatch.setattr(tqdm.tqdm, "set_postfix", lambda self, **kw: shown.append(kw) or real(self, **kw))
+    collect_into(out, teacher_dir)
+    acc = load_trajectories(str(out))[1]["teacher_final_acc"]
+    assert acc == 1 and shown and all(s["teacher_acc"] == "1.000" for s in shown)
