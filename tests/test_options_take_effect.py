@@ -11,6 +11,8 @@ from conftest import TINY_MODEL, train_tiny
 import collect
 import sample
 import train
+from configurator import CDLMError
+from data.common import encode_state
 from data.trajectories import load_trajectories
 from test_hostile import Crash, collect_into, dies_after, refused
 
@@ -55,3 +57,17 @@ def test_a_resumed_collection_shows_the_teacher_accuracy_over_every_example(tmp_
     collect_into(out, teacher_dir)
     acc = load_trajectories(str(out))[1]["teacher_final_acc"]
     assert acc == 1 and shown and all(s["teacher_acc"] == "1.000" for s in shown)
+
+
+def test_a_state_names_a_bad_character_by_its_place_in_the_whole_state():
+    """A character the tokenizer lacks in --state: its position in the option, not in its run between masks."""
+    import show
+    from conftest import ROOT
+    from data.common import get_tokenizer
+    from model import read_checkpoint
+    refused(show.main, ["--view=confidence", f"--checkpoints={ROOT}/ref/arithmetic", "--state=__ __"],
+            "option state='__ __'", "character ' ' at position 2 is not in the vocabulary")
+    meta = read_checkpoint(os.path.join(ROOT, "ref/wordproblems/teacher/ckpt.pt"))["data_meta"]  # a BPE
+    with pytest.raises(CDLMError, match=r"option state='\+1=4_ \*2=x': character 'x' at position 9 is not in the "
+                                        r"tokenizer's alphabet"):
+        encode_state(get_tokenizer(meta), "+1=4_ *2=x", meta["mask_id"], meta["gen_len"])
