@@ -83,20 +83,44 @@ def settings_of(name, bs, threshold, tokens_per_step):
 
 
 def load_models(cfg, methods, device, same_teacher=True):
-    """The checkpoints the methods need, each of the right kind, all on the same data; the student
-    must come from this teacher (unless same_teacher=False: show.py's infilling compares masks)."""
+    """The checkpoints the methods need, each of the right kind, all on the data of the reference;
+    the student must come from the teacher (unless same_teacher=False: show.py's infilling compares
+    masks). A mismatch names the odd one out."""
     models = {}
     for role in dict.fromkeys(r for name in methods for r in needs(name)):
         key = DIR_OPTION[role]
         models[role] = load_for_decoding(os.path.join(cfg[key], "ckpt.pt"), {}, device, ROLES[role].mode, key)
-    data_meta = next(iter(models.values()))[1]["data_meta"]
+    name, ref = reference(cfg, models, device)
     for role, (_, ckpt, _) in models.items():
-        if not same_data(ckpt["data_meta"], data_meta):
-            raise CDLMError(f"--{DIR_OPTION[role]}: that checkpoint was trained on other data than the others")
-    if same_teacher and "teacher" in models and "student" in models and \
-            models["student"][1]["teacher_hash"] != models["teacher"][1]["weights_hash"]:
-        raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than {cfg['teacher_dir']}")
+        if not same_data(ckpt["data_meta"], ref["data_meta"]):
+            raise CDLMError(f"--{DIR_OPTION[role]}: {cfg[DIR_OPTION[role]]} was trained on other data than {name}")
+    teacher = models["teacher"][1] if "teacher" in models else ref if ref["config"]["mode"] == "dlm" else None
+    if same_teacher and "student" in models and teacher is not None and \
+            models["student"][1]["teacher_hash"] != teacher["weights_hash"]:
+        if "teacher" in models and from_folder(cfg, "student") and not from_folder(cfg, "teacher"):
+            raise CDLMError(f"--teacher_dir: {cfg['teacher_dir']} is not the teacher {cfg['student_dir']} was distilled from")
+        raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than "
+                        f"{cfg['teacher_dir'] if 'teacher' in models else name}")
     return models
+
+
+def from_folder(cfg, role):
+    """Whether a role's checkpoint is the one --checkpoints names (role_dirs), its own option not given."""
+    return cfg.get("checkpoints") is not None and not gave(cfg, DIR_OPTION[role])
+
+
+def reference(cfg, models, device):
+    """
+    What every checkpoint must agree with, as (its name, its checkpoint): under --checkpoints=D one
+    of D's (a role's own option given beside it is the odd one out; with none of D's loaded, D's
+    teacher is read, where it has one); else the teacher (its student and AR learned its data).
+    """
+    ours = [r for r in models if from_folder(cfg, r)] if cfg.get("checkpoints") is not None else list(models)
+    path = os.path.join(cfg.get("checkpoints") or "", "teacher", "ckpt.pt")
+    if not ours and os.path.isfile(path):
+        return f"--checkpoints={cfg['checkpoints']} (its teacher)", read_checkpoint(path, device, "dlm", "checkpoints")
+    role = next((r for r in ours or models if r == "teacher"), next(iter(ours or models)))
+    return f"--{DIR_OPTION[role]}={cfg[DIR_OPTION[role]]}", models[role][1]
 
 
 def role_dirs(cfg):

@@ -333,6 +333,8 @@ def load_split(data_dir, split, meta=None):
 
 def encode_prompt(tok, text, prompt_len):
     """Encode a prompt and pad it on the right to prompt_len; clear error if it does not fit."""
+    if text is None:  # none given, and the task names no example_prompt
+        raise CDLMError("option prompt: none given, and the data's task names no EXAMPLE_PROMPT: give --prompt")
     ids = tok.encode(text)
     if len(ids) > prompt_len:
         raise CDLMError(f"prompt {text!r} has {len(ids)} tokens, more than prompt_len={prompt_len}")
@@ -451,6 +453,12 @@ def task_module(meta):
     if task not in tasks():
         raise CDLMError(f"the data is of task {task!r}, which this checkout has no data/{task}/prepare.py for")
     return importlib.import_module(f"data.{task}.prepare")
+
+
+def example_prompt(meta):
+    """The task's own example prompt (EXAMPLE_PROMPT in data/<task>/prepare.py), or None: show.py's
+    --prompt when none is given, so a word problem's checkpoints are not shown an arithmetic prompt."""
+    return getattr(task_module(meta), "EXAMPLE_PROMPT", None) if meta.get("task") in tasks() else None
 
 
 def write_dataset(out_dir, arrays, meta):

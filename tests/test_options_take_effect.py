@@ -71,3 +71,41 @@ def test_a_state_names_a_bad_character_by_its_place_in_the_whole_state():
     with pytest.raises(CDLMError, match=r"option state='\+1=4_ \*2=x': character 'x' at position 9 is not in the "
                                         r"tokenizer's alphabet"):
         encode_state(get_tokenizer(meta), "+1=4_ *2=x", meta["mask_id"], meta["gen_len"])
+
+
+def test_show_takes_the_tasks_own_prompt_and_names_the_odd_checkpoint_out(capsys):
+    """Without --prompt a task's checkpoints are shown its own example; a checkpoint of other data,
+    or a teacher another than the student's, is refused naming the option that differs from the rest."""
+    import bench
+    import show
+    from conftest import ROOT
+    from configurator import configure
+    from data.wordproblems.prepare import EXAMPLE_PROMPT
+    ref = lambda task, role="": os.path.join(ROOT, "ref", task, role)
+    show.main([f"--checkpoints={ref('wordproblems')}", "--methods=cdlm", "--color=never"])
+    assert "+1=4 *2=8 -2=6 +2=8 /2=4 +4=8 -4=4 #4" in capsys.readouterr().out  # Omar's apples, worked out
+    from data.common import encode_prompt, example_prompt
+    assert example_prompt(dict(task="a task of another checkout")) is None
+    with pytest.raises(CDLMError, match="option prompt: none given"):
+        encode_prompt(None, None, 21)
+    arith = [f"--checkpoints={ref('arithmetic')}"]
+    refused(show.main, arith + [f"--student_dir={ref('wordproblems', 'student')}", "--methods=cdlm"],
+            "--student_dir", "other data than --checkpoints")
+    refused(show.main, arith + [f"--student_dir={ref('wordproblems', 'student')}", "--methods=cdlm,dlm",
+                                f"--prompt={EXAMPLE_PROMPT}"], "--student_dir", "other data than --teacher_dir")
+    refused(show.main, arith + [f"--teacher_dir={ref('wordproblems', 'teacher')}", "--methods=cdlm,dlm"],
+            "--teacher_dir", "other data than --student_dir")
+    refused(show.main, arith + [f"--teacher_dir={ref('arithmetic', 'teacher_infill')}", "--methods=cdlm,dlm"],
+            "--teacher_dir", "is not the teacher", "was distilled from")
+    infill = show.role_dirs(configure(show.config, arith + [f"--teacher_dir={ref('arithmetic', 'teacher_infill')}",
+                                                            "--view=infill"]))  # its view compares masks
+    assert set(bench.load_models(infill, ["dlm", "cdlm", "ar"], "cpu", same_teacher=False)) == {"teacher", "student", "ar"}
+
+
+def test_the_confidence_view_refuses_its_search_options_beside_a_prompt_or_state():
+    import show
+    from conftest import ROOT
+    c = ["--view=confidence", f"--checkpoints={ROOT}/ref/arithmetic"]
+    refused(show.main, c + ["--state=+3>8,*7>_", "--num_eval=5"], "option num_eval=5", "--prompt or --state")
+    refused(show.main, c + ["--prompt=5:+3*7=", f"--data_dir={ROOT}/data/arithmetic"], "option data_dir=", "--state")
+    refused(show.main, c + [f"--num_eval={10 ** 6}"], f"num_eval={10 ** 6}", "more than the 1000 problems")
