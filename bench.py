@@ -17,8 +17,8 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, gave, refuse_unused,
-                          run_main)
+from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, fit_sizes, gave,
+                          refuse_unused, run_main)
 from data.common import atomic_write_json, checkpoint_data, load_split, same_data, stored_data_dirs, whole_blocks
 from runtime import autocast, code_version, compiled, holding, machine_info, pick_device, pick_dtype, refuse_overlap
 from model import ROLES, read_checkpoint
@@ -83,20 +83,44 @@ def settings_of(name, bs, threshold, tokens_per_step):
 
 
 def load_models(cfg, methods, device, same_teacher=True):
-    """The checkpoints the methods need, each of the right kind, all on the same data; the student
-    must come from this teacher (unless same_teacher=False: show.py's infilling compares masks)."""
+    """The checkpoints the methods need, each of the right kind, all on the data of the reference;
+    the student must come from the teacher (unless same_teacher=False: show.py's infilling compares
+    masks). A mismatch names the odd one out."""
     models = {}
     for role in dict.fromkeys(r for name in methods for r in needs(name)):
         key = DIR_OPTION[role]
         models[role] = load_for_decoding(os.path.join(cfg[key], "ckpt.pt"), {}, device, ROLES[role].mode, key)
-    data_meta = next(iter(models.values()))[1]["data_meta"]
+    name, ref = reference(cfg, models, device)
     for role, (_, ckpt, _) in models.items():
-        if not same_data(ckpt["data_meta"], data_meta):
-            raise CDLMError(f"--{DIR_OPTION[role]}: that checkpoint was trained on other data than the others")
-    if same_teacher and "teacher" in models and "student" in models and \
-            models["student"][1]["teacher_hash"] != models["teacher"][1]["weights_hash"]:
-        raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than {cfg['teacher_dir']}")
+        if not same_data(ckpt["data_meta"], ref["data_meta"]):
+            raise CDLMError(f"--{DIR_OPTION[role]}: {cfg[DIR_OPTION[role]]} was trained on other data than {name}")
+    teacher = models["teacher"][1] if "teacher" in models else ref if ref["config"]["mode"] == "dlm" else None
+    if same_teacher and "student" in models and teacher is not None and \
+            models["student"][1]["teacher_hash"] != teacher["weights_hash"]:
+        if "teacher" in models and from_folder(cfg, "student") and not from_folder(cfg, "teacher"):
+            raise CDLMError(f"--teacher_dir: {cfg['teacher_dir']} is not the teacher {cfg['student_dir']} was distilled from")
+        raise CDLMError(f"--student_dir: {cfg['student_dir']} was distilled from another teacher than "
+                        f"{cfg['teacher_dir'] if 'teacher' in models else name}")
     return models
+
+
+def from_folder(cfg, role):
+    """Whether a role's checkpoint is the one --checkpoints names (role_dirs), its own option not given."""
+    return cfg.get("checkpoints") is not None and not gave(cfg, DIR_OPTION[role])
+
+
+def reference(cfg, models, device):
+    """
+    What every checkpoint must agree with, as (its name, its checkpoint): under --checkpoints=D one
+    of D's (a role's own option given beside it is the odd one out; with none of D's loaded, D's
+    teacher is read, where it has one); else the teacher (its student and AR learned its data).
+    """
+    ours = [r for r in models if from_folder(cfg, r)] if cfg.get("checkpoints") is not None else list(models)
+    path = os.path.join(cfg.get("checkpoints") or "", "teacher", "ckpt.pt")
+    if not ours and os.path.isfile(path):
+        return f"--checkpoints={cfg['checkpoints']} (its teacher)", read_checkpoint(path, device, "dlm", "checkpoints")
+    role = next((r for r in ours or models if r == "teacher"), next(iter(ours or models)))
+    return f"--{DIR_OPTION[role]}={cfg[DIR_OPTION[role]]}", models[role][1]
 
 
 def role_dirs(cfg):
@@ -283,17 +307,6 @@ def check_options(cfg, methods):
                    {k: cfg[k] for k in (*sorted(used), "data_dir")} | stored_data_dirs(cfg, sorted(used)))
 
 
-def sized(cfg, split_rows, data_dir):
-    """The sizes measured: a size given must fit the problems there are, a default shrinks to them."""
-    n = len(split_rows)
-    for key in ("num_eval", "batch_size", "latency_n"):
-        if gave(cfg, key) and cfg[key] > n:
-            raise CDLMError(f"option {key}={cfg[key]}: more than the {n} problems " + (
-                f"of the {cfg['split']} split of {data_dir}" if key == "num_eval" else "evaluated (num_eval)"))
-        n = min(n, cfg["num_eval"])
-    return {**cfg, "num_eval": n, "batch_size": min(cfg["batch_size"], n), "latency_n": min(cfg["latency_n"], n)}
-
-
 def run(cfg):
     cfg = check(config, cfg)
     if cfg["table"] is not None:
@@ -313,15 +326,16 @@ def _run(cfg, methods):
     dtype = pick_dtype(cfg["dtype"], device)
     torch.manual_seed(cfg["seed"])
     models = load_models(cfg, methods, device)
-    # one compiled wrapper per model, shared by its methods (compiled graphs are per kind of pass)
-    cmodels = {role: compiled(m[0]) for role, m in models.items()} if cfg["compile"] != "off" else {}
     first = next(iter(models.values()))[1]
     data_dir, meta = checkpoint_data(first, cfg["data_dir"])
     rows = load_split(data_dir, cfg["split"], meta)
-    run_cfg = sized(cfg, rows, data_dir)  # the sizes measured; the report keeps the options as given
+    # the sizes measured; the report keeps the options as given
+    run_cfg = fit_sizes(cfg, len(rows), f"the {cfg['split']} split of {data_dir}", ("batch_size", "latency_n"))
     rows = rows[:run_cfg["num_eval"]]
     if cfg["sweep"] and any(meta["gen_len"] % b for b in cfg["sweep_block_sizes"]):
         raise CDLMError(f"option sweep_block_sizes={cfg['sweep_block_sizes']}: each must divide gen_len={meta['gen_len']}")
+    # one compiled wrapper per model, shared by its methods (compiled graphs are per kind of pass)
+    cmodels = {role: compiled(m[0]) for role, m in models.items()} if cfg["compile"] != "off" else {}
     student = models.get("student")
     threshold = cfg["threshold"] or (student[2].threshold if student else 0.9)
     act_bytes = 4 if dtype == "float32" else 2

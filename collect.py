@@ -127,7 +127,7 @@ def _collect(cfg, rt, model, ckpt, data_dir, dmeta):
                 correct += sum(score([tok.decode(r) for r in out.tolist()], [tok.decode(r) for r in rows[:, P:].tolist()],
                                      dmeta["answer_marker"])["final_acc"])
             bar.update(n_real)
-            bar.set_postfix(teacher_acc=f"{correct / max(bar.n - start, 1):.3f}" if rt.master else "")
+            bar.set_postfix(teacher_acc=f"{correct / max(bar.n, 1):.3f}" if rt.master else "")  # a resume's included
         done = stop
         if rt.master:
             writer.checkpoint(done, correct)

@@ -3,7 +3,7 @@ nanoGPT-style configuration with every option typed and range-checked.
 
 Each script declares its options at the top, one line each: the default, the type and the allowed
 values. A config file in config/ (plain Python assignments) overrides the defaults, and
---key=value overrides both:
+--key=value overrides both, wherever it stands among the files (each option once):
 
     python train.py config/train_teacher.py --max_iters=500 --device=cpu
 
@@ -209,6 +209,22 @@ def gave(cfg, key):
     return key in getattr(cfg, "given", ())
 
 
+def fit_sizes(cfg, n, where, within=("batch_size",)):
+    """
+    The sizes a run measures on the n problems of `where`: num_eval, typed, must fit them, and each
+    size of `within` (batch_size, latency_n), typed, the problems evaluated; a default or a
+    preset's size shrinks to them. Returns cfg with the sizes fitted.
+    """
+    sizes = {}
+    for key in ("num_eval", *within):
+        if key in getattr(cfg, "typed", ()) and cfg[key] > n:
+            raise CDLMError(f"option {key}={cfg[key]}: more than the {n} problems " +
+                            (f"of {where}" if key == "num_eval" else "evaluated (num_eval)"))
+        sizes[key] = min(cfg[key], n)
+        n = sizes["num_eval"]
+    return Config({**cfg, **sizes}, getattr(cfg, "given", ()), getattr(cfg, "typed", ()))
+
+
 def defaults(spec):
     """The plain default values of a script's options."""
     return {k: opt.default for k, opt in spec.items()}
@@ -224,34 +240,46 @@ def check(spec, cfg):
 
 
 def configure(spec, argv):
-    """The checked options of a script: its defaults, updated by config files and --key=value in argv."""
-    cfg, given, typed = defaults(spec), set(), set()
-    for arg in argv:
-        if not arg.startswith("--"):
-            if not os.path.isfile(arg):
-                raise CDLMError(f"config file {arg!r} not found")
-            scope = {}  # one namespace, as a module has: comprehensions and functions see its names
-            try:
-                with open(arg) as f:
-                    exec(compile(f.read(), arg, "exec"), scope)
-            except Exception as e:  # a config file is user code: say where it broke, in one line
-                raise CDLMError(f"config file {arg}: {type(e).__name__}: {e}")
-            for key, value in scope.items():
-                if key.startswith("_") or callable(value) or type(value).__name__ == "module":
-                    continue
-                if key not in spec:
-                    raise CDLMError(f"unknown option {key!r} in {arg}")
-                cfg[key] = spec[key].check(key, value)
-                given.add(key)
-            continue
+    """
+    The checked options of a script: its defaults, updated by the config files in argv (in their
+    order), then by its --key=value options, wherever they stand: an option typed always takes
+    effect, before a config file or after it. An option typed twice is refused.
+    """
+    cfg, given, typed = defaults(spec), set(), {}
+    for arg in (a for a in argv if not a.startswith("--")):
+        if not os.path.isfile(arg):
+            raise CDLMError(f"config file {arg!r} not found")
+        scope = {}  # one namespace, as a module has: comprehensions and functions see its names
+        try:
+            with open(arg) as f:
+                exec(compile(f.read(), arg, "exec"), scope)
+        except Exception as e:  # a config file is user code: say where it broke, in one line
+            raise CDLMError(f"config file {arg}: {type(e).__name__}: {e}")
+        for key, value in scope.items():
+            if key.startswith("_") or callable(value) or type(value).__name__ == "module":
+                continue
+            if key not in spec:
+                raise CDLMError(f"unknown option {key!r} in {arg}")
+            cfg[key] = spec[key].check(key, value)
+            given.add(key)
+    for arg in (a for a in argv if a.startswith("--")):
         key, eq, raw = arg[2:].partition("=")
         if key not in spec:
             raise CDLMError(f"unknown option {key!r} (known: {', '.join(sorted(spec))})")
+        if key in typed:
+            raise CDLMError(f"option {key} is given twice ({typed[key]}, {arg}): give it once")
         if not eq:
             if not isinstance(spec[key], Bool):
                 raise CDLMError(f"expected --{key}=value, got {arg!r}")
             raw = "True"  # a bare --flag switches a boolean on
         cfg[key] = spec[key].check(key, spec[key].parse(raw))
         given.add(key)
-        typed.add(key)
+        typed[key] = arg
     return Config(cfg, given, typed)
+
+
+def with_options(argv, *options):
+    """argv with the --key=value options put in place of its own for those keys (a stage's variant,
+    as demo.py builds it from a task's options)."""
+    keys = {o.partition("=")[0] for o in options}
+    return [a for a in argv if a.partition("=")[0] not in keys] + list(options)

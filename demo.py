@@ -33,7 +33,7 @@ import bench
 import collect
 import sample
 import train
-from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, refuse_unused, run_main
+from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, refuse_unused, run_main, with_options
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
@@ -113,7 +113,7 @@ def reroot(value, seed):
 
 
 def options(spec, argv, seed, **over):
-    cfg = configure(spec, argv + [f"--{k}={v}" for k, v in over.items()])
+    cfg = configure(spec, with_options(argv, *(f"--{k}={v}" for k, v in over.items())))
     cfg = {k: reroot(v, seed) for k, v in cfg.items()}
     return {**cfg, "seed": seed} if "seed" in spec else cfg
 
@@ -202,7 +202,7 @@ def train_stages(task, seed, num_eval, threads):
 def train_ar(task, threads):
     """The AR baseline, once, with the preset's own options (seed AR_SEED) whatever the seeds."""
     print(f"\n=== {task}: AR baseline (seed {AR_SEED}) ===", flush=True)
-    run_train(configure(train.config, TASKS[task]["ar"] + [f"--seed={AR_SEED}", f"--threads={threads}"]))
+    run_train(configure(train.config, with_options(TASKS[task]["ar"], f"--seed={AR_SEED}", f"--threads={threads}")))
 
 
 def pipeline(task, seed, num_eval, threads, results_dir, methods=tuple(bench.METHODS)):
@@ -252,7 +252,8 @@ def ablate(cfg):
     over the seeds; each student's scores go to results/<task>/ablation/."""
     task, t = cfg["task"], TASKS[cfg["task"]]
     greedy = configure(collect.config, t["collect"])  # and a set at T=0.5 beside it, for one variant
-    sets = [greedy, configure(collect.config, t["collect"] + ["--temperature=0.5", f"--out_dir={greedy['out_dir']}_t05"])]
+    sets = [greedy, configure(collect.config,
+                              with_options(t["collect"], "--temperature=0.5", f"--out_dir={greedy['out_dir']}_t05"))]
     for c in sets:
         collect.collect(c)
     every = ",".join(c["out_dir"] for c in sets)
@@ -264,9 +265,9 @@ def ablate(cfg):
         return
     for name, seed in todo:
         argv = [a.replace("TRAJS", every) for a in ABLATIONS[name]]
-        tcfg = configure(train.config, t["student"] + argv + [f"--max_iters={cfg['ablate_iters']}", f"--seed={seed}",
-                                                              f"--out_dir=out/ablate/{task}/{slug(name)}/seed{seed}",
-                                                              f"--threads={cfg['threads']}"])
+        tcfg = configure(train.config, with_options(t["student"], *argv, f"--max_iters={cfg['ablate_iters']}",
+                                                    f"--seed={seed}", f"--out_dir=out/ablate/{task}/{slug(name)}/seed{seed}",
+                                                    f"--threads={cfg['threads']}"))
         print(f"\n=== ablation {name}, seed {seed} ===", flush=True)
         commit = code_version()  # the code that trains this variant
         run_train(tcfg)

@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import torch
 
-from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, Str, configure, gave, refuse_unused,
+from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, Str, configure, fit_sizes, refuse_unused,
                           run_main)
 from data.common import chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, score
 from model import load_model
@@ -432,8 +432,7 @@ def main(argv):
         from tqdm import tqdm
         data_dir, _ = checkpoint_data(ckpt, cfg["data_dir"])
         rows = load_split(data_dir, cfg["split"], meta)
-        if gave(cfg, "num_eval") and cfg["num_eval"] > len(rows):
-            raise CDLMError(f"option num_eval={cfg['num_eval']}: the {cfg['split']} split of {data_dir} has {len(rows)} problems")
+        cfg = fit_sizes(cfg, len(rows), f"the {cfg['split']} split of {data_dir}")  # a size typed fits them
         rows = rows[:cfg["num_eval"]]
         t0 = time.time()
         with tqdm(total=len(rows), desc=f"eval {cfg['split']}", file=sys.stderr) as bar, ctx:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from bench import DIR_OPTION, METHODS, decoded_tokens, load_models, needs, role_dirs, settings_of
-from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, gave, refuse_unused, run_main
+from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, fit_sizes, gave, refuse_unused, run_main
 from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, encode_state,
-                         get_tokenizer, load_split, task_module, whole_blocks)
+                         example_prompt, get_tokenizer, load_split, task_module, whole_blocks)
 from data.trajectories import TrajectorySets, load_trajectories
 from model import attention_mask, noise_answers, read_checkpoint
 from render import GIF, PAGE, PNG, render_compare, replay_gif, replay_html, save_png, token_texts
@@ -35,7 +35,7 @@ from train import LOSSES, Y_STARS, draw_states, student_pass
 
 config = dict(
     view=Choice("compare", "compare", "masks", "states", "losses", "confidence", "infill"),
-    prompt=Str("5:+3*7+2*4+1="),
+    prompt=Str(None),                   # None: the task's own example (data.common.example_prompt)
     state=Str(None),                    # the answer so far, '_' where masked (the rest masked)
     methods=List(list(METHODS), Choice(None, *METHODS)),
     checkpoints=Str(None),              # a folder of teacher/, student/, ar/ (e.g. ref/arithmetic): bench.role_dirs
@@ -303,7 +303,8 @@ def confidence_view(cfg, models, meta, tok):
             picked = pick_state(models, meta, prompt, threshold)
         else:  # the first test problem that has such a state
             data_dir, _ = checkpoint_data(models["teacher"][1], cfg["data_dir"])
-            for row in load_split(data_dir, "test", meta)[:cfg["num_eval"]].tolist():
+            rows = load_split(data_dir, "test", meta)
+            for row in rows[:fit_sizes(cfg, len(rows), f"the test split of {data_dir}", ())["num_eval"]].tolist():
                 prompt = torch.tensor([row[:P]], device=device)
                 picked = pick_state(models, meta, prompt, threshold)
                 if picked is not None:
@@ -358,7 +359,9 @@ def main(argv):
     need = cfg["methods"] if view == "compare" else NEED[view]
     dirs = {DIR_OPTION[r] for name in need for r in needs(name)}
     refuse_unused(cfg, {k: f"with --view={view}" for k, views in READ_BY.items() if view not in views.split()}
-                  | {k: f"with --view={view}: no method shown needs it" for k in DIR_OPTION.values() if k not in dirs})
+                  | {k: f"with --view={view}: no method shown needs it" for k in DIR_OPTION.values() if k not in dirs}
+                  | dict.fromkeys(("num_eval", "data_dir") * (view == "confidence" and bool(gave(cfg, "prompt") or cfg["state"])),
+                                  "with --view=confidence and a --prompt or --state: it is for the search of the test problems"))
     for key in ("png", "gif"):
         if cfg[key] and importlib.util.find_spec("matplotlib") is None:  # before any work, not after it
             raise CDLMError(f"option {key}: drawing needs matplotlib (pip install matplotlib)")
@@ -408,7 +411,7 @@ def run(cfg, device, need):
     loaded = load_models(cfg, need, device, same_teacher=cfg["view"] != "infill")
     models = {role: (compiled(m, cfg["compile"]), ckpt, st) for role, (m, ckpt, st) in loaded.items()}
     meta = next(iter(models.values()))[1]["data_meta"]
-    tok = get_tokenizer(meta)
+    tok, cfg["prompt"] = get_tokenizer(meta), cfg["prompt"] or example_prompt(meta)
     if cfg["view"] == "confidence":
         print(confidence_view(cfg, models, meta, tok))
     elif cfg["view"] == "losses":
@@ -416,9 +419,8 @@ def run(cfg, device, need):
     elif cfg["view"] == "infill":
         data_dir, _ = checkpoint_data(next(iter(models.values()))[1], cfg["data_dir"])
         rows = load_split(data_dir, "test", meta)
-        if gave(cfg, "num_eval") and cfg["num_eval"] > len(rows):
-            raise CDLMError(f"option num_eval={cfg['num_eval']}: the test split of {data_dir} has {len(rows)} problems")
-        rows = torch.as_tensor(np.asarray(rows[:cfg["num_eval"]], dtype=np.int64), device=device)
+        rows = rows[:fit_sizes(cfg, len(rows), f"the test split of {data_dir}", ())["num_eval"]]
+        rows = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device)
         P = meta["prompt_len"]
         probes = task_module(meta).infill_probes(tok, meta, rows[:, :P], rows[:, P:])  # each task its own holes
         acc = infill(models, meta, probes)

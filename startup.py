@@ -12,9 +12,10 @@ from data.common import data_fingerprint, same_data
 from data.trajectories import load_trajectory_sets
 from model import KINDS, read_checkpoint
 
-# what a resumed run must share with the run it continues
+# what a resumed run must share with the run it continues (the seed: a resume restores that run's
+# random states, so another seed would take no effect, and the checkpoint would record it)
 SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise",
-                  "prompt_noise")
+                  "prompt_noise", "seed")
 # what a resume restores beyond the weights: a weights-only checkpoint (as in ref/) cannot be resumed
 RESUME_KEYS = ("optimizer", "scaler", "rng", "best_val_loss")
 

@@ -437,6 +437,7 @@ def check_config(cfg):
         raise CDLMError(f"options {', '.join(f'w_{name}' for name in LOSSES)} are all 0: nothing to train")
     ignored = dict(lora_alpha="without lora_rank > 0") if not cfg["lora_rank"] else {}
     ignored |= dict.fromkeys(("dlm_noise", "dlm_rows"), "with w_dlm=0 (no DLM loss)") if cfg["w_dlm"] == 0 else {}
+    ignored |= dict(w_consist="with y_star='completion' (no consistency term)") if cfg["y_star"] == "completion" else {}
     ignored |= dict.fromkeys(STUDENT_ONLY * (mode != "cdlm"), f"with mode={mode!r}: it is for the student (mode='cdlm')")
     ignored |= dict(prompt_noise=f"with mode={mode!r}: it is for the teacher (mode='dlm')") if mode != "dlm" else {}
     refuse_unused(cfg, ignored | dict.fromkeys(("block_size", "eps") * (mode == "ar"), "with mode='ar': no blocks, no noise"))

@@ -25,6 +25,14 @@ from configurator import CDLMError, Str
 PAD, MASK, EOS = "<pad>", "<mask>", "<eos>"
 
 
+class UnknownCharacter(CDLMError):
+    """A character a tokenizer cannot encode, at position `pos` of `text`; `known` names what it can."""
+
+    def __init__(self, text, pos, known):
+        self.pos, self.known = pos, known
+        super().__init__(f"character {text[pos]!r} at position {pos} of {text!r} is not in the {known}")
+
+
 class CharTokenizer:
     """One token per character, plus PAD, MASK and EOS (ids 0, 1, 2)."""
 
@@ -40,8 +48,7 @@ class CharTokenizer:
         ids = []
         for pos, c in enumerate(text):
             if c not in self.stoi or c in (PAD, MASK, EOS):
-                raise CDLMError(f"character {c!r} at position {pos} of {text!r} is not in the "
-                                 f"vocabulary ({''.join(self.vocab[3:])!r})")
+                raise UnknownCharacter(text, pos, f"vocabulary ({''.join(self.vocab[3:])!r})")
             ids.append(self.stoi[c])
         return ids
 
@@ -114,9 +121,8 @@ class BPETokenizer:
             if sp in text:
                 raise CDLMError(f"text {text!r} contains the special token {sp!r}")
         if self.alphabet is not None and not set(text) <= self.alphabet:
-            pos, c = next((i, c) for i, c in enumerate(text) if c not in self.alphabet)
-            raise CDLMError(f"character {c!r} at position {pos} of {text!r} is not in the "
-                             f"tokenizer's alphabet ({''.join(sorted(self.alphabet))!r})")
+            pos = next(i for i, c in enumerate(text) if c not in self.alphabet)
+            raise UnknownCharacter(text, pos, f"tokenizer's alphabet ({''.join(sorted(self.alphabet))!r})")
         return self.enc.encode_ordinary(text)
 
     def decode(self, ids, stop_at_eos=True):
@@ -348,6 +354,8 @@ def load_split(data_dir, split, meta=None):
 
 def encode_prompt(tok, text, prompt_len):
     """Encode a prompt and pad it on the right to prompt_len; clear error if it does not fit."""
+    if text is None:  # none given, and the task names no example_prompt
+        raise CDLMError("option prompt: none given, and the data's task names no EXAMPLE_PROMPT: give --prompt")
     ids = tok.encode(text)
     if len(ids) > prompt_len:
         raise CDLMError(f"prompt {text!r} has {len(ids)} tokens, more than prompt_len={prompt_len}")
@@ -358,12 +366,16 @@ def encode_state(tok, text, mask_id, gen_len, option="state"):
     """A partial answer written as text, '_' for each masked position, as token ids: each run of
     text between masks through the data's own tokenizer (a BPE token may hold several characters).
     The positions after it, up to gen_len, are masked too: not returned."""
-    ids = []
+    ids, at = [], 0  # at: where the run starts in text
     for k, run in enumerate(text.split("_")):
         try:
             ids += [mask_id] * (k > 0) + (tok.encode(run) if run else [])
+        except UnknownCharacter as e:  # named by its place in the whole state, not in its run
+            raise CDLMError(f"option {option}={text!r}: character {run[e.pos]!r} at position {at + e.pos} is not in "
+                            f"the {e.known}") from None
         except CDLMError as e:
             raise CDLMError(f"option {option}={text!r}: {e}") from None
+        at += len(run) + 1
     if len(ids) > gen_len:
         raise CDLMError(f"option {option}={text!r} is {len(ids)} tokens, more than gen_len={gen_len}")
     return ids
@@ -462,6 +474,12 @@ def task_module(meta):
     if task not in tasks():
         raise CDLMError(f"the data is of task {task!r}, which this checkout has no data/{task}/prepare.py for")
     return importlib.import_module(f"data.{task}.prepare")
+
+
+def example_prompt(meta):
+    """The task's own example prompt (EXAMPLE_PROMPT in data/<task>/prepare.py), or None: show.py's
+    --prompt when none is given, so a word problem's checkpoints are not shown an arithmetic prompt."""
+    return getattr(task_module(meta), "EXAMPLE_PROMPT", None) if meta.get("task") in tasks() else None
 
 
 def write_dataset(out_dir, arrays, meta):

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from configurator import Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, defaults
+from configurator import (Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, defaults, fit_sizes,
+                          with_options)
 
 SPEC = dict(out_dir=Str("out"), lr=Float(1e-3, "(0, inf)"), iters=Int(10, "[1, inf)"), flag=Bool(False),
             threshold=Float(None, "(0, 1]"), cache=Bool(None), mode=Choice("a", "a", "b"),
@@ -46,6 +47,35 @@ def test_file_then_flags(tmp_path):
 def test_refusals(argv, message):
     with pytest.raises(CDLMError, match=message):
         configure(SPEC, argv)
+
+
+def test_an_option_typed_wins_wherever_it_stands(tmp_path):
+    """--key=value before a config file that sets the same key still takes effect (probe case 510)."""
+    f = tmp_path / "c.py"
+    f.write_text("iters = 20\nlr = 0.5\n")
+    cfg = configure(SPEC, ["--iters=3", str(f)])
+    assert cfg["iters"] == 3 and cfg["lr"] == 0.5 and cfg.typed == {"iters"}
+    assert configure(SPEC, [str(f), "--iters=3"]) == cfg
+
+
+def test_an_option_typed_twice_is_refused():
+    """--threshold=0.5 --threshold=0.9: one of them would be dropped in silence (probe case 55)."""
+    with pytest.raises(CDLMError, match=r"option threshold is given twice \(--threshold=0.5, --threshold=0.9\)"):
+        configure(SPEC, ["--threshold=0.5", "--threshold=0.9"])
+    with pytest.raises(CDLMError, match="option flag is given twice"):
+        configure(SPEC, ["--flag", "--flag"])
+    assert with_options(["c.py", "--iters=3", "--flag"], "--iters=4") == ["c.py", "--flag", "--iters=4"]
+
+
+def test_a_size_typed_must_fit_the_problems_a_default_shrinks():
+    """num_eval, then batch_size within it (probe case 61): typed, refused above; a default shrinks."""
+    spec = dict(num_eval=Int(500, "[1, inf)"), batch_size=Int(64, "[1, inf)"))
+    assert fit_sizes(configure(spec, []), 40, "the split") == dict(num_eval=40, batch_size=40)
+    assert fit_sizes(configure(spec, ["--num_eval=2"]), 40, "the split") == dict(num_eval=2, batch_size=2)
+    with pytest.raises(CDLMError, match="option batch_size=3: more than the 2 problems evaluated"):
+        fit_sizes(configure(spec, ["--num_eval=2", "--batch_size=3"]), 40, "the split")
+    with pytest.raises(CDLMError, match="option num_eval=41: more than the 40 problems of the split"):
+        fit_sizes(configure(spec, ["--num_eval=41"]), 40, "the split")
 
 
 def test_config_file_values_are_checked(tmp_path):

@@ -19,7 +19,7 @@ import bench
 import collect
 import sample
 import train
-from configurator import CDLMError
+from configurator import CDLMError, with_options
 from data.arithmetic import prepare as arith
 from data.trajectories import load_trajectories
 
@@ -78,8 +78,8 @@ def test_sample_options(teacher_dir, argv, words):
 ])
 def test_train_options(tmp_path, data_dir, argv, words):
     out = tmp_path / "run"
-    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={out}", "--n_layer=1", "--n_head=2", "--n_embd=32",
-                         *argv], *words)
+    refused(train.main, with_options([f"--data_dir={data_dir}", f"--out_dir={out}", "--n_layer=1", "--n_head=2",
+                                      "--n_embd=32"], *argv), *words)
     assert not (out / "ckpt.pt").exists()
 
 

@@ -16,7 +16,7 @@ def runs(teacher_dir, student_dir, ar_dir):
     from configurator import check
     from data.common import get_tokenizer
     from bench import load_models
-    cfg = check(show.config, dict(teacher_dir=teacher_dir, student_dir=student_dir, ar_dir=ar_dir))
+    cfg = check(show.config, dict(teacher_dir=teacher_dir, student_dir=student_dir, ar_dir=ar_dir, prompt="5:+3*7+2*4+1="))
     models = load_models(cfg, list(METHODS), "cpu")
     meta = models["teacher"][1]["data_meta"]
     return show.compare(cfg, models, meta, get_tokenizer(meta)), meta, get_tokenizer(meta)
@@ -209,7 +209,7 @@ def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir)
     from data.common import get_tokenizer, load_split
     from bench import load_models
     cfg = check(show.config, dict(teacher_dir=teacher_dir, student_dir=student_dir, ar_dir=ar_dir,
-                                  state="+3>8,*7>_,+2>_"))
+                                  state="+3>8,*7>_,+2>_", prompt="5:+3*7+2*4+1="))
     models = load_models(cfg, ["dlm", "cdlm", "ar"], "cpu")
     meta = models["teacher"][1]["data_meta"]
     tok = get_tokenizer(meta)

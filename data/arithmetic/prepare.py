@@ -40,6 +40,7 @@ config = dict(
 )
 
 CHARS = "0123456789+*->,#=:"
+EXAMPLE_PROMPT = "5:+3*7+2*4+1="  # show.py's prompt when none is given (data.common.example_prompt)
 APPLY = {"+": lambda s, d: (s + d) % 10, "*": lambda s, d: (s * d) % 10, "-": lambda s, d: (s - d) % 10}
 
 
