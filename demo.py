@@ -398,11 +398,11 @@ def check_png(cfg):
         return
     if not cfg["report"]:
         raise CDLMError("option png: the frontier is drawn from the results files: give --report with it")
-    if importlib.util.find_spec("matplotlib") is None:
-        raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)")
     if not read_frontier(cfg["task"], cfg["results_dir"]):
         raise CDLMError(f"option png: no frontier files in {os.path.join(cfg['results_dir'], cfg['task'], 'frontier')}/ to draw")
     check_output(cfg["png"], "option png", PNG)
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)")
 
 
 def entry(argv):

@@ -362,13 +362,13 @@ def main(argv):
                   | {k: f"with --view={view}: no method shown needs it" for k in DIR_OPTION.values() if k not in dirs}
                   | dict.fromkeys(("num_eval", "data_dir") * (view == "confidence" and bool(gave(cfg, "prompt") or cfg["state"])),
                                   "with --view=confidence and a --prompt or --state: it is for the search of the test problems"))
-    for key in ("png", "gif"):
-        if cfg[key] and importlib.util.find_spec("matplotlib") is None:  # before any work, not after it
-            raise CDLMError(f"option {key}: drawing needs matplotlib (pip install matplotlib)")
     refuse_overlap({k: cfg[k] for k in OUTPUTS},
                    {k: cfg[k] for k in (*sorted(dirs), "traj_dir", "data_dir") if k in dirs or view in READ_BY[k].split()})
     # every output new or one of its kind, proven writable, and held (as bench.py holds its plots), before any work
     with holding([(cfg[k], f"option {k}", kind) for k, kind in OUTPUTS.items() if cfg[k]]):
+        for key in ("png", "gif"):
+            if cfg[key] and importlib.util.find_spec("matplotlib") is None:  # before any work, not after it
+                raise CDLMError(f"option {key}: drawing needs matplotlib (pip install matplotlib)")
         run(cfg, pick_device(cfg["device"]), need)
 
 

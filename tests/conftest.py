@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny dataset and tiny models, trained once per test session in seconds."""
 import os
+import subprocess
 import sys
 
 import pytest
@@ -19,6 +20,20 @@ def data_dir(tmp_path_factory):
     from data.arithmetic.prepare import prepare
     d = str(tmp_path_factory.mktemp("arith"))
     prepare({"out_dir": d, "n_train": 2000, "n_val": 64, "n_test": 64})
+    return d
+
+
+PREPARE = "-m data.arithmetic.prepare"  # the quick start's first command: the problems the teacher was trained on
+
+
+@pytest.fixture(scope="session")
+def ref_data():
+    """data/arithmetic as the reference checkpoints were trained on it, prepared as the README says on a
+    clean clone (as in CI), where those checkpoints' data checks read it."""
+    d = os.path.join(ROOT, "data", "arithmetic")
+    if not os.path.isfile(os.path.join(d, "meta.json")):
+        out = subprocess.run([sys.executable, *PREPARE.split()], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
     return d
 
 

@@ -102,10 +102,10 @@ def test_show_takes_the_tasks_own_prompt_and_names_the_odd_checkpoint_out(capsys
     assert set(bench.load_models(infill, ["dlm", "cdlm", "ar"], "cpu", same_teacher=False)) == {"teacher", "student", "ar"}
 
 
-def test_the_confidence_view_refuses_its_search_options_beside_a_prompt_or_state():
+def test_the_confidence_view_refuses_its_search_options_beside_a_prompt_or_state(ref_data):
     import show
     from conftest import ROOT
     c = ["--view=confidence", f"--checkpoints={ROOT}/ref/arithmetic"]
     refused(show.main, c + ["--state=+3>8,*7>_", "--num_eval=5"], "option num_eval=5", "--prompt or --state")
-    refused(show.main, c + ["--prompt=5:+3*7=", f"--data_dir={ROOT}/data/arithmetic"], "option data_dir=", "--state")
+    refused(show.main, c + ["--prompt=5:+3*7=", f"--data_dir={ref_data}"], "option data_dir=", "--state")
     refused(show.main, c + [f"--num_eval={10 ** 6}"], f"num_eval={10 ** 6}", "more than the 1000 problems")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import PREPARE, ROOT
 
 
 def readme_blocks(text):
@@ -61,14 +61,8 @@ BLOCKS = [(page, cmd, out) for page in PAGES for cmd, out in readme_blocks(open(
           if "--view=infill" not in cmd and "out/" not in cmd.replace(TRAJ, "")]
 
 
-PREPARE = "-m data.arithmetic.prepare"  # the quick start's first command: the problems the teacher was trained on
-
-
 @pytest.fixture(scope="module")
-def trajectories(tmp_path_factory):
-    if not os.path.isfile(os.path.join(ROOT, "data", "arithmetic", "meta.json")):  # a clean clone, as in CI
-        out = subprocess.run([sys.executable, *PREPARE.split()], cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-2000:]
+def trajectories(tmp_path_factory, ref_data):
     d = str(tmp_path_factory.mktemp("ref") / "ref_trajectories")
     out = subprocess.run([sys.executable, *COLLECT.replace(TRAJ, d).split()], cwd=ROOT, capture_output=True,
                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -95,7 +89,7 @@ def test_the_readme_narrates_the_reference_checkpoints():
 
 
 @pytest.mark.parametrize("page, cmd, expected", BLOCKS, ids=[f"{p}: {c[:60]}" for p, c, _ in BLOCKS])
-def test_readme_output_reproduces(page, cmd, expected, request):
+def test_readme_output_reproduces(page, cmd, expected, request, ref_data):
     if TRAJ in cmd:  # the stored trajectories, in a temporary folder
         d = request.getfixturevalue("trajectories")
         cmd, expected = cmd.replace(TRAJ, d), [line.replace(TRAJ, d) for line in expected]
