@@ -131,3 +131,36 @@ def test_timed_rounds_time_every_method_in_each_round(monkeypatch):
     one_round = [("A", 1), ("A", 1), ("A", 3), ("B", 1), ("B", 1), ("B", 3)]
     assert calls == one_round * 3  # the untimed round, then every method once per round
     assert got == {"a": ([0.5, 0.5], [24.0, 24.0]), "b": ([0.5, 0.5], [24.0, 24.0])}
+
+
+def test_cost_model_sums_the_decodes_passes(monkeypatch, student_dir, teacher_dir):
+    """pass_shapes sees every pass of a decode; predict is the sum of their costs, each shape's cost
+    looked up once (a fake pass_time: no timing is asserted)."""
+    import roofline
+    from data.common import checkpoint_data, load_split
+    from sample import generate, load_for_decoding
+    for path, name in ((student_dir, "cdlm"), (teacher_dir, "dlm")):
+        model, ckpt, _ = load_for_decoding(f"{path}/ckpt.pt", {}, "cpu")
+        meta = ckpt["data_meta"]
+        prompts = bench.prompts_of(load_split(checkpoint_data(ckpt, None)[0], "test", meta)[:6], meta, "cpu")
+        settings = METHODS[name].decoding(model.cfg.block_size, 0.5, None)
+        one = roofline.pass_shapes(model, meta, prompts[:3], settings, 1)
+        nfe = sum(generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings).nfe.item()
+                  for i in range(3))
+        assert sum(one.shapes.values()) == nfe and {b for b, _, _ in one.shapes} == {1}
+        batch = roofline.pass_shapes(model, meta, prompts, settings, 6)
+        assert max(b for b, _, _ in batch.shapes) == 6 and batch.tokens > 0
+        assert roofline.pass_time(model, 2, *next(iter(batch.shapes))[1:], settings.cache, repeats=1) > 0
+        calls = []
+
+        def fake(model, b, lo, hi, cache):
+            calls.append((b, hi - lo, cache))
+            return 1e-3 * b + 1e-4 * (hi - lo)
+        monkeypatch.setattr(roofline, "pass_time", fake)
+        cost = lambda passes: sum(n * fake(model, b, lo, hi, settings.cache) for (b, lo, hi), n in passes.shapes.items())
+        p = roofline.predict(model, meta, prompts, settings, 6, 3, times := {})
+        assert len(calls) == len(set(calls)) == len(times)  # each shape timed once
+        assert p["latency_ms"] > 0 and p["latency_ms"] == pytest.approx(1000 * cost(one) / 3)
+        assert p["throughput_tok_s"] == pytest.approx(batch.tokens / cost(batch))
+        monkeypatch.undo()
+
