@@ -29,6 +29,7 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
                           "speedup_latency_vs_dlm", "speedup_throughput_vs_dlm_stop", "flops_per_token",
                           "bytes_per_token", "arithmetic_intensity", "achieved_gflops"}
         assert r["latency_ms"] > 0 and r["throughput_tok_s"] > 0 and r["flops_per_token"] > 0
+        assert r["predicted"]["latency_ms"] > 0 and r["predicted"]["throughput_tok_s"] > 0 and "compiled" not in r
         assert len(r["rounds"]["latency_ms"]) == len(r["rounds"]["throughput_tok_s"]) == 3  # one per repeat
     m = saved["methods"]
     assert m["dlm"]["nfe"] == 48 and m["dlm"]["tokens_per_step"] == 1.0 and m["dlm"]["speedup_latency_vs_dlm"] == 1.0
@@ -76,9 +77,11 @@ def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
     r = saved["methods"]["cdlm"]
     assert r["latency_ms"] > 0 and r["compiled"]["latency_ms"] > 0 and r["compiled"]["compile_s"] > 0
     assert r["compiled"]["differs_from_eager"] == 0.0
+    assert r["predicted"]["latency_ms"] > 0 and r["compiled"]["predicted"]["throughput_tok_s"] > 0
     assert set(saved["profile"]) == {"cdlm", "cdlm compiled"}
     printed = capsys.readouterr().out
     assert "| under torch.compile |" in printed and "| each on its faster path |" in printed
+    assert "| cdlm | eager |" in printed and "| cdlm | compiled |" in printed
     assert r["fastest"]["latency_path"] in ("eager", "compiled") and r["fastest"]["latency_ms"] == min(
         r["latency_ms"], r["compiled"]["latency_ms"])
 
@@ -164,3 +167,20 @@ def test_cost_model_sums_the_decodes_passes(monkeypatch, student_dir, teacher_di
         assert p["throughput_tok_s"] == pytest.approx(batch.tokens / cost(batch))
         monkeypatch.undo()
 
+
+def test_table_prints_predicted_beside_measured():
+    report = results.stored_report("results/arithmetic/seed1337.json")
+    m = report["methods"]
+    m["cdlm"]["predicted"] = dict(latency_ms=20.0, throughput_tok_s=4000.0)  # measured 25.6 eager
+    m["dlm"]["predicted"] = dict(latency_ms=160.0, throughput_tok_s=400.0)
+    m["cdlm"]["compiled"]["predicted"] = dict(latency_ms=10.0, throughput_tok_s=12000.0)
+    text = results.table(report)
+    assert "| from the passes alone | path | latency (ms, batch 1) | predicted | error | throughput (tok/s) | predicted " \
+           "| error |" in text
+    assert f"| cdlm | eager | {m['cdlm']['latency_ms']:.1f} | 20.0 | " \
+           f"{100 * (20 / m['cdlm']['latency_ms'] - 1):+.0f}% |" in text
+    assert "| cdlm | compiled | 19.6 | 10.0 | -49% | 12,466 | 12,000 | -4% |" in text
+    assert f"cdlm vs dlm from the passes alone (eager), the ceiling: 8.0x latency / 10.0x throughput; measured " \
+           f"{m['cdlm']['speedup_latency_vs_dlm']:.1f}x" in text
+    assert "(compiled), the ceiling" not in text  # dlm compiled has no prediction stored
+    assert "from the passes alone" not in results.table(results.stored_report("results/arithmetic/seed1337.json"))
