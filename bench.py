@@ -24,7 +24,7 @@ from runtime import autocast, code_version, compiled, holding, machine_info, pic
 from model import ROLES, read_checkpoint
 from render import PNG
 from results import REPORT, stored_report, table
-from roofline import PLOTS, answer_tokens, decode_cost, plots, probe_machine, profile_decode, timed_decode
+from roofline import PLOTS, answer_tokens, decode_cost, plots, predict, probe_machine, profile_decode, timed_decode
 from sample import DEFAULT_DECODING, DecodeSettings, evaluate, load_for_decoding
 
 DIR_OPTION = {role: f"{role}_dir" for role in ROLES}  # the option naming each role's checkpoint folder
@@ -218,13 +218,17 @@ def ratios(mine, base):
     return dict(latency=per("latency_ms", lambda a, b: b / a), throughput=per("throughput_tok_s", lambda a, b: a / b))
 
 
-def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=None):
+def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=None, pass_times=None):
     """Accuracy and NFE on all rows and the cost of a decode; with cmodel (the model compiled) also
-    its compile time and the answers it changes. The timings come after, in timed_rounds."""
+    its compile time and the answers it changes; with pass_times (roofline.predict's memo) the
+    timings predicted from the passes alone, on each path timed. The timings come after, in timed_rounds."""
     ev = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["seed"], bar)
     prompts = prompts_of(rows, meta, next(model.parameters()).device)
     tps = mean_tokens_per_step(model, meta, prompts[:cfg["batch_size"]], settings)  # batched equals per-row
     out = dict(final_acc=ev.final_acc, whole_acc=ev.whole_acc, nfe=ev.nfe, tokens_per_step=tps)
+    predicted = lambda m: predict(m, meta, prompts, settings, cfg["batch_size"], cfg["latency_n"], pass_times)
+    if pass_times is not None and cfg["compile"] != "on":
+        out["predicted"] = predicted(model)
     if cmodel is not None:
         t0 = time.perf_counter()  # the first calls compile: one graph per kind of pass
         timed_decode(cmodel, meta, prompts[:1], settings)
@@ -233,6 +237,8 @@ def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=N
         cev = evaluate(cmodel, meta, rows, settings, cfg["batch_size"], cfg["seed"])
         out["compiled"] = dict(compile_s=compile_s,
                                differs_from_eager=sum(a != b for a, b in zip(cev.preds, ev.preds)) / len(rows))
+        if pass_times is not None:
+            out["compiled"]["predicted"] = predicted(cmodel)
     flops, moved, tokens = decode_cost(model, meta, prompts[:cfg["latency_n"]], settings, act_bytes)
     return dict(out, flops_per_token=flops / tokens, bytes_per_token=moved / tokens, arithmetic_intensity=flops / moved,
                 flops_per_answer=flops / cfg["latency_n"], settings=asdict(settings), preds=ev.preds, chance=ev.chance)
@@ -255,7 +261,7 @@ def add_timings(results, models, cmodels, meta, prompts, cfg):
                     x = ratios(got[name, c], got[base, c])
                     mine[f"speedup_latency_vs_{base}"], mine[f"speedup_throughput_vs_{base}"] = x["latency"], x["throughput"]
         if cfg["compile"] == "on":  # the compiled figures are the method's figures
-            r.update({k: v for k, v in r["compiled"].items() if k not in ("compile_s", "differs_from_eager")})
+            r.update({k: v for k, v in r["compiled"].items() if k not in ("compile_s", "differs_from_eager", "predicted")})
         r["achieved_gflops"] = r.pop("flops_per_answer") / (r["latency_ms"] / 1000) / 1e9
     if cfg["compile"] == "both":
         for name, r in results.items():
@@ -341,7 +347,7 @@ def _run(cfg, methods):
     act_bytes = 4 if dtype == "float32" else 2
     gflops, gbs = probe_machine(device)
     from tqdm import tqdm
-    results = {}
+    results, pass_times = {}, {}  # each pass shape timed once per model and path (roofline.predict)
 
     def measured(dep, settings):
         """The tokens per step of a method another depends on: from this run, or measured on the side."""
@@ -356,7 +362,7 @@ def _run(cfg, methods):
             bs = model.cfg.block_size
             bar.set_description(f"bench {name}")
             results[name] = bench_method(model, meta, rows, settings_of(name, bs, threshold, measured),
-                                         run_cfg, act_bytes, bar, cmodels.get(METHODS[name].role))
+                                         run_cfg, act_bytes, bar, cmodels.get(METHODS[name].role), pass_times)
         bar.set_description("bench: timing every method in shared rounds")
         add_timings(results, models, cmodels, meta, prompts_of(rows, meta, device), run_cfg)
     for name, r in results.items():

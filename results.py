@@ -339,6 +339,7 @@ def table(report):
             f = r["fastest"]
             lines.append(f"| {name} | {f['latency_ms']:.1f} {f['latency_path']} | {f['throughput_tok_s']:,.0f} "
                          f"{f['throughput_path']} | {vs(f, 'dlm')} | {vs(f, 'dlm_stop')} |")
+    lines += predicted_table(report)
     slower = [f"{name} compiled is slower than eager at {what} ({c[key]:,.{d}f} against {r[key]:,.{d}f} {unit})"
               for name, r in report["methods"].items() if "latency_ms" in r.get("compiled", {}) for c in [r["compiled"]]
               for what, key, worse, d, unit in (("batch 1", "latency_ms", 1, 1, "ms"),
@@ -369,3 +370,33 @@ def table(report):
             lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(f"{report['profile'][n][key]:.2f}"
                                                                       for n in names) + " |")
     return "\n".join(lines)
+
+
+def predicted_table(report):
+    """Each method's timings predicted from its passes alone (roofline.predict) beside the measured
+    ones, and the cdlm-vs-dlm ratios they give: the ceiling with no time between passes."""
+    paths = [(name, path, r if path == "eager" else r["compiled"]) for name, r in report["methods"].items()
+             for path in ("eager", "compiled") if "predicted" in (r if path == "eager" else r.get("compiled", {}))]
+    if not paths:
+        return []
+    err = lambda p, m: f"{100 * (p / m - 1):+.0f}%"
+    lines = ["", "| from the passes alone | path | latency (ms, batch 1) | predicted | error | throughput (tok/s) "
+                 "| predicted | error |", "|---|---|---|---|---|---|---|---|"]
+    for name, path, r in paths:
+        p = r["predicted"]
+        lines.append(f"| {name} | {path} | {r['latency_ms']:.1f} | {p['latency_ms']:.1f} | {err(p['latency_ms'], r['latency_ms'])} "
+                     f"| {r['throughput_tok_s']:,.0f} | {p['throughput_tok_s']:,.0f} | "
+                     f"{err(p['throughput_tok_s'], r['throughput_tok_s'])} |")
+    lines += ["", "predicted: each pass shape of the decodes timed alone, summed; the error is the sampler and the "
+                  "Python between passes (a decode costs more than its passes), and the machine's noise"]
+    got = {(name, path): r for name, path, r in paths}
+    for path in ("eager", "compiled"):
+        if ("cdlm", path) in got and ("dlm", path) in got:
+            c, d = got["cdlm", path], got["dlm", path]
+            lat, thr = d["predicted"]["latency_ms"] / c["predicted"]["latency_ms"], \
+                c["predicted"]["throughput_tok_s"] / d["predicted"]["throughput_tok_s"]
+            measured = f"; measured {c['speedup_latency_vs_dlm']:.1f}x / {c['speedup_throughput_vs_dlm']:.1f}x" \
+                if "speedup_latency_vs_dlm" in c else ""
+            lines.append(f"cdlm vs dlm from the passes alone ({path}), the ceiling: {lat:.1f}x latency / "
+                         f"{thr:.1f}x throughput{measured}")
+    return lines

@@ -1,9 +1,13 @@
 """
 The hardware view behind bench.py's speedups: analytic FLOPs and bytes of a pass, the machine's
-measured peaks, where a decode's time goes (the profile), and the roofline picture.
+measured peaks, where a decode's time goes (the profile), a decode's time predicted from the
+measured cost of its passes alone (the cost model), and the roofline picture.
 """
 import os
+import statistics
 import time
+from collections import Counter
+from typing import NamedTuple
 
 import torch
 
@@ -51,6 +55,70 @@ def decode_cost(model, meta, prompts, settings, act_bytes):
                        on_step=count).tokens
         tokens += answer_tokens(out, meta["eos_id"]).sum().item()
     return flops, moved, tokens
+
+
+class Passes(NamedTuple):
+    shapes: Counter   # {(rows in the batch, lo, hi): passes of that shape}
+    tokens: int       # the answer tokens the decodes made (answer_tokens)
+
+
+def pass_shapes(model, meta, prompts, settings, batch):
+    """The forward passes of decoding prompts in batches of `batch` (1: one prompt at a time), by
+    shape: every step is one pass over all the rows still decoding (early stop shrinks them)."""
+    shapes, tokens = Counter(), 0
+    for i in range(0, len(prompts), batch):
+        out = generate(model, prompts[i:i + batch], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
+                       on_step=lambda ev: shapes.update([(len(ev.rows), ev.lo, ev.hi)])).tokens
+        tokens += answer_tokens(out, meta["eos_id"]).sum().item()
+    return Passes(shapes, tokens)
+
+
+@torch.no_grad()
+def pass_time(model, b, lo, hi, cache, repeats=5):
+    """Seconds of one forward pass over b rows computing positions lo..hi, made as the sampler makes
+    it (a window from a 0-d start over a fresh cache, or the whole sequence without one): the
+    median of `repeats` after a warm-up (under torch.compile, the warm-up compiles). The token
+    values do not change the cost."""
+    device = next(model.parameters()).device
+    x = torch.zeros((b, hi - lo), dtype=torch.long, device=device)
+    start = None if cache == "none" else torch.arange(hi + 1, device=device).unbind()[lo]
+    if cache != "none":
+        model.setup_cache(b, approximate=cache != "exact")
+    try:
+        times = []
+        for _ in range(repeats + 1):
+            sync(device)
+            t0 = time.perf_counter()
+            model(x, start=start, return_hidden=True)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:])
+    finally:
+        model.clear_cache()
+
+
+def predict(model, meta, prompts, settings, batch_size, latency_n, times=None):
+    """
+    A method's batch-1 latency (ms, mean over latency_n prompts) and batch-batch_size throughput
+    (answer tokens/s), as bench.py measures them, from the cost of the decodes' passes alone: the
+    ceiling the sampler would reach if the Python and the small operations between passes took no
+    time. A pass costs the same wherever its window lies (the start is a 0-d tensor, the cache
+    static), so `times` memoizes pass_time by (model, rows, window length, cache): share one dict
+    across the methods of a bench and each shape is timed once per model (compiled: once per graph).
+    """
+    times = {} if times is None else times
+
+    def cost(passes):
+        total = 0.0
+        for (b, lo, hi), n in passes.shapes.items():
+            key = (model, b, hi - lo, settings.cache)
+            if key not in times:
+                times[key] = pass_time(model, b, lo, hi, settings.cache)
+            total += n * times[key]
+        return total
+    latency = cost(pass_shapes(model, meta, prompts[:latency_n], settings, 1)) / len(prompts[:latency_n])
+    batch = pass_shapes(model, meta, prompts[:batch_size], settings, batch_size)
+    return dict(latency_ms=1000 * latency, throughput_tok_s=batch.tokens / cost(batch))
 
 
 def probe_machine(device):

@@ -29,6 +29,7 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
                           "speedup_latency_vs_dlm", "speedup_throughput_vs_dlm_stop", "flops_per_token",
                           "bytes_per_token", "arithmetic_intensity", "achieved_gflops"}
         assert r["latency_ms"] > 0 and r["throughput_tok_s"] > 0 and r["flops_per_token"] > 0
+        assert r["predicted"]["latency_ms"] > 0 and r["predicted"]["throughput_tok_s"] > 0 and "compiled" not in r
         assert len(r["rounds"]["latency_ms"]) == len(r["rounds"]["throughput_tok_s"]) == 3  # one per repeat
     m = saved["methods"]
     assert m["dlm"]["nfe"] == 48 and m["dlm"]["tokens_per_step"] == 1.0 and m["dlm"]["speedup_latency_vs_dlm"] == 1.0
@@ -76,9 +77,11 @@ def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
     r = saved["methods"]["cdlm"]
     assert r["latency_ms"] > 0 and r["compiled"]["latency_ms"] > 0 and r["compiled"]["compile_s"] > 0
     assert r["compiled"]["differs_from_eager"] == 0.0
+    assert r["predicted"]["latency_ms"] > 0 and r["compiled"]["predicted"]["throughput_tok_s"] > 0
     assert set(saved["profile"]) == {"cdlm", "cdlm compiled"}
     printed = capsys.readouterr().out
     assert "| under torch.compile |" in printed and "| each on its faster path |" in printed
+    assert "| cdlm | eager |" in printed and "| cdlm | compiled |" in printed
     assert r["fastest"]["latency_path"] in ("eager", "compiled") and r["fastest"]["latency_ms"] == min(
         r["latency_ms"], r["compiled"]["latency_ms"])
 
@@ -131,3 +134,53 @@ def test_timed_rounds_time_every_method_in_each_round(monkeypatch):
     one_round = [("A", 1), ("A", 1), ("A", 3), ("B", 1), ("B", 1), ("B", 3)]
     assert calls == one_round * 3  # the untimed round, then every method once per round
     assert got == {"a": ([0.5, 0.5], [24.0, 24.0]), "b": ([0.5, 0.5], [24.0, 24.0])}
+
+
+def test_cost_model_sums_the_decodes_passes(monkeypatch, student_dir, teacher_dir):
+    """pass_shapes sees every pass of a decode; predict is the sum of their costs, each shape's cost
+    looked up once (a fake pass_time: no timing is asserted)."""
+    import roofline
+    from data.common import checkpoint_data, load_split
+    from sample import generate, load_for_decoding
+    for path, name in ((student_dir, "cdlm"), (teacher_dir, "dlm")):
+        model, ckpt, _ = load_for_decoding(f"{path}/ckpt.pt", {}, "cpu")
+        meta = ckpt["data_meta"]
+        prompts = bench.prompts_of(load_split(checkpoint_data(ckpt, None)[0], "test", meta)[:6], meta, "cpu")
+        settings = METHODS[name].decoding(model.cfg.block_size, 0.5, None)
+        one = roofline.pass_shapes(model, meta, prompts[:3], settings, 1)
+        nfe = sum(generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings).nfe.item()
+                  for i in range(3))
+        assert sum(one.shapes.values()) == nfe and {b for b, _, _ in one.shapes} == {1}
+        batch = roofline.pass_shapes(model, meta, prompts, settings, 6)
+        assert max(b for b, _, _ in batch.shapes) == 6 and batch.tokens > 0
+        assert roofline.pass_time(model, 2, *next(iter(batch.shapes))[1:], settings.cache, repeats=1) > 0
+        calls = []
+
+        def fake(model, b, lo, hi, cache):
+            calls.append((b, hi - lo, cache))
+            return 1e-3 * b + 1e-4 * (hi - lo)
+        monkeypatch.setattr(roofline, "pass_time", fake)
+        cost = lambda passes: sum(n * fake(model, b, lo, hi, settings.cache) for (b, lo, hi), n in passes.shapes.items())
+        p = roofline.predict(model, meta, prompts, settings, 6, 3, times := {})
+        assert len(calls) == len(set(calls)) == len(times)  # each shape timed once
+        assert p["latency_ms"] > 0 and p["latency_ms"] == pytest.approx(1000 * cost(one) / 3)
+        assert p["throughput_tok_s"] == pytest.approx(batch.tokens / cost(batch))
+        monkeypatch.undo()
+
+
+def test_table_prints_predicted_beside_measured():
+    report = results.stored_report("results/arithmetic/seed1337.json")
+    m = report["methods"]
+    m["cdlm"]["predicted"] = dict(latency_ms=20.0, throughput_tok_s=4000.0)  # measured 25.6 eager
+    m["dlm"]["predicted"] = dict(latency_ms=160.0, throughput_tok_s=400.0)
+    m["cdlm"]["compiled"]["predicted"] = dict(latency_ms=10.0, throughput_tok_s=12000.0)
+    text = results.table(report)
+    assert "| from the passes alone | path | latency (ms, batch 1) | predicted | error | throughput (tok/s) | predicted " \
+           "| error |" in text
+    assert f"| cdlm | eager | {m['cdlm']['latency_ms']:.1f} | 20.0 | " \
+           f"{100 * (20 / m['cdlm']['latency_ms'] - 1):+.0f}% |" in text
+    assert "| cdlm | compiled | 19.6 | 10.0 | -49% | 12,466 | 12,000 | -4% |" in text
+    assert f"cdlm vs dlm from the passes alone (eager), the ceiling: 8.0x latency / 10.0x throughput; measured " \
+           f"{m['cdlm']['speedup_latency_vs_dlm']:.1f}x" in text
+    assert "(compiled), the ceiling" not in text  # dlm compiled has no prediction stored
+    assert "from the passes alone" not in results.table(results.stored_report("results/arithmetic/seed1337.json"))
