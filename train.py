@@ -77,6 +77,7 @@ config = dict(
     block_size=Int(8, "[1, inf)"),     # diffusion block; the student's mask and its trajectories use it
     # optimization
     batch_size=Int(64, "[1, inf)"), max_iters=Int(2000, "[1, inf)"),
+    lr_decay_iters=Int(None, "[1, inf)"),  # the cosine's length (None: max_iters); longer: a run stopped along it
     learning_rate=Float(1e-3, "(0, inf)"), min_lr=Float(1e-4, "[0, inf)"),
     warmup_iters=Int(100, "[0, inf)"), weight_decay=Float(0.1, "[0, inf)"),
     beta1=Float(0.9, "[0, 1)"), beta2=Float(0.99, "[0, 1)"),
@@ -231,10 +232,11 @@ def student_pass(model, batch, states, teacher_head, mask_id, block_size, dlm_no
 
 
 def get_lr(it, cfg):
-    """Linear warmup, then cosine decay to min_lr (nanoGPT)."""
+    """Linear warmup, then cosine decay to min_lr over lr_decay_iters (nanoGPT), min_lr after it."""
     if it < cfg["warmup_iters"]:
         return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
-    ratio = min(1.0, (it - cfg["warmup_iters"]) / max(1, cfg["max_iters"] - cfg["warmup_iters"]))
+    decay_iters = cfg["lr_decay_iters"] or cfg["max_iters"]
+    ratio = min(1.0, (it - cfg["warmup_iters"]) / max(1, decay_iters - cfg["warmup_iters"]))
     return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * ratio)) * (cfg["learning_rate"] - cfg["min_lr"])
 
 

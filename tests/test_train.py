@@ -224,6 +224,21 @@ def test_lr_schedule():
     assert get_lr(10, cfg) == pytest.approx(1.0)
     assert get_lr(60, cfg) == pytest.approx(0.55)
     assert get_lr(110, cfg) == pytest.approx(0.1)
+    longer = {**cfg, "max_iters": 60, "lr_decay_iters": 110}  # a run stopped along a longer schedule
+    assert [get_lr(i, longer) for i in range(60)] == [get_lr(i, cfg) for i in range(60)]
+    assert get_lr(200, longer) == pytest.approx(0.1)
+
+
+def test_a_run_stopped_along_a_longer_schedule_is_that_schedule_s_checkpoint(tmp_path, data_dir):
+    """--max_iters=10 --lr_decay_iters=20 gives the 20-iteration run's weights at iteration 10: resumed
+    to 20, it is that run, bit for bit (the frontier's points are such checkpoints)."""
+    from tests.conftest import train_tiny
+    whole = train_tiny(str(tmp_path / "whole"), data_dir, mode="dlm", max_iters=20, eval_interval=5)
+    part = train_tiny(str(tmp_path / "part"), data_dir, mode="dlm", max_iters=10, lr_decay_iters=20, eval_interval=5)
+    assert read_checkpoint(os.path.join(part, "ckpt.pt"))["iter_num"] == 10
+    train_tiny(part, data_dir, mode="dlm", max_iters=20, eval_interval=5, init_from="resume")
+    a, b = (read_checkpoint(os.path.join(d, "ckpt.pt")) for d in (whole, part))
+    assert a["weights_hash"] == b["weights_hash"]
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path, data_dir):
