@@ -317,7 +317,7 @@ def run(cfg):
     cfg = check(config, cfg)
     if cfg["table"] is not None:
         refuse_unused(cfg, dict.fromkeys(set(config) - {"table"}, "with --table: it prints a stored report"))
-        print(table(stored_report(cfg["table"])))
+        print(table(stored_report(cfg["table"], list(METHODS))))
         return None
     methods = [m for m in METHODS if m in cfg["methods"]]
     check_options(cfg, methods)

@@ -248,13 +248,19 @@ def configure(spec, argv):
     cfg, given, typed = defaults(spec), set(), {}
     for arg in (a for a in argv if not a.startswith("--")):
         if not os.path.isfile(arg):
-            raise CDLMError(f"config file {arg!r} not found")
+            raise CDLMError(f"config file {arg!r} " + ("is not a regular file" if os.path.exists(arg) else "not found"))
         scope = {}  # one namespace, as a module has: comprehensions and functions see its names
         try:
             with open(arg) as f:
-                exec(compile(f.read(), arg, "exec"), scope)
+                code = f.read()
+            tree = ast.parse(code, arg)
+            exec(compile(tree, arg, "exec"), scope)
         except Exception as e:  # a config file is user code: say where it broke, in one line
             raise CDLMError(f"config file {arg}: {type(e).__name__}: {e}")
+        for node in ast.walk(tree):  # `max_iters: 2` (YAML's form) is a Python annotation: it sets nothing
+            if isinstance(node, ast.AnnAssign) and node.value is None:
+                raise CDLMError(f"config file {arg} line {node.lineno}: '{ast.unparse(node)}' sets nothing "
+                                f"(an annotation): write {ast.unparse(node.target)} = {ast.unparse(node.annotation)}")
         for key, value in scope.items():
             if key.startswith("_") or callable(value) or type(value).__name__ == "module":
                 continue

@@ -118,6 +118,10 @@ def check_seed_figures(path, r, before, fix):
     if have != want:
         raise CDLMError(f"{path}: field teacher_steps has rows {have} (tokens per step), not those demo.py measures at "
                         f"a block of {have[-1]}: {want}; {fix}")
+    other = next((p for p, o in before if o["num_eval"] != r["num_eval"]), None)
+    if other:  # a mean over seeds is a mean of one measurement
+        raise CDLMError(f"{path}: field num_eval={r['num_eval']}, but {other} has num_eval="
+                        f"{dict(before)[other]['num_eval']}: one table averages both; {fix}")
     other = next((p for p, o in before if sorted(o["teacher_steps"], key=int) != have), None)
     if other:
         raise CDLMError(f"{path}: field teacher_steps has rows {have}, but {other} has "
@@ -258,8 +262,16 @@ def read_frontier(task, results_dir):
         if r["task"] != task or name != f"{r['run']}_seed{r['seed']}.json":
             raise CDLMError(f"{path}: holds {r['task']} run {r['run']!r} seed {r['seed']}, whose file is "
                             f"{r['run']}_seed{r['seed']}.json of results/{r['task']}/frontier; {fix}")
-        runs.setdefault(r["run"], []).append(r)
+        same = runs.setdefault(r["run"], [])
+        odd = next((k for k in FRONTIER_SAME if same and same[0][k] != r[k]), None)
+        if odd:  # its table averages the seeds of one run: one teacher, one set size, one schedule, one test
+            raise CDLMError(f"{path}: field {odd}={r[odd]!r}, but the run's seed {same[0]['seed']} has "
+                            f"{same[0][odd]!r}: one table averages both; {fix}")
+        same.append(r)
     return {run: sorted(rs, key=lambda r: r["seed"]) for run, rs in runs.items()}
+
+
+FRONTIER_SAME = ("teacher", "teacher_whole_acc", "trajectories", "max_iters", "num_eval")  # across one run's seeds
 
 
 def frontier(task, results_dir):
@@ -284,14 +296,25 @@ def frontier(task, results_dir):
 # -----------------------------------------------------------------------------
 # one bench report
 
-def stored_report(path):
-    """A bench report read back for table(): bench.py's own file, or the bench part of demo.py's seed file."""
+def stored_report(path, methods):
+    """A bench report read back for table(): bench.py's own file, or the bench part of demo.py's seed file;
+    each row one of `methods`, its figures ones a bench can measure."""
     r = read_json(path, "option table")
     if isinstance(r, dict) and "bench" in r:
         r = dict(methods=r["bench"], settings=r.get("bench_settings"), machine=r.get("bench_machine"))
     if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine"))):
         raise CDLMError(f"option table={path!r}: not a bench report (no methods, settings and machine)")
+    fix = f"option table={path!r}: rerun the bench that wrote it"
+    for name, row in r["methods"].items():
+        if name not in methods:
+            raise CDLMError(f"{fix}: its row {name!r} is no method of bench.py ({', '.join(methods)})")
+        row = check_fields(row, BENCH_ROW, f"{path}: methods.{name}", fix)
+        check_scores(path, row, f"methods.{name}.", fix)
     return r
+
+
+BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "(0, inf)"),
+             "latency_ms": Float(1, "(0, inf)"), "throughput_tok_s": Float(1, "(0, inf)")}
 
 
 def is_report(path):

@@ -25,7 +25,7 @@ import torch
 from bench import DIR_OPTION, METHODS, decoded_tokens, load_models, needs, role_dirs, settings_of
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, fit_sizes, gave, refuse_unused, run_main
 from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, encode_state,
-                         example_prompt, get_tokenizer, load_split, task_module, whole_blocks)
+                         example_prompt, get_tokenizer, load_split, stored_data_dirs, task_module, whole_blocks)
 from data.trajectories import TrajectorySets, load_trajectories
 from model import attention_mask, noise_answers, read_checkpoint
 from render import GIF, PAGE, PNG, render_compare, replay_gif, replay_html, save_png, token_texts
@@ -363,7 +363,8 @@ def main(argv):
                   | dict.fromkeys(("num_eval", "data_dir") * (view == "confidence" and bool(gave(cfg, "prompt") or cfg["state"])),
                                   "with --view=confidence and a --prompt or --state: it is for the search of the test problems"))
     refuse_overlap({k: cfg[k] for k in OUTPUTS},
-                   {k: cfg[k] for k in (*sorted(dirs), "traj_dir", "data_dir") if k in dirs or view in READ_BY[k].split()})
+                   {k: cfg[k] for k in (*sorted(dirs), "traj_dir", "data_dir") if k in dirs or view in READ_BY[k].split()}
+                   | stored_data_dirs(cfg, sorted(dirs)))
     # every output new or one of its kind, proven writable, and held (as bench.py holds its plots), before any work
     with holding([(cfg[k], f"option {k}", kind) for k, kind in OUTPUTS.items() if cfg[k]]):
         for key in ("png", "gif"):

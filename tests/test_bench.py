@@ -68,6 +68,16 @@ def test_table_refuses_what_is_not_a_bench_report(tmp_path):
         run({"table": str(bad)})
     with pytest.raises(CDLMError, match="option num_eval=3 has no effect with --table"):
         run(bench.configure(bench.config, [f"--table={bad}", "--num_eval=3"]))
+    good = json.loads(open("results/arithmetic/rounds_ref_2threads.json").read())
+    for change, message in ((dict(latency_ms="fast"), "methods.cdlm: field latency_ms: expected float"),
+                            (dict(nfe=0), "field nfe: expected float in \\[1, inf\\), got 0"),
+                            (dict(whole_acc=1.0), "whole_acc=1.0 is above methods.cdlm.final_acc")):
+        bad.write_text(json.dumps({**good, "methods": {"cdlm": {**good["methods"]["cdlm"], **change}}}))
+        with pytest.raises(CDLMError, match=message):  # a figure no bench measures, printed as a result: refused
+            run({"table": str(bad)})
+    bad.write_text(json.dumps({**good, "methods": {"bogus": good["methods"]["cdlm"]}}))
+    with pytest.raises(CDLMError, match="row 'bogus' is no method of bench.py"):
+        run({"table": str(bad)})
 
 
 def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
@@ -98,7 +108,7 @@ def test_each_method_on_its_faster_path():
     assert f["speedup_latency_vs_dlm"] == 8.0 and f["speedup_throughput_vs_dlm"] == 22.0  # dlm eager, not compiled
     assert f["speedup_latency_vs_dlm_stop"] == 6.0
     assert bench.fastest(got, "dlm")["latency_path"] == "eager"
-    report = results.stored_report("results/arithmetic/seed1337.json")
+    report = results.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS))
     for r in report["methods"].values():
         r["fastest"] = dict(r, latency_path="eager", throughput_path="eager")
     report["methods"]["dlm"]["compiled"]["latency_ms"] = 200.0  # eager: 168.8
@@ -107,7 +117,7 @@ def test_each_method_on_its_faster_path():
     assert "note: dlm compiled is slower than eager at batch 1 (200.0 against 168.8 ms); " in text
     assert "dlm_prefix_cache compiled is slower than eager at batch 64 (3,884 against 4,015 tok/s)" in text
     assert "The faster-path table takes the faster one for each." in text
-    plain = results.table(results.stored_report("results/arithmetic/seed1337.json"))  # no faster-path figures stored
+    plain = results.table(results.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS)))  # no faster-path figures stored
     assert "| each on its faster path |" not in plain and "The compiled ratios above take it as it is." in plain
 
 
@@ -169,7 +179,7 @@ def test_cost_model_sums_the_decodes_passes(monkeypatch, student_dir, teacher_di
 
 
 def test_table_prints_predicted_beside_measured():
-    report = results.stored_report("results/arithmetic/seed1337.json")
+    report = results.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS))
     m = report["methods"]
     m["cdlm"]["predicted"] = dict(latency_ms=20.0, throughput_tok_s=4000.0)  # measured 25.6 eager
     m["dlm"]["predicted"] = dict(latency_ms=160.0, throughput_tok_s=400.0)
@@ -183,4 +193,4 @@ def test_table_prints_predicted_beside_measured():
     assert f"cdlm vs dlm from the passes alone (eager), the ceiling: 8.0x latency / 10.0x throughput; measured " \
            f"{m['cdlm']['speedup_latency_vs_dlm']:.1f}x" in text
     assert "(compiled), the ceiling" not in text  # dlm compiled has no prediction stored
-    assert "from the passes alone" not in results.table(results.stored_report("results/arithmetic/seed1337.json"))
+    assert "from the passes alone" not in results.table(results.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS)))

@@ -31,6 +31,7 @@ def test_file_then_flags(tmp_path):
     (["--flag=1"], "flag=1: expected True or False"),
     (["--iters"], "expected --iters=value"),
     (["nope.py"], "config file 'nope.py' not found"),
+    (["/dev/null"], "config file '/dev/null' is not a regular file"),
     # options whose default is None are typed too: never read as truthy
     (["--cache=no"], "cache='no': expected True or False or None"),
     (["--cache=false"], "cache='false': expected True or False or None"),
@@ -82,7 +83,8 @@ def test_config_file_values_are_checked(tmp_path):
     f = tmp_path / "c.py"
     for text, message in [("learning_rate = 1e-3\n", f"unknown option 'learning_rate' in {f}"),
                           ("iters = (\n", "SyntaxError"), ("flag = 'yes'\n", "flag='yes'"),
-                          ("threshold = 2\n", "threshold=2:"), ("iters = None\n", "iters=None")]:
+                          ("threshold = 2\n", "threshold=2:"), ("iters = None\n", "iters=None"),
+                          ("flag = True\niters: 3\n", "line 2: 'iters: 3' sets nothing .*write iters = 3")]:
         f.write_text(text)
         with pytest.raises(CDLMError, match=message):
             configure(SPEC, [str(f)])

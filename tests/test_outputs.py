@@ -56,6 +56,10 @@ def test_outputs_inside_the_data_a_checkpoint_reads_are_refused(data_dir, teache
         refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={out}"], "option out_path",
                 "the data of option teacher_dir's checkpoint")
     assert file_bytes(f"{data_dir}/meta.json") == meta and not os.path.exists(f"{data_dir}/bench.json")
+    for key, out in (("html", f"{data_dir}/replay.html"), ("gif", f"{data_dir}/replay.gif")):  # show.py's pictures too
+        refused(show.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--{key}={out}"], f"option {key}",
+                "the data of option teacher_dir's checkpoint")
+        assert not os.path.exists(out)
 
 
 def test_a_running_bench_holds_its_plots(tmp_path, teacher_dir, monkeypatch):
