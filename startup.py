@@ -5,7 +5,10 @@ continues exactly with --init_from=resume: the checkpoint holds every random sta
 position, and is refused where the run would not continue it exactly. A run that starts afresh
 never writes over a finished checkpoint or a reference one.
 """
+import hashlib
 import os
+
+import torch
 
 from configurator import CDLMError
 from data.common import data_fingerprint, same_data
@@ -18,6 +21,30 @@ SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout"
                   "prompt_noise", "seed")
 # what a resume restores beyond the weights: a weights-only checkpoint (as in ref/) cannot be resumed
 RESUME_KEYS = ("optimizer", "scaler", "rng", "best_val_loss")
+
+
+def resume_hash(ckpt):
+    """A fingerprint of what a resume restores beyond the weights (RESUME_KEYS and the LoRA state),
+    stored beside them as the weights' hash is: one flipped bit in an optimizer moment would
+    otherwise continue another run than the one saved, in silence."""
+    h = hashlib.sha256()
+
+    def walk(x):
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(str(t.dtype).encode() + t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        else:
+            h.update(repr(x).encode())
+    for k in (*RESUME_KEYS, "lora_state"):
+        walk(ckpt.get(k))
+    return h.hexdigest()[:16]
 
 
 def load_teacher(cfg, meta, device):
@@ -65,6 +92,11 @@ def load_resume(cfg, meta, rt, teacher, traj):
             raise CDLMError(f"{e}; to start over, give another --out_dir") from None
         raise CDLMError(f"{e}; to start over in {cfg['out_dir']} instead, rerun with --init_from="
                         f"{'teacher' if cfg['mode'] == 'cdlm' else 'scratch'} (it replaces the checkpoint)") from None
+    if init.get("resume_hash") != resume_hash(init):
+        why = ("holds no hash of its optimizer and random states" if init.get("resume_hash") is None else
+               f"is damaged: its optimizer and random states do not hash to the {init['resume_hash']!r} stored with them")
+        raise CDLMError(f"{path} {why}: it cannot be resumed exactly; to start over in {cfg['out_dir']}, rerun with "
+                        f"--init_from={'teacher' if cfg['mode'] == 'cdlm' else 'scratch'}")
     changed = [k for k in SAME_ON_RESUME if init["config"][k] != cfg[k]]
     if changed or not same_data(init["data_meta"], meta):
         was = ", ".join(f"{k}={init['config'].get(k)!r}" for k in changed) or "other data"

@@ -28,7 +28,7 @@ from model import (ROLES, ModelConfig, Transformer, add_lora, ar_loss, block_of,
 from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
                      refuse_overlap, rng_state, set_rng_state, setup_runtime, wrap_model)
 from sample import DEFAULT_DECODING
-from startup import load_resume, load_teacher, refuse_fresh_start
+from startup import load_resume, load_teacher, refuse_fresh_start, resume_hash
 
 class Pass(NamedTuple):
     """What the student's losses read from one batch (cdlm_losses): each loss row names its fields."""
@@ -302,10 +302,11 @@ def save(run, mcfg, iter_num, best_val, path):
     if not run.rt.master:
         return
     cfg, weights = run.cfg, merged_state_dict(run.raw)
+    resume = dict(lora_state=run.raw.state_dict() if cfg["lora_rank"] else None, optimizer=run.optimizer.state_dict(),
+                  scaler=run.scaler.state_dict(), rng=states, best_val_loss=best_val)
     save_checkpoint(dict(model_config=asdict(mcfg), model=weights, weights_hash=weights_hash(weights),
-                         lora_state=run.raw.state_dict() if cfg["lora_rank"] else None,
-                         optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), rng=states,
-                         iter_num=iter_num, best_val_loss=best_val, config=dict(cfg), data_meta=run.meta,
+                         **resume, resume_hash=resume_hash(resume),
+                         iter_num=iter_num, config=dict(cfg), data_meta=run.meta,
                          teacher_hash=run.teacher["weights_hash"] if run.teacher else None,
                          trajectories=run.traj.ids if run.traj else None,
                          sampling=asdict(DEFAULT_DECODING[cfg["mode"]](cfg["block_size"], cfg["threshold"]))), path)

@@ -155,6 +155,23 @@ def test_a_weights_only_checkpoint_cannot_be_resumed(tmp_path, data_dir, teacher
     assert "cannot be resumed" in one_line(e)
 
 
+def test_a_resume_refuses_a_damaged_optimizer_state(tmp_path, data_dir, teacher_dir):
+    """The weights' hash does not cover what a resume restores beside them: one flipped bit in an Adam
+    moment is refused by the hash of those states, before the run continues another run in silence."""
+    def flip(c):
+        m = next(iter(c["optimizer"]["state"].values()))["exp_avg_sq"].view(-1)
+        m[0] = -m[0]
+    run = copy_checkpoint(teacher_dir, tmp_path / "run", flip)
+    with pytest.raises(CDLMError) as e:
+        train_tiny(str(run), data_dir, mode="dlm", max_iters=35, init_from="resume")
+    assert f"{run}/ckpt.pt is damaged" in one_line(e) and "optimizer and random states" in str(e.value)
+    old = copy_checkpoint(teacher_dir, tmp_path / "old", lambda c: c.pop("resume_hash"))  # saved without the hash
+    with pytest.raises(CDLMError, match="holds no hash of its optimizer and random states"):
+        train_tiny(str(old), data_dir, mode="dlm", max_iters=35, init_from="resume")
+    good = copy_checkpoint(teacher_dir, tmp_path / "good")  # an intact copy resumes
+    assert read_checkpoint(f"{train_tiny(str(good), data_dir, mode='dlm', max_iters=35, init_from='resume')}/ckpt.pt")["iter_num"] == 35
+
+
 def test_a_checkpoint_config_without_mode_is_one_line(tmp_path, teacher_dir):
     import sample
     bad = copy_checkpoint(teacher_dir, tmp_path / "bad", lambda c: c["config"].pop("mode"))
