@@ -226,6 +226,9 @@ def short(value):
 
 def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path) and os.path.isfile(os.path.join(data_dir, "ckpt.pt")):  # not a place to prepare data in
+        raise CDLMError(f"{data_dir} holds a checkpoint (ckpt.pt), not prepared data: give the folder prepare.py "
+                        f"wrote (data/<task>)")
     return check_meta(read_json(path, f"prepare the data first: python data/<task>/prepare.py --out_dir={data_dir}"),
                       path, f"prepare the data again (python data/<task>/prepare.py --out_dir={data_dir} rewrites it)")
 

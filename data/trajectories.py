@@ -142,9 +142,13 @@ def check_commit(meta, path):
     n, P, L, C = (meta[k] for k in ("n", "prompt_len", "gen_len", "n_embd"))
     shapes = dict(prompt=[n, P], tokens=[n, L], step=[n, L], hidden=[n, L, C], truth=[n, L])
     f = meta.get("fields")
-    need(isinstance(f, dict) and all(isinstance(f.get(k), list) and len(f[k]) == 2 and f[k][0] == shapes[k]
+    need(isinstance(f, dict) and all(isinstance(f.get(k), list) and len(f[k]) == 2
                                      and f[k][1] in ("uint8", "uint16", "int16", "float16", "float32")
                                      for k in FIELDS), "fields")
+    for k in FIELDS:  # the shapes against the sizes: an edit of either is named as their disagreement
+        if f[k][0] != shapes[k]:
+            raise CDLMError(f"{path}: field fields.{k} has shape {f[k][0]}, but fields n, prompt_len, gen_len and "
+                            f"n_embd give {shapes[k]}: the file disagrees with itself; {REPAIR}")
     return meta
 
 
@@ -212,7 +216,8 @@ def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None
     for name in FIELDS:
         f = os.path.join(d, f"{name}.bin")
         if not os.path.isfile(f) or os.path.getsize(f) != nbytes(specs[name]):
-            raise CDLMError(f"{f} is missing or truncated (expected {nbytes(specs[name])} bytes); {REPAIR}")
+            size = f"{os.path.getsize(f)} bytes" if os.path.isfile(f) else "missing"
+            raise CDLMError(f"{f} is {size}, not the {nbytes(specs[name])} its meta.json describes; {REPAIR}")
     arrays = {k: np.memmap(os.path.join(d, f"{k}.bin"), dtype=specs[k][1], mode="r", shape=specs[k][0])
               for k in FIELDS}
     check_contents(arrays, meta, d)

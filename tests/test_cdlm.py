@@ -70,7 +70,14 @@ def test_mismatched_or_corrupt_trajectories_are_refused(tmp_path, traj_dir):
     _, meta = load_trajectories(str(bad))
     with open(bad / meta["set"] / "hidden.bin", "r+b") as f:
         f.truncate(100)
-    with pytest.raises(CDLMError, match="hidden.bin is missing or truncated"):
+    with pytest.raises(CDLMError, match="hidden.bin is 100 bytes, not the [0-9]+ its meta.json describes"):
+        load_trajectories(str(bad))
+    with open(bad / meta["set"] / "hidden.bin", "ab") as f:  # too long is named as such, not as truncated
+        f.write(bytes(10 ** 6))
+    with pytest.raises(CDLMError, match="hidden.bin is 1000100 bytes, not the"):
+        load_trajectories(str(bad))
+    os.remove(bad / meta["set"] / "hidden.bin")
+    with pytest.raises(CDLMError, match="hidden.bin is missing, not the"):
         load_trajectories(str(bad))
     (bad / "meta.json").write_text("{not json")
     with pytest.raises(CDLMError, match="corrupt"):

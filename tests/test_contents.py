@@ -210,3 +210,18 @@ def test_a_results_file_with_impossible_figures_is_refused(tmp_path):
         refused(demo.main, ["--report", f"--results_dir={where}"], f"option results_dir='{where}' {words}")
     (tmp_path / "empty").mkdir()  # a folder without this task's files is a report of none yet
     assert "no results for arithmetic" in results.report("arithmetic", str(tmp_path / "empty"))
+
+
+def test_a_commit_record_whose_sizes_and_shapes_disagree_names_both(tmp_path):
+    """An edited n_embd (or a shape) in a set's meta.json: named as the disagreement it makes."""
+    d = write_set(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    (tmp_path / "s" / "meta.json").write_text(json.dumps({**meta, "n_embd": 64}))
+    with pytest.raises(CDLMError, match=rf"field fields.hidden has shape \[{N}, {L}, {C}\], but .* give \[{N}, {L}, 64\]"):
+        load_trajectories(d)
+
+
+def test_a_checkpoint_folder_given_as_data_is_named_so(teacher_dir):
+    """Not 'prepare the data into it', which prepare.py would refuse: the folder holds a checkpoint."""
+    refused(train.main, [f"--data_dir={teacher_dir}", "--max_iters=1", "--device=cpu"], teacher_dir,
+            "holds a checkpoint (ckpt.pt), not prepared data")
