@@ -430,8 +430,8 @@ def main(argv):
     model = compiled(model, cfg["compile"])
     if cfg["eval"]:
         from tqdm import tqdm
-        data_dir, _ = checkpoint_data(ckpt, cfg["data_dir"])
-        rows = load_split(data_dir, cfg["split"], meta)
+        data_dir, dmeta = checkpoint_data(ckpt, cfg["data_dir"])
+        rows = load_split(data_dir, cfg["split"], dmeta)
         cfg = fit_sizes(cfg, len(rows), f"the {cfg['split']} split of {data_dir}")  # a size typed fits them
         rows = rows[:cfg["num_eval"]]
         t0 = time.time()

@@ -302,8 +302,8 @@ def confidence_view(cfg, models, meta, tok):
         if gave(cfg, "prompt"):
             picked = pick_state(models, meta, prompt, threshold)
         else:  # the first test problem that has such a state
-            data_dir, _ = checkpoint_data(models["teacher"][1], cfg["data_dir"])
-            rows = load_split(data_dir, "test", meta)
+            data_dir, dmeta = checkpoint_data(models["teacher"][1], cfg["data_dir"])
+            rows = load_split(data_dir, "test", dmeta)
             for row in rows[:fit_sizes(cfg, len(rows), f"the test split of {data_dir}", ())["num_eval"]].tolist():
                 prompt = torch.tensor([row[:P]], device=device)
                 picked = pick_state(models, meta, prompt, threshold)
@@ -418,8 +418,8 @@ def run(cfg, device, need):
     elif cfg["view"] == "losses":
         print(losses_walk(cfg, models, meta))
     elif cfg["view"] == "infill":
-        data_dir, _ = checkpoint_data(next(iter(models.values()))[1], cfg["data_dir"])
-        rows = load_split(data_dir, "test", meta)
+        data_dir, dmeta = checkpoint_data(next(iter(models.values()))[1], cfg["data_dir"])
+        rows = load_split(data_dir, "test", dmeta)
         rows = rows[:fit_sizes(cfg, len(rows), f"the test split of {data_dir}", ())["num_eval"]]
         rows = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device)
         P = meta["prompt_len"]

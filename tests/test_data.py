@@ -98,3 +98,19 @@ def test_chance_levels_are_the_best_constant_guess():
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(CDLMError, match="prepare.py"):
         load_meta(str(tmp_path))
+
+
+def test_a_changed_byte_in_a_split_is_refused_where_it_is_read(tmp_path):
+    """meta.json stores each split's hash (not part of the data's identity: checkpoints of the same
+    settings still match); a split whose bytes changed is refused when read, and prepare.py rewrites it."""
+    from configurator import CDLMError
+    cfg = {"out_dir": str(tmp_path), "n_train": 200, "n_val": 10, "n_test": 10}
+    meta = prepare(cfg)
+    good = (tmp_path / "test.bin").read_bytes()
+    with open(tmp_path / "test.bin", "r+b") as f:  # one prompt digit changed: still a plausible problem
+        f.seek(1)
+        f.write(bytes([good[1] ^ 1]))
+    with pytest.raises(CDLMError, match=r"test.bin is damaged: it does not hash to the '[0-9a-f]{16}' its meta.json"):
+        load_split(str(tmp_path), "test")
+    load_split(str(tmp_path), "train")  # the others still read
+    assert prepare(cfg)["hashes"] == meta["hashes"] and (tmp_path / "test.bin").read_bytes() == good
