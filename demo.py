@@ -22,7 +22,6 @@ finished run writes a small JSON under results/ (commit, machine, seed, thread c
 hashes, every figure; the layout and the tables: results.py): `--report` prints RESULTS.md's tables
 from those files alone.
 """
-import importlib.util
 import os
 import re
 import subprocess
@@ -37,7 +36,7 @@ from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configur
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
-from render import PNG, frontier_png
+from render import PNG, check_matplotlib, frontier_png
 from results import (ablation_path, against, read_frontier, read_results, report, seed_path, slug, table,
                      teacher_steps_per_block)
 from runtime import (THREADS, check_compiler, check_output, check_writable, code_version, cpu_threads, lock,
@@ -401,8 +400,7 @@ def check_png(cfg):
     if not read_frontier(cfg["task"], cfg["results_dir"]):
         raise CDLMError(f"option png: no frontier files in {os.path.join(cfg['results_dir'], cfg['task'], 'frontier')}/ to draw")
     check_output(cfg["png"], "option png", PNG)
-    if importlib.util.find_spec("matplotlib") is None:
-        raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)")
+    check_matplotlib("png")
 
 
 def entry(argv):

@@ -352,13 +352,19 @@ KINDS = {r.mode: r.label for r in ROLES.values()}  # training mode -> what it ma
 CKPT_KEYS = ("model_config", "model", "config", "data_meta", "sampling", "iter_num", "weights_hash")
 
 
+def hash_tensor(h, t):
+    """Feed a tensor's dtype and bytes to the hash h (weights_hash, startup.resume_hash)."""
+    t = t.detach().cpu().contiguous().reshape(-1)
+    h.update(str(t.dtype).encode())
+    h.update(t.view(torch.uint8).numpy().tobytes())
+
+
 def weights_hash(state_dict):
     """A short fingerprint of the weights: trajectories and students record their teacher's."""
     h = hashlib.sha256()
     for k in sorted(state_dict):
-        t = state_dict[k].detach().cpu().contiguous().reshape(-1)
-        h.update(k.encode() + str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(k.encode())
+        hash_tensor(h, state_dict[k])
     return h.hexdigest()[:16]
 
 

@@ -5,6 +5,7 @@ a tokenizer, the data meta and recorded steps; nothing here runs a model. And th
 pictures (save_figure, save_png), for show.py and roofline.py.
 """
 import html
+import importlib.util
 import json
 
 from configurator import CDLMError
@@ -21,6 +22,13 @@ PAGE = Output(".html", "a replay page show.py wrote (its head names the generato
               lambda path: GENERATOR.encode() in file_head(path, 4096))
 PNG = Output(".png", "a PNG picture", lambda path: file_head(path, 8) == b"\x89PNG\r\n\x1a\n")
 GIF = Output(".gif", "a GIF picture", lambda path: file_head(path, 6) in (b"GIF87a", b"GIF89a"))
+NEEDS_MATPLOTLIB = "drawing needs matplotlib (pip install matplotlib)"  # optional: for pictures only
+
+
+def check_matplotlib(option):
+    """Before any work: the picture an option asks for can be drawn."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CDLMError(f"option {option}: {NEEDS_MATPLOTLIB}")
 
 
 def token_texts(tok, meta, ids):
@@ -261,7 +269,7 @@ def replay_gif(runs, tok, meta, prompt, ms_per_step=600):
         from matplotlib.collections import LineCollection, PatchCollection
         from PIL import Image  # matplotlib's own dependency
     except ImportError:
-        raise CDLMError("option gif: drawing needs matplotlib (pip install matplotlib)") from None
+        raise CDLMError(f"option gif: {NEEDS_MATPLOTLIB}") from None
     import io
     import textwrap
     L, T = meta["gen_len"], meta["prompt_len"] + meta["gen_len"]
@@ -388,7 +396,7 @@ def save_png(path, panels, rows=None, cols=None, xlabel=None, ylabel=None, texts
         from matplotlib.colors import ListedColormap
         from matplotlib.lines import Line2D
     except ImportError:
-        raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)") from None
+        raise CDLMError(f"option png: {NEEDS_MATPLOTLIB}") from None
     import textwrap
     width = max(len(g[0]) for _, g, _ in panels) * cell + 1.2
     wrap = lambda title, grid: textwrap.wrap(title, max(28, int(len(grid[0]) * cell * 11.4)))
@@ -429,7 +437,7 @@ def frontier_png(path, runs, target_nfe=5.5):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CDLMError("option png: drawing needs matplotlib (pip install matplotlib)") from None
+        raise CDLMError(f"option png: {NEEDS_MATPLOTLIB}") from None
     fig, (acc, nfe) = plt.subplots(1, 2, figsize=(10, 4))
     for run, rs in runs.items():
         for r in rs:

@@ -13,7 +13,6 @@ See decoding: the trace renderer and the teaching views, made from your own chec
 In the traces '_' is a masked position and '.' is EOS; the tokens finalized at a step are coloured
 (on a terminal) or marked with '^' on the line below (when piped).
 """
-import importlib.util
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_finger
                          example_prompt, get_tokenizer, load_split, stored_data_dirs, task_module, whole_blocks)
 from data.trajectories import TrajectorySets, load_trajectories
 from model import attention_mask, noise_answers, read_checkpoint
-from render import GIF, PAGE, PNG, render_compare, replay_gif, replay_html, save_png, token_texts
+from render import GIF, PAGE, PNG, check_matplotlib, render_compare, replay_gif, replay_html, save_png, token_texts
 from runtime import compiled, holding, pick_device, refuse_overlap
 from sample import DecodeSettings, generate
 from train import LOSSES, Y_STARS, draw_states, student_pass
@@ -368,8 +367,8 @@ def main(argv):
     # every output new or one of its kind, proven writable, and held (as bench.py holds its plots), before any work
     with holding([(cfg[k], f"option {k}", kind) for k, kind in OUTPUTS.items() if cfg[k]]):
         for key in ("png", "gif"):
-            if cfg[key] and importlib.util.find_spec("matplotlib") is None:  # before any work, not after it
-                raise CDLMError(f"option {key}: drawing needs matplotlib (pip install matplotlib)")
+            if cfg[key]:
+                check_matplotlib(key)
         run(cfg, pick_device(cfg["device"]), need)
 
 

@@ -13,7 +13,7 @@ import torch
 from configurator import CDLMError
 from data.common import data_fingerprint, same_data
 from data.trajectories import load_trajectory_sets
-from model import KINDS, read_checkpoint
+from model import KINDS, hash_tensor, read_checkpoint
 
 # what a resumed run must share with the run it continues (the seed: a resume restores that run's
 # random states, so another seed would take no effect, and the checkpoint would record it)
@@ -31,8 +31,7 @@ def resume_hash(ckpt):
 
     def walk(x):
         if torch.is_tensor(x):
-            t = x.detach().cpu().contiguous().reshape(-1)
-            h.update(str(t.dtype).encode() + t.view(torch.uint8).numpy().tobytes())
+            hash_tensor(h, x)
         elif isinstance(x, dict):
             for k in sorted(x, key=repr):
                 h.update(repr(k).encode())

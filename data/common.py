@@ -516,11 +516,12 @@ def write_dataset(out_dir, arrays, meta):
     it), never rows under a meta.json that does not describe them.
     """
     meta_path = os.path.join(out_dir, "meta.json")
-    bins = {os.path.join(out_dir, f"{split}.bin"): arr for split, arr in arrays.items()}
-    meta["hashes"] = {split: hashlib.sha256(arr.tobytes()).hexdigest()[:16] for split, arr in arrays.items()}
+    bins = {os.path.join(out_dir, f"{split}.bin"): arr.tobytes() for split, arr in arrays.items()}
+    meta["hashes"] = {split: hashlib.sha256(bins[os.path.join(out_dir, f"{split}.bin")]).hexdigest()[:16]
+                      for split in arrays}  # the caller's meta gains them: load_split checks each
     try:
-        for path, arr in bins.items():
-            atomic_write_bytes(path + ".new", arr.tobytes())
+        for path, data in bins.items():
+            atomic_write_bytes(path + ".new", data)
         if os.path.exists(meta_path):
             os.remove(meta_path)
         for path in bins:
