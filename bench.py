@@ -20,11 +20,13 @@ import torch
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, fit_sizes, gave,
                           refuse_unused, run_main)
 from data.common import atomic_write_json, checkpoint_data, load_split, same_data, stored_data_dirs, whole_blocks
-from runtime import autocast, code_version, compiled, holding, machine_info, pick_device, pick_dtype, refuse_overlap
+from runtime import (autocast, code_version, compiled, holding, machine_info, pick_device, pick_dtype, reading,
+                     refuse_overlap)
 from model import ROLES, read_checkpoint
 from render import PNG
 from results import REPORT, stored_report, table
-from roofline import PLOTS, answer_tokens, decode_cost, plots, predict, probe_machine, profile_decode, timed_decode
+from roofline import (PLOTS, answer_tokens, decode_cost, passes_per_block, plots, predict, probe_machine, profile_decode,
+                      scale_plot, scale_study, timed_decode)
 from sample import DEFAULT_DECODING, DecodeSettings, evaluate, load_for_decoding
 
 DIR_OPTION = {role: f"{role}_dir" for role in ROLES}  # the option naming each role's checkpoint folder
@@ -157,7 +159,10 @@ config = dict(
     device=Str("auto"),
     dtype=Str("auto"),                  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 autocast on CUDA)
     table=Str(None),                    # a stored report (an out_path, or demo.py's seed file): print its tables, run nothing
+    scale=Bool(False),                  # the scale study instead: random weights at several sizes (roofline.scale_study)
 )
+SCALE_OPTIONS = {"scale", "checkpoints", "student_dir", "data_dir", "split", "num_eval", "batch_size", "threshold",
+                 "out_path", "device"}
 
 
 # -----------------------------------------------------------------------------
@@ -319,10 +324,20 @@ def run(cfg):
         refuse_unused(cfg, dict.fromkeys(set(config) - {"table"}, "with --table: it prints a stored report"))
         print(table(stored_report(cfg["table"], list(METHODS))))
         return None
+    if cfg["scale"]:
+        refuse_unused(cfg, dict.fromkeys(set(config) - SCALE_OPTIONS, "with --scale: the study measures random weights"))
+        png = os.path.splitext(cfg["out_path"])[0] + ".png"
+        refuse_overlap(dict(out_path=cfg["out_path"]), {k: cfg[k] for k in ("student_dir", "data_dir")}
+                       | stored_data_dirs(cfg, ["student_dir"]))
+        with holding([(cfg["out_path"], "option out_path", REPORT), (png, "the plot of option out_path", PNG)]), \
+                reading({k: cfg[k] for k in ("student_dir", "data_dir")}):
+            return scale(cfg, png)
     methods = [m for m in METHODS if m in cfg["methods"]]
     check_options(cfg, methods)
+    used = {DIR_OPTION[r] for name in methods for r in needs(name)}
     with holding([(cfg["out_path"], "option out_path", REPORT)] +  # one writer per result file and its plots
-                 [(os.path.splitext(cfg["out_path"])[0] + s, "the plot of option out_path", PNG) for s in PLOTS]):
+                 [(os.path.splitext(cfg["out_path"])[0] + s, "the plot of option out_path", PNG) for s in PLOTS]), \
+            reading({k: cfg[k] for k in (*sorted(used), "data_dir")}):
         return _run(cfg, methods)
 
 
@@ -419,6 +434,28 @@ def sweep(models, meta, rows, cfg, act_bytes, device):
             out["cdlm_block_size"].append(dict(block_size=bs, **point(model, replace(s, block_size=bs))))
         model.set_mask(block_size=trained)
     return out
+
+
+def scale(cfg, png):
+    """The scale study (roofline.scale_study) at the student's measured passes per block."""
+    commit = code_version()
+    device = pick_device(cfg["device"])
+    model, ckpt, settings = load_for_decoding(os.path.join(cfg["student_dir"], "ckpt.pt"),
+                                              dict(threshold=cfg["threshold"]), device, "cdlm", "student_dir")
+    data_dir, meta = checkpoint_data(ckpt, cfg["data_dir"])
+    rows = load_split(data_dir, cfg["split"], meta)
+    run_cfg = fit_sizes(cfg, len(rows), f"the {cfg['split']} split of {data_dir}")
+    prompts = prompts_of(rows[:run_cfg["num_eval"]], meta, device)
+    per_block = passes_per_block(model, meta, prompts, settings, run_cfg["batch_size"])
+    rows = scale_study(model.cfg.block_size / per_block, meta["vocab_size"], device, batch=run_cfg["batch_size"],
+                       progress=lambda line: print(line, file=sys.stderr))
+    report = dict(scale=dict(rows=rows, per_block=per_block, tokens_per_pass=model.cfg.block_size / per_block,
+                            block_size=model.cfg.block_size, batch=run_cfg["batch_size"]), config=cfg, commit=commit,
+                  checkpoints=dict(student=ckpt["weights_hash"]), machine=dict(device=device, **machine_info()))
+    atomic_write_json(cfg["out_path"], report)
+    scale_plot(report["scale"], png)  # when matplotlib is installed
+    print(table(report))
+    return report
 
 
 def pick(r):

@@ -32,7 +32,7 @@ from configurator import SEED, CDLMError, Choice, Float, Int, Str, check, config
 from data.common import checkpoint_data, data_fingerprint, get_tokenizer, load_split, score
 from data.trajectories import Writer, field_specs, reuse
 from model import load_model
-from runtime import (THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, lock, refuse_overlap,
+from runtime import (THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, lock, reading, refuse_overlap,
                      setup_runtime)
 from sample import TEMPERATURES, DecodeSettings, generate
 
@@ -53,7 +53,7 @@ config = dict(
 )
 
 
-def collect(cfg):
+def collect(cfg, replace=False):  # replace: a finished set of other settings in out_dir (data.trajectories.reuse)
     cfg = check(config, cfg)
     if cfg["temperature"] == 0:
         refuse_unused(cfg, {"seed": "at temperature 0: greedy decoding draws no noise"})
@@ -62,16 +62,17 @@ def collect(cfg):
     model, ckpt = load_model(teacher_path, rt.device, "dlm", "teacher_dir")
     data_dir, dmeta = checkpoint_data(ckpt, cfg["data_dir"], teacher_path)
     refuse_overlap(dict(out_dir=cfg["out_dir"]), dict(teacher_dir=cfg["teacher_dir"], data_dir=cfg["data_dir"] or data_dir))
-    with lock(cfg["out_dir"], "option out_dir"), cpu_threads(cfg["threads"]):  # one writer per trajectory set
+    with lock(cfg["out_dir"], "option out_dir"), reading(dict(teacher_dir=cfg["teacher_dir"], data_dir=data_dir)), \
+            cpu_threads(cfg["threads"]):  # one writer per trajectory set; nobody rewrites what it reads
         try:
-            _collect(cfg, rt, model, ckpt, data_dir, dmeta)
+            _collect(cfg, rt, model, ckpt, data_dir, dmeta, replace)
         except OSError as e:  # disk full or another I/O error while writing: the committed set is untouched
             raise CDLMError(f"cannot write trajectories in {cfg['out_dir']}: {e.strerror or e}; the last complete "
                             f"set and the chunks written so far are kept: free space and run again to resume")
     end_runtime(rt)  # no rank returns before rank 0 has written the trajectory set
 
 
-def _collect(cfg, rt, model, ckpt, data_dir, dmeta):
+def _collect(cfg, rt, model, ckpt, data_dir, dmeta, replace):
     P, L = dmeta["prompt_len"], dmeta["gen_len"]
     bs = cfg["block_size"] or model.cfg.block_size
     decode = DecodeSettings(bs, steps_per_block=bs, temperature=cfg["temperature"]).check(model.cfg.attn, L)
@@ -94,7 +95,7 @@ def _collect(cfg, rt, model, ckpt, data_dir, dmeta):
                 data_dir=data_dir, teacher_dir=os.path.abspath(cfg["teacher_dir"]))
     state = 0  # rank 0 reads what is on disk; the other ranks are told
     if rt.master:
-        state = reuse(cfg["out_dir"], set_id, settings, specs, meta)
+        state = reuse(cfg["out_dir"], set_id, settings, specs, meta, replace)
     if broadcast(state, rt.ddp) == "done":
         if rt.master:
             print(f"{cfg['out_dir']} already holds these {n} trajectories; nothing to do")

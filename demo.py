@@ -39,7 +39,7 @@ from model import load_model, read_checkpoint
 from render import PNG, check_matplotlib, frontier_png
 from results import (ablation_path, against, read_frontier, read_results, report, seed_path, slug, table,
                      teacher_steps_per_block)
-from runtime import (THREADS, check_compiler, check_output, check_writable, code_version, cpu_threads, lock,
+from runtime import (THREADS, check_compiler, check_file_writable, check_output, check_writable, code_version, cpu_threads, lock,
                      machine_info, pick_device)
 
 # every task's defaults: arithmetic's presets (a bench needs none)
@@ -191,7 +191,7 @@ def train_stages(task, seed, num_eval, threads):
     teacher = options(train.config, t["teacher"], seed, threads=threads)
     run_train(teacher)
     stage("trajectories")
-    collect.collect(options(collect.config, t["collect"], seed, threads=threads))
+    collect.collect(options(collect.config, t["collect"], seed, threads=threads), replace=True)  # a new teacher's
     stage("student")
     run_train(options(train.config, t["student"], seed, threads=threads))
     stage("teacher at fewer steps")
@@ -254,7 +254,7 @@ def ablate(cfg):
     sets = [greedy, configure(collect.config,
                               with_options(t["collect"], "--temperature=0.5", f"--out_dir={greedy['out_dir']}_t05"))]
     for c in sets:
-        collect.collect(c)
+        collect.collect(c, replace=True)
     every = ",".join(c["out_dir"] for c in sets)
     todo = [(name, seed) for name in cfg["variants"] for seed in cfg["seeds"]]
     if cfg["jobs"] > 1:
@@ -399,6 +399,7 @@ def check_png(cfg):
         raise CDLMError("option png: the frontier is drawn from the results files: give --report with it")
     if not read_frontier(cfg["task"], cfg["results_dir"]):
         raise CDLMError(f"option png: no frontier files in {os.path.join(cfg['results_dir'], cfg['task'], 'frontier')}/ to draw")
+    check_file_writable(cfg["png"], "option png")  # before the report is printed
     check_output(cfg["png"], "option png", PNG)
     check_matplotlib("png")
 

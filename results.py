@@ -57,8 +57,9 @@ SEED_FILE = {
     "ar_seed": Int(0, SEED), "machine": {"cpu": Str(""), "cores": Int(1, "[1, inf)"), "torch": Str(""), "isa?": Str("")},
     "teacher_steps": Each(SCORES, r"[1-9][0-9]*", at_least=1), "bench_settings": dict(chance=dict(final_acc=SHARE, whole_acc=SHARE)),
     "bench_machine": dict(threads=Int(1, "[1, inf)")), "weights?": Each(Str("")),
-    "bench": Each({**SCORES, **{f"{f[0]}?": COUNT for f in SPEEDUPS if len(f) == 1},
-                   "compiled?": {f"{f[1]}?": COUNT for f in SPEEDUPS if len(f) == 2}})}
+    "bench": Each({**SCORES, **{f"{f[0]}?": COUNT for f in SPEEDUPS if len(f) == 1}, **(TIMES := {
+                       "latency_ms?": Float(1.0, "(0, inf)"), "throughput_tok_s?": Float(1.0, "(0, inf)")}),
+                   "compiled?": {**{f"{f[1]}?": COUNT for f in SPEEDUPS if len(f) == 2}, **TIMES}})}
 ABLATION_FILE = dict(task=Str(""), variant=Str(""), seed=Int(0, SEED), iters=Int(1, "[1, inf)"),
                      num_eval=Int(1, "[1, inf)"), **SCORES)
 
@@ -118,6 +119,7 @@ def check_seed_figures(path, r, before, fix):
     if have != want:
         raise CDLMError(f"{path}: field teacher_steps has rows {have} (tokens per step), not those demo.py measures at "
                         f"a block of {have[-1]}: {want}; {fix}")
+    check_speedups(path, r["bench"], fix)
     other = next((p for p, o in before if o["num_eval"] != r["num_eval"]), None)
     if other:  # a mean over seeds is a mean of one measurement
         raise CDLMError(f"{path}: field num_eval={r['num_eval']}, but {other} has num_eval="
@@ -126,6 +128,40 @@ def check_seed_figures(path, r, before, fix):
     if other:
         raise CDLMError(f"{path}: field teacher_steps has rows {have}, but {other} has "
                         f"{sorted(dict(before)[other]['teacher_steps'], key=int)}: one table reads both; {fix}")
+
+
+def check_speedups(path, bench, fix):
+    """Every stored speedup is what the same file's timings give (bench.ratios): the median of the
+    per-round ratios where the file keeps the rounds (each median then their median too); in a file
+    without rounds, within a factor 1.25 of the ratio of the medians (medians of 3 rounds: up to 17%
+    apart in the committed files). An edited ratio, or an edited timing, is named."""
+    for name, r in bench.items():
+        for at, mine, base_of in ((f"bench.{name}.", r, lambda b: bench.get(b)),
+                                  (f"bench.{name}.compiled.", r.get("compiled"), lambda b: (bench.get(b) or {}).get("compiled"))):
+            if not isinstance(mine, dict):
+                continue
+            rounds = {k: v for k, v in (mine.get("rounds") or {}).items() if k in ("latency_ms", "throughput_tok_s")}
+            for k, v in rounds.items():
+                if not (isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)
+                        and math.isclose(statistics.median(v), mine.get(k, -1), rel_tol=1e-9)):
+                    raise CDLMError(f"{path}: field {at}{k}={mine.get(k)!r} is not the median of its rounds {v!r}; {fix}")
+            for b in ("dlm", "dlm_stop"):
+                base = base_of(b)
+                for w, k, f in (("latency", "latency_ms", lambda a, c: c / a), ("throughput", "throughput_tok_s", lambda a, c: a / c)):
+                    key = f"speedup_{w}_vs_{b}"
+                    if key not in mine:
+                        continue
+                    if not (isinstance(base, dict) and k in base and k in mine):
+                        raise CDLMError(f"{path}: field {at}{key}: the timings it comes from ({k} of {name} and {b}) "
+                                        f"are not in the file; {fix}")
+                    theirs = (base.get("rounds") or {}).get(k)
+                    if k in rounds and isinstance(theirs, list) and len(theirs) == len(rounds[k]):
+                        want, tol = statistics.median(f(a, c) for a, c in zip(rounds[k], theirs)), 1e-6
+                    else:
+                        want, tol = f(mine[k], base[k]), 0.25
+                    if mine[key] <= 0 or abs(math.log(mine[key] / want)) > math.log1p(tol):
+                        raise CDLMError(f"{path}: field {at}{key}={mine[key]:.4g} is not what the file's timings give "
+                                        f"({want:.4g}, from {k} of {name} and {b}); {fix}")
 
 
 def spread(xs, unit, digits=1):
@@ -297,19 +333,27 @@ def frontier(task, results_dir):
 # one bench report
 
 def stored_report(path, methods):
-    """A bench report read back for table(): bench.py's own file, or the bench part of demo.py's seed file;
-    each row one of `methods`, its figures ones a bench can measure."""
+    """A bench report read back for table(): bench.py's own file, the bench part of demo.py's seed file,
+    or a scale study (bench.py --scale); each row one of `methods`, its figures ones a bench can measure."""
     r = read_json(path, "option table")
+    if isinstance(r, dict) and "scale" in r:
+        return check_fields(r, SCALE_FILE, path, f"option table={path!r}: rerun the scale study that wrote it")
     if isinstance(r, dict) and "bench" in r:
         r = dict(methods=r["bench"], settings=r.get("bench_settings"), machine=r.get("bench_machine"))
     if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine"))):
         raise CDLMError(f"option table={path!r}: not a bench report (no methods, settings and machine)")
     fix = f"option table={path!r}: rerun the bench that wrote it"
+    if not r["methods"]:
+        raise CDLMError(f"{path}: field methods is empty: no method was measured; {fix}")
+    gen_len = r["settings"].get("gen_len")
     for name, row in r["methods"].items():
         if name not in methods:
             raise CDLMError(f"{fix}: its row {name!r} is no method of bench.py ({', '.join(methods)})")
         row = check_fields(row, BENCH_ROW, f"{path}: methods.{name}", fix)
         check_scores(path, row, f"methods.{name}.", fix)
+        if isinstance(gen_len, int) and row["nfe"] > gen_len:  # every pass finalizes at least one token
+            raise CDLMError(f"{path}: field methods.{name}.nfe={row['nfe']:g} is above gen_len={gen_len}: a decode "
+                            f"finalizes at least one token a pass; {fix}")
     return r
 
 
@@ -324,13 +368,16 @@ def is_report(path):
         r = read_json(path, "")
     except CDLMError:
         return False
-    return isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine", "config"))
+    return isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine", "config")) \
+        or isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("scale", "machine", "config"))
 
 
 REPORT = Output(".json", "a bench report (an object with methods, settings, machine and config)", is_report)
 
 
 def table(report):
+    if "scale" in report:
+        return scale_table(report)
     m, s = report["machine"], report["settings"]
     where = f"{m['device']}" + (f" ({m['gpu']})" if m.get("gpu") else "") + f", {m['dtype']}, torch {m['torch']}"
     vs = lambda r, base: (f"{r[f'speedup_latency_vs_{base}']:.1f}x / {r[f'speedup_throughput_vs_{base}']:.1f}x"
@@ -423,3 +470,37 @@ def predicted_table(report):
             lines.append(f"cdlm vs dlm from the passes alone ({path}), the ceiling: {lat:.1f}x latency / "
                          f"{thr:.1f}x throughput{measured}")
     return lines
+
+
+# -----------------------------------------------------------------------------
+# the scale study (bench.py --scale)
+
+RATIO = Float(1.0, "(0, inf)")
+SCALE_ROW = dict(prompt_len=Int(1, "[1, inf)"), gen_len=Int(1, "[1, inf)"), block_size=Int(1, "[1, inf)"),
+                 n_layer=Int(1, "[1, inf)"), n_embd=Int(1, "[1, inf)"), params=Int(1, "[1, inf)"),
+                 dlm_pass_ms=Float(1.0, "(0, inf)"), cdlm_pass_ms=Float(1.0, "(0, inf)"),
+                 **{f"{me}_vs_{base}_{tag}": RATIO for me in ("cdlm", "cdlm_floor") for base in ("dlm", "ar")
+                    for tag in ("latency", "throughput")},
+                 **{f"cdlm_vs_{base}_flops": RATIO for base in ("dlm", "ar")})
+SCALE_FILE = dict(scale=dict(rows=Each(SCALE_ROW, r"[0-9]+/[0-9]+ [0-9]+x[0-9]+", at_least=1),
+                             per_block=Float(1.0, "[1, inf)"), tokens_per_pass=Float(1.0, "(0, inf)"),
+                             block_size=Int(1, "[1, inf)"), batch=Int(1, "[1, inf)")),
+                  machine=dict(cpu=Str(""), threads=Int(1, "[1, inf)")), config=dict(student_dir=Str("")))
+
+
+def scale_table(report):
+    """The scale study as bench.py --scale prints it: projected ratios at each size and shape."""
+    s, m = report["scale"], report["machine"]
+    lines = [f"random weights, eager float32 on {m['cpu']} ({m['threads']} threads); cdlm at {s['tokens_per_pass']:.2f} tokens "
+             f"per pass ({s['per_block']:.2f} passes per block of {s['block_size']}, measured on "
+             f"{report['config']['student_dir']}) and at the floor of 1 pass per block; batch 1 and {s['batch']}",
+             "", f"| answer / block | layers x width | params (M) | pass (ms, batch 1): dlm / cdlm | cdlm vs dlm: batch 1 "
+                 f"| batch {s['batch']} | FLOP ratio | at 1 pass per block: batch 1 / {s['batch']} | cdlm vs ar: batch 1 "
+                 f"| batch {s['batch']} |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s["rows"].values():
+        lines.append(f"| {r['gen_len']} / {r['block_size']} | {r['n_layer']} x {r['n_embd']} | {r['params'] / 1e6:.1f} | "
+                     f"{r['dlm_pass_ms']:.2f} / {r['cdlm_pass_ms']:.2f} | "
+                     f"{r['cdlm_vs_dlm_latency']:.1f}x | {r['cdlm_vs_dlm_throughput']:.1f}x | {r['cdlm_vs_dlm_flops']:.1f}x | "
+                     f"{r['cdlm_floor_vs_dlm_latency']:.1f}x / {r['cdlm_floor_vs_dlm_throughput']:.1f}x | "
+                     f"{r['cdlm_vs_ar_latency']:.2f}x | {r['cdlm_vs_ar_throughput']:.2f}x |")
+    return "\n".join(lines)

@@ -16,6 +16,8 @@ from runtime import sync
 from sample import generate
 
 PLOTS = ("_roofline.png", "_sweep.png")  # beside bench.py's out_path, when matplotlib is installed
+SCALE_SIZES = ((4, 128), (4, 256), (8, 512), (8, 768), (8, 1024))  # (n_layer, n_embd), heads 32 wide or more
+SCALE_SHAPES = ((21, 48, 8), (64, 256, 32))  # (prompt_len, gen_len, block_size): the arithmetic task; the paper's
 
 
 def answer_tokens(tokens, eos_id):
@@ -202,6 +204,114 @@ def timed_decode(model, meta, prompt, settings):
     out, nfe = generate(model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], settings)[:2]
     sync(prompt.device)
     return out, nfe, time.perf_counter() - t0
+
+
+# -----------------------------------------------------------------------------
+# the scale study: what the cache saves at other model sizes and answer shapes (random weights)
+
+def passes_per_block(model, meta, prompts, settings, batch):
+    """A decode's forward passes per block it decodes (early stop: up to the block with EOS); every
+    row present at a block's first step decodes that block (it starts all MASK)."""
+    blocks, nfe = set(), 0
+    for i in range(0, len(prompts), batch):
+        nfe += generate(model, prompts[i:i + batch], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
+                        on_step=lambda ev: blocks.update((i + r, ev.block) for r in ev.rows.tolist())).nfe.sum().item()
+    return nfe / len(blocks)
+
+
+def answer_windows(method, P, G, bs, per_block):
+    """The passes of one whole answer (no early stop) as the sampler makes them (sample.pass_window):
+    [(lo, hi, count)]. dlm: gen_len passes over everything; cdlm: a block's first pass also writes the
+    block before it (the first, the prompt), per_block - 1 more over the block alone; ar: one token a
+    pass, the previous one written with it."""
+    if method == "dlm":
+        return [(0, P + G, G)]
+    if method == "ar":
+        return [(0, P + 1, 1)] + [(s - 1, s + 1, 1) for s in range(P + 1, P + G)]
+    firsts = [(0, P + bs, 1)] + [(s - bs, s + bs, 1) for s in range(P + bs, P + G, bs)]
+    return firsts + [(s, s + bs, per_block - 1) for s in range(P, P + G, bs)]
+
+
+def answer_cost(model, method, P, G, bs, per_block, b, times):
+    """Seconds and FLOPs of decoding b answers at once by `method`, from measured pass times (memoized
+    in times by window length); a cached pass attends to the whole static cache (Transformer.forward)."""
+    cache = "none" if method == "dlm" else "exact"
+    seconds = flops = 0.0
+    for lo, hi, n in answer_windows(method, P, G, bs, per_block):
+        key = (b, hi - lo, cache)
+        f = pass_cost(model.cfg, b, hi - lo, P + G, cache, 4, 4)[0]
+        if key not in times:  # a big pass once after its warm-up; small ones a few times
+            times[key] = pass_time(model, b, lo, hi, cache, repeats=5 if f < 2e10 else 1)
+        seconds, flops = seconds + n * times[key], flops + n * f
+    return seconds, flops
+
+
+def scale_study(tokens_per_pass, vocab_size, device, sizes=SCALE_SIZES, shapes=SCALE_SHAPES, batch=64, progress=print):
+    """
+    The same model with random weights at every size and answer shape: the measured pass costs and the
+    ratios they give cdlm against dlm and ar, at batch 1 (latency) and batch `batch` (throughput: every
+    method decodes the same whole answers), with the FLOP ratio beside. cdlm finalizes tokens_per_pass
+    (measured on a trained student) per pass of a block, at least one pass a block; cdlm_floor, one pass
+    a block. Eager, float32. The weights do not change a pass's cost, only the passes a decode makes.
+    """
+    from model import ModelConfig, Transformer
+    rows = {}  # "gen_len/block_size n_layerxn_embd": its row
+    for (P, G, bs) in shapes:
+        for (L, C) in sizes:
+            torch.manual_seed(0)
+            cfg = dict(vocab_size=vocab_size, seq_len=P + G, prompt_len=P, block_size=bs, n_layer=L, n_head=max(4, C // 64),
+                       n_embd=C)
+            models = {a: Transformer(ModelConfig(**cfg, attn=a)).to(device).eval()
+                      for a in ("bidirectional", "block_causal", "causal")}
+            row = dict(prompt_len=P, gen_len=G, block_size=bs, n_layer=L, n_embd=C,
+                       params=models["causal"].num_params())
+            for b in (1, batch):
+                times, cost = {}, {}
+                for method, a, k in (("dlm", "bidirectional", 1), ("ar", "causal", 1), ("cdlm", "block_causal", max(1.0, bs / tokens_per_pass)),
+                                     ("cdlm_floor", "block_causal", 1)):
+                    step_bs = 1 if method == "ar" else bs
+                    with torch.no_grad():
+                        cost[method] = answer_cost(models[a], method.split("_")[0], P, G, step_bs, k, b, times)
+                tag = "latency" if b == 1 else "throughput"
+                for base in ("dlm", "ar"):
+                    for me in ("cdlm", "cdlm_floor"):
+                        row[f"{me}_vs_{base}_{tag}"] = cost[base][0] / cost[me][0]
+                    row[f"cdlm_vs_{base}_flops"] = cost[base][1] / cost["cdlm"][1]
+                row[f"ms_per_pass_{tag}"] = {f"{w}x{c}": 1000 * t for (_, w, c), t in times.items()}
+                if b == 1:  # the two passes the ratio turns on: the teacher's whole sequence, a block from the cache
+                    row["dlm_pass_ms"], row["cdlm_pass_ms"] = (1000 * times[(1, P + G, "none")],
+                                                               1000 * times[(1, bs, "exact")])
+                row[f"gflop_s_{tag}"] = {m: c[1] / c[0] / 1e9 for m, c in cost.items()}
+            rows[f"{G}/{bs} {L}x{C}"] = row
+            progress(f"scale: {L} layers x {C}, answers of {G} in blocks of {bs}: cdlm vs dlm "
+                     f"{row['cdlm_vs_dlm_latency']:.1f}x latency, {row['cdlm_vs_dlm_throughput']:.1f}x throughput")
+    return rows
+
+
+def scale_plot(report, path):
+    """Projected cdlm vs dlm speedups against model size, one line per shape and batch, the FLOP ratio dashed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # matplotlib is optional: the JSON has the same numbers
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, base in zip(axes, ("dlm", "ar")):
+        for shape in dict.fromkeys((r["gen_len"], r["block_size"]) for r in report["rows"].values()):
+            rs = [r for r in report["rows"].values() if (r["gen_len"], r["block_size"]) == shape]
+            x = [r["params"] / 1e6 for r in rs]
+            label = f"{shape[0]} tokens, blocks of {shape[1]}"
+            line, = ax.plot(x, [r[f"cdlm_vs_{base}_latency"] for r in rs], "o-", label=label + ": batch 1")
+            ax.plot(x, [r[f"cdlm_vs_{base}_throughput"] for r in rs], "s--", color=line.get_color(),
+                    label=label + f": batch {report['batch']}")
+            ax.plot(x, [r[f"cdlm_vs_{base}_flops"] for r in rs], ":", color=line.get_color(), label=label + ": FLOP ratio")
+        ax.set(xscale="log", yscale="log", xlabel="parameters (millions), random weights",
+               title=f"cdlm vs {base} at {report['tokens_per_pass']:.2f} tokens per pass")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("speedup, from measured pass costs (eager)")
+    axes[0].legend(fontsize=7)
+    save_figure(fig, path)
 
 
 def plots(report, out_path):

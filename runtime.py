@@ -205,9 +205,16 @@ def check_writable(path, what):
 
 
 def check_file_writable(path, what):
-    """A file output: not a directory, and its directory writable (made if need be)."""
+    """A file output: not a directory, not a file that cannot be replaced (write-protected, or
+    immutable: found at the end of a run, its work would be lost), its directory writable (made if
+    need be)."""
     if os.path.isdir(path) or path.endswith(os.sep):
         raise CDLMError(f"{what} {path!r} names a directory: give a file name")
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO, a device: reading its kind would block
+        raise CDLMError(f"{what} {path!r} is not a regular file: give a file name")
+    if os.path.lexists(path) and not os.access(path, os.W_OK):
+        raise CDLMError(f"{what} {path!r} is write-protected: this run would replace it; make it writable or "
+                        f"write elsewhere")
     check_writable(os.path.dirname(os.path.abspath(path)), f"the directory of {what}")
 
 
@@ -264,6 +271,11 @@ def file_head(path, n=65536):
 def holding(outputs):
     """Every file output of a run, [(path, what, Output)], checked (check_output) and locked (lock)
     for the run, before any work: a second writer of any of them is refused."""
+    seen = {}
+    for path, what, _ in outputs:  # one run writing one file twice: the second would replace the first
+        if os.path.realpath(path) in seen:
+            raise CDLMError(f"{what} {path!r} is the file of {seen[os.path.realpath(path)]} too: give each its own")
+        seen[os.path.realpath(path)] = what
     with ExitStack() as stack:
         for path, what, kind in outputs:
             stack.enter_context(lock(path, what, file=True, kind=kind))
@@ -295,6 +307,12 @@ def lock(path, what, file=False, kind=None):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            try:  # held shared: only runs that read it (runtime.reading)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                raise CDLMError(f"{what} {path!r} is being read by a running run: wait for it to end, or write "
+                                f"elsewhere") from None
+            except BlockingIOError:
+                pass
             holder = " ".join(os.pread(fd, 2000, 0).decode(errors="replace").split()) or "starting up"
             raise CDLMError(f"{what} {path!r} is being written by another run ({holder}): wait for it to "
                             f"end, or write elsewhere") from None
@@ -310,6 +328,35 @@ def lock(path, what, file=False, kind=None):
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def reading(inputs):
+    """The folders a run reads, {option: path}, held shared for the run through the lock their writers
+    take (lock): prepare.py, collect.py or train.py writing into one of them is refused until the run
+    ends, and a folder being written now is refused here. A folder whose lock cannot be made (a
+    read-only parent) cannot be rewritten either, and is read without one."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        yield
+        return
+    import fcntl
+    with ExitStack() as stack:
+        for option, path in [(k, p) for k, v in inputs.items() for p in (v if isinstance(v, (list, tuple)) else [v]) if p]:
+            real = os.path.realpath(path)
+            where = os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+            try:
+                fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644) if os.access(os.path.dirname(real), os.W_OK) \
+                    else os.open(where, os.O_RDONLY)
+            except OSError:
+                continue
+            stack.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = " ".join(os.pread(fd, 2000, 0).decode(errors="replace").split()) or "starting up"
+                raise CDLMError(f"option {option} {path!r} is being written by another run ({holder}): wait for "
+                                f"it to end") from None
+        yield
 
 
 def total_memory(device):

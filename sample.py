@@ -298,6 +298,9 @@ class DecodeSettings:
             bad("block_size", f"expected a divisor of gen_len={gen_len}")
         if attn == "causal" and self.block_size != 1:
             bad("block_size", "an autoregressive model decodes one token at a time (block_size=1)")
+        if attn == "causal" and self.rule != "count":
+            bad(own, "an autoregressive model decodes one token a step, left to right: no rule chooses among "
+                     "positions (it decodes with steps_per_block=1)")
         if self.steps_per_block is not None and self.steps_per_block > self.block_size:
             bad("steps_per_block", f"expected an int in [1, block_size={self.block_size}]")
         if self.cache == "exact" and attn == "bidirectional":

@@ -359,6 +359,8 @@ def main(argv):
     dirs = {DIR_OPTION[r] for name in need for r in needs(name)}
     refuse_unused(cfg, {k: f"with --view={view}" for k, views in READ_BY.items() if view not in views.split()}
                   | {k: f"with --view={view}: no method shown needs it" for k in DIR_OPTION.values() if k not in dirs}
+                  | ({"teacher_dir": "with --view=states: the set is checked against the teacher the student records "
+                                     "(its weights hash); no teacher is loaded"} if view == "states" else {})
                   | dict.fromkeys(("num_eval", "data_dir") * (view == "confidence" and bool(gave(cfg, "prompt") or cfg["state"])),
                                   "with --view=confidence and a --prompt or --state: it is for the search of the test problems"))
     refuse_overlap({k: cfg[k] for k in OUTPUTS},

@@ -20,7 +20,7 @@ from model import KINDS, hash_tensor, read_checkpoint
 SAME_ON_RESUME = ("mode", "block_size", "n_layer", "n_head", "n_embd", "dropout", "lora_rank", "y_star", "dlm_noise",
                   "prompt_noise", "seed")
 # what a resume restores beyond the weights: a weights-only checkpoint (as in ref/) cannot be resumed
-RESUME_KEYS = ("optimizer", "scaler", "rng", "best_val_loss")
+RESUME_KEYS = ("optimizer", "scaler", "rng", "best_val_loss", "iter_num")
 
 
 def resume_hash(ckpt):

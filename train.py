@@ -26,7 +26,7 @@ from data.common import checkout_path, load_meta, load_split
 from model import (ROLES, ModelConfig, Transformer, add_lora, ar_loss, block_of, diffusion_loss, merged_state_dict,
                    noise_answers, noise_block, noise_sequences, save_checkpoint, weights_hash)
 from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
-                     refuse_overlap, rng_state, set_rng_state, setup_runtime, wrap_model)
+                     pick_device, pick_dtype, reading, refuse_overlap, rng_state, set_rng_state, setup_runtime, wrap_model)
 from sample import DEFAULT_DECODING
 from startup import load_resume, load_teacher, refuse_fresh_start, resume_hash
 
@@ -303,10 +303,9 @@ def save(run, mcfg, iter_num, best_val, path):
         return
     cfg, weights = run.cfg, merged_state_dict(run.raw)
     resume = dict(lora_state=run.raw.state_dict() if cfg["lora_rank"] else None, optimizer=run.optimizer.state_dict(),
-                  scaler=run.scaler.state_dict(), rng=states, best_val_loss=best_val)
+                  scaler=run.scaler.state_dict(), rng=states, best_val_loss=best_val, iter_num=iter_num)
     save_checkpoint(dict(model_config=asdict(mcfg), model=weights, weights_hash=weights_hash(weights),
-                         **resume, resume_hash=resume_hash(resume),
-                         iter_num=iter_num, config=dict(cfg), data_meta=run.meta,
+                         **resume, resume_hash=resume_hash(resume), config=dict(cfg), data_meta=run.meta,
                          teacher_hash=run.teacher["weights_hash"] if run.teacher else None,
                          trajectories=run.traj.ids if run.traj else None,
                          sampling=asdict(DEFAULT_DECODING[cfg["mode"]](cfg["block_size"], cfg["threshold"]))), path)
@@ -314,7 +313,7 @@ def save(run, mcfg, iter_num, best_val, path):
 
 def train(cfg, replace=False):  # replace: a finished checkpoint in out_dir (startup.refuse_fresh_start)
     cfg, meta, data = check_config(cfg)
-    with lock(cfg["out_dir"], "option out_dir"), cpu_threads(cfg["threads"]):  # one writer per checkpoint folder
+    with lock(cfg["out_dir"], "option out_dir"), reading(inputs(cfg)), cpu_threads(cfg["threads"]):
         refuse_fresh_start(cfg, replace)
         return _train(cfg, meta, data)
 
@@ -444,16 +443,21 @@ def check_config(cfg):
     ignored |= dict.fromkeys(STUDENT_ONLY * (mode != "cdlm"), f"with mode={mode!r}: it is for the student (mode='cdlm')")
     ignored |= dict(prompt_noise=f"with mode={mode!r}: it is for the teacher (mode='dlm')") if mode != "dlm" else {}
     refuse_unused(cfg, ignored | dict.fromkeys(("block_size", "eps") * (mode == "ar"), "with mode='ar': no blocks, no noise"))
-    reads = ("data_dir", "teacher_dir", "traj_dirs") if mode == "cdlm" else ("data_dir",)  # (resume reads out_dir: its own)
-    refuse_overlap(dict(out_dir=cfg["out_dir"]), {k: cfg[k] for k in reads})
+    refuse_overlap(dict(out_dir=cfg["out_dir"]), inputs(cfg))
     meta = load_meta(cfg["data_dir"])
     if mode != "ar" and meta["gen_len"] % cfg["block_size"]:
         raise CDLMError(f"option block_size={cfg['block_size']}: gen_len={meta['gen_len']} of "
                         f"{cfg['data_dir']} is not a multiple of it")
     data = {s: load_split(cfg["data_dir"], s, meta) for s in ("train", "val")}
+    pick_dtype(cfg["dtype"], pick_device(cfg["device"]))  # refused here, before out_dir is made
     check_file_writable(os.path.join(cfg["out_dir"], "ckpt.pt"), "the checkpoint of option out_dir")
     cfg["data_dir"] = checkout_path(cfg["data_dir"])  # as the checkpoint stores it
     return cfg, meta, data
+
+
+def inputs(cfg):
+    """The folders a run reads, by option (a resumed run also reads out_dir: its own output)."""
+    return {k: cfg[k] for k in (("data_dir", "teacher_dir", "traj_dirs") if cfg["mode"] == "cdlm" else ("data_dir",))}
 
 
 def main(argv):

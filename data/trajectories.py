@@ -1,7 +1,7 @@
 """
 The on-disk trajectory set that collect.py writes and train.py reads (CDLM Sec. 4.1):
 
-    {out_dir}/meta.json        the commit record: settings, counts, field shapes, which set-* is live
+    {out_dir}/meta.json        the commit record: settings, counts, field shapes, file hashes, the live set-*
     {out_dir}/set-<id>/        a complete set, never changed once committed:
         prompt.bin  (n, prompt_len)       uint8/16  the padded prompt
         tokens.bin  (n, gen_len)          uint8/16  the teacher's finalized answer
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from configurator import CDLMError
-from data.common import atomic_write_json, is_int, read_json
+from data.common import atomic_write_json, file_hash, is_int, read_json
 
 FIELDS = ("prompt", "tokens", "step", "hidden", "truth")
 
@@ -107,7 +107,9 @@ class Writer:
 
 
 def commit(out_dir, set_id, meta):
-    atomic_write_json(os.path.join(out_dir, "meta.json"), {**meta, "set": set_id})
+    """meta.json names set_id, with each file's hash: a byte changed after the commit is found on load."""
+    hashes = {k: file_hash(os.path.join(out_dir, set_id, f"{k}.bin")) for k in FIELDS}
+    atomic_write_json(os.path.join(out_dir, "meta.json"), {**meta, "set": set_id, "hashes": hashes})
     remove_stale(out_dir, set_id)
 
 
@@ -139,6 +141,7 @@ def check_commit(meta, path):
         need(is_int(meta.get(field), 1), field)
     st = meta.get("settings")
     need(isinstance(st, dict) and all(isinstance(st.get(k), str) for k in ("teacher_hash", "data")), "settings")
+    need(isinstance(meta.get("hashes"), dict) and all(isinstance(meta["hashes"].get(k), str) for k in FIELDS), "hashes")
     n, P, L, C = (meta[k] for k in ("n", "prompt_len", "gen_len", "n_embd"))
     shapes = dict(prompt=[n, P], tokens=[n, L], step=[n, L], hidden=[n, L, C], truth=[n, L])
     f = meta.get("fields")
@@ -161,10 +164,12 @@ def committed(out_dir):
     return check_commit(meta, path) if not isinstance(meta, dict) or "set" in meta else None
 
 
-def reuse(out_dir, set_id, settings, specs, meta):
+def reuse(out_dir, set_id, settings, specs, meta, replace=False):
     """collect.py's start: 'done' if the live set of out_dir has these settings, after committing a
-    complete set a crash left uncommitted; else None (collect). A damaged live set is said so and
-    collected again; partial chunks with matching settings and sizes are resumed by the Writer."""
+    complete set a crash left uncommitted; else None (collect). A live set of other settings is
+    replaced only with replace (demo.py, collecting a stage again), else refused; a damaged live set
+    is said so and collected again; partial chunks with matching settings and sizes are resumed by
+    the Writer."""
     live = None
     try:
         live = committed(out_dir)
@@ -177,6 +182,14 @@ def reuse(out_dir, set_id, settings, specs, meta):
         if live is not None:  # files of the right sizes and a bad content: not committed again below
             shutil.rmtree(os.path.join(out_dir, live["set"]), ignore_errors=True)
         live = None
+    if live is not None:
+        differ = ", ".join(f"{k}={live['settings'].get(k)!r}" for k in sorted(set(settings) | set(live["settings"]))
+                           if settings.get(k) != live["settings"].get(k))
+        if not replace:
+            raise CDLMError(f"option out_dir={out_dir!r} holds a finished set of {live['n']} trajectories made "
+                            f"with other settings ({differ}), which this run would replace: give another "
+                            f"--out_dir, or remove that folder")
+        print(f"{out_dir}: replacing its set of {live['n']} trajectories made with other settings ({differ})")
     found = read_json_or_none(os.path.join(out_dir, "meta.json"))
     if live is None and isinstance(found, dict) and "splits" in found:  # never written over
         raise CDLMError(f"option out_dir={out_dir!r} holds a prepared dataset (its meta.json): give another directory")
@@ -220,7 +233,12 @@ def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None
             raise CDLMError(f"{f} is {size}, not the {nbytes(specs[name])} its meta.json describes; {REPAIR}")
     arrays = {k: np.memmap(os.path.join(d, f"{k}.bin"), dtype=specs[k][1], mode="r", shape=specs[k][0])
               for k in FIELDS}
-    check_contents(arrays, meta, d)
+    check_contents(arrays, meta, d)  # what is wrong, where it can be named; then any other changed byte
+    for name in FIELDS:
+        f = os.path.join(d, f"{name}.bin")
+        if file_hash(f) != meta["hashes"][name]:  # a changed byte inside its range would be trained on in silence
+            raise CDLMError(f"{f} is damaged: it does not hash to the {meta['hashes'][name]!r} its meta.json stores; "
+                            f"{REPAIR}")
     return arrays, meta
 
 

@@ -51,7 +51,7 @@ def test_demo_runs_every_stage_then_skips_them(tiny_task, capsys):
     # resume on the new set is refused
     student = demo.options(demo.train.config, ["config/student.py"], 1337)
     before = torch.load("out/student/ckpt.pt", weights_only=True)["trajectories"]
-    demo.collect.collect(demo.options(demo.collect.config, ["config/collect.py", "--n_examples=16"], 1337))
+    demo.collect.collect(demo.options(demo.collect.config, ["config/collect.py", "--n_examples=16"], 1337), replace=True)
     with pytest.raises(demo.CDLMError, match="other trajectory sets"):
         demo.train.train({**student, "init_from": "resume"})
     demo.run_train(student)
@@ -81,6 +81,7 @@ def test_demo_over_seeds_and_resume(tiny_task, capsys):
     path = "out/seed1/student/ckpt.pt"
     ckpt = torch.load(path, weights_only=True)
     ckpt["iter_num"] = 5
+    ckpt["resume_hash"] = demo.train.resume_hash(ckpt)  # as a run killed at iteration 5 saved it
     torch.save(ckpt, path)
     demo.run_train(demo.options(demo.train.config, ["config/student.py"], 1))
     assert "resuming at iteration 5" in capsys.readouterr().out

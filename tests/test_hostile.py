@@ -177,8 +177,8 @@ def test_corrupt_files_are_named(tmp_path, data_dir, teacher_dir):
 # -----------------------------------------------------------------------------
 # collect: a crash at every write and every rename, then a rerun
 
-def collect_into(out, teacher_dir, **kw):
-    collect.collect({"teacher_dir": teacher_dir, "out_dir": str(out), **TINY_COLLECT, **kw})
+def collect_into(out, teacher_dir, replace=True, **kw):  # replace: as demo.py, a set of other settings there
+    collect.collect({"teacher_dir": teacher_dir, "out_dir": str(out), **TINY_COLLECT, **kw}, replace)
 
 
 class Crash(Exception):
@@ -252,8 +252,8 @@ def test_collect_disk_full_is_one_line_and_keeps_the_last_good_state(tmp_path, t
     def full(*a):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr("os.pwrite", full)
-    msg = refused(collect.main, [f"--teacher_dir={teacher_dir}", f"--out_dir={out}", "--n_examples=48",
-                                 "--batch_size=16", "--chunk=32", "--device=cpu"], "No space left on device", "kept")
+    msg = refused(lambda _: collect_into(out, teacher_dir, n_examples=48), [],  # replacing it, as demo.py does
+                  "No space left on device", "kept")
     assert "run again" in msg
     assert load_trajectories(str(out))[1]["n"] == 32
 

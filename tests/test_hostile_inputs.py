@@ -313,7 +313,7 @@ def test_a_moved_checkout_reuses_its_stages(tmp_path, data_dir, monkeypatch, cap
         monkeypatch.setattr(data.common, "CHECKOUT", str(root))
         monkeypatch.chdir(root)
         demo.run_train(demo.configure(train.config, [f"--{k}={v}" for k, v in {**teacher, **over}.items()]))
-        collect.collect(demo.configure(collect.config, [f"--{k}={v}" for k, v in traj.items()]))
+        collect.collect(demo.configure(collect.config, [f"--{k}={v}" for k, v in traj.items()]), replace=True)
         return capsys.readouterr().out
     stages(a)
     assert read_checkpoint(str(a / "out/teacher/ckpt.pt"))["config"]["data_dir"] == "data/arithmetic"

@@ -1,0 +1,167 @@
+"""
+A hostile but fair user, third probe: what a run reads is what it claims to be, and nothing a run
+reads is rewritten under it or replaced without a word. Each case is one a fresh probe found
+answered badly: a rewritten input, an edited file used in silence, a refusal after the work.
+"""
+import json
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from test_hostile import collect_into, refused
+
+import bench
+import demo
+import roofline
+import sample
+import show
+import train
+from configurator import CDLMError
+from data.arithmetic import prepare as arith
+from data.trajectories import load_trajectories
+from results import read_results
+from runtime import lock, reading
+
+
+def test_a_folder_a_run_reads_is_not_rewritten_under_it(tmp_path, data_dir):
+    d = tmp_path / "data"
+    shutil.copytree(data_dir, d)
+    with reading({"data_dir": str(d)}):  # as train.py, collect.py and bench.py hold their inputs
+        refused(arith.main, [f"--out_dir={d}", "--seed=2", "--n_train=200", "--n_val=8", "--n_test=8"],
+                "option out_dir", "being read by a running run")
+    with lock(str(d), "option out_dir"):  # and a run is refused the folder being written
+        with pytest.raises(CDLMError, match="option data_dir .* is being written by another run"):
+            with reading({"data_dir": str(d)}):
+                pass
+
+
+def test_collect_does_not_replace_a_finished_set_of_other_settings(tmp_path, teacher_dir, traj_dir):
+    out = tmp_path / "t"
+    shutil.copytree(traj_dir, out)
+    want, _ = load_trajectories(str(out))
+    refused(lambda argv: collect_into(out, teacher_dir, replace=False, n_examples=16), [], "holds a finished set of 48",
+            "n_examples=48", "give another --out_dir")
+    np.testing.assert_array_equal(load_trajectories(str(out))[0]["tokens"], want["tokens"])
+
+
+@pytest.mark.parametrize("field", ["prompt", "step", "tokens"])
+def test_trajectory_bytes_edited_inside_their_range_are_found(tmp_path, traj_dir, field):
+    out = tmp_path / "t"
+    shutil.copytree(traj_dir, out)
+    arrays, meta = load_trajectories(str(out))
+    a = np.array(arrays[field])
+    if field == "step":  # two positions of one block swap their steps: every check of the contents holds
+        a[0, [0, 1]] = a[0, [1, 0]]
+    else:
+        a[0, 0] = 3 if a[0, 0] != 3 else 4  # another digit: inside the vocabulary
+    a.tofile(out / meta["set"] / f"{field}.bin")
+    with pytest.raises(CDLMError, match=f"{field}.bin is damaged: it does not hash to"):
+        load_trajectories(str(out))
+
+
+def test_an_edited_iteration_count_is_not_resumed(tmp_path, data_dir):
+    out = str(tmp_path / "run")
+    argv = [f"--data_dir={data_dir}", f"--out_dir={out}", "--n_layer=1", "--n_head=2", "--n_embd=16",
+            "--batch_size=8", "--eval_interval=2", "--eval_iters=1", "--warmup_iters=1", "--device=cpu"]
+    train.main(argv + ["--max_iters=4", "--lr_decay_iters=8"])
+    path = os.path.join(out, "ckpt.pt")
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "iter_num": 2}, path)
+    refused(train.main, argv + ["--max_iters=8", "--init_from=resume"], "ckpt.pt is damaged", "--init_from=scratch")
+
+
+def test_a_checkpoint_that_cannot_be_replaced_is_refused_before_training(tmp_path, data_dir, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ckpt.pt").write_bytes(b"")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p).endswith("ckpt.pt") else real(p, m))
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={out}", "--max_iters=2"], "ckpt.pt", "write-protected")
+
+
+def test_a_device_that_is_not_there_leaves_no_folder(tmp_path, data_dir):
+    out = tmp_path / "new"
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={out}", "--device=cuda:1"], "option device='cuda:1'")
+    assert not out.exists()
+
+
+def test_the_ar_baseline_refuses_a_threshold(ar_dir):
+    refused(sample.main, [f"--out_dir={ar_dir}", "--prompt=5:+3=", "--threshold=0.5"], "option threshold=0.5",
+            "autoregressive")
+
+
+def test_an_edited_speedup_or_timing_is_named(tmp_path):
+    here = tmp_path / "arithmetic"
+    here.mkdir()
+    shutil.copy(os.path.join(ROOT, "results", "arithmetic", "seed2.json"), here)
+    read_results("arithmetic", str(tmp_path))  # as committed: the ratios are their timings'
+    r = json.loads((here / "seed2.json").read_text())
+    for edit, words in ((lambda b: b["cdlm"]["compiled"].update(speedup_latency_vs_dlm=38.5),
+                         "bench.cdlm.compiled.speedup_latency_vs_dlm=38.5"),
+                        (lambda b: b["dlm"].update(latency_ms=b["dlm"]["latency_ms"] * 4), "speedup_latency_vs_dlm")):
+        e = json.loads(json.dumps(r))
+        edit(e["bench"])
+        (here / "seed2.json").write_text(json.dumps(e))
+        with pytest.raises(CDLMError, match="is not what the file's timings give") as got:
+            read_results("arithmetic", str(tmp_path))
+        assert words in str(got.value)
+
+
+def test_a_stored_bench_report_is_checked_before_it_is_printed(tmp_path):
+    r = json.load(open(os.path.join(ROOT, "results", "arithmetic", "rounds_ref_2threads.json")))
+    (tmp_path / "nfe.json").write_text(json.dumps({**r, "methods": {**r["methods"], "cdlm": {**r["methods"]["cdlm"], "nfe": 1e308}}}))
+    (tmp_path / "none.json").write_text(json.dumps({**r, "methods": {}}))
+    refused(bench.main, [f"--table={tmp_path / 'nfe.json'}"], "methods.cdlm.nfe=1e+308", "gen_len=48")
+    refused(bench.main, [f"--table={tmp_path / 'none.json'}"], "field methods is empty")
+
+
+def test_outputs_that_are_one_file_or_not_a_file(tmp_path, teacher_dir, student_dir):
+    page = str(tmp_path / "r.html")
+    refused(show.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--html={page}", f"--gif={page}"],
+            "option gif", "is the file of option html too")
+    refused(show.main, [f"--student_dir={student_dir}", "--view=states", f"--teacher_dir={teacher_dir}"],
+            "option teacher_dir", "the teacher the student records")
+    os.mkfifo(tmp_path / "f.json")  # reading it to tell its kind would block for ever
+    refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={tmp_path / 'f.json'}"],
+            "option out_path", "not a regular file")
+
+
+def test_the_report_checks_its_picture_before_printing(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    refused(demo.main, ["--report", f"--png={tmp_path / 'file' / 'f.png'}"], "option png", "not writable")
+    assert capsys.readouterr().out == ""
+
+
+def test_the_scale_study_counts_the_passes_the_sampler_makes(teacher_dir, student_dir, ar_dir):
+    """roofline.answer_windows against real decodes, without early stop: the teacher's gen_len passes, the
+    student's first pass of a block (with the block before it) and its later ones, AR's one token a pass."""
+    P, G = 21, 48
+    prompts = torch.full((3, P), 4)  # the passes do not depend on the tokens without early stop
+    for method, path, bs, s in (
+            ("dlm", teacher_dir, 8, sample.DecodeSettings(8, steps_per_block=8)),
+            ("cdlm", student_dir, 8, sample.DecodeSettings(8, steps_per_block=2, cache="exact")),
+            ("ar", ar_dir, 1, sample.DecodeSettings(1, steps_per_block=1, cache="exact"))):
+        model, ckpt, _ = sample.load_for_decoding(os.path.join(path, "ckpt.pt"), {}, "cpu")
+        m = ckpt["data_meta"]
+        seen = Counter()
+        sample.generate(model, prompts, G, m["mask_id"], m["eos_id"], s, on_step=lambda ev: seen.update([(ev.lo, ev.hi)]))
+        per_block = 2 if method == "cdlm" else 1
+        want = Counter()
+        for lo, hi, n in roofline.answer_windows(method, P, G, bs, per_block):
+            want[(lo, hi)] += n
+        assert seen == want, method
+
+
+def test_the_scale_study_round_trips_through_its_table(tmp_path):
+    rows = roofline.scale_study(8.0, 21, "cpu", sizes=((1, 32),), shapes=((21, 48, 8),), batch=2, progress=lambda s: None)
+    report = dict(scale=dict(rows=rows, per_block=1.0, tokens_per_pass=8.0, block_size=8, batch=2),
+                  machine=dict(cpu="x", threads=1), config=dict(student_dir="s"))
+    (tmp_path / "s.json").write_text(json.dumps(report))
+    bench.main([f"--table={tmp_path / 's.json'}"])
+    report["scale"]["rows"]["48/8 1x32"]["cdlm_vs_dlm_latency"] = -1
+    (tmp_path / "s.json").write_text(json.dumps(report))
+    refused(bench.main, [f"--table={tmp_path / 's.json'}"], "cdlm_vs_dlm_latency")
