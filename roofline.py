@@ -234,11 +234,12 @@ def answer_windows(method, P, G, bs, per_block):
 
 def answer_cost(model, method, P, G, bs, per_block, b, times):
     """Seconds and FLOPs of decoding b answers at once by `method`, from measured pass times (memoized
-    in times by window length); a cached pass attends to the whole static cache (Transformer.forward)."""
+    in times by mask, rows and window length); a cached pass attends to the whole static cache
+    (Transformer.forward)."""
     cache = "none" if method == "dlm" else "exact"
     seconds = flops = 0.0
     for lo, hi, n in answer_windows(method, P, G, bs, per_block):
-        key = (b, hi - lo, cache)
+        key = (model.cfg.attn, b, hi - lo, cache)
         f = pass_cost(model.cfg, b, hi - lo, P + G, cache, 4, 4)[0]
         if key not in times:  # a big pass once after its warm-up; small ones a few times
             times[key] = pass_time(model, b, lo, hi, cache, repeats=5 if f < 2e10 else 1)
@@ -259,15 +260,16 @@ def scale_study(tokens_per_pass, vocab_size, device, sizes=SCALE_SIZES, shapes=S
     for (P, G, bs) in shapes:
         for (L, C) in sizes:
             torch.manual_seed(0)
-            cfg = dict(vocab_size=vocab_size, seq_len=P + G, prompt_len=P, block_size=bs, n_layer=L, n_head=max(4, C // 64),
-                       n_embd=C)
+            cfg = dict(vocab_size=vocab_size, seq_len=P + G, prompt_len=P, block_size=bs, n_layer=L,
+                       n_head=max(4, C // 64), n_embd=C)
             models = {a: Transformer(ModelConfig(**cfg, attn=a)).to(device).eval()
                       for a in ("bidirectional", "block_causal", "causal")}
             row = dict(prompt_len=P, gen_len=G, block_size=bs, n_layer=L, n_embd=C,
                        params=models["causal"].num_params())
             for b in (1, batch):
                 times, cost = {}, {}
-                for method, a, k in (("dlm", "bidirectional", 1), ("ar", "causal", 1), ("cdlm", "block_causal", max(1.0, bs / tokens_per_pass)),
+                for method, a, k in (("dlm", "bidirectional", 1), ("ar", "causal", 1),
+                                     ("cdlm", "block_causal", max(1.0, bs / tokens_per_pass)),
                                      ("cdlm_floor", "block_causal", 1)):
                     step_bs = 1 if method == "ar" else bs
                     with torch.no_grad():
@@ -277,10 +279,10 @@ def scale_study(tokens_per_pass, vocab_size, device, sizes=SCALE_SIZES, shapes=S
                     for me in ("cdlm", "cdlm_floor"):
                         row[f"{me}_vs_{base}_{tag}"] = cost[base][0] / cost[me][0]
                     row[f"cdlm_vs_{base}_flops"] = cost[base][1] / cost["cdlm"][1]
-                row[f"ms_per_pass_{tag}"] = {f"{w}x{c}": 1000 * t for (_, w, c), t in times.items()}
+                row[f"ms_per_pass_{tag}"] = {f"{w}x{c}": 1000 * t for (_, _, w, c), t in times.items()}
                 if b == 1:  # the two passes the ratio turns on: the teacher's whole sequence, a block from the cache
-                    row["dlm_pass_ms"], row["cdlm_pass_ms"] = (1000 * times[(1, P + G, "none")],
-                                                               1000 * times[(1, bs, "exact")])
+                    row["dlm_pass_ms"], row["cdlm_pass_ms"] = (1000 * times["bidirectional", 1, P + G, "none"],
+                                                               1000 * times["block_causal", 1, bs, "exact"])
                 row[f"gflop_s_{tag}"] = {m: c[1] / c[0] / 1e9 for m, c in cost.items()}
             rows[f"{G}/{bs} {L}x{C}"] = row
             progress(f"scale: {L} layers x {C}, answers of {G} in blocks of {bs}: cdlm vs dlm "
