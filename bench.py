@@ -24,7 +24,7 @@ from runtime import (autocast, code_version, compiled, holding, machine_info, pi
                      refuse_overlap)
 from model import ROLES, read_checkpoint
 from render import PNG
-from results import REPORT, stored_report, table
+from results import REPORT, ratios, stored_report, table
 from roofline import (PLOTS, answer_tokens, decode_cost, passes_per_block, plots, predict, probe_machine, profile_decode,
                       scale_plot, scale_study, timed_decode)
 from sample import DEFAULT_DECODING, DecodeSettings, evaluate, load_for_decoding
@@ -216,13 +216,6 @@ def timings(rounds):
                 rounds=dict(latency_ms=[1000 * t for t in lat], throughput_tok_s=thr))
 
 
-def ratios(mine, base):
-    """Speedups of one method over a baseline timed in the same rounds: the median of the ratios
-    within each round (latency: theirs / mine; throughput: mine / theirs)."""
-    per = lambda k, f: statistics.median(f(a, b) for a, b in zip(mine["rounds"][k], base["rounds"][k]))
-    return dict(latency=per("latency_ms", lambda a, b: b / a), throughput=per("throughput_tok_s", lambda a, b: a / b))
-
-
 def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=None, pass_times=None):
     """Accuracy and NFE on all rows and the cost of a decode; with cmodel (the model compiled) also
     its compile time and the answers it changes; with pass_times (roofline.predict's memo) the
@@ -297,7 +290,8 @@ def checkpoint_hashes(cfg):
 
 
 def check_options(cfg, methods):
-    """Options that take effect only with some methods or with --sweep: given without them, refused."""
+    """Options that take effect only with some methods or with --sweep: given without them, refused.
+    Returns what the run reads, {option: path} (runtime.refuse_overlap, runtime.reading)."""
     used = {DIR_OPTION[r] for name in methods for r in needs(name)}
     ignored = dict.fromkeys(CHECKPOINTS_DIRS - used, "with these methods: none reads that checkpoint")
     if all(METHODS[m].decoding(1, 0.5, 1).temperature == 0 for m in methods):
@@ -314,8 +308,9 @@ def check_options(cfg, methods):
         raise CDLMError("option sweep=True: the sweep is of the teacher's and the student's methods; give one in --methods")
     if cfg["profile"] and not set(methods) & {"cdlm", "dlm", "ar"}:
         raise CDLMError("option profile=True: it profiles cdlm, dlm and ar; give one of them in --methods")
-    refuse_overlap(dict(out_path=cfg["out_path"]),
-                   {k: cfg[k] for k in (*sorted(used), "data_dir")} | stored_data_dirs(cfg, sorted(used)))
+    inputs = {k: cfg[k] for k in (*sorted(used), "data_dir")} | stored_data_dirs(cfg, sorted(used))
+    refuse_overlap(dict(out_path=cfg["out_path"]), inputs)
+    return inputs
 
 
 def run(cfg):
@@ -327,17 +322,16 @@ def run(cfg):
     if cfg["scale"]:
         refuse_unused(cfg, dict.fromkeys(set(config) - SCALE_OPTIONS, "with --scale: the study measures random weights"))
         png = os.path.splitext(cfg["out_path"])[0] + ".png"
-        refuse_overlap(dict(out_path=cfg["out_path"]), {k: cfg[k] for k in ("student_dir", "data_dir")}
-                       | stored_data_dirs(cfg, ["student_dir"]))
+        inputs = {k: cfg[k] for k in ("student_dir", "data_dir")} | stored_data_dirs(cfg, ["student_dir"])
+        refuse_overlap(dict(out_path=cfg["out_path"]), inputs)
         with holding([(cfg["out_path"], "option out_path", REPORT), (png, "the plot of option out_path", PNG)]), \
-                reading({k: cfg[k] for k in ("student_dir", "data_dir")}):
+                reading(inputs):
             return scale(cfg, png)
     methods = [m for m in METHODS if m in cfg["methods"]]
-    check_options(cfg, methods)
-    used = {DIR_OPTION[r] for name in methods for r in needs(name)}
+    inputs = check_options(cfg, methods)
     with holding([(cfg["out_path"], "option out_path", REPORT)] +  # one writer per result file and its plots
                  [(os.path.splitext(cfg["out_path"])[0] + s, "the plot of option out_path", PNG) for s in PLOTS]), \
-            reading({k: cfg[k] for k in (*sorted(used), "data_dir")}):
+            reading(inputs):
         return _run(cfg, methods)
 
 
@@ -447,9 +441,10 @@ def scale(cfg, png):
     run_cfg = fit_sizes(cfg, len(rows), f"the {cfg['split']} split of {data_dir}")
     prompts = prompts_of(rows[:run_cfg["num_eval"]], meta, device)
     per_block = passes_per_block(model, meta, prompts, settings, run_cfg["batch_size"])
-    rows = scale_study(model.cfg.block_size / per_block, meta["vocab_size"], device, batch=run_cfg["batch_size"],
+    tokens_per_pass = model.cfg.block_size / per_block
+    rows = scale_study(tokens_per_pass, meta["vocab_size"], device, batch=run_cfg["batch_size"],
                        progress=lambda line: print(line, file=sys.stderr))
-    report = dict(scale=dict(rows=rows, per_block=per_block, tokens_per_pass=model.cfg.block_size / per_block,
+    report = dict(scale=dict(rows=rows, per_block=per_block, tokens_per_pass=tokens_per_pass,
                             block_size=model.cfg.block_size, batch=run_cfg["batch_size"]), config=cfg, commit=commit,
                   checkpoints=dict(student=ckpt["weights_hash"]), machine=dict(device=device, **machine_info()))
     atomic_write_json(cfg["out_path"], report)

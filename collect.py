@@ -61,8 +61,9 @@ def collect(cfg, replace=False):  # replace: a finished set of other settings in
     teacher_path = os.path.join(cfg["teacher_dir"], "ckpt.pt")
     model, ckpt = load_model(teacher_path, rt.device, "dlm", "teacher_dir")
     data_dir, dmeta = checkpoint_data(ckpt, cfg["data_dir"], teacher_path)
-    refuse_overlap(dict(out_dir=cfg["out_dir"]), dict(teacher_dir=cfg["teacher_dir"], data_dir=cfg["data_dir"] or data_dir))
-    with lock(cfg["out_dir"], "option out_dir"), reading(dict(teacher_dir=cfg["teacher_dir"], data_dir=data_dir)), \
+    inputs = dict(teacher_dir=cfg["teacher_dir"], data_dir=data_dir)  # data_dir: the option's, or the teacher's data
+    refuse_overlap(dict(out_dir=cfg["out_dir"]), inputs)
+    with lock(cfg["out_dir"], "option out_dir"), reading(inputs), \
             cpu_threads(cfg["threads"]):  # one writer per trajectory set; nobody rewrites what it reads
         try:
             _collect(cfg, rt, model, ckpt, data_dir, dmeta, replace)

@@ -130,38 +130,53 @@ def check_seed_figures(path, r, before, fix):
                         f"{sorted(dict(before)[other]['teacher_steps'], key=int)}: one table reads both; {fix}")
 
 
+# a speedup's timing and direction: latency theirs / mine, throughput mine / theirs
+SPEEDUP_OF = dict(latency=("latency_ms", lambda mine, base: base / mine),
+                  throughput=("throughput_tok_s", lambda mine, base: mine / base))
+
+
+def ratios(mine, base):
+    """Speedups of one method over a baseline timed in the same rounds (bench.py): the median of the
+    ratios within each round."""
+    return {w: statistics.median(f(a, b) for a, b in zip(mine["rounds"][k], base["rounds"][k]))
+            for w, (k, f) in SPEEDUP_OF.items()}
+
+
 def check_speedups(path, bench, fix):
-    """Every stored speedup is what the same file's timings give (bench.ratios): the median of the
+    """Every stored speedup is what the same file's timings give (ratios): the median of the
     per-round ratios where the file keeps the rounds (each median then their median too); in a file
     without rounds, within a factor 1.25 of the ratio of the medians (medians of 3 rounds: up to 17%
     apart in the committed files). An edited ratio, or an edited timing, is named."""
+    paths = {}  # (method, "" or "compiled."): its figures, each path timed against the same path
     for name, r in bench.items():
-        for at, mine, base_of in ((f"bench.{name}.", r, lambda b: bench.get(b)),
-                                  (f"bench.{name}.compiled.", r.get("compiled"), lambda b: (bench.get(b) or {}).get("compiled"))):
+        for at, mine in (("", r), ("compiled.", r.get("compiled"))):
             if not isinstance(mine, dict):
                 continue
-            rounds = {k: v for k, v in (mine.get("rounds") or {}).items() if k in ("latency_ms", "throughput_tok_s")}
-            for k, v in rounds.items():
-                if not (isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)
+            paths[name, at] = mine
+            for k, v in (mine.get("rounds") or {}).items():  # every round checked before any ratio reads one
+                if k in ("latency_ms", "throughput_tok_s") and not (
+                        isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)
                         and math.isclose(statistics.median(v), mine.get(k, -1), rel_tol=1e-9)):
-                    raise CDLMError(f"{path}: field {at}{k}={mine.get(k)!r} is not the median of its rounds {v!r}; {fix}")
-            for b in ("dlm", "dlm_stop"):
-                base = base_of(b)
-                for w, k, f in (("latency", "latency_ms", lambda a, c: c / a), ("throughput", "throughput_tok_s", lambda a, c: a / c)):
-                    key = f"speedup_{w}_vs_{b}"
-                    if key not in mine:
-                        continue
-                    if not (isinstance(base, dict) and k in base and k in mine):
-                        raise CDLMError(f"{path}: field {at}{key}: the timings it comes from ({k} of {name} and {b}) "
-                                        f"are not in the file; {fix}")
-                    theirs = (base.get("rounds") or {}).get(k)
-                    if k in rounds and isinstance(theirs, list) and len(theirs) == len(rounds[k]):
-                        want, tol = statistics.median(f(a, c) for a, c in zip(rounds[k], theirs)), 1e-6
-                    else:
-                        want, tol = f(mine[k], base[k]), 0.25
-                    if mine[key] <= 0 or abs(math.log(mine[key] / want)) > math.log1p(tol):
-                        raise CDLMError(f"{path}: field {at}{key}={mine[key]:.4g} is not what the file's timings give "
-                                        f"({want:.4g}, from {k} of {name} and {b}); {fix}")
+                    raise CDLMError(f"{path}: field bench.{name}.{at}{k}={mine.get(k)!r} is not the median of its "
+                                    f"rounds {v!r}; {fix}")
+    for (name, at), mine in paths.items():
+        for b in ("dlm", "dlm_stop"):
+            base = paths.get((b, at), {})
+            for w, (k, f) in SPEEDUP_OF.items():
+                key = f"speedup_{w}_vs_{b}"
+                if key not in mine:
+                    continue
+                if not (k in base and k in mine):
+                    raise CDLMError(f"{path}: field bench.{name}.{at}{key}: the timings it comes from ({k} of {name} "
+                                    f"and {b}) are not in the file; {fix}")
+                rounds = [(p.get("rounds") or {}).get(k) for p in (mine, base)]
+                if all(isinstance(x, list) for x in rounds) and len(rounds[0]) == len(rounds[1]):
+                    want, tol = statistics.median(f(a, c) for a, c in zip(*rounds)), 1e-6
+                else:
+                    want, tol = f(mine[k], base[k]), 0.25
+                if mine[key] <= 0 or abs(math.log(mine[key] / want)) > math.log1p(tol):
+                    raise CDLMError(f"{path}: field bench.{name}.{at}{key}={mine[key]:.4g} is not what the file's "
+                                    f"timings give ({want:.4g}, from {k} of {name} and {b}); {fix}")
 
 
 def spread(xs, unit, digits=1):
@@ -363,13 +378,13 @@ BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "(0, inf)"),
 
 def is_report(path):
     """Whether path holds a bench report as bench.py writes it: an object whose methods, settings,
-    machine and config are objects."""
+    machine and config are objects, or a scale study's (scale, machine and config)."""
     try:
         r = read_json(path, "")
     except CDLMError:
         return False
-    return isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine", "config")) \
-        or isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("scale", "machine", "config"))
+    return isinstance(r, dict) and any(all(isinstance(r.get(k), dict) for k in keys) for keys in
+                                       (("methods", "settings", "machine", "config"), ("scale", "machine", "config")))
 
 
 REPORT = Output(".json", "a bench report (an object with methods, settings, machine and config)", is_report)

@@ -218,6 +218,11 @@ def check_file_writable(path, what):
     check_writable(os.path.dirname(os.path.abspath(path)), f"the directory of {what}")
 
 
+def option_paths(d):
+    """{option: path, or a list of paths} as [(option, path)]; None is skipped."""
+    return [(k, p) for k, v in d.items() for p in (v if isinstance(v, (list, tuple)) else [v]) if p]
+
+
 def refuse_overlap(outputs, inputs):
     """
     No output may be, contain or sit inside an input of the same run: the run would write over
@@ -225,9 +230,8 @@ def refuse_overlap(outputs, inputs):
     input whose key has a space is named by it as written (an input no option names: "the data of
     option teacher_dir's checkpoint"). Real paths, so a symlink or a trailing slash hides nothing.
     """
-    paths = lambda d: [(k, p) for k, v in d.items() for p in (v if isinstance(v, (list, tuple)) else [v]) if p]
-    for o, out in paths(outputs):
-        for i, inp in paths(inputs):
+    for o, out in option_paths(outputs):
+        for i, inp in option_paths(inputs):
             a, b = os.path.realpath(out), os.path.realpath(inp)
             where = ("is the same path as" if a == b else "is inside" if os.path.commonpath([a, b]) == b else
                      "contains" if os.path.commonpath([a, b]) == a else None)
@@ -296,8 +300,7 @@ def lock(path, what, file=False, kind=None):
         return
     import fcntl
     (check_file_writable if file else check_writable)(path, what)
-    real = os.path.realpath(path)  # one lock whichever way the path is written
-    where = os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+    where = lock_path(path)
     try:
         fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
@@ -313,8 +316,7 @@ def lock(path, what, file=False, kind=None):
                                 f"elsewhere") from None
             except BlockingIOError:
                 pass
-            holder = " ".join(os.pread(fd, 2000, 0).decode(errors="replace").split()) or "starting up"
-            raise CDLMError(f"{what} {path!r} is being written by another run ({holder}): wait for it to "
+            raise CDLMError(f"{what} {path!r} is being written by another run ({holder(fd)}): wait for it to "
                             f"end, or write elsewhere") from None
         try:  # who holds it, for the message above; plain writes (a full disk only loses the note)
             os.ftruncate(fd, 0)
@@ -330,22 +332,33 @@ def lock(path, what, file=False, kind=None):
         os.close(fd)
 
 
+def lock_path(path):
+    """The lock file of an output or input: .{name}.lock beside it, one whichever way the path is written."""
+    real = os.path.realpath(path)
+    return os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+
+
+def holder(fd):
+    """Who holds a lock: the line its writer left in the lock file."""
+    return " ".join(os.pread(fd, 2000, 0).decode(errors="replace").split()) or "starting up"
+
+
 @contextmanager
 def reading(inputs):
-    """The folders a run reads, {option: path}, held shared for the run through the lock their writers
-    take (lock): prepare.py, collect.py or train.py writing into one of them is refused until the run
-    ends, and a folder being written now is refused here. A folder whose lock cannot be made (a
-    read-only parent) cannot be rewritten either, and is read without one."""
+    """The folders a run reads, {option: path, or a list of paths} as refuse_overlap takes them, held
+    shared for the run through the lock their writers take (lock): prepare.py, collect.py or train.py
+    writing into one of them is refused until the run ends, and a folder being written now is refused
+    here. A folder whose lock cannot be made (a read-only parent) cannot be rewritten either, and is
+    read without one."""
     if int(os.environ.get("RANK", 0)) != 0:
         yield
         return
     import fcntl
     with ExitStack() as stack:
-        for option, path in [(k, p) for k, v in inputs.items() for p in (v if isinstance(v, (list, tuple)) else [v]) if p]:
-            real = os.path.realpath(path)
-            where = os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+        for key, path in option_paths(inputs):
+            where = lock_path(path)
             try:
-                fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644) if os.access(os.path.dirname(real), os.W_OK) \
+                fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644) if os.access(os.path.dirname(where), os.W_OK) \
                     else os.open(where, os.O_RDONLY)
             except OSError:
                 continue
@@ -353,9 +366,9 @@ def reading(inputs):
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = " ".join(os.pread(fd, 2000, 0).decode(errors="replace").split()) or "starting up"
-                raise CDLMError(f"option {option} {path!r} is being written by another run ({holder}): wait for "
-                                f"it to end") from None
+                named = key if " " in key else f"option {key}"  # as refuse_overlap names an input
+                raise CDLMError(f"{named} {path!r} is being written by another run ({holder(fd)}): wait for it "
+                                f"to end") from None
         yield
 
 

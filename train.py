@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, refuse_unused, run_main
-from data.common import checkout_path, load_meta, load_split
+from data.common import checkout_path, from_checkout, load_meta, load_split
 from model import (ROLES, ModelConfig, Transformer, add_lora, ar_loss, block_of, diffusion_loss, merged_state_dict,
                    noise_answers, noise_block, noise_sequences, save_checkpoint, weights_hash)
 from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
@@ -313,7 +313,8 @@ def save(run, mcfg, iter_num, best_val, path):
 
 def train(cfg, replace=False):  # replace: a finished checkpoint in out_dir (startup.refuse_fresh_start)
     cfg, meta, data = check_config(cfg)
-    with lock(cfg["out_dir"], "option out_dir"), reading(inputs(cfg)), cpu_threads(cfg["threads"]):
+    reads = {**inputs(cfg), "data_dir": from_checkout(cfg["data_dir"])}  # check_config stored it as checkpoints do
+    with lock(cfg["out_dir"], "option out_dir"), reading(reads), cpu_threads(cfg["threads"]):
         refuse_fresh_start(cfg, replace)
         return _train(cfg, meta, data)
 

@@ -296,13 +296,18 @@ def checkout_path(path):
     return os.path.relpath(a, CHECKOUT) if os.path.commonpath([a, CHECKOUT]) == CHECKOUT else a
 
 
+def from_checkout(path):
+    """A data path as a checkpoint stores it (checkout_path), as a path to open: a relative one is under this checkout."""
+    return os.path.join(CHECKOUT, path)
+
+
 def checkpoint_data(ckpt, data_dir=None, what="the checkpoint"):
     """
     The data directory a checkpoint was trained on (checkout_path: a relative one is under this
     checkout), or the override data_dir, with its meta; refused unless it holds the very data the
     checkpoint was trained on.
     """
-    d = data_dir or os.path.join(CHECKOUT, ckpt["config"]["data_dir"])
+    d = data_dir or from_checkout(ckpt["config"]["data_dir"])
     if data_dir and os.path.isdir(d) and not os.path.isfile(os.path.join(d, "meta.json")):
         raise CDLMError(f"option data_dir={d!r} holds no prepared data (no meta.json: was prepare.py interrupted?): "
                         f"prepare it again there, or give the data {what} was trained on")
@@ -327,7 +332,7 @@ def stored_data_dirs(cfg, keys):
     for key in keys * (not cfg.get("data_dir")):
         try:
             ckpt = torch.load(os.path.join(cfg[key], "ckpt.pt"), map_location="cpu", weights_only=True, mmap=True)
-            out[f"the data of option {key}'s checkpoint"] = os.path.join(CHECKOUT, ckpt["config"]["data_dir"])
+            out[f"the data of option {key}'s checkpoint"] = from_checkout(ckpt["config"]["data_dir"])
         except Exception:  # anything unreadable is for read_checkpoint to name, with its fix
             pass
     return out

@@ -39,6 +39,16 @@ def test_a_folder_a_run_reads_is_not_rewritten_under_it(tmp_path, data_dir):
                 pass
 
 
+def test_a_run_started_elsewhere_holds_the_checkout_data_it_reads(tmp_path, ref_data, monkeypatch):
+    """train.py keeps a data_dir inside the checkout relative to it (as checkpoints store it): the
+    folder it holds is still the data's own, whatever the working directory."""
+    monkeypatch.chdir(tmp_path)
+    d = os.path.join(ROOT, "data", "arithmetic")
+    with lock(d, "option out_dir"):
+        refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'run'}", "--max_iters=1", "--device=cpu"],
+                "option data_dir", "being written by another run")
+
+
 def test_collect_does_not_replace_a_finished_set_of_other_settings(tmp_path, teacher_dir, traj_dir):
     out = tmp_path / "t"
     shutil.copytree(traj_dir, out)
