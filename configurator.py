@@ -162,7 +162,7 @@ class Choice(Str):
 
 
 class List(Option):
-    """A list of items each checked by `item`; on the command line a Python list or a,b,c."""
+    """A list of items each checked by `item`; on the command line a Python list, a,b,c or [a,b,c]."""
 
     def __init__(self, default, item, min_len=1):
         super().__init__(default)
@@ -172,7 +172,9 @@ class List(Option):
         value = super().parse(raw)
         if isinstance(value, (list, tuple)):
             return list(value)
-        return [self.item.parse(part) for part in raw.split(",")] if raw else []
+        if raw.startswith("[") and raw.endswith("]"):  # a list of paths without quotes: the shell ate them
+            raw = raw[1:-1]
+        return [self.item.parse(part.strip()) for part in raw.split(",")] if raw else []
 
     def coerce(self, value):
         if isinstance(value, tuple):

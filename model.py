@@ -19,6 +19,7 @@ asked for as one.
 import hashlib
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -372,17 +373,30 @@ def save_checkpoint(ckpt, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     try:
-        with open(tmp, "wb") as f:  # a file object: torch.save on a path reports a full disk as a RuntimeError
+        with open(tmp, "wb") as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: a crash never leaves a half-written ckpt.pt
-    except OSError as e:  # disk full, permissions: the previous checkpoint is still whole
-        try:
+    except BaseException as e:  # disk full, permissions, Ctrl-C: the previous checkpoint is still whole
+        if os.path.lexists(tmp):
             os.remove(tmp)  # and no stray .tmp is left filling the disk
-        except OSError:
-            pass
-        raise CDLMError(f"cannot write checkpoint {path}: {e.strerror or e} (the previous one, if any, is intact)") from None
+        # torch reports a full disk as a RuntimeError of its zip writer, raised while it handles the OSError
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e.__context__, OSError) else None
+        if cause is None and not isinstance(e, RuntimeError):
+            raise
+        why = cause.strerror or str(cause) if cause is not None else f"{type(e).__name__}: {str(e)[:150]}"
+        raise CDLMError(f"cannot write checkpoint {path}: {why} (the previous one, if any, is intact)") from None
+
+
+def load_failure(e):
+    """What torch.load's error says of the file, without torch's advice to load it unsafely
+    (weights_only=False runs whatever code a pickle holds: never for a file that failed this)."""
+    text = str(e)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(\n\n|$)", text, re.S)
+    if found:
+        return f"it holds more than tensors and plain types, or is damaged ({found.group(1).strip()[:100]})"
+    return f"{type(e).__name__}: {text.split('. ')[0][:150]}"
 
 
 def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
@@ -397,8 +411,8 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise CDLMError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e)[:200]}; make it again "
-                        f"(train.py with --init_from=scratch, or =teacher for a student) or give another --{option}")
+        raise CDLMError(f"cannot read checkpoint {path}: {load_failure(e)}; make it again (train.py with "
+                        f"--init_from=scratch, or =teacher for a student) or give another --{option}")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or not isinstance(ckpt["config"], dict) \
             or not isinstance(ckpt["model"], dict) or not all(torch.is_tensor(t) for t in ckpt["model"].values()) \
             or not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["sampling"], dict):

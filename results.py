@@ -146,7 +146,9 @@ def check_speedups(path, bench, fix):
     """Every stored speedup is what the same file's timings give (ratios): the median of the
     per-round ratios where the file keeps the rounds (each median then their median too); in a file
     without rounds, within a factor 1.25 of the ratio of the medians (medians of 3 rounds: up to 17%
-    apart in the committed files). An edited ratio, or an edited timing, is named."""
+    apart in the committed files). A method's faster-path figures (bench.py's `fastest`) must be its
+    faster path's, and its speedups those of each side's faster path. An edited ratio, or an edited
+    timing, is named."""
     paths = {}  # (method, "" or "compiled."): its figures, each path timed against the same path
     for name, r in bench.items():
         for at, mine in (("", r), ("compiled.", r.get("compiled"))):
@@ -159,24 +161,44 @@ def check_speedups(path, bench, fix):
                         and math.isclose(statistics.median(v), mine.get(k, -1), rel_tol=1e-9)):
                     raise CDLMError(f"{path}: field bench.{name}.{at}{k}={mine.get(k)!r} is not the median of its "
                                     f"rounds {v!r}; {fix}")
+
+    def check(field, stored, name, mine, b, base, k, f):  # one speedup against the timings it comes from
+        if not (k in base and k in mine):
+            raise CDLMError(f"{path}: field {field}: the timings it comes from ({k} of {name} and {b}) are not in "
+                            f"the file; {fix}")
+        rounds = [(p.get("rounds") or {}).get(k) for p in (mine, base)]
+        if all(isinstance(x, list) for x in rounds) and len(rounds[0]) == len(rounds[1]):
+            want, tol = statistics.median(f(a, c) for a, c in zip(*rounds)), 1e-6
+        else:
+            want, tol = f(mine[k], base[k]), 0.25
+        if not isinstance(stored, (int, float)) or stored <= 0 or abs(math.log(stored / want)) > math.log1p(tol):
+            raise CDLMError(f"{path}: field {field}={stored!r} is not what the file's timings give ({want:.4g}, "
+                            f"from {k} of {name} and {b}); {fix}")
+
     for (name, at), mine in paths.items():
         for b in ("dlm", "dlm_stop"):
-            base = paths.get((b, at), {})
             for w, (k, f) in SPEEDUP_OF.items():
                 key = f"speedup_{w}_vs_{b}"
-                if key not in mine:
-                    continue
-                if not (k in base and k in mine):
-                    raise CDLMError(f"{path}: field bench.{name}.{at}{key}: the timings it comes from ({k} of {name} "
-                                    f"and {b}) are not in the file; {fix}")
-                rounds = [(p.get("rounds") or {}).get(k) for p in (mine, base)]
-                if all(isinstance(x, list) for x in rounds) and len(rounds[0]) == len(rounds[1]):
-                    want, tol = statistics.median(f(a, c) for a, c in zip(*rounds)), 1e-6
-                else:
-                    want, tol = f(mine[k], base[k]), 0.25
-                if mine[key] <= 0 or abs(math.log(mine[key] / want)) > math.log1p(tol):
-                    raise CDLMError(f"{path}: field bench.{name}.{at}{key}={mine[key]:.4g} is not what the file's "
-                                    f"timings give ({want:.4g}, from {k} of {name} and {b}); {fix}")
+                if key in mine:
+                    check(f"bench.{name}.{at}{key}", mine[key], name, mine, b, paths.get((b, at), {}), k, f)
+    faster = {}  # (method, measure): the path its fastest record names, checked to be the faster one
+    for name, r in bench.items():
+        fast = r.get("fastest") if isinstance(r, dict) else None
+        for w, (k, f) in SPEEDUP_OF.items() if isinstance(fast, dict) else ():
+            at = {"eager": "", "compiled": "compiled."}.get(fast.get(f"{w}_path"))
+            other = paths.get((name, "compiled." if at == "" else ""), {})
+            if at is None or (name, at) not in paths or fast.get(k) != paths[name, at].get(k) or \
+                    (k in other and f(other[k], paths[name, at][k]) > 1):
+                raise CDLMError(f"{path}: field bench.{name}.fastest.{k}={fast.get(k)!r} is not the figure of "
+                                f"{name}'s faster path; {fix}")
+            faster[name, w] = paths[name, at]
+    for name, r in bench.items():
+        for w, (k, f) in SPEEDUP_OF.items():
+            for b in ("dlm", "dlm_stop"):
+                key = f"speedup_{w}_vs_{b}"
+                if (name, w) in faster and key in r["fastest"]:
+                    check(f"bench.{name}.fastest.{key}", r["fastest"][key], name, faster[name, w], b,
+                          faster.get((b, w), {}), k, f)
 
 
 def spread(xs, unit, digits=1):
@@ -251,7 +273,8 @@ def report(task, results_dir, variants=()):
         raise CDLMError(f"option results_dir={results_dir!r} {what}: give the folder of the results files (results)")
     files = read_results(task, results_dir)
     runs = [r for _, r in files.seeds]
-    lines = []
+    lines = [] if runs else [f"{task}: no seed files (seed<N>.json) in {results_dir}/{task}/ yet: no headline table "
+                             f"(python demo.py --task={task} makes them)"]
     if runs:
         r0 = runs[0]
         n, chance = r0["num_eval"], r0["bench_settings"]["chance"]
@@ -290,7 +313,7 @@ def report(task, results_dir, variants=()):
                          f"{spread([100 * r['whole_acc'] for r in rs], '%')} | {spread([r['nfe'] for r in rs], '', 2)} | "
                          f"{len(rs)} |")
     lines += frontier(task, results_dir)
-    return "\n".join(lines) if lines else f"no results for {task} in {results_dir}/ yet"
+    return "\n".join(lines)
 
 
 # the student's frontier: results_dir/<task>/frontier/<run>_seed<N>.json, one student run each, its
@@ -369,6 +392,7 @@ def stored_report(path, methods):
         if isinstance(gen_len, int) and row["nfe"] > gen_len:  # every pass finalizes at least one token
             raise CDLMError(f"{path}: field methods.{name}.nfe={row['nfe']:g} is above gen_len={gen_len}: a decode "
                             f"finalizes at least one token a pass; {fix}")
+    check_speedups(path, r["methods"], fix)  # no ratio printed that its own timings contradict
     return r
 
 

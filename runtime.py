@@ -194,14 +194,24 @@ def check_writable(path, what):
     Under torchrun only rank 0 writes files, so only rank 0 checks."""
     if int(os.environ.get("RANK", 0)) != 0:
         return
+    up = os.path.abspath(path)
+    while not os.path.lexists(up):  # the nearest part of the path that exists must be a folder
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        named = "is" if up == os.path.abspath(path) else f"sits in {up!r}, which is"
+        raise CDLMError(f"{what} {path!r} {named} a file, not a folder: give a folder")
+    probe = os.path.join(path, f".write_test_{os.getpid()}")
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test_{os.getpid()}")
         with open(probe, "wb") as f:
             f.write(b"ok")
-        os.remove(probe)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk shows here, not at close
     except OSError as e:
-        raise CDLMError(f"{what} {path!r} is not writable: {e.strerror or e}")
+        raise CDLMError(f"{what} {path!r} is not writable: {e.strerror or e}") from None
+    finally:
+        if os.path.lexists(probe):
+            os.remove(probe)  # even when the write failed: no stray probe on a full disk
 
 
 def check_file_writable(path, what):

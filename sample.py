@@ -445,7 +445,7 @@ def main(argv):
         print(json.dumps({"final_acc": ev.final_acc, "whole_acc": ev.whole_acc, "chance": ev.chance,
                           "n": len(rows), "nfe": ev.nfe}))
         return
-    ids = encode_prompt(tok, cfg["prompt"], meta["prompt_len"])
+    ids = encode_prompt(tok, cfg["prompt"], meta)
     on_step = None
     if cfg["show"]:
         print(STEP_LEGEND)

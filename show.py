@@ -80,7 +80,7 @@ def trace(model, meta, prompt, settings):
 def compare(cfg, models, meta, tok):
     """Every method on one prompt: a list of dict(name, about, block_size, cache, threshold, frames, answer)."""
     device = next(iter(models.values()))[0].lm_head.weight.device
-    prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], meta["prompt_len"])], device=device)
+    prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], meta)], device=device)
     runs = []
     threshold = models["student"][2].threshold if "student" in models else 0.9
     def measured(dep, s):  # the tokens per step of a method another depends on, on this prompt
@@ -294,7 +294,7 @@ def confidence_view(cfg, models, meta, tok):
     Without --state the state is chosen by pick_state's rule."""
     device = next(iter(models.values()))[0].lm_head.weight.device
     P, L = meta["prompt_len"], meta["gen_len"]
-    prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], P)], device=device)
+    prompt = torch.tensor([encode_prompt(tok, cfg["prompt"], meta)], device=device)
     bs, threshold = models["student"][0].cfg.block_size, models["student"][2].threshold
     lines = []
     if cfg["state"] is None:

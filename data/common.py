@@ -259,7 +259,10 @@ def check_meta(meta, path, fix):
     need(isinstance(meta.get("settings", {}), dict), "settings")
     need(isinstance(meta.get("task"), str) and re.fullmatch(r"[a-z_][a-z0-9_]*", meta["task"]), "task")
     if meta["tokenizer"] == "char":
-        need(isinstance(meta.get("chars"), str) and len(meta["chars"]) + 3 == meta["vocab_size"], "chars")
+        need(isinstance(meta.get("chars"), str), "chars")
+        if len(meta["chars"]) + 3 != meta["vocab_size"]:  # either may be the edited one: name both
+            raise CDLMError(f"{path}: fields chars and vocab_size disagree ({len(meta['chars'])} characters and 3 "
+                            f"special tokens make {len(meta['chars']) + 3}, not vocab_size={meta['vocab_size']}); {fix}")
     if meta["tokenizer"] == "bpe":
         bpe = meta.get("bpe")
         need(isinstance(bpe, dict) and isinstance(bpe.get("pattern"), str) and isinstance(bpe.get("alphabet"), str)
@@ -382,14 +385,19 @@ def file_hash(path):
     return _HASHED[key]
 
 
-def encode_prompt(tok, text, prompt_len):
-    """Encode a prompt and pad it on the right to prompt_len; clear error if it does not fit."""
+def encode_prompt(tok, text, meta):
+    """Encode a prompt and pad it on the right to the data's prompt_len; clear error if it is not of
+    the task's form (PROMPT_FORM in data/<task>/prepare.py: an answer to it would be a guess) or
+    does not fit."""
     if text is None:  # none given, and the task names no example_prompt
         raise CDLMError("option prompt: none given, and the data's task names no EXAMPLE_PROMPT: give --prompt")
+    form = getattr(task_module(meta), "PROMPT_FORM", None) if meta.get("task") in tasks() else None
+    if form is not None and not re.fullmatch(form[0], text):
+        raise CDLMError(f"option prompt={text!r} is not a problem of task {meta['task']}: expected {form[1]}")
     ids = tok.encode(text)
-    if len(ids) > prompt_len:
-        raise CDLMError(f"prompt {text!r} has {len(ids)} tokens, more than prompt_len={prompt_len}")
-    return ids + [tok.pad_id] * (prompt_len - len(ids))
+    if len(ids) > meta["prompt_len"]:
+        raise CDLMError(f"prompt {text!r} has {len(ids)} tokens, more than prompt_len={meta['prompt_len']}")
+    return ids + [tok.pad_id] * (meta["prompt_len"] - len(ids))
 
 
 def encode_state(tok, text, mask_id, gen_len, option="state"):

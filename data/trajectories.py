@@ -193,6 +193,8 @@ def reuse(out_dir, set_id, settings, specs, meta, replace=False):
     found = read_json_or_none(os.path.join(out_dir, "meta.json"))
     if live is None and isinstance(found, dict) and "splits" in found:  # never written over
         raise CDLMError(f"option out_dir={out_dir!r} holds a prepared dataset (its meta.json): give another directory")
+    if live is None and os.path.isfile(os.path.join(out_dir, "ckpt.pt")):  # a trajectory set never sits beside one
+        raise CDLMError(f"option out_dir={out_dir!r} holds a checkpoint (ckpt.pt): give another directory")
     d = os.path.join(out_dir, set_id)
     prog = os.path.join(d, "progress.json")
     if os.path.isfile(prog) and sizes_match(d, specs):

@@ -209,7 +209,11 @@ def test_a_results_file_with_impossible_figures_is_refused(tmp_path):
     for where, words in ((tmp_path / "nowhere", "does not exist"), (seed2, "is a file, not a directory")):  # 449, 450
         refused(demo.main, ["--report", f"--results_dir={where}"], f"option results_dir='{where}' {words}")
     (tmp_path / "empty").mkdir()  # a folder without this task's files is a report of none yet
-    assert "no results for arithmetic" in results.report("arithmetic", str(tmp_path / "empty"))
+    assert "arithmetic: no seed files" in results.report("arithmetic", str(tmp_path / "empty"))
+    shutil.rmtree(here)  # the seed files gone, the ablation kept: its table, and a note that the headline is missing
+    shutil.copytree(os.path.join(ROOT, "results/arithmetic/ablation"), here / "ablation")
+    text = results.report("arithmetic", str(res), demo.ABLATIONS)
+    assert text.startswith("arithmetic: no seed files (seed<N>.json)") and "ablation: students of" in text
 
 
 def test_a_commit_record_whose_sizes_and_shapes_disagree_names_both(tmp_path):

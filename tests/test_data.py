@@ -70,8 +70,8 @@ def test_tokenizer_round_trip_and_bad_characters():
     with pytest.raises(CDLMError, match="'x' at position 2"):
         tok.encode("1+x")
     with pytest.raises(CDLMError, match="more than prompt_len"):
-        encode_prompt(tok, "1:+2+3=", 4)
-    assert encode_prompt(tok, "1=", 4)[2:] == [tok.pad_id, tok.pad_id]
+        encode_prompt(tok, "1:+2+3=", dict(prompt_len=4))
+    assert encode_prompt(tok, "1=", dict(prompt_len=4))[2:] == [tok.pad_id, tok.pad_id]
 
 
 def test_vocabulary_is_saved_with_the_data(tmp_path):

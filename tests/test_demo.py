@@ -108,7 +108,7 @@ def test_jobs_run_side_by_side_and_a_failure_names_its_log(tmp_path, monkeypatch
     demo.run_jobs([["--report", f"--results_dir={tmp_path}"], ["--report", "--task=wordproblems",
                                                                f"--results_dir={tmp_path}"]], 2, logs)
     texts = sorted(open(os.path.join(logs, f)).read() for f in os.listdir(logs))
-    assert len(texts) == 2 and all("no results for" in t for t in texts)
+    assert len(texts) == 2 and all("no seed files" in t for t in texts)
     with pytest.raises(demo.CDLMError, match=r"a job failed \(exit 2\): see .*jobs-0.log"):
         demo.run_jobs([["--jobs=0"]], 2, logs)
 

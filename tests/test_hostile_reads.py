@@ -24,7 +24,7 @@ from configurator import CDLMError
 from data.arithmetic import prepare as arith
 from data.trajectories import load_trajectories
 from results import read_results
-from runtime import lock, reading
+from runtime import check_writable, lock, reading
 
 
 def test_a_folder_a_run_reads_is_not_rewritten_under_it(tmp_path, data_dir):
@@ -175,3 +175,100 @@ def test_the_scale_study_round_trips_through_its_table(tmp_path):
     report["scale"]["rows"]["48/8 1x32"]["cdlm_vs_dlm_latency"] = -1
     (tmp_path / "s.json").write_text(json.dumps(report))
     refused(bench.main, [f"--table={tmp_path / 's.json'}"], "cdlm_vs_dlm_latency")
+
+
+# -----------------------------------------------------------------------------
+# the fourth probe: a report's ratios, a full disk, outputs that are files, prompts and edits
+
+def test_a_bench_report_whose_ratios_its_timings_contradict_is_refused(tmp_path):
+    src = json.load(open(os.path.join(ROOT, "results", "arithmetic", "rounds_floor_2threads.json")))
+
+    def faster_cdlm(m):  # its latency and every round a tenth, its speedups left as they were
+        m["cdlm"]["latency_ms"] /= 10
+        m["cdlm"]["rounds"]["latency_ms"] = [x / 10 for x in m["cdlm"]["rounds"]["latency_ms"]]
+    for edit, words in ((faster_cdlm, "field bench.cdlm.speedup_latency_vs_dlm="),
+                        (lambda m: m["cdlm"].update(speedup_latency_vs_dlm=50.0), "speedup_latency_vs_dlm=50.0"),
+                        (lambda m: m["cdlm"]["compiled"].update(speedup_throughput_vs_dlm=30.0),
+                         "compiled.speedup_throughput_vs_dlm=30.0"),
+                        (lambda m: m["cdlm"]["fastest"].update(speedup_latency_vs_dlm=50.0),
+                         "fastest.speedup_latency_vs_dlm=50.0"),
+                        (lambda m: m["cdlm"]["fastest"].update(latency_ms=5.0), "fastest.latency_ms=5.0"),
+                        (lambda m: m["cdlm"]["fastest"].update(latency_path="eager", latency_ms=m["cdlm"]["latency_ms"]),
+                         "is not the figure of cdlm's faster path")):
+        r = json.loads(json.dumps(src))
+        edit(r["methods"])
+        (tmp_path / "r.json").write_text(json.dumps(r))
+        refused(bench.main, [f"--table={tmp_path / 'r.json'}"], words, "rerun the bench that wrote it")
+    (tmp_path / "r.json").write_text(json.dumps(src))
+    bench.main([f"--table={tmp_path / 'r.json'}"])  # as committed: printed
+
+
+def test_a_real_full_disk_during_a_checkpoint_save(tmp_path):
+    """torch reports a full disk as a RuntimeError of its zip writer raised while it handles the
+    OSError: one line, and no .tmp left. A real 64 kB tmpfs where the machine lets us mount one."""
+    from model import save_checkpoint
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.system(f"mount -t tmpfs -o size=64k tmpfs {disk} 2>/dev/null") != 0:
+        pytest.skip("no tmpfs can be mounted here (not root): test_a_full_disk_while_a_checkpoint_is_saved injects it")
+    try:
+        with pytest.raises(CDLMError, match="No space left on device") as e:
+            save_checkpoint({"w": torch.zeros(100_000)}, str(disk / "ckpt.pt"))
+        assert "\n" not in str(e.value) and os.listdir(disk) == []
+        (disk / "fill").write_bytes(b"\0" * (64 << 10))  # the disk full before the run: the probe file goes too
+        with pytest.raises(CDLMError, match="not writable: No space left on device"):
+            check_writable(str(disk / "run"), "option out_dir")
+        assert os.listdir(disk / "run") == []
+    finally:
+        os.system(f"umount {disk}")
+
+
+def test_an_output_folder_that_is_a_file_is_named_so(tmp_path, data_dir, monkeypatch):
+    import errno
+    (tmp_path / "f").write_text("x")
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'f'}"], "option out_dir",
+            "is a file, not a folder")
+    refused(arith.main, [f"--out_dir={tmp_path / 'f' / 'sub'}"], f"sits in '{tmp_path / 'f'}', which is a file")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)  # the disk fills as the probe file is written: it is removed
+    with pytest.raises(CDLMError, match="is not writable: No space left on device"):
+        check_writable(str(tmp_path / "run"), "option out_dir")
+    assert os.listdir(tmp_path / "run") == []
+
+
+def test_collect_refuses_a_checkpoint_folder(tmp_path, teacher_dir):
+    other = tmp_path / "another_run"  # another run's checkpoint: a trajectory set never sits beside one
+    other.mkdir()
+    shutil.copy(os.path.join(teacher_dir, "ckpt.pt"), other)
+    with pytest.raises(CDLMError, match="holds a checkpoint \\(ckpt.pt\\): give another directory"):
+        collect_into(other, teacher_dir, replace=False)
+    assert sorted(n for n in os.listdir(other) if not n.startswith(".")) == ["ckpt.pt"]
+
+
+def test_a_word_problem_prompt_of_another_form_is_refused():
+    ref = os.path.join(ROOT, "ref", "wordproblems", "student")
+    refused(sample.main, [f"--out_dir={ref}", "--prompt=Omar owns 3 apples."], "option prompt='Omar owns 3 apples.'",
+            "How many <items> does <name> have now?")
+
+
+def test_an_edited_vocab_size_names_both_fields(tmp_path, data_dir):
+    d = tmp_path / "data"
+    shutil.copytree(data_dir, d)
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "vocab_size": meta["vocab_size"] + 1}))
+    refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], "fields chars and vocab_size disagree",
+            f"not vocab_size={meta['vocab_size'] + 1}")
+
+
+def test_a_list_in_brackets_without_quotes_is_a_list():
+    assert train.config["traj_dirs"].parse("[out/a, out/b]") == ["out/a", "out/b"]  # the shell ate the quotes
+    assert train.config["traj_dirs"].parse("out/a,out/b") == train.config["traj_dirs"].parse("['out/a', 'out/b']")
+
+
+def test_an_unreadable_checkpoint_is_not_told_to_be_loaded_unsafely(tmp_path):
+    (tmp_path / "ckpt.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    msg = refused(sample.main, [f"--out_dir={tmp_path}", "--prompt=5:+3="], f"cannot read checkpoint {tmp_path}/ckpt.pt",
+                  "make it again")
+    assert "weights_only" not in msg and "Re-running" not in msg

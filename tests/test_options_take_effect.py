@@ -87,7 +87,7 @@ def test_show_takes_the_tasks_own_prompt_and_names_the_odd_checkpoint_out(capsys
     from data.common import encode_prompt, example_prompt
     assert example_prompt(dict(task="a task of another checkout")) is None
     with pytest.raises(CDLMError, match="option prompt: none given"):
-        encode_prompt(None, None, 21)
+        encode_prompt(None, None, dict(prompt_len=21))
     arith = [f"--checkpoints={ref('arithmetic')}"]
     refused(show.main, arith + [f"--student_dir={ref('wordproblems', 'student')}", "--methods=cdlm"],
             "--student_dir", "other data than --checkpoints")

@@ -156,8 +156,10 @@ def cli(argv, capsys):
 
 
 def test_cli_errors(tmp_path, teacher_dir, capsys):
-    assert "'x' at position 1" in cli([f"--out_dir={teacher_dir}", "--prompt=1x2="], capsys)
-    assert "more than prompt_len" in cli([f"--out_dir={teacher_dir}", "--prompt=" + "1+" * 20 + "1="], capsys)
+    for bad in ("1x2=", "5:+3*7", "5:+3*=", "5:+3*7=x"):  # not a problem of the task: an answer would be a guess
+        assert f"option prompt='{bad}' is not a problem of task arithmetic" in cli([f"--out_dir={teacher_dir}",
+                                                                                  f"--prompt={bad}"], capsys)
+    assert "more than prompt_len" in cli([f"--out_dir={teacher_dir}", "--prompt=1:" + "+1" * 20 + "="], capsys)
     assert "no checkpoint" in cli([f"--out_dir={tmp_path}", "--prompt=1:+2="], capsys)
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
     assert "cannot read checkpoint" in cli([f"--out_dir={tmp_path}", "--prompt=1:+2="], capsys)
