@@ -189,17 +189,19 @@ def set_rng_state(state, np_rng, gen):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def check_writable(path, what):
-    """Make the directory path and prove a file can be written there, before any work is done.
-    Under torchrun only rank 0 writes files, so only rank 0 checks."""
+def check_writable(path, what, shown=None):
+    """Make the directory path and prove a file can be written there, before any work is done; an
+    error names `shown` (a file output's own path) or path. Under torchrun only rank 0 writes files,
+    so only rank 0 checks."""
     if int(os.environ.get("RANK", 0)) != 0:
         return
     up = os.path.abspath(path)
     while not os.path.lexists(up):  # the nearest part of the path that exists must be a folder
         up = os.path.dirname(up)
+    shown = shown or path
     if not os.path.isdir(up):
-        named = "is" if up == os.path.abspath(path) else f"sits in {up!r}, which is"
-        raise CDLMError(f"{what} {path!r} {named} a file, not a folder: give a folder")
+        named = "is" if up == os.path.abspath(shown) else f"sits in {up!r}, which is"
+        raise CDLMError(f"{what} {shown!r} {named} a file, not a folder: give a folder")
     probe = os.path.join(path, f".write_test_{os.getpid()}")
     try:
         os.makedirs(path, exist_ok=True)
@@ -208,7 +210,7 @@ def check_writable(path, what):
             f.flush()
             os.fsync(f.fileno())  # a full disk shows here, not at close
     except OSError as e:
-        raise CDLMError(f"{what} {path!r} is not writable: {e.strerror or e}") from None
+        raise CDLMError(f"{what} {shown!r} is not writable: {e.strerror or e}") from None
     finally:
         if os.path.lexists(probe):
             os.remove(probe)  # even when the write failed: no stray probe on a full disk
@@ -225,7 +227,7 @@ def check_file_writable(path, what):
     if os.path.lexists(path) and not os.access(path, os.W_OK):
         raise CDLMError(f"{what} {path!r} is write-protected: this run would replace it; make it writable or "
                         f"write elsewhere")
-    check_writable(os.path.dirname(os.path.abspath(path)), f"the directory of {what}")
+    check_writable(os.path.dirname(os.path.abspath(path)), what, shown=path)
 
 
 def option_paths(d):

@@ -118,11 +118,12 @@ def test_prepare_refuses_impossible_settings_before_drawing(tmp_path):
 def test_unwritable_outputs_fail_before_work(tmp_path, data_dir, teacher_dir, student_dir, ar_dir):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={blocker}/run"], "out_dir", "not writable")
-    refused(collect.main, [f"--teacher_dir={teacher_dir}", f"--out_dir={blocker}/t", "--device=cpu"], "not writable")
+    file = f"sits in '{blocker}', which is a file, not a folder"  # an output under a file: the true reason
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={blocker}/run"], "out_dir", file)
+    refused(collect.main, [f"--teacher_dir={teacher_dir}", f"--out_dir={blocker}/t", "--device=cpu"], file)
     refused(bench.main, [f"--teacher_dir={teacher_dir}", f"--student_dir={student_dir}", f"--ar_dir={ar_dir}",
-                         f"--out_path={blocker}/b.json", "--device=cpu"], "out_path", "not writable")
-    refused(arith.main, [f"--out_dir={blocker}/d"], "out_dir", "not writable")
+                         f"--out_path={blocker}/b.json", "--device=cpu"], "out_path", file)
+    refused(arith.main, [f"--out_dir={blocker}/d"], "out_dir", file)
 
 
 # -----------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_outputs_that_are_one_file_or_not_a_file(tmp_path, teacher_dir, student_
 
 def test_the_report_checks_its_picture_before_printing(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    refused(demo.main, ["--report", f"--png={tmp_path / 'file' / 'f.png'}"], "option png", "not writable")
+    refused(demo.main, ["--report", f"--png={tmp_path / 'file' / 'f.png'}"], "option png", "which is a file, not a folder")
     assert capsys.readouterr().out == ""
 
 
