@@ -24,7 +24,8 @@ from runtime import (autocast, code_version, compiled, holding, machine_info, pi
                      refuse_overlap)
 from model import ROLES, read_checkpoint
 from render import PNG
-from results import REPORT, ratios, stored_report, table
+from results import ratios
+from tables import REPORT, stored_report, table
 from roofline import (PLOTS, answer_tokens, decode_cost, passes_per_block, plots, predict, probe_machine, profile_decode,
                       scale_plot, scale_study, timed_decode)
 from sample import DEFAULT_DECODING, DecodeSettings, evaluate, load_for_decoding

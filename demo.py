@@ -37,10 +37,10 @@ from data.common import METRICS, atomic_write_json, checkpoint_data, load_split,
 from data.trajectories import live_set_ids
 from model import load_model, read_checkpoint
 from render import PNG, check_matplotlib, frontier_png
-from results import (ablation_path, against, read_frontier, read_results, report, seed_path, slug, table,
-                     teacher_steps_per_block)
+from results import ablation_path, against, read_frontier, read_results, report, seed_path, slug, teacher_steps_per_block
 from runtime import (THREADS, check_compiler, check_file_writable, check_output, check_writable, code_version, cpu_threads, lock,
                      machine_info, pick_device)
+from tables import table
 
 # every task's defaults: arithmetic's presets (a bench needs none)
 PRESETS = dict(teacher="config/train_teacher.py", collect="config/collect.py", student="config/train_student.py",

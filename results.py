@@ -1,9 +1,9 @@
 """
-The results files and their tables: bench.py's tables of one report (`table`; `bench.py --table`
-prints a stored one), where `demo.py` writes each run's figures (one small JSON per seed, one per
-ablation student, under results/<task>/), what each holds (checked on every read), and what is
-printed from them: RESULTS.md's tables (`python demo.py --report`) and a new run placed against the
-committed ones (`against`).
+The results files and their tables: where `demo.py` writes each run's figures (one small JSON per
+seed, one per ablation student, under results/<task>/; the frontier's runs), what each holds
+(checked on every read), and what is printed from them: RESULTS.md's tables (`python demo.py
+--report`) and a new run placed against the committed ones (`against`). One bench report's tables
+are tables.py's.
 """
 import math
 import os
@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from configurator import SEED, CDLMError, Float, Int, Str
 from data.common import METRICS, Each, check_fields, read_json
-from runtime import THREADS, Output
+from runtime import THREADS
 
 # the headline figures: (label, method or teacher steps, field); accuracies are shares, both metrics
 # (teacher_steps' keys are tokens per step; 'block' is the largest, one step per block, whatever the block size)
@@ -365,181 +365,3 @@ def frontier(task, results_dir):
                          f"{spread([100 * p['final_acc'] for p in ps], '%')} | {spread([p['nfe'] for p in ps], '', 2)} | "
                          f"{len(ps)} |")
     return lines
-
-
-# -----------------------------------------------------------------------------
-# one bench report
-
-def stored_report(path, methods):
-    """A bench report read back for table(): bench.py's own file, the bench part of demo.py's seed file,
-    or a scale study (bench.py --scale); each row one of `methods`, its figures ones a bench can measure."""
-    r = read_json(path, "option table")
-    if isinstance(r, dict) and "scale" in r:
-        return check_fields(r, SCALE_FILE, path, f"option table={path!r}: rerun the scale study that wrote it")
-    if isinstance(r, dict) and "bench" in r:
-        r = dict(methods=r["bench"], settings=r.get("bench_settings"), machine=r.get("bench_machine"))
-    if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine"))):
-        raise CDLMError(f"option table={path!r}: not a bench report (no methods, settings and machine)")
-    fix = f"option table={path!r}: rerun the bench that wrote it"
-    if not r["methods"]:
-        raise CDLMError(f"{path}: field methods is empty: no method was measured; {fix}")
-    gen_len = r["settings"].get("gen_len")
-    for name, row in r["methods"].items():
-        if name not in methods:
-            raise CDLMError(f"{fix}: its row {name!r} is no method of bench.py ({', '.join(methods)})")
-        row = check_fields(row, BENCH_ROW, f"{path}: methods.{name}", fix)
-        check_scores(path, row, f"methods.{name}.", fix)
-        if isinstance(gen_len, int) and row["nfe"] > gen_len:  # every pass finalizes at least one token
-            raise CDLMError(f"{path}: field methods.{name}.nfe={row['nfe']:g} is above gen_len={gen_len}: a decode "
-                            f"finalizes at least one token a pass; {fix}")
-    check_speedups(path, r["methods"], fix)  # no ratio printed that its own timings contradict
-    return r
-
-
-BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "(0, inf)"),
-             "latency_ms": Float(1, "(0, inf)"), "throughput_tok_s": Float(1, "(0, inf)")}
-
-
-def is_report(path):
-    """Whether path holds a bench report as bench.py writes it: an object whose methods, settings,
-    machine and config are objects, or a scale study's (scale, machine and config)."""
-    try:
-        r = read_json(path, "")
-    except CDLMError:
-        return False
-    return isinstance(r, dict) and any(all(isinstance(r.get(k), dict) for k in keys) for keys in
-                                       (("methods", "settings", "machine", "config"), ("scale", "machine", "config")))
-
-
-REPORT = Output(".json", "a bench report (an object with methods, settings, machine and config)", is_report)
-
-
-def table(report):
-    if "scale" in report:
-        return scale_table(report)
-    m, s = report["machine"], report["settings"]
-    where = f"{m['device']}" + (f" ({m['gpu']})" if m.get("gpu") else "") + f", {m['dtype']}, torch {m['torch']}"
-    vs = lambda r, base: (f"{r[f'speedup_latency_vs_{base}']:.1f}x / {r[f'speedup_throughput_vs_{base}']:.1f}x"
-                          if f"speedup_latency_vs_{base}" in r else "-")
-    lines = [f"{s['num_eval']} {s['split']} problems of {s['data_dir']} on {where}; measured peaks "
-             f"{m['peak_gflops']:.0f} GFLOP/s, {m['peak_gb_s']:.1f} GB/s; a guess (the most frequent answer) "
-             f"scores {100 * s['chance']['final_acc']:.1f}% on the final answer, "
-             f"{100 * s['chance']['whole_acc']:.1f}% on the whole", "",
-             "| method | final answer | whole answer | NFE | tokens/step | latency (ms, batch 1) | throughput (tok/s, batch "
-             f"{s['batch_size']}) | vs dlm (latency / throughput) | vs dlm_stop |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in report["methods"].items():
-        differ = next((f" ({100 * v:.1f}% differ)" for k, v in r.items() if k.startswith("differs_from_")), "")
-        lines.append(f"| {name} | {100 * r['final_acc']:.1f}% | {100 * r['whole_acc']:.1f}%{differ} | {r['nfe']:.1f} | {r['tokens_per_step']:.2f} | "
-                     f"{r['latency_ms']:.1f} | {r['throughput_tok_s']:,.0f} | {vs(r, 'dlm')} | {vs(r, 'dlm_stop')} |")
-    if any("compiled" in r for r in report["methods"].values()):
-        lines += ["", "| under torch.compile | latency (ms, batch 1) | throughput (tok/s) | vs dlm (latency / throughput) "
-                      "| vs dlm_stop | first calls (s, compile included) | answers that differ from eager |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, r in report["methods"].items():
-            c = r.get("compiled")
-            if c:
-                lines.append(f"| {name} | {c['latency_ms']:.1f} | {c['throughput_tok_s']:,.0f} | {vs(c, 'dlm')} | "
-                             f"{vs(c, 'dlm_stop')} | {c['compile_s']:.1f} | {100 * c['differs_from_eager']:.1f}% |")
-    if any("fastest" in r for r in report["methods"].values()):
-        lines += ["", "| each on its faster path | latency (ms, batch 1) | throughput (tok/s) | vs dlm (latency / throughput) "
-                      "| vs dlm_stop |", "|---|---|---|---|---|"]
-        for name, r in report["methods"].items():
-            f = r["fastest"]
-            lines.append(f"| {name} | {f['latency_ms']:.1f} {f['latency_path']} | {f['throughput_tok_s']:,.0f} "
-                         f"{f['throughput_path']} | {vs(f, 'dlm')} | {vs(f, 'dlm_stop')} |")
-    lines += predicted_table(report)
-    slower = [f"{name} compiled is slower than eager at {what} ({c[key]:,.{d}f} against {r[key]:,.{d}f} {unit})"
-              for name, r in report["methods"].items() if "latency_ms" in r.get("compiled", {}) for c in [r["compiled"]]
-              for what, key, worse, d, unit in (("batch 1", "latency_ms", 1, 1, "ms"),
-                                                (f"batch {s['batch_size']}", "throughput_tok_s", -1, 0, "tok/s"))
-              if worse * (c[key] - r[key]) > 0]
-    if slower:  # a ratio is fair when each side runs its faster path
-        fair = any("fastest" in r for r in report["methods"].values())
-        lines += ["", "note: " + "; ".join(slower) + (". The faster-path table takes the faster one for each." if fair
-                                                     else ". The compiled ratios above take it as it is.")]
-    lines += ["", "| method | MFLOP per token | KB moved per token | FLOP/byte | achieved GFLOP/s | % of peak |",
-              "|---|---|---|---|---|---|"]
-    for name, r in report["methods"].items():
-        lines.append(f"| {name} | {r['flops_per_token'] / 1e6:.2f} | {r['bytes_per_token'] / 1e3:.0f} | "
-                     f"{r['arithmetic_intensity']:.1f} | {r['achieved_gflops']:.2f} | "
-                     f"{100 * r['achieved_gflops'] / m['peak_gflops']:.1f}% |")
-    for name, pts in report.get("sweep", {}).items():
-        key = "block_size" if name.endswith("block_size") else "threshold"
-        lines += ["", f"| {name}: {key} | " + " | ".join(str(p[key]) for p in pts) + " |", "|---|" + "---|" * len(pts)]
-        for field, f in (("final_acc", lambda v: f"{100 * v:.1f}%"), ("whole_acc", lambda v: f"{100 * v:.1f}%"),
-                         ("nfe", "{:.1f}".format),
-                         ("latency_ms", "{:.1f}".format)):
-            lines.append(f"| {field.replace('_ms', ' (ms, batch 1)')} | " + " | ".join(f(p[field]) for p in pts) + " |")
-    if "profile" in report:
-        names = list(report["profile"])
-        lines += ["", "| where a decode's time goes (batch 1) | " + " | ".join(names) + " |",
-                  "|---|" + "---|" * len(names)]
-        for key in report["profile"][names[0]]:
-            lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(f"{report['profile'][n][key]:.2f}"
-                                                                      for n in names) + " |")
-    return "\n".join(lines)
-
-
-def predicted_table(report):
-    """Each method's timings predicted from its passes alone (roofline.predict) beside the measured
-    ones, and the cdlm-vs-dlm ratios they give: the ceiling with no time between passes."""
-    paths = [(name, path, r if path == "eager" else r["compiled"]) for name, r in report["methods"].items()
-             for path in ("eager", "compiled") if "predicted" in (r if path == "eager" else r.get("compiled", {}))]
-    if not paths:
-        return []
-    err = lambda p, m: f"{100 * (p / m - 1):+.0f}%"
-    lines = ["", "| from the passes alone | path | latency (ms, batch 1) | predicted | error | throughput (tok/s) "
-                 "| predicted | error |", "|---|---|---|---|---|---|---|---|"]
-    for name, path, r in paths:
-        p = r["predicted"]
-        lines.append(f"| {name} | {path} | {r['latency_ms']:.1f} | {p['latency_ms']:.1f} | {err(p['latency_ms'], r['latency_ms'])} "
-                     f"| {r['throughput_tok_s']:,.0f} | {p['throughput_tok_s']:,.0f} | "
-                     f"{err(p['throughput_tok_s'], r['throughput_tok_s'])} |")
-    lines += ["", "predicted: each pass shape of the decodes timed alone, summed; the error is the sampler and the "
-                  "Python between passes (a decode costs more than its passes), and the machine's noise"]
-    got = {(name, path): r for name, path, r in paths}
-    for path in ("eager", "compiled"):
-        if ("cdlm", path) in got and ("dlm", path) in got:
-            c, d = got["cdlm", path], got["dlm", path]
-            lat, thr = d["predicted"]["latency_ms"] / c["predicted"]["latency_ms"], \
-                c["predicted"]["throughput_tok_s"] / d["predicted"]["throughput_tok_s"]
-            measured = f"; measured {c['speedup_latency_vs_dlm']:.1f}x / {c['speedup_throughput_vs_dlm']:.1f}x" \
-                if "speedup_latency_vs_dlm" in c else ""
-            lines.append(f"cdlm vs dlm from the passes alone ({path}), the ceiling: {lat:.1f}x latency / "
-                         f"{thr:.1f}x throughput{measured}")
-    return lines
-
-
-# -----------------------------------------------------------------------------
-# the scale study (bench.py --scale)
-
-RATIO = Float(1.0, "(0, inf)")
-SCALE_ROW = dict(prompt_len=Int(1, "[1, inf)"), gen_len=Int(1, "[1, inf)"), block_size=Int(1, "[1, inf)"),
-                 n_layer=Int(1, "[1, inf)"), n_embd=Int(1, "[1, inf)"), params=Int(1, "[1, inf)"),
-                 dlm_pass_ms=Float(1.0, "(0, inf)"), cdlm_pass_ms=Float(1.0, "(0, inf)"),
-                 **{f"{me}_vs_{base}_{tag}": RATIO for me in ("cdlm", "cdlm_floor") for base in ("dlm", "ar")
-                    for tag in ("latency", "throughput")},
-                 **{f"cdlm_vs_{base}_flops": RATIO for base in ("dlm", "ar")})
-SCALE_FILE = dict(scale=dict(rows=Each(SCALE_ROW, r"[0-9]+/[0-9]+ [0-9]+x[0-9]+", at_least=1),
-                             per_block=Float(1.0, "[1, inf)"), tokens_per_pass=Float(1.0, "(0, inf)"),
-                             block_size=Int(1, "[1, inf)"), batch=Int(1, "[1, inf)")),
-                  machine=dict(cpu=Str(""), threads=Int(1, "[1, inf)")), config=dict(student_dir=Str("")))
-
-
-def scale_table(report):
-    """The scale study as bench.py --scale prints it: projected ratios at each size and shape."""
-    s, m = report["scale"], report["machine"]
-    lines = [f"random weights, eager float32 on {m['cpu']} ({m['threads']} threads); cdlm at {s['tokens_per_pass']:.2f} tokens "
-             f"per pass ({s['per_block']:.2f} passes per block of {s['block_size']}, measured on "
-             f"{report['config']['student_dir']}) and at the floor of 1 pass per block; batch 1 and {s['batch']}",
-             "", f"| answer / block | layers x width | params (M) | pass (ms, batch 1): dlm / cdlm | cdlm vs dlm: batch 1 "
-                 f"| batch {s['batch']} | FLOP ratio | at 1 pass per block: batch 1 / {s['batch']} | cdlm vs ar: batch 1 "
-                 f"| batch {s['batch']} |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in s["rows"].values():
-        lines.append(f"| {r['gen_len']} / {r['block_size']} | {r['n_layer']} x {r['n_embd']} | {r['params'] / 1e6:.1f} | "
-                     f"{r['dlm_pass_ms']:.2f} / {r['cdlm_pass_ms']:.2f} | "
-                     f"{r['cdlm_vs_dlm_latency']:.1f}x | {r['cdlm_vs_dlm_throughput']:.1f}x | {r['cdlm_vs_dlm_flops']:.1f}x | "
-                     f"{r['cdlm_floor_vs_dlm_latency']:.1f}x / {r['cdlm_floor_vs_dlm_throughput']:.1f}x | "
-                     f"{r['cdlm_vs_ar_latency']:.2f}x | {r['cdlm_vs_ar_throughput']:.2f}x |")
-    return "\n".join(lines)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import bench
-import results
+import tables
 from bench import METHODS, answer_tokens, decoded_tokens, ratios, run, timed_rounds, timings
 
 
@@ -52,12 +52,12 @@ def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
     assert prof["model_ms_per_answer"] > 0 and prof["ms_per_answer"] > 0 and prof["aten_ops_per_step"] > 10
     assert prof["passes_per_answer"] == pytest.approx(m["cdlm"]["nfe"], rel=0.5)
     # --table prints the stored report's tables again, from the file alone, and runs nothing
-    assert run({"table": str(out)}) is None and capsys.readouterr().out.strip() == results.table(saved)
+    assert run({"table": str(out)}) is None and capsys.readouterr().out.strip() == tables.table(saved)
     seed_file = tmp_path / "seed1.json"  # demo.py's seed file keeps the bench's parts under its own names
     seed_file.write_text(json.dumps(dict(bench=saved["methods"], bench_settings=saved["settings"],
                                          bench_machine=saved["machine"])))
     run({"table": str(seed_file)})
-    assert capsys.readouterr().out.strip() == results.table({k: saved[k] for k in ("methods", "settings", "machine")})
+    assert capsys.readouterr().out.strip() == tables.table({k: saved[k] for k in ("methods", "settings", "machine")})
 
 
 def test_table_refuses_what_is_not_a_bench_report(tmp_path):
@@ -108,16 +108,16 @@ def test_each_method_on_its_faster_path():
     assert f["speedup_latency_vs_dlm"] == 8.0 and f["speedup_throughput_vs_dlm"] == 22.0  # dlm eager, not compiled
     assert f["speedup_latency_vs_dlm_stop"] == 6.0
     assert bench.fastest(got, "dlm")["latency_path"] == "eager"
-    report = results.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS))
+    report = tables.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS))
     for r in report["methods"].values():
         r["fastest"] = dict(r, latency_path="eager", throughput_path="eager")
     report["methods"]["dlm"]["compiled"]["latency_ms"] = 200.0  # eager: 168.8
-    text = results.table(report)
+    text = tables.table(report)
     assert "| dlm | 168.8 eager | 479 eager |" in text
     assert "note: dlm compiled is slower than eager at batch 1 (200.0 against 168.8 ms); " in text
     assert "dlm_prefix_cache compiled is slower than eager at batch 64 (3,884 against 4,015 tok/s)" in text
     assert "The faster-path table takes the faster one for each." in text
-    plain = results.table(results.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS)))  # no faster-path figures stored
+    plain = tables.table(tables.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS)))  # no faster-path figures stored
     assert "| each on its faster path |" not in plain and "The compiled ratios above take it as it is." in plain
 
 
@@ -179,12 +179,12 @@ def test_cost_model_sums_the_decodes_passes(monkeypatch, student_dir, teacher_di
 
 
 def test_table_prints_predicted_beside_measured():
-    report = results.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS))
+    report = tables.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS))
     m = report["methods"]
     m["cdlm"]["predicted"] = dict(latency_ms=20.0, throughput_tok_s=4000.0)  # measured 25.6 eager
     m["dlm"]["predicted"] = dict(latency_ms=160.0, throughput_tok_s=400.0)
     m["cdlm"]["compiled"]["predicted"] = dict(latency_ms=10.0, throughput_tok_s=12000.0)
-    text = results.table(report)
+    text = tables.table(report)
     assert "| from the passes alone | path | latency (ms, batch 1) | predicted | error | throughput (tok/s) | predicted " \
            "| error |" in text
     assert f"| cdlm | eager | {m['cdlm']['latency_ms']:.1f} | 20.0 | " \
@@ -193,4 +193,4 @@ def test_table_prints_predicted_beside_measured():
     assert f"cdlm vs dlm from the passes alone (eager), the ceiling: 8.0x latency / 10.0x throughput; measured " \
            f"{m['cdlm']['speedup_latency_vs_dlm']:.1f}x" in text
     assert "(compiled), the ceiling" not in text  # dlm compiled has no prediction stored
-    assert "from the passes alone" not in results.table(results.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS)))
+    assert "from the passes alone" not in tables.table(tables.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS)))

@@ -7,7 +7,7 @@ import os
 from conftest import ROOT
 
 LAYERS = [("configurator",), ("runtime",), ("data.common",), ("data.trajectories", "data.*.prepare"), ("model",),
-          ("render",), ("sample",), ("roofline", "startup", "results"), ("train", "collect", "bench"), ("show",), ("demo",)]
+          ("render",), ("sample",), ("roofline", "startup", "results"), ("tables",), ("train", "collect", "bench"), ("show",), ("demo",)]
 
 
 def layer(name):

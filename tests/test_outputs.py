@@ -41,7 +41,7 @@ def test_outputs_are_new_or_their_own_kind(tmp_path, data_dir, teacher_dir):
     assert all(file_bytes(p) == data for p, data in files.items()) and page.read_text() == "<html>mine</html>"
     # what the scripts wrote before is theirs to write again
     from render import GENERATOR, PAGE
-    from results import REPORT
+    from tables import REPORT
     from runtime import check_output
     report = tmp_path / "old.json"
     report.write_text(json.dumps(dict(methods={}, settings={}, machine={}, config={})))
