@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from configurator import SEED, CDLMError, Choice, Float, Int, Str, check, configure, gave, refuse_unused, run_main
-from data.common import checkpoint_data, data_fingerprint, get_tokenizer, load_split, score
+from data.common import check_out_kind, checkpoint_data, data_fingerprint, get_tokenizer, load_split, score
 from data.trajectories import Writer, field_specs, reuse
 from model import load_model
 from runtime import (THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, lock, reading, refuse_overlap,
@@ -63,6 +63,7 @@ def collect(cfg, replace=False):  # replace: a finished set of other settings in
     data_dir, dmeta = checkpoint_data(ckpt, cfg["data_dir"], teacher_path)
     inputs = dict(teacher_dir=cfg["teacher_dir"], data_dir=data_dir)  # data_dir: the option's, or the teacher's data
     refuse_overlap(dict(out_dir=cfg["out_dir"]), inputs)
+    check_out_kind(cfg["out_dir"], "a trajectory set")  # never beside a dataset or a checkpoint, nor in a set
     with lock(cfg["out_dir"], "option out_dir"), reading(inputs), \
             cpu_threads(cfg["threads"]):  # one writer per trajectory set; nobody rewrites what it reads
         try:

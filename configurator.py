@@ -164,9 +164,9 @@ class Choice(Str):
 class List(Option):
     """A list of items each checked by `item`; on the command line a Python list, a,b,c or [a,b,c]."""
 
-    def __init__(self, default, item, min_len=1):
+    def __init__(self, default, item, min_len=1, unique=False):
         super().__init__(default)
-        self.item, self.min_len = item, min_len
+        self.item, self.min_len, self.unique = item, min_len, unique  # unique: no item twice (seeds, runs)
 
     def parse(self, raw):
         value = super().parse(raw)
@@ -182,10 +182,13 @@ class List(Option):
         if not isinstance(value, list) or len(value) < self.min_len:
             return None
         items = [self.item.coerce(v) for v in value]
+        if self.unique and len({repr(v) for v in items}) < len(items):
+            return None
         return None if any(v is None or not self.item.valid(v) for v in items) else items
 
     def describe(self):
-        return f"a list of at least {self.min_len} item(s), each {self.item.describe()}"
+        return f"a list of at least {self.min_len} item(s), each {self.item.describe()}" + \
+            (", none twice" if self.unique else "")
 
 
 class Config(dict):

@@ -85,7 +85,7 @@ ABLATIONS = {
 }
 config = dict(
     task=Choice("arithmetic", *TASKS),
-    seeds=List([1337], Int(None, SEED)),  # 1337: the presets' own seed and out/ directories
+    seeds=List([1337], Int(None, SEED), unique=True),  # 1337: the presets' own seed and out/ directories
     jobs=Int(2, "[1, 8]"),             # training chains side by side (a seed's, the AR's); benches after
     threads=THREADS,                   # every training stage's CPU threads: part of a run's identity
     stage=Choice("all", "all", "train", "seed", "ar", "export"),  # 'train': all but the timed benches; the
@@ -93,7 +93,7 @@ config = dict(
                                         # seed 1337's checkpoints into ref/<task>/ (export_reference)
     ablate=Bool(False),
     ablate_iters=Int(300, "[1, inf)"),
-    variants=List(list(ABLATIONS), Choice(None, *ABLATIONS)),  # the ablation's students
+    variants=List(list(ABLATIONS), Choice(None, *ABLATIONS), unique=True),  # the ablation's students
     num_eval=Int(500, "[1, inf)"),
     bench_methods=List(list(bench.METHODS), Choice(None, *bench.METHODS)),  # what each seed's bench times
     report=Bool(False),                # print the tables from results_dir and stop

@@ -17,6 +17,7 @@ be an approximation (Fast-dLLM's prefix and dual caches, refreshed by the sample
 asked for as one.
 """
 import hashlib
+import json
 import math
 import os
 import re
@@ -350,7 +351,8 @@ ROLES = {"teacher": Role("dlm", "bidirectional", "teacher"),
          "student": Role("cdlm", "block_causal", "student"),
          "ar": Role("ar", "causal", "AR baseline")}
 KINDS = {r.mode: r.label for r in ROLES.values()}  # training mode -> what it makes
-CKPT_KEYS = ("model_config", "model", "config", "data_meta", "sampling", "iter_num", "weights_hash")
+CKPT_KEYS = ("model_config", "model", "config", "data_meta", "sampling", "iter_num", "weights_hash", "meta_hash")
+META_KEYS = ("model_config", "config", "data_meta", "sampling", "teacher_hash")  # what a checkpoint says of its weights
 
 
 def hash_tensor(h, t):
@@ -369,7 +371,14 @@ def weights_hash(state_dict):
     return h.hexdigest()[:16]
 
 
+def meta_hash(ckpt):
+    """A short fingerprint of what a checkpoint says of its weights (META_KEYS): an edit that keeps
+    every shape (the heads, a token's character, the EOS id) would decode wrongly in silence."""
+    return hashlib.sha256(json.dumps({k: ckpt.get(k) for k in META_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def save_checkpoint(ckpt, path):
+    ckpt = {**ckpt, "meta_hash": meta_hash(ckpt)}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     try:
@@ -403,8 +412,8 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
     """
     The checkpoint dict, or a one-line error naming the file; `mode` requires a kind (dlm/cdlm/ar),
     `needs` more keys (a resume's optimizer and random states). Its mask must be its mode's, and its
-    weights must hash to the hash stored beside them and fit its model_config: a damaged or edited
-    file is refused, never decoded with silently.
+    weights and what it says of them (meta_hash) must hash to the hashes stored beside them, and the
+    weights fit its model_config: a damaged or edited file is refused, never decoded with silently.
     """
     if not os.path.isfile(path):
         raise CDLMError(f"no checkpoint at {path} (train one first, or check --{option})")
@@ -435,6 +444,9 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
         raise CDLMError(f"{path} is damaged: its weights do not hash to the {ckpt['weights_hash']!r} stored with them; "
                         f"copy or train it again")
     check_fit(ckpt, path)
+    if meta_hash(ckpt) != ckpt["meta_hash"]:  # last: the checks above name what an edit broke where they can
+        raise CDLMError(f"{path} is damaged or edited: its {', '.join(k for k in META_KEYS if k in ckpt)} do not "
+                        f"hash to the {ckpt['meta_hash']!r} stored with them; copy or train it again")
     return ckpt
 
 

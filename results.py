@@ -142,13 +142,13 @@ def ratios(mine, base):
             for w, (k, f) in SPEEDUP_OF.items()}
 
 
-def check_speedups(path, bench, fix):
+def check_speedups(path, bench, fix, root="bench"):
     """Every stored speedup is what the same file's timings give (ratios): the median of the
     per-round ratios where the file keeps the rounds (each median then their median too); in a file
     without rounds, within a factor 1.25 of the ratio of the medians (medians of 3 rounds: up to 17%
     apart in the committed files). A method's faster-path figures (bench.py's `fastest`) must be its
     faster path's, and its speedups those of each side's faster path. An edited ratio, or an edited
-    timing, is named."""
+    timing, is named (its field under root: a seed file's bench, a bench report's methods)."""
     paths = {}  # (method, "" or "compiled."): its figures, each path timed against the same path
     for name, r in bench.items():
         for at, mine in (("", r), ("compiled.", r.get("compiled"))):
@@ -159,7 +159,7 @@ def check_speedups(path, bench, fix):
                 if k in ("latency_ms", "throughput_tok_s") and not (
                         isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)
                         and math.isclose(statistics.median(v), mine.get(k, -1), rel_tol=1e-9)):
-                    raise CDLMError(f"{path}: field bench.{name}.{at}{k}={mine.get(k)!r} is not the median of its "
+                    raise CDLMError(f"{path}: field {root}.{name}.{at}{k}={mine.get(k)!r} is not the median of its "
                                     f"rounds {v!r}; {fix}")
 
     def check(field, stored, name, mine, b, base, k, f):  # one speedup against the timings it comes from
@@ -180,7 +180,7 @@ def check_speedups(path, bench, fix):
             for w, (k, f) in SPEEDUP_OF.items():
                 key = f"speedup_{w}_vs_{b}"
                 if key in mine:
-                    check(f"bench.{name}.{at}{key}", mine[key], name, mine, b, paths.get((b, at), {}), k, f)
+                    check(f"{root}.{name}.{at}{key}", mine[key], name, mine, b, paths.get((b, at), {}), k, f)
     faster = {}  # (method, measure): the path its fastest record names, checked to be the faster one
     for name, r in bench.items():
         fast = r.get("fastest") if isinstance(r, dict) else None
@@ -189,7 +189,7 @@ def check_speedups(path, bench, fix):
             other = paths.get((name, "compiled." if at == "" else ""), {})
             if at is None or (name, at) not in paths or fast.get(k) != paths[name, at].get(k) or \
                     (k in other and f(other[k], paths[name, at][k]) > 1):
-                raise CDLMError(f"{path}: field bench.{name}.fastest.{k}={fast.get(k)!r} is not the figure of "
+                raise CDLMError(f"{path}: field {root}.{name}.fastest.{k}={fast.get(k)!r} is not the figure of "
                                 f"{name}'s faster path; {fix}")
             faster[name, w] = paths[name, at]
     for name, r in bench.items():
@@ -197,7 +197,7 @@ def check_speedups(path, bench, fix):
             for b in ("dlm", "dlm_stop"):
                 key = f"speedup_{w}_vs_{b}"
                 if (name, w) in faster and key in r["fastest"]:
-                    check(f"bench.{name}.fastest.{key}", r["fastest"][key], name, faster[name, w], b,
+                    check(f"{root}.{name}.fastest.{key}", r["fastest"][key], name, faster[name, w], b,
                           faster.get((b, w), {}), k, f)
 
 

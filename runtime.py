@@ -312,6 +312,8 @@ def lock(path, what, file=False, kind=None):
         return
     import fcntl
     (check_file_writable if file else check_writable)(path, what)
+    if kind is not None:  # a name refused leaves no lock file behind; checked again under the lock
+        check_output(path, what, kind)
     where = lock_path(path)
     try:
         fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)

@@ -31,7 +31,7 @@ import torch
 
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, Str, configure, fit_sizes, refuse_unused,
                           run_main)
-from data.common import chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, score
+from data.common import answer_note, chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, score
 from model import load_model
 from render import STEP_LEGEND, step_line
 from runtime import autocast, compile_function, compiled, is_compiled, pick_device, pick_dtype
@@ -454,7 +454,10 @@ def main(argv):
     with ctx:
         out, nfe = generate(model, torch.tensor([ids], device=device), meta["gen_len"], meta["mask_id"],
                             meta["eos_id"], settings, gen, on_step=on_step)[:2]
-    print(f"{cfg['prompt']}{tok.decode(out[0].tolist())}    ({nfe.item()} forward passes)")
+    answer = tok.decode(out[0].tolist())
+    print(f"{cfg['prompt']}{answer}    ({nfe.item()} forward passes)")
+    if answer_note(meta, answer):  # an answer not of the task's form: say so, it was decoded all the same
+        print(answer_note(meta, answer))
 
 
 if __name__ == "__main__":

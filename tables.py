@@ -16,7 +16,8 @@ def stored_report(path, methods):
     r = read_json(path, "option table")
     if isinstance(r, dict) and "scale" in r:
         return check_fields(r, SCALE_FILE, path, f"option table={path!r}: rerun the scale study that wrote it")
-    if isinstance(r, dict) and "bench" in r:
+    root = "bench" if isinstance(r, dict) and "bench" in r else "methods"  # where a row's fields are in the file
+    if root == "bench":
         r = dict(methods=r["bench"], settings=r.get("bench_settings"), machine=r.get("bench_machine"))
     if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine"))):
         raise CDLMError(f"option table={path!r}: not a bench report (no methods, settings and machine)")
@@ -27,12 +28,12 @@ def stored_report(path, methods):
     for name, row in r["methods"].items():
         if name not in methods:
             raise CDLMError(f"{fix}: its row {name!r} is no method of bench.py ({', '.join(methods)})")
-        row = check_fields(row, BENCH_ROW, f"{path}: methods.{name}", fix)
-        check_scores(path, row, f"methods.{name}.", fix)
+        row = check_fields(row, BENCH_ROW, f"{path}: {root}.{name}", fix)
+        check_scores(path, row, f"{root}.{name}.", fix)
         if isinstance(gen_len, int) and row["nfe"] > gen_len:  # every pass finalizes at least one token
-            raise CDLMError(f"{path}: field methods.{name}.nfe={row['nfe']:g} is above gen_len={gen_len}: a decode "
+            raise CDLMError(f"{path}: field {root}.{name}.nfe={row['nfe']:g} is above gen_len={gen_len}: a decode "
                             f"finalizes at least one token a pass; {fix}")
-    check_speedups(path, r["methods"], fix)  # no ratio printed that its own timings contradict
+    check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, refuse_unused, run_main
-from data.common import checkout_path, from_checkout, load_meta, load_split
+from data.common import check_out_kind, checkout_path, from_checkout, load_meta, load_split
 from model import (ROLES, ModelConfig, Transformer, add_lora, ar_loss, block_of, diffusion_loss, merged_state_dict,
                    noise_answers, noise_block, noise_sequences, save_checkpoint, weights_hash)
 from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
@@ -451,6 +451,7 @@ def check_config(cfg):
                         f"{cfg['data_dir']} is not a multiple of it")
     data = {s: load_split(cfg["data_dir"], s, meta) for s in ("train", "val")}
     pick_dtype(cfg["dtype"], pick_device(cfg["device"]))  # refused here, before out_dir is made
+    check_out_kind(cfg["out_dir"], "a checkpoint")  # never beside a dataset or a trajectory set, nor in one
     check_file_writable(os.path.join(cfg["out_dir"], "ckpt.pt"), "the checkpoint of option out_dir")
     cfg["data_dir"] = checkout_path(cfg["data_dir"])  # as the checkpoint stores it
     return cfg, meta, data

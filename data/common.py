@@ -237,6 +237,11 @@ def is_int(v, lo=0, hi=float("inf")):
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi
 
 
+# every field of a dataset's meta.json (write_task; chars or bpe by tokenizer; hashes by write_dataset)
+META_FIELDS = {"task", "tokenizer", "chars", "bpe", "vocab_size", "pad_id", "mask_id", "eos_id", "prompt_len", "gen_len",
+               "dtype", "splits", "answer_marker", "settings", "hashes"}
+
+
 def check_meta(meta, path, fix):
     """A dataset's meta.json, field by field: a bad one is named with its file and field."""
     def need(ok, field):
@@ -244,6 +249,8 @@ def check_meta(meta, path, fix):
             have = repr(meta.get(field, "missing"))[:60] if isinstance(meta, dict) else "not an object"
             raise CDLMError(f"{path}: field {field} is wrong ({have}); {fix}")
     need(isinstance(meta, dict), "(the whole file)")
+    for field in sorted(set(meta) - META_FIELDS):  # a field read by nothing would still change the data's identity
+        raise CDLMError(f"{path}: field {field} is not one prepare.py writes; {fix}")
     need(meta.get("tokenizer") in ("char", "bpe", "gpt2"), "tokenizer")
     need(meta.get("dtype") in ("uint8", "uint16"), "dtype")
     need(is_int(meta.get("vocab_size"), 4, 256 if meta["dtype"] == "uint8" else 2 ** 16), "vocab_size")
@@ -391,13 +398,29 @@ def encode_prompt(tok, text, meta):
     does not fit."""
     if text is None:  # none given, and the task names no example_prompt
         raise CDLMError("option prompt: none given, and the data's task names no EXAMPLE_PROMPT: give --prompt")
-    form = getattr(task_module(meta), "PROMPT_FORM", None) if meta.get("task") in tasks() else None
+    form = task_form(meta, "PROMPT_FORM")
     if form is not None and not re.fullmatch(form[0], text):
         raise CDLMError(f"option prompt={text!r} is not a problem of task {meta['task']}: expected {form[1]}")
     ids = tok.encode(text)
     if len(ids) > meta["prompt_len"]:
         raise CDLMError(f"prompt {text!r} has {len(ids)} tokens, more than prompt_len={meta['prompt_len']}")
     return ids + [tok.pad_id] * (meta["prompt_len"] - len(ids))
+
+
+def task_form(meta, name):
+    """A task's (regex, what it says) for its prompts or answers (PROMPT_FORM, ANSWER_FORM in
+    data/<task>/prepare.py), or None."""
+    return getattr(task_module(meta), name, None) if meta.get("task") in tasks() else None
+
+
+def answer_note(meta, text):
+    """A note when a decoded answer is not of its task's ANSWER_FORM (the prompt was likely unlike the
+    problems the model learned: fewer steps, a word it never saw), else None."""
+    form = task_form(meta, "ANSWER_FORM")
+    if form is None or re.fullmatch(form[0], text):
+        return None
+    return (f"note: this answer is not a worked solution of task {meta['task']} ({form[1]}): the prompt is likely "
+            f"unlike the problems the model learned (their settings: the data's meta.json)")
 
 
 def encode_state(tok, text, mask_id, gen_len, option="state"):
@@ -556,9 +579,39 @@ def writing(out_dir, task):
     (check_data_dir), never over another task's or a trajectory set.
     """
     from runtime import lock
+    check_out_kind(out_dir, "a prepared dataset")  # before lock makes the folder: a refusal leaves none
     with lock(out_dir, "option out_dir"):
         check_data_dir(out_dir, task)
         yield
+
+
+def holds(d):
+    """Which of this repo's outputs folder d holds ('a trajectory set', 'a prepared dataset', 'a
+    checkpoint'), or None: a trajectory set's commit record and a dataset's meta.json share a name."""
+    try:
+        with open(os.path.join(d, "meta.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and ("set" in record or "splits" in record):
+        return "a trajectory set" if "set" in record else "a prepared dataset"
+    return "a checkpoint" if os.path.isfile(os.path.join(d, "ckpt.pt")) else None
+
+
+def check_out_kind(out_dir, kind):
+    """option out_dir of a writer of `kind` (one of holds'): it holds no output of another kind, is
+    no task's data folder, and sits inside no dataset or trajectory set (their writers replace what
+    is in them)."""
+    d = os.path.realpath(out_dir)
+    have = holds(d) or next((f"the folder of task {t!r}" for t, p in tasks().items() if os.path.realpath(p) == d
+                             and kind != "a prepared dataset"), None)
+    if have not in (None, kind):
+        raise CDLMError(f"option out_dir={out_dir!r} holds {have}: write {kind} elsewhere")
+    up = os.path.dirname(d)
+    while up != os.path.dirname(up):
+        if holds(up) in ("a trajectory set", "a prepared dataset"):
+            raise CDLMError(f"option out_dir={out_dir!r} is inside {up}, which holds {holds(up)}: write {kind} elsewhere")
+        up = os.path.dirname(up)
 
 
 def check_data_dir(out_dir, task):

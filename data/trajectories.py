@@ -66,7 +66,7 @@ class Writer:
             if progress_ok(p, self.settings) and sizes_match(self.dir, self.specs):
                 return p["done"], p["correct"]
             print(f"{self.dir} holds work of other settings or damaged files: starting over")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        remove_set(self.dir)
         os.makedirs(self.dir)
         for k, s in self.specs.items():
             with open(os.path.join(self.dir, f"{k}.bin"), "wb") as f:
@@ -101,7 +101,7 @@ class Writer:
     def commit(self, set_id, meta):
         """partial/ becomes set-<id>, then meta.json names it (the commit point), then old sets go."""
         final = os.path.join(self.out_dir, set_id)
-        shutil.rmtree(final, ignore_errors=True)  # an uncommitted leftover of the same settings
+        remove_set(final)  # an uncommitted leftover of the same settings
         os.replace(self.dir, final)
         commit(self.out_dir, set_id, meta)
 
@@ -117,7 +117,24 @@ def remove_stale(out_dir, set_id):
     """Sets other than the live one: left by the commit that replaced them."""
     for name in os.listdir(out_dir):
         if name.startswith("set-") and name != set_id:
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+            try:
+                remove_set(os.path.join(out_dir, name))
+            except CDLMError as e:  # somebody's files: kept, and the set just committed stands
+                print(f"{str(e).split(':')[0]}: left as it is")
+
+
+SET_FILES = {f"{k}.bin" for k in FIELDS} | {"progress.json", "progress.json.tmp"}
+
+
+def remove_set(d):
+    """Remove a set's folder (set-<id> or partial/) that collect.py wrote; one holding any other file
+    is somebody's work: refused, never deleted."""
+    if os.path.isdir(d) and not os.path.islink(d):
+        other = sorted(set(os.listdir(d)) - SET_FILES)
+        if other:
+            raise CDLMError(f"{d} holds files collect.py does not write ({', '.join(other[:3])}): move them out "
+                            f"of it, then run again")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def progress_ok(p, settings):
@@ -180,7 +197,7 @@ def reuse(out_dir, set_id, settings, specs, meta, replace=False):
     except CDLMError as e:
         print(f"the live set in {out_dir} is damaged ({str(e).split('; ')[0]}): collecting it again")
         if live is not None:  # files of the right sizes and a bad content: not committed again below
-            shutil.rmtree(os.path.join(out_dir, live["set"]), ignore_errors=True)
+            remove_set(os.path.join(out_dir, live["set"]))
         live = None
     if live is not None:
         differ = ", ".join(f"{k}={live['settings'].get(k)!r}" for k in sorted(set(settings) | set(live["settings"]))
@@ -190,11 +207,6 @@ def reuse(out_dir, set_id, settings, specs, meta, replace=False):
                             f"with other settings ({differ}), which this run would replace: give another "
                             f"--out_dir, or remove that folder")
         print(f"{out_dir}: replacing its set of {live['n']} trajectories made with other settings ({differ})")
-    found = read_json_or_none(os.path.join(out_dir, "meta.json"))
-    if live is None and isinstance(found, dict) and "splits" in found:  # never written over
-        raise CDLMError(f"option out_dir={out_dir!r} holds a prepared dataset (its meta.json): give another directory")
-    if live is None and os.path.isfile(os.path.join(out_dir, "ckpt.pt")):  # a trajectory set never sits beside one
-        raise CDLMError(f"option out_dir={out_dir!r} holds a checkpoint (ckpt.pt): give another directory")
     d = os.path.join(out_dir, set_id)
     prog = os.path.join(d, "progress.json")
     if os.path.isfile(prog) and sizes_match(d, specs):
@@ -217,6 +229,9 @@ def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None
     (the teacher's weights hash, the layout, the data's fingerprint) or whose files are damaged."""
     meta = committed(traj_dir)
     if meta is None:
+        parent = os.path.dirname(os.path.normpath(traj_dir))
+        if os.path.basename(os.path.normpath(traj_dir)).startswith("set-") and committed(parent) is not None:
+            raise CDLMError(f"{traj_dir} is a set inside the trajectory set folder {parent}: give that folder")
         raise CDLMError(f"no trajectories at {traj_dir} (run `python collect.py` first)")
     specs = {k: (tuple(s), d) for k, (s, d) in meta["fields"].items()}
     have = dict(teacher_hash=meta["settings"]["teacher_hash"], gen_len=meta["gen_len"], block_size=meta["block_size"],

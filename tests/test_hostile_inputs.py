@@ -21,7 +21,7 @@ import startup
 import train
 from configurator import CDLMError
 from data.arithmetic import prepare as arith
-from model import read_checkpoint, save_checkpoint
+from model import meta_hash, read_checkpoint, save_checkpoint
 
 
 def file_bytes(path):
@@ -122,11 +122,13 @@ def test_a_dataset_write_that_fails_keeps_the_old_dataset(tmp_path, monkeypatch)
 # checkpoints: the stored hash is checked on load; the crash paths end in one line
 
 def copy_checkpoint(src_dir, dst, edit=None):
+    """A copy with an edit, its meta_hash made again: a checkpoint such settings would give (the
+    checks behind the hash are tested; a raw edit is refused by the hash, test_hostile_reads)."""
     dst.mkdir()
     ckpt = torch.load(f"{src_dir}/ckpt.pt", weights_only=True)
     if edit:
         edit(ckpt)
-    torch.save(ckpt, dst / "ckpt.pt")
+    torch.save({**ckpt, "meta_hash": meta_hash(ckpt)}, dst / "ckpt.pt")
     return dst
 
 

@@ -186,7 +186,7 @@ def test_a_bench_report_whose_ratios_its_timings_contradict_is_refused(tmp_path)
     def faster_cdlm(m):  # its latency and every round a tenth, its speedups left as they were
         m["cdlm"]["latency_ms"] /= 10
         m["cdlm"]["rounds"]["latency_ms"] = [x / 10 for x in m["cdlm"]["rounds"]["latency_ms"]]
-    for edit, words in ((faster_cdlm, "field bench.cdlm.speedup_latency_vs_dlm="),
+    for edit, words in ((faster_cdlm, "field methods.cdlm.speedup_latency_vs_dlm="),
                         (lambda m: m["cdlm"].update(speedup_latency_vs_dlm=50.0), "speedup_latency_vs_dlm=50.0"),
                         (lambda m: m["cdlm"]["compiled"].update(speedup_throughput_vs_dlm=30.0),
                          "compiled.speedup_throughput_vs_dlm=30.0"),
@@ -242,7 +242,7 @@ def test_collect_refuses_a_checkpoint_folder(tmp_path, teacher_dir):
     other = tmp_path / "another_run"  # another run's checkpoint: a trajectory set never sits beside one
     other.mkdir()
     shutil.copy(os.path.join(teacher_dir, "ckpt.pt"), other)
-    with pytest.raises(CDLMError, match="holds a checkpoint \\(ckpt.pt\\): give another directory"):
+    with pytest.raises(CDLMError, match="holds a checkpoint: write a trajectory set elsewhere"):
         collect_into(other, teacher_dir, replace=False)
     assert sorted(n for n in os.listdir(other) if not n.startswith(".")) == ["ckpt.pt"]
 
@@ -272,3 +272,68 @@ def test_an_unreadable_checkpoint_is_not_told_to_be_loaded_unsafely(tmp_path):
     msg = refused(sample.main, [f"--out_dir={tmp_path}", "--prompt=5:+3="], f"cannot read checkpoint {tmp_path}/ckpt.pt",
                   "make it again")
     assert "weights_only" not in msg and "Re-running" not in msg
+
+
+@pytest.mark.parametrize("edit", [lambda c: c["model_config"].update(n_head=8),  # every shape kept
+                                  lambda c: c["data_meta"].update(eos_id=3),
+                                  lambda c: c["data_meta"].update(chars=c["data_meta"]["chars"][::-1]),
+                                  lambda c: c["sampling"].update(threshold=0.1),
+                                  lambda c: c.update(teacher_hash="0" * 16)])
+def test_a_checkpoint_edited_where_its_weights_hash_cannot_see_is_refused(tmp_path, edit):
+    ckpt = torch.load(os.path.join(ROOT, "ref", "arithmetic", "student", "ckpt.pt"), weights_only=True)
+    edit(ckpt)
+    (tmp_path / "s").mkdir()
+    torch.save(ckpt, tmp_path / "s" / "ckpt.pt")
+    refused(sample.main, [f"--out_dir={tmp_path / 's'}", "--prompt=5:+3*7+2*4+1="], f"{tmp_path / 's'}/ckpt.pt",
+            "is damaged or edited", "do not hash to the")
+
+
+def test_an_answer_not_of_the_task_form_is_said_so(capsys):
+    ref = os.path.join(ROOT, "ref", "arithmetic", "student")
+    sample.main([f"--out_dir={ref}", "--prompt=7:*3+1="])  # two steps: it learned five to nine
+    out = capsys.readouterr().out
+    assert "note: this answer is not a worked solution of task arithmetic" in out
+    sample.main([f"--out_dir={ref}", "--prompt=5:+3*7+2*4+1="])
+    assert capsys.readouterr().out.strip().endswith("+3>8,*7>6,+2>8,*4>2,+1>3#3    (6 forward passes)")
+
+
+def test_a_field_prepare_does_not_write_is_named(tmp_path, data_dir):
+    d = tmp_path / "data"
+    shutil.copytree(data_dir, d)
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "extra_field": 1}))
+    refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], "field extra_field is not one prepare.py writes")
+
+
+def test_no_writer_writes_into_a_folder_of_another_kind(tmp_path, data_dir, traj_dir, teacher_dir, student_dir):
+    sets = tmp_path / "sets"
+    shutil.copytree(traj_dir, sets)
+    train_into = lambda out: [f"--data_dir={data_dir}", f"--out_dir={out}", "--max_iters=1", "--device=cpu"]
+    refused(train.main, train_into(sets), "option out_dir", "holds a trajectory set: write a checkpoint elsewhere")
+    shutil.copytree(data_dir, tmp_path / "other_data")  # a dataset this run does not read
+    refused(train.main, train_into(tmp_path / "other_data"), "holds a prepared dataset: write a checkpoint elsewhere")
+    refused(train.main, train_into(sets / "set-x"), f"is inside {sets}, which holds a trajectory set")
+    refused(train.main, train_into(os.path.join(ROOT, "data", "wordproblems")),
+            "holds" if os.path.isfile(os.path.join(ROOT, "data", "wordproblems", "meta.json")) else "the folder of task")
+    with pytest.raises(CDLMError, match="holds a prepared dataset: write a trajectory set elsewhere"):
+        collect_into(tmp_path / "other_data", teacher_dir, replace=False)
+    # files somebody left in a set-like folder are never deleted by collect.py's cleanup
+    (sets / "set-x").mkdir()
+    (sets / "set-x" / "ckpt.pt").write_bytes(b"somebody's")
+    (sets / "meta.json").write_text("{damaged")  # the documented repair: collect again
+    collect_into(sets, teacher_dir)
+    assert (sets / "set-x" / "ckpt.pt").read_bytes() == b"somebody's"
+    load_trajectories(str(sets))
+    inner = sets / json.loads((sets / "meta.json").read_text())["set"]
+    refused(show.main, ["--view=states", f"--student_dir={student_dir}", f"--traj_dir={inner}",
+                        f"--png={tmp_path / 's.png'}"], "is a set inside the trajectory set folder", "give that folder")
+
+
+def test_a_seed_twice_and_a_refused_name_leave_nothing(tmp_path):
+    refused(demo.main, ["--seeds=[1,1]"], "option seeds=[1, 1]", "none twice")
+    refused(show.main, ["--view=masks", f"--png={tmp_path / 'm.PNG'}"], "expected a file name ending in .png")
+    assert os.listdir(tmp_path) == []  # no lock file for a name refused
+    seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
+    seed["bench"]["cdlm"]["nfe"] = 49
+    (tmp_path / "seed2.json").write_text(json.dumps(seed))
+    refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], "field bench.cdlm.nfe=49")  # named where it is

@@ -9,6 +9,7 @@ import torch
 import render
 import show
 from bench import METHODS
+from model import meta_hash
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +319,7 @@ def test_infilling_may_compare_a_teacher_the_student_did_not_come_from(tmp_path,
     from configurator import CDLMError
     ckpt = torch.load(f"{student_dir}/ckpt.pt", weights_only=True)
     ckpt["teacher_hash"] = "0" * 16
+    ckpt["meta_hash"] = meta_hash(ckpt)  # a student this code made from another teacher
     (tmp_path / "s").mkdir()
     torch.save(ckpt, tmp_path / "s" / "ckpt.pt")
     dirs = [f"--teacher_dir={teacher_dir}", f"--student_dir={tmp_path / 's'}", f"--ar_dir={ar_dir}"]

@@ -41,6 +41,7 @@ config = dict(
 
 CHARS = "0123456789+*->,#=:"
 EXAMPLE_PROMPT = "5:+3*7+2*4+1="  # show.py's prompt when none is given (data.common.example_prompt)
+ANSWER_FORM = (r"[-+*]\d>\d(,[-+*]\d>\d)*#\d", "steps such as +3>8, then '#' and the final digit")
 PROMPT_FORM = (r"\d:([-+*]\d)+=", "a start digit, ':', operations such as +3 or *7, and '=' (5:+3*7=)")
 APPLY = {"+": lambda s, d: (s + d) % 10, "*": lambda s, d: (s * d) % 10, "-": lambda s, d: (s - d) % 10}
 

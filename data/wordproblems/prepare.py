@@ -50,6 +50,7 @@ config = dict(
 # show.py's prompt when none is given (data.common.example_prompt); RESULTS.md decodes it step by step
 EXAMPLE_PROMPT = ("Omar owns 3 apples. He buys 1 more. He doubles them now. He gives away 2. He finds 2 more. He "
                   "halves the pile. He makes 4 more. He loses 4 today. How many apples does Omar have now?")
+ANSWER_FORM = (r"([-+*/]\d+=\d+ )+#\d+", "steps such as +4=8, then '#' and the final number")
 PROMPT_FORM = (r".+ How many \w+ does \w+ have now\?", "a story ending in 'How many <items> does <name> have now?'")
 NAMES = [("Mia", "She"), ("Ben", "He"), ("Ava", "She"), ("Leo", "He"), ("Zoe", "She"), ("Sam", "He"),
          ("Lily", "She"), ("Omar", "He"), ("Nora", "She"), ("Jack", "He"), ("Ella", "She"), ("Ravi", "He")]
