@@ -17,12 +17,13 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from checkpoint import read_checkpoint
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, fit_sizes, gave,
                           refuse_unused, run_main)
 from data.common import atomic_write_json, checkpoint_data, load_split, same_data, stored_data_dirs, whole_blocks
 from runtime import (autocast, code_version, compiled, holding, machine_info, pick_device, pick_dtype, reading,
                      refuse_overlap)
-from model import ROLES, read_checkpoint
+from model import ROLES
 from render import PNG
 from results import ratios
 from tables import REPORT, stored_report, table

@@ -26,15 +26,45 @@ class CDLMError(Exception):
 
 
 def run_main(main):
-    """A script's entry: main(argv), with the repo's own errors as one line and exit status 2."""
+    """A script's entry: main(argv), with the repo's own errors as one line and exit status 2; what it
+    prints must reach standard output (a closed one, or a full disk under it, is an error too)."""
     try:
+        if sys.stdout is None:  # started with stdout closed (>&-): every answer would vanish
+            raise CDLMError("standard output is closed: the results would go nowhere; give the run an output")
+        sys.stdout = Stdout(sys.stdout)
         main(sys.argv[1:])
+        sys.stdout.flush()
     except CDLMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:  # output piped into `head` and closed early: not an error of the run
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())  # no second error at exit
         sys.exit(0)
+
+
+class Stdout:
+    """sys.stdout whose failed writes (a full disk, an I/O error) are the repo's one-line error."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def write(self, s):
+        return self.guard(self.f.write, s)
+
+    def flush(self):
+        return self.guard(self.f.flush)
+
+    def guard(self, fn, *a):
+        try:
+            return fn(*a)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.f.fileno())  # what is left in the buffer goes nowhere
+            raise CDLMError(f"cannot write to standard output: {e.strerror or e}") from None
 
 
 class Option:

@@ -32,10 +32,10 @@ import bench
 import collect
 import sample
 import train
+from checkpoint import load_model, read_checkpoint
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, refuse_unused, run_main, with_options
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
-from model import load_model, read_checkpoint
 from render import PNG, check_matplotlib, frontier_png
 from results import ablation_path, against, read_frontier, read_results, report, seed_path, slug, teacher_steps_per_block
 from runtime import (THREADS, check_compiler, check_file_writable, check_output, check_writable, code_version, cpu_threads, lock,
@@ -290,7 +290,7 @@ def export_reference(task, dest="ref"):
     """Weights only (no optimizer or RNG state), the data path the task's presets name (relative to
     the repository's root; it must hold the checkpoint's very data), and a manifest with the commit, the commands and the hashes: small checkpoints that
     every README command can read in a fresh clone, after `python -m data.<task>.prepare`."""
-    from model import CKPT_KEYS, save_checkpoint
+    from checkpoint import CKPT_KEYS, save_checkpoint
     t = TASKS[task]
     demo = "python demo.py" + (f" --task={task}" if task != "arithmetic" else "")
     # name -> (its options, the command that makes it)

@@ -29,10 +29,10 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import torch
 
+from checkpoint import load_model
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, Str, configure, fit_sizes, refuse_unused,
                           run_main)
 from data.common import answer_note, chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, score
-from model import load_model
 from render import STEP_LEGEND, step_line
 from runtime import autocast, compile_function, compiled, is_compiled, pick_device, pick_dtype
 

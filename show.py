@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from bench import DIR_OPTION, METHODS, decoded_tokens, load_models, needs, role_dirs, settings_of
+from checkpoint import read_checkpoint
 from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configure, fit_sizes, gave, refuse_unused, run_main
 from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_fingerprint, encode_prompt, encode_state,
                          example_prompt, get_tokenizer, load_split, stored_data_dirs, task_module, whole_blocks)
 from data.trajectories import TrajectorySets, load_trajectories
-from model import attention_mask, noise_answers, read_checkpoint
+from model import attention_mask, noise_answers
 from render import GIF, PAGE, PNG, check_matplotlib, render_compare, replay_gif, replay_html, save_png, token_texts
 from runtime import compiled, holding, pick_device, refuse_overlap
 from sample import DecodeSettings, generate

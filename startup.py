@@ -10,10 +10,11 @@ import os
 
 import torch
 
+from checkpoint import hash_tensor, read_checkpoint
 from configurator import CDLMError
 from data.common import data_fingerprint, same_data
 from data.trajectories import load_trajectory_sets
-from model import KINDS, hash_tensor, read_checkpoint
+from model import KINDS
 
 # what a resumed run must share with the run it continues (the seed: a resume restores that run's
 # random states, so another seed would take no effect, and the checkpoint would record it)

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from checkpoint import save_checkpoint, weights_hash
 from configurator import SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, refuse_unused, run_main
 from data.common import check_out_kind, checkout_path, from_checkout, load_meta, load_split
 from model import (ROLES, ModelConfig, Transformer, add_lora, ar_loss, block_of, diffusion_loss, merged_state_dict,
-                   noise_answers, noise_block, noise_sequences, save_checkpoint, weights_hash)
+                   noise_answers, noise_block, noise_sequences)
 from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
                      pick_device, pick_dtype, reading, refuse_overlap, rng_state, set_rng_state, setup_runtime, wrap_model)
 from sample import DEFAULT_DECODING

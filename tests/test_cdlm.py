@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import TINY_COLLECT
 
+from checkpoint import load_model
 from collect import Recorder, collect
 from configurator import CDLMError
 from data.trajectories import load_trajectories
-from model import load_model
 from sample import DecodeSettings, generate
 
 

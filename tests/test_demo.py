@@ -146,7 +146,7 @@ def test_a_run_outside_the_committed_range_says_by_how_much():
 def test_reference_checkpoints_are_weights_only_and_decode_the_same(tiny_task, capsys, monkeypatch, teacher_dir):
     """--stage=export: ref/<task>/ holds each checkpoint without optimizer or RNG state, its data
     path relative to the root, and decodes exactly as the original."""
-    from model import load_model
+    from checkpoint import load_model
     from sample import DecodeSettings, generate
     demo.main(["--jobs=1", "--num_eval=16", "--stage=train"])
     monkeypatch.setitem(demo.REFERENCE_EXTRA, "arithmetic", {})

@@ -34,7 +34,7 @@ def test_a_selection_rule_is_one_row_of_RULES_and_its_field(teacher_dir, capsys)
 ''', "    temperature: float = 0.0                 # 0 is greedy; > 0 samples (Gumbel-max in float64)\n",
         "    ratio: Optional[float] = None\n")
     import torch
-    from model import load_model
+    from checkpoint import load_model
     model, ckpt = load_model(os.path.join(teacher_dir, "ckpt.pt"))
     st = sample.decode_settings(ckpt, {"ratio": 0.5})  # giving its parameter selects it
     assert (st.rule, st.ratio, st.steps_per_block, st.threshold) == ("relative", 0.5, None, None)

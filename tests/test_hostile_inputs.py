@@ -19,9 +19,9 @@ import collect
 import show
 import startup
 import train
+from checkpoint import meta_hash, read_checkpoint, save_checkpoint
 from configurator import CDLMError
 from data.arithmetic import prepare as arith
-from model import meta_hash, read_checkpoint, save_checkpoint
 
 
 def file_bytes(path):

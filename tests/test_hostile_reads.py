@@ -206,7 +206,7 @@ def test_a_bench_report_whose_ratios_its_timings_contradict_is_refused(tmp_path)
 def test_a_real_full_disk_during_a_checkpoint_save(tmp_path):
     """torch reports a full disk as a RuntimeError of its zip writer raised while it handles the
     OSError: one line, and no .tmp left. A real 64 kB tmpfs where the machine lets us mount one."""
-    from model import save_checkpoint
+    from checkpoint import save_checkpoint
     disk = tmp_path / "disk"
     disk.mkdir()
     if os.system(f"mount -t tmpfs -o size=64k tmpfs {disk} 2>/dev/null") != 0:
@@ -337,3 +337,15 @@ def test_a_seed_twice_and_a_refused_name_leave_nothing(tmp_path):
     seed["bench"]["cdlm"]["nfe"] = 49
     (tmp_path / "seed2.json").write_text(json.dumps(seed))
     refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], "field bench.cdlm.nfe=49")  # named where it is
+
+
+@pytest.mark.parametrize("redirect, words", [(">/dev/full", "cannot write to standard output: No space left on device"),
+                                             (">&-", "standard output is closed")])
+def test_an_answer_that_cannot_reach_standard_output_is_an_error(redirect, words):
+    import subprocess
+    import sys
+    ref = os.path.join(ROOT, "ref", "arithmetic", "student")
+    run = subprocess.run(f"{sys.executable} sample.py --out_dir={ref} --prompt=5:+3*7+2*4+1= {redirect}", shell=True,
+                         cwd=ROOT, capture_output=True, text=True)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {words}"), run.stderr

@@ -64,7 +64,7 @@ def test_a_state_names_a_bad_character_by_its_place_in_the_whole_state():
     import show
     from conftest import ROOT
     from data.common import get_tokenizer
-    from model import read_checkpoint
+    from checkpoint import read_checkpoint
     refused(show.main, ["--view=confidence", f"--checkpoints={ROOT}/ref/arithmetic", "--state=__ __"],
             "option state='__ __'", "character ' ' at position 2 is not in the vocabulary")
     meta = read_checkpoint(os.path.join(ROOT, "ref/wordproblems/teacher/ckpt.pt"))["data_meta"]  # a BPE

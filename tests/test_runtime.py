@@ -60,7 +60,7 @@ def test_bf16_autocast_forward_and_exact_cache():
 def test_mixed_precision_training_step(tmp_path, data_dir, dtype):
     """train.py under autocast (and a GradScaler for float16) on the CPU: losses stay finite."""
     from conftest import train_tiny
-    from model import read_checkpoint
+    from checkpoint import read_checkpoint
     out = train_tiny(str(tmp_path / dtype), data_dir, mode="dlm", max_iters=4, dtype=dtype)
     ckpt = read_checkpoint(f"{out}/ckpt.pt")
     assert ckpt["config"]["dtype"] == dtype and ckpt["iter_num"] == 4

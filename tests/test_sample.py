@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import sample
+from checkpoint import load_model
 from data.common import load_split
-from model import load_model
 from configurator import CDLMError
 from collect import Recorder
 from runtime import compiled

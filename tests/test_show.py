@@ -9,7 +9,7 @@ import torch
 import render
 import show
 from bench import METHODS
-from model import meta_hash
+from checkpoint import meta_hash
 
 
 @pytest.fixture(scope="module")

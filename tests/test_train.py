@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
+from checkpoint import read_checkpoint
 from configurator import defaults
-from model import (ModelConfig, Transformer, ar_loss, diffusion_loss, noise_answers, noise_block, noise_sequences,
-                   read_checkpoint)
+from model import ModelConfig, Transformer, ar_loss, diffusion_loss, noise_answers, noise_block, noise_sequences
 from train import (Y_STARS, States, cdlm_losses, config, consistency_loss, distillation_loss, draw_states, final_after,
                    get_lr, kl_loss)
 

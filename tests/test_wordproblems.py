@@ -172,7 +172,7 @@ def test_every_stage_runs_on_word_problems(wp, tmp_path):
     from collect import collect
     from sample import decode_settings, evaluate
     from train import train
-    from model import load_model
+    from checkpoint import load_model
     d, meta, splits = wp
     out = {k: str(tmp_path / k) for k in ("teacher", "traj", "student", "ar")}
     base = {**TINY_MODEL, "data_dir": d, "max_iters": 20}
