@@ -104,8 +104,9 @@ def load_resume(cfg, meta, rt, teacher, traj):
     if teacher is not None and init["teacher_hash"] != teacher["weights_hash"]:
         raise CDLMError(f"cannot resume {path}: it was distilled from another teacher than {cfg['teacher_dir']}")
     if teacher is not None and init["trajectories"] != traj.ids:
-        raise CDLMError(f"cannot resume {path}: it was trained on other trajectory sets than those now "
-                        f"in {', '.join(cfg['traj_dirs'])} (collected again since)")
+        raise CDLMError(f"cannot resume {path}: it was trained on the trajectory set(s) {', '.join(init['trajectories'])} "
+                        f"(then in {', '.join(init['config']['traj_dirs'])}), not on {', '.join(traj.ids)} (now in "
+                        f"{', '.join(cfg['traj_dirs'])})")
     if len(init["rng"]) != rt.world:
         raise CDLMError(f"cannot resume {path} exactly: it ran on {len(init['rng'])} process(es), this on {rt.world}")
     return init

@@ -52,7 +52,7 @@ def test_demo_runs_every_stage_then_skips_them(tiny_task, capsys):
     student = demo.options(demo.train.config, ["config/student.py"], 1337)
     before = torch.load("out/student/ckpt.pt", weights_only=True)["trajectories"]
     demo.collect.collect(demo.options(demo.collect.config, ["config/collect.py", "--n_examples=16"], 1337), replace=True)
-    with pytest.raises(demo.CDLMError, match="other trajectory sets"):
+    with pytest.raises(demo.CDLMError, match="it was trained on the trajectory set"):
         demo.train.train({**student, "init_from": "resume"})
     demo.run_train(student)
     assert "done (iteration" not in capsys.readouterr().out
