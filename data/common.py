@@ -409,8 +409,9 @@ def encode_prompt(tok, text, meta):
 
 def task_form(meta, name):
     """A task's (regex, what it says) for its prompts or answers (PROMPT_FORM, ANSWER_FORM in
-    data/<task>/prepare.py), or None."""
-    return getattr(task_module(meta), name, None) if meta.get("task") in tasks() else None
+    data/<task>/prepare.py; a function of the data's settings where the form depends on them), or None."""
+    form = getattr(task_module(meta), name, None) if meta.get("task") in tasks() else None
+    return form(meta.get("settings", {})) if callable(form) else form
 
 
 def answer_note(meta, text):

@@ -156,7 +156,7 @@ def cli(argv, capsys):
 
 
 def test_cli_errors(tmp_path, teacher_dir, capsys):
-    for bad in ("1x2=", "5:+3*7", "5:+3*=", "5:+3*7=x"):  # not a problem of the task: an answer would be a guess
+    for bad in ("1x2=", "5:+3*7", "5:+3*=", "5:+3*7=x", "1:-1+1="):  # not a problem of the task ('-': not of its data)
         assert f"option prompt='{bad}' is not a problem of task arithmetic" in cli([f"--out_dir={teacher_dir}",
                                                                                   f"--prompt={bad}"], capsys)
     assert "more than prompt_len" in cli([f"--out_dir={teacher_dir}", "--prompt=1:" + "+1" * 20 + "="], capsys)

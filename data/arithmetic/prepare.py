@@ -18,6 +18,7 @@ whole in one or two steps (see `python show.py --view=confidence`).
     python data/arithmetic/prepare.py --max_ops=6     # difficulty knobs: min_ops, max_ops, ops
 """
 import os
+import re
 import sys
 
 import numpy as np
@@ -42,8 +43,14 @@ config = dict(
 CHARS = "0123456789+*->,#=:"
 EXAMPLE_PROMPT = "5:+3*7+2*4+1="  # show.py's prompt when none is given (data.common.example_prompt)
 ANSWER_FORM = (r"[-+*]\d>\d(,[-+*]\d>\d)*#\d", "steps such as +3>8, then '#' and the final digit")
-PROMPT_FORM = (r"\d:([-+*]\d)+=", "a start digit, ':', operations such as +3 or *7, and '=' (5:+3*7=)")
 APPLY = {"+": lambda s, d: (s + d) % 10, "*": lambda s, d: (s * d) % 10, "-": lambda s, d: (s - d) % 10}
+
+
+def PROMPT_FORM(settings):  # noqa: N802 (a task's form, here made from the data's own operations)
+    """The prompts of data drawn with `settings`: a start digit, ':', its operations, '='."""
+    ops = settings.get("ops", "+*")
+    return (rf"\d:([{re.escape(ops)}]\d)+=", f"a start digit, ':', operations of {ops!r} such as {ops[0]}3, and '=' "
+                                              f"(5:{ops[0]}3{ops[-1]}7=)")
 
 
 def worked_solution(start, steps):
