@@ -96,7 +96,8 @@ def test_a_rule_that_ranks_by_its_own_score_finalizes_exactly_k(teacher_dir, cap
     fake = lambda window, start=None, return_hidden=False: (logits.clone(), torch.zeros(1, 4, 2))
     for k, want in ((1, [False, True, False, False]), (2, [False, True, True, False]), (4, [True, True, True, False])):
         assert sample.decode_step(fake, block, None, 0, block, 3, "margin", k, 0.0).picked.tolist() == [want]
-    model, ckpt = __import__("model").load_model(os.path.join(teacher_dir, "ckpt.pt"))
+    from checkpoint import load_model
+    model, ckpt = load_model(os.path.join(teacher_dir, "ckpt.pt"))
     meta, st = ckpt["data_meta"], sample.decode_settings(ckpt, {"margin_k": 2})
     picks = []
     prompts = torch.tensor([[3, 4, 5, 6, 7, 8] + [0] * (meta["prompt_len"] - 6)] * 3)
