@@ -189,6 +189,9 @@ def set_rng_state(state, np_rng, gen):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+MADE = set()  # the folders this process made (check_writable): a run that fails leaves them if empty
+
+
 def check_writable(path, what, shown=None):
     """Make the directory path and prove a file can be written there, before any work is done; an
     error names `shown` (a file output's own path) or path. Under torchrun only rank 0 writes files,
@@ -204,7 +207,9 @@ def check_writable(path, what, shown=None):
         raise CDLMError(f"{what} {shown!r} {named} a file, not a folder: give a folder")
     probe = os.path.join(path, f".write_test_{os.getpid()}")
     try:
-        os.makedirs(path, exist_ok=True)
+        if not os.path.isdir(path):
+            os.makedirs(path)
+            MADE.add(os.path.realpath(path))
         with open(probe, "wb") as f:
             f.write(b"ok")
             f.flush()
@@ -305,16 +310,19 @@ def lock(path, what, file=False, kind=None):
     .{name}.lock beside it; with kind (an Output), the file there must be of that kind
     (check_output), checked under the lock. A second writer is refused in one line naming the
     holder. flock is released by the kernel when its process ends, however it ends, so a
-    killed run never blocks a rerun. Under torchrun only rank 0 writes files, so only rank 0 locks.
+    killed run never blocks a rerun. A run that fails before writing anything leaves neither the
+    folder it made nor its lock file. Under torchrun only rank 0 writes files, so only rank 0 locks.
     """
     if int(os.environ.get("RANK", 0)) != 0:
         yield
         return
     import fcntl
+    made = not os.path.lexists(path) or os.path.realpath(path) in MADE  # by this run
     (check_file_writable if file else check_writable)(path, what)
     if kind is not None:  # a name refused leaves no lock file behind; checked again under the lock
         check_output(path, what, kind)
     where = lock_path(path)
+    made_lock = not os.path.lexists(where)
     try:
         fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
@@ -341,7 +349,14 @@ def lock(path, what, file=False, kind=None):
             pass
         if kind is not None:
             check_output(path, what, kind)
-        yield
+        try:
+            yield
+        except BaseException:  # refused or failed: what this run made and left empty goes (we hold the lock)
+            if made and os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
+            if made and made_lock and not os.path.lexists(path):
+                os.remove(where)
+            raise
     finally:
         os.close(fd)
 
@@ -370,6 +385,8 @@ def reading(inputs):
     import fcntl
     with ExitStack() as stack:
         for key, path in option_paths(inputs):
+            if not os.path.lexists(path):  # nothing there to rewrite: the run says so itself, no lock file left
+                continue
             where = lock_path(path)
             try:
                 fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644) if os.access(os.path.dirname(where), os.W_OK) \

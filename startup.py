@@ -104,6 +104,9 @@ def load_resume(cfg, meta, rt, teacher, traj):
     if teacher is not None and init["teacher_hash"] != teacher["weights_hash"]:
         raise CDLMError(f"cannot resume {path}: it was distilled from another teacher than {cfg['teacher_dir']}")
     if teacher is not None and init["trajectories"] != traj.ids:
+        if sorted(init["trajectories"]) == sorted(traj.ids):  # the order draws the batches: another run
+            raise CDLMError(f"cannot resume {path}: it was trained on the same trajectory sets in another order "
+                            f"(--traj_dirs={','.join(init['config']['traj_dirs'])}): give them in that order")
         raise CDLMError(f"cannot resume {path}: it was trained on the trajectory set(s) {', '.join(init['trajectories'])} "
                         f"(then in {', '.join(init['config']['traj_dirs'])}), not on {', '.join(traj.ids)} (now in "
                         f"{', '.join(cfg['traj_dirs'])})")

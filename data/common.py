@@ -415,13 +415,13 @@ def task_form(meta, name):
 
 
 def answer_note(meta, text):
-    """A note when a decoded answer is not of its task's ANSWER_FORM (the prompt was likely unlike the
-    problems the model learned: fewer steps, a word it never saw), else None."""
+    """A note when a decoded answer is not of its task's ANSWER_FORM (a model trained too little, or a
+    prompt unlike the problems it learned: fewer steps, a word it never saw), else None."""
     form = task_form(meta, "ANSWER_FORM")
     if form is None or re.fullmatch(form[0], text):
         return None
-    return (f"note: this answer is not a worked solution of task {meta['task']} ({form[1]}): the prompt is likely "
-            f"unlike the problems the model learned (their settings: the data's meta.json)")
+    return (f"note: this answer is not a worked solution of task {meta['task']} ({form[1]}): a model trained too "
+            f"little, or a prompt unlike the problems it learned (their settings: the data's meta.json), gives such answers")
 
 
 def encode_state(tok, text, mask_id, gen_len, option="state"):

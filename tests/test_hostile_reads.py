@@ -349,3 +349,21 @@ def test_an_answer_that_cannot_reach_standard_output_is_an_error(redirect, words
                          cwd=ROOT, capture_output=True, text=True)
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {words}"), run.stderr
+
+
+def test_a_run_refused_inside_its_lock_leaves_no_folder_nor_lock(tmp_path, data_dir, teacher_dir):
+    out = tmp_path / "student"  # made by the run, refused after its lock was taken: neither stays
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={out}", "--mode=cdlm", "--init_from=teacher",
+                         f"--teacher_dir={teacher_dir}", f"--traj_dirs=[{tmp_path / 'none'}]", "--device=cpu"],
+            "no trajectories at")
+    assert os.listdir(tmp_path) == []  # no student folder, no .student.lock, no .none.lock
+
+
+def test_a_resume_on_the_same_sets_in_another_order_says_so(tmp_path, data_dir, teacher_dir, traj_dir):
+    other = tmp_path / "t05"
+    collect_into(other, teacher_dir, temperature=0.5)
+    argv = [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 's'}", "--mode=cdlm", f"--teacher_dir={teacher_dir}",
+            "--n_layer=2", "--n_head=2", "--n_embd=32", "--batch_size=8", "--device=cpu"]
+    train.main(argv + ["--init_from=teacher", f"--traj_dirs={traj_dir},{other}", "--max_iters=2"])
+    refused(train.main, argv + ["--init_from=resume", f"--traj_dirs={other},{traj_dir}", "--max_iters=4"],
+            "the same trajectory sets in another order", f"--traj_dirs={traj_dir},{other}")
