@@ -30,9 +30,10 @@ def stored_report(path, methods):
             raise CDLMError(f"{fix}: its row {name!r} is no method of bench.py ({', '.join(methods)})")
         row = check_fields(row, BENCH_ROW, f"{path}: {root}.{name}", fix)
         check_scores(path, row, f"{root}.{name}.", fix)
-        if isinstance(gen_len, int) and row["nfe"] > gen_len:  # every pass finalizes at least one token
-            raise CDLMError(f"{path}: field {root}.{name}.nfe={row['nfe']:g} is above gen_len={gen_len}: a decode "
-                            f"finalizes at least one token a pass; {fix}")
+        for field in ("nfe", "tokens_per_step"):  # a pass finalizes at least one token, at most the answer
+            if isinstance(gen_len, int) and row[field] > gen_len:
+                raise CDLMError(f"{path}: field {root}.{name}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
+                                f"finalizes at least one token and at most the whole answer; {fix}")
     check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
 

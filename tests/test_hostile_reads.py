@@ -367,3 +367,16 @@ def test_a_resume_on_the_same_sets_in_another_order_says_so(tmp_path, data_dir, 
     train.main(argv + ["--init_from=teacher", f"--traj_dirs={traj_dir},{other}", "--max_iters=2"])
     refused(train.main, argv + ["--init_from=resume", f"--traj_dirs={other},{traj_dir}", "--max_iters=4"],
             "the same trajectory sets in another order", f"--traj_dirs={traj_dir},{other}")
+
+
+def test_sizes_the_data_cannot_have_are_refused_or_said(tmp_path, capsys):
+    from data.wordproblems import prepare as words
+    small = ["--n_train=200", "--n_val=10", "--n_test=10"]
+    refused(words.main, [f"--out_dir={tmp_path / 'a'}", "--bpe_sample=201", *small], "option bpe_sample=201",
+            "more than the n_train=200")
+    words.main([f"--out_dir={tmp_path / 'b'}", "--vocab_size=300", *small])  # more than its sample can merge
+    assert "note: the BPE has 230 tokens, below vocab_size=300" in capsys.readouterr().out
+    seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
+    seed["bench"]["cdlm"]["tokens_per_step"] = 100
+    (tmp_path / "seed2.json").write_text(json.dumps(seed))
+    refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], "field bench.cdlm.tokens_per_step=100", "gen_len=48")

@@ -137,6 +137,8 @@ def prepare(cfg):
     if cfg["min_steps"] > cfg["max_steps"]:
         raise CDLMError(f"option min_steps={cfg['min_steps']} is above max_steps={cfg['max_steps']}")
     check_problem_count(cfg)
+    if "bpe_sample" in getattr(cfg, "typed", ()) and cfg["bpe_sample"] > cfg["n_train"]:  # a size typed fits the data
+        raise CDLMError(f"option bpe_sample={cfg['bpe_sample']}: more than the n_train={cfg['n_train']} training problems")
     with writing(cfg["out_dir"], "wordproblems"):  # one writer, from the look at what is there to the last file
         return _prepare(cfg)
 
@@ -222,6 +224,9 @@ def main(argv):
     tok = get_tokenizer(meta)
     print(f"wrote {meta['splits']} to {cfg['out_dir']}: {meta['tokenizer']} vocab={meta['vocab_size']} "
           f"prompt_len={meta['prompt_len']} gen_len={meta['gen_len']}")
+    if meta["tokenizer"] == "bpe" and meta["vocab_size"] - 3 < cfg["vocab_size"]:  # 3: pad, mask, eos
+        print(f"note: the BPE has {meta['vocab_size'] - 3} tokens, below vocab_size={cfg['vocab_size']}: its sample "
+              f"has no more pairs to merge")
     print("example:", prompt, "->", answer)
     print("tokens: ", "|".join(tok.decode([i]) for i in tok.encode(answer)))
 
