@@ -3,6 +3,7 @@ Runtime plumbing shared by every script (nanochat's common module): device, prec
 and collectives, clocks, random states, output checks and the one-writer lock. No script imports
 these from another script.
 """
+import json
 import os
 import re
 import socket
@@ -288,6 +289,29 @@ def file_head(path, n=65536):
         return b""
 
 
+def holds(d):
+    """Which of this repo's outputs folder d holds ('a trajectory set', 'a prepared dataset', 'a
+    checkpoint'), or None: a trajectory set's commit record and a dataset's meta.json share a name."""
+    try:
+        with open(os.path.join(d, "meta.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and ("set" in record or "splits" in record):
+        return "a trajectory set" if "set" in record else "a prepared dataset"
+    return "a checkpoint" if os.path.isfile(os.path.join(d, "ckpt.pt")) else None
+
+
+def refuse_inside(path, what, kind="it"):
+    """No output inside a dataset or a trajectory set (their writers own every file there: a picture
+    among a set's fields, or beside a dataset's splits, would block their repair)."""
+    up = os.path.dirname(os.path.realpath(path))
+    while up != os.path.dirname(up):
+        if holds(up) in ("a trajectory set", "a prepared dataset"):
+            raise CDLMError(f"{what}={path!r} is inside {up}, which holds {holds(up)}: write {kind} elsewhere")
+        up = os.path.dirname(up)
+
+
 @contextmanager
 def holding(outputs):
     """Every file output of a run, [(path, what, Output)], checked (check_output) and locked (lock)
@@ -297,6 +321,7 @@ def holding(outputs):
         if os.path.realpath(path) in seen:
             raise CDLMError(f"{what} {path!r} is the file of {seen[os.path.realpath(path)]} too: give each its own")
         seen[os.path.realpath(path)] = what
+        refuse_inside(path, what)
     with ExitStack() as stack:
         for path, what, kind in outputs:
             stack.enter_context(lock(path, what, file=True, kind=kind))

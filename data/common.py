@@ -265,6 +265,9 @@ def check_meta(meta, path, fix):
     need(isinstance(meta.get("answer_marker"), str) and meta["answer_marker"] != "", "answer_marker")
     need(isinstance(meta.get("settings", {}), dict), "settings")
     need(isinstance(meta.get("task"), str) and re.fullmatch(r"[a-z_][a-z0-9_]*", meta["task"]), "task")
+    for key in sorted(set(meta.get("settings", {})) - set(getattr(task_module(meta), "config", {}))
+                      if meta["task"] in tasks() else []):  # a setting no prepare.py has: another identity
+        raise CDLMError(f"{path}: field settings.{key} is not an option of data/{meta['task']}/prepare.py; {fix}")
     if meta["tokenizer"] == "char":
         need(isinstance(meta.get("chars"), str), "chars")
         if len(meta["chars"]) + 3 != meta["vocab_size"]:  # either may be the edited one: name both
@@ -586,33 +589,16 @@ def writing(out_dir, task):
         yield
 
 
-def holds(d):
-    """Which of this repo's outputs folder d holds ('a trajectory set', 'a prepared dataset', 'a
-    checkpoint'), or None: a trajectory set's commit record and a dataset's meta.json share a name."""
-    try:
-        with open(os.path.join(d, "meta.json")) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        record = None
-    if isinstance(record, dict) and ("set" in record or "splits" in record):
-        return "a trajectory set" if "set" in record else "a prepared dataset"
-    return "a checkpoint" if os.path.isfile(os.path.join(d, "ckpt.pt")) else None
-
-
 def check_out_kind(out_dir, kind):
-    """option out_dir of a writer of `kind` (one of holds'): it holds no output of another kind, is
-    no task's data folder, and sits inside no dataset or trajectory set (their writers replace what
-    is in them)."""
+    """option out_dir of a writer of `kind` (one of runtime.holds'): it holds no output of another kind,
+    is no task's data folder, and sits inside no dataset or trajectory set (runtime.refuse_inside)."""
+    from runtime import holds, refuse_inside
     d = os.path.realpath(out_dir)
     have = holds(d) or next((f"the folder of task {t!r}" for t, p in tasks().items() if os.path.realpath(p) == d
                              and kind != "a prepared dataset"), None)
     if have not in (None, kind):
         raise CDLMError(f"option out_dir={out_dir!r} holds {have}: write {kind} elsewhere")
-    up = os.path.dirname(d)
-    while up != os.path.dirname(up):
-        if holds(up) in ("a trajectory set", "a prepared dataset"):
-            raise CDLMError(f"option out_dir={out_dir!r} is inside {up}, which holds {holds(up)}: write {kind} elsewhere")
-        up = os.path.dirname(up)
+    refuse_inside(out_dir, "option out_dir", kind)
 
 
 def check_data_dir(out_dir, task):

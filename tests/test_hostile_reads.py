@@ -380,3 +380,17 @@ def test_sizes_the_data_cannot_have_are_refused_or_said(tmp_path, capsys):
     seed["bench"]["cdlm"]["tokens_per_step"] = 100
     (tmp_path / "seed2.json").write_text(json.dumps(seed))
     refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], "field bench.cdlm.tokens_per_step=100", "gen_len=48")
+
+
+def test_no_picture_or_report_inside_a_dataset_or_a_set(tmp_path, data_dir, traj_dir, teacher_dir, student_dir, ar_dir):
+    d = tmp_path / "data"
+    shutil.copytree(data_dir, d)
+    refused(show.main, ["--view=masks", f"--png={d / 'm.png'}"], f"option png='{d / 'm.png'}' is inside {d}",
+            "holds a prepared dataset")
+    inner = os.path.join(traj_dir, json.loads(open(os.path.join(traj_dir, "meta.json")).read())["set"])
+    refused(bench.main, [f"--teacher_dir={teacher_dir}", f"--student_dir={student_dir}", f"--ar_dir={ar_dir}",
+                         f"--out_path={inner}/b.json", "--device=cpu"], "option out_path", "holds a trajectory set")
+    assert sorted(os.listdir(d)) == sorted(os.listdir(data_dir)) and not any("b." in n for n in os.listdir(inner))
+    meta = json.loads((d / "meta.json").read_text())  # a setting nested in meta.json that no prepare.py has
+    (d / "meta.json").write_text(json.dumps({**meta, "settings": {**meta["settings"], "extra": 3}}))
+    refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], "field settings.extra is not an option")
