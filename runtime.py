@@ -209,8 +209,11 @@ def check_writable(path, what, shown=None):
     probe = os.path.join(path, f".write_test_{os.getpid()}")
     try:
         if not os.path.isdir(path):
+            new, d = [], os.path.abspath(path)
+            while not os.path.lexists(d):  # every level this run makes
+                new, d = new + [d], os.path.dirname(d)
             os.makedirs(path)
-            MADE.add(os.path.realpath(path))
+            MADE.update(os.path.realpath(d) for d in new)
         with open(probe, "wb") as f:
             f.write(b"ok")
             f.flush()
@@ -377,10 +380,15 @@ def lock(path, what, file=False, kind=None):
         try:
             yield
         except BaseException:  # refused or failed: what this run made and left empty goes (we hold the lock)
-            if made and os.path.isdir(path) and not os.listdir(path):
-                os.rmdir(path)
-            if made and made_lock and not os.path.lexists(path):
-                os.remove(where)
+            if made:
+                if os.path.isdir(path) and not os.listdir(path):
+                    os.rmdir(path)
+                if made_lock and not os.path.lexists(path):
+                    os.remove(where)
+                up = os.path.dirname(os.path.realpath(path))
+                while up in MADE and os.path.isdir(up) and not os.listdir(up):  # and the empty folders above it
+                    os.rmdir(up)
+                    up = os.path.dirname(up)
             raise
     finally:
         os.close(fd)

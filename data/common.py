@@ -260,14 +260,19 @@ def check_meta(meta, path, fix):
         need(is_int(meta.get(field), 1), field)
     splits = meta.get("splits")
     need(isinstance(splits, dict) and all(isinstance(k, str) and is_int(n, 1) for k, n in splits.items()), "splits")
-    need(isinstance(meta.get("hashes"), dict) and set(meta["hashes"]) == set(splits)
+    need(isinstance(meta.get("hashes"), dict)
          and all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{16}", h) for h in meta["hashes"].values()), "hashes")
+    if set(meta["hashes"]) != set(splits):  # either may be the edited one: name both
+        raise CDLMError(f"{path}: fields splits and hashes name other splits ({', '.join(sorted(splits))} against "
+                        f"{', '.join(sorted(meta['hashes']))}); {fix}")
     need(isinstance(meta.get("answer_marker"), str) and meta["answer_marker"] != "", "answer_marker")
     need(isinstance(meta.get("settings", {}), dict), "settings")
     need(isinstance(meta.get("task"), str) and re.fullmatch(r"[a-z_][a-z0-9_]*", meta["task"]), "task")
-    for key in sorted(set(meta.get("settings", {})) - set(getattr(task_module(meta), "config", {}))
-                      if meta["task"] in tasks() else []):  # a setting no prepare.py has: another identity
-        raise CDLMError(f"{path}: field settings.{key} is not an option of data/{meta['task']}/prepare.py; {fix}")
+    settings = meta.get("settings", {})
+    options = set(getattr(task_module(meta), "config", {})) if meta["task"] in tasks() else set(settings)
+    for key in sorted(set(settings) ^ options):  # prepare.py writes each of its options, no other
+        raise CDLMError(f"{path}: field settings.{key} " + ("is missing" if key in options else
+                        f"is not an option of data/{meta['task']}/prepare.py") + f"; {fix}")
     if meta["tokenizer"] == "char":
         need(isinstance(meta.get("chars"), str), "chars")
         if len(meta["chars"]) + 3 != meta["vocab_size"]:  # either may be the edited one: name both

@@ -305,7 +305,7 @@ def test_a_field_prepare_does_not_write_is_named(tmp_path, data_dir):
     refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], "field extra_field is not one prepare.py writes")
 
 
-def test_no_writer_writes_into_a_folder_of_another_kind(tmp_path, data_dir, traj_dir, teacher_dir, student_dir):
+def test_no_writer_writes_into_a_folder_of_another_kind(tmp_path, data_dir, traj_dir, teacher_dir):
     sets = tmp_path / "sets"
     shutil.copytree(traj_dir, sets)
     train_into = lambda out: [f"--data_dir={data_dir}", f"--out_dir={out}", "--max_iters=1", "--device=cpu"]
@@ -325,8 +325,8 @@ def test_no_writer_writes_into_a_folder_of_another_kind(tmp_path, data_dir, traj
     assert (sets / "set-x" / "ckpt.pt").read_bytes() == b"somebody's"
     load_trajectories(str(sets))
     inner = sets / json.loads((sets / "meta.json").read_text())["set"]
-    refused(show.main, ["--view=states", f"--student_dir={student_dir}", f"--traj_dir={inner}",
-                        f"--png={tmp_path / 's.png'}"], "is a set inside the trajectory set folder", "give that folder")
+    with pytest.raises(CDLMError, match="is a set inside the trajectory set folder .*: give that folder"):
+        load_trajectories(str(inner))  # as show.py --view=states --traj_dir=<it> and train.py read it
 
 
 def test_a_seed_twice_and_a_refused_name_leave_nothing(tmp_path):
@@ -352,7 +352,7 @@ def test_an_answer_that_cannot_reach_standard_output_is_an_error(redirect, words
 
 
 def test_a_run_refused_inside_its_lock_leaves_no_folder_nor_lock(tmp_path, data_dir, teacher_dir):
-    out = tmp_path / "student"  # made by the run, refused after its lock was taken: neither stays
+    out = tmp_path / "a" / "student"  # made by the run (both levels), refused after its lock was taken: none stays
     refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={out}", "--mode=cdlm", "--init_from=teacher",
                          f"--teacher_dir={teacher_dir}", f"--traj_dirs=[{tmp_path / 'none'}]", "--device=cpu"],
             "no trajectories at")
@@ -377,9 +377,10 @@ def test_sizes_the_data_cannot_have_are_refused_or_said(tmp_path, capsys):
     words.main([f"--out_dir={tmp_path / 'b'}", "--vocab_size=300", *small])  # more than its sample can merge
     assert "note: the BPE has 230 tokens, below vocab_size=300" in capsys.readouterr().out
     seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
-    seed["bench"]["cdlm"]["tokens_per_step"] = 100
-    (tmp_path / "seed2.json").write_text(json.dumps(seed))
-    refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], "field bench.cdlm.tokens_per_step=100", "gen_len=48")
+    for tps, words in ((100, "field bench.cdlm.tokens_per_step=100"), (0.5, "bench.cdlm: field tokens_per_step")):
+        seed["bench"]["cdlm"]["tokens_per_step"] = tps
+        (tmp_path / "seed2.json").write_text(json.dumps(seed))
+        refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], words)
 
 
 def test_no_picture_or_report_inside_a_dataset_or_a_set(tmp_path, data_dir, traj_dir, teacher_dir, student_dir, ar_dir):
@@ -392,5 +393,10 @@ def test_no_picture_or_report_inside_a_dataset_or_a_set(tmp_path, data_dir, traj
                          f"--out_path={inner}/b.json", "--device=cpu"], "option out_path", "holds a trajectory set")
     assert sorted(os.listdir(d)) == sorted(os.listdir(data_dir)) and not any("b." in n for n in os.listdir(inner))
     meta = json.loads((d / "meta.json").read_text())  # a setting nested in meta.json that no prepare.py has
-    (d / "meta.json").write_text(json.dumps({**meta, "settings": {**meta["settings"], "extra": 3}}))
-    refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], "field settings.extra is not an option")
+    for edit, words in ((lambda m: m["settings"].update(extra=3), "field settings.extra is not an option"),
+                        (lambda m: m["settings"].pop("block_size"), "field settings.block_size is missing"),
+                        (lambda m: m["splits"].update(extra=5), "fields splits and hashes name other splits")):
+        m = json.loads(json.dumps(meta))
+        edit(m)
+        (d / "meta.json").write_text(json.dumps(m))
+        refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], *words.split(" is "))

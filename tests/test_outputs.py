@@ -30,7 +30,8 @@ def hostages(tmp_path, data_dir):
 
 
 def test_outputs_are_new_or_their_own_kind(tmp_path, data_dir, teacher_dir):
-    files = hostages(tmp_path, data_dir)
+    (tmp_path / "h").mkdir()  # its meta.json makes it a dataset: nothing is written in it or below it
+    files = hostages(tmp_path / "h", data_dir)
     for path in files:
         refused(bench.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--out_path={path}"], "option out_path", path)
         refused(show.main, [f"--teacher_dir={teacher_dir}", "--methods=dlm", f"--html={path}"], "option html", path)
