@@ -311,7 +311,7 @@ def check_options(cfg, methods):
     if cfg["profile"] and not set(methods) & {"cdlm", "dlm", "ar"}:
         raise CDLMError("option profile=True: it profiles cdlm, dlm and ar; give one of them in --methods")
     inputs = {k: cfg[k] for k in (*sorted(used), "data_dir")} | stored_data_dirs(cfg, sorted(used))
-    refuse_overlap(dict(out_path=cfg["out_path"]), inputs)
+    refuse_overlap(dict(out_path=cfg["out_path"]), {**inputs, "checkpoints": cfg["checkpoints"]})  # the folder too
     return inputs
 
 
@@ -325,7 +325,7 @@ def run(cfg):
         refuse_unused(cfg, dict.fromkeys(set(config) - SCALE_OPTIONS, "with --scale: the study measures random weights"))
         png = os.path.splitext(cfg["out_path"])[0] + ".png"
         inputs = {k: cfg[k] for k in ("student_dir", "data_dir")} | stored_data_dirs(cfg, ["student_dir"])
-        refuse_overlap(dict(out_path=cfg["out_path"]), inputs)
+        refuse_overlap(dict(out_path=cfg["out_path"]), {**inputs, "checkpoints": cfg["checkpoints"]})
         with holding([(cfg["out_path"], "option out_path", REPORT), (png, "the plot of option out_path", PNG)]), \
                 reading(inputs):
             return scale(cfg, png)

@@ -366,7 +366,7 @@ def main(argv):
                                   "with --view=confidence and a --prompt or --state: it is for the search of the test problems"))
     refuse_overlap({k: cfg[k] for k in OUTPUTS},
                    {k: cfg[k] for k in (*sorted(dirs), "traj_dir", "data_dir") if k in dirs or view in READ_BY[k].split()}
-                   | stored_data_dirs(cfg, sorted(dirs)))
+                   | stored_data_dirs(cfg, sorted(dirs)) | {"checkpoints": cfg["checkpoints"]})
     # every output new or one of its kind, proven writable, and held (as bench.py holds its plots), before any work
     with holding([(cfg[k], f"option {k}", kind) for k, kind in OUTPUTS.items() if cfg[k]]):
         for key in ("png", "gif"):

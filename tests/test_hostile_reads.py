@@ -400,3 +400,12 @@ def test_no_picture_or_report_inside_a_dataset_or_a_set(tmp_path, data_dir, traj
         edit(m)
         (d / "meta.json").write_text(json.dumps(m))
         refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], *words.split(" is "))
+
+
+def test_no_output_inside_the_checkpoints_folder_it_reads(tmp_path):
+    ref = os.path.join(ROOT, "ref", "arithmetic")
+    refused(show.main, [f"--checkpoints={ref}", "--methods=cdlm", f"--gif={ref}/r.gif"], "option gif",
+            f"is inside option checkpoints='{ref}'")
+    refused(bench.main, [f"--checkpoints={ref}", "--methods=cdlm", f"--out_path={ref}/b.json"], "option out_path",
+            f"is inside option checkpoints='{ref}'")
+    assert not any(n.startswith(("r.", "b.")) for n in os.listdir(ref))
