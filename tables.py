@@ -34,6 +34,13 @@ def stored_report(path, methods):
             if isinstance(gen_len, int) and row[field] > gen_len:
                 raise CDLMError(f"{path}: field {root}.{name}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
                                 f"finalizes at least one token and at most the whole answer; {fix}")
+        n = r["settings"].get("num_eval")
+        if isinstance(gen_len, int) and isinstance(n, int) and n > 0:  # rows of at most gen_len passes, mean nfe:
+            fewest = max(1.0, n * row["nfe"] - (n - 1) * gen_len)  # each row took at least this many
+            if row["tokens_per_step"] > gen_len / fewest * (1 + 1e-9):
+                raise CDLMError(f"{path}: field {root}.{name}.tokens_per_step={row['tokens_per_step']:g} is more than "
+                                f"its NFE allows (every one of {n} problems took at least {fewest:g} passes, so at "
+                                f"most {gen_len / fewest:g} tokens a pass); {fix}")
     check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
 

@@ -329,6 +329,9 @@ def checkpoint_data(ckpt, data_dir=None, what="the checkpoint"):
     if data_dir and os.path.isdir(d) and not os.path.isfile(os.path.join(d, "meta.json")):
         raise CDLMError(f"option data_dir={d!r} holds no prepared data (no meta.json: was prepare.py interrupted?): "
                         f"prepare it again there, or give the data {what} was trained on")
+    if data_dir and not os.path.lexists(d):
+        raise CDLMError(f"option data_dir={d!r} does not exist: give the folder prepare.py wrote the data {what} was "
+                        f"trained on into")
     if not os.path.isfile(os.path.join(d, "meta.json")):
         raise CDLMError(f"the data {what} was trained on is not at {d} (moved?): give it with --data_dir")
     meta = load_meta(d)

@@ -377,10 +377,14 @@ def test_sizes_the_data_cannot_have_are_refused_or_said(tmp_path, capsys):
     words.main([f"--out_dir={tmp_path / 'b'}", "--vocab_size=300", *small])  # more than its sample can merge
     assert "note: the BPE has 230 tokens, below vocab_size=300" in capsys.readouterr().out
     seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
-    for tps, want in ((100, "field bench.cdlm.tokens_per_step=100"), (0.5, "bench.cdlm: field tokens_per_step")):
-        seed["bench"]["cdlm"]["tokens_per_step"] = tps
-        (tmp_path / "seed2.json").write_text(json.dumps(seed))
+    for edit, want in ((dict(tokens_per_step=100), "field bench.cdlm.tokens_per_step=100"),
+                       (dict(tokens_per_step=0.5), "bench.cdlm: field tokens_per_step"),
+                       (dict(nfe=48), "is more than its NFE allows")):  # 48 passes each: one token a pass at most
+        (tmp_path / "seed2.json").write_text(json.dumps({**seed, "bench": {**seed["bench"],
+                                                                          "cdlm": {**seed["bench"]["cdlm"], **edit}}}))
         refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], want)
+    refused(sample.main, [f"--out_dir={os.path.join(ROOT, 'ref', 'arithmetic', 'student')}", "--eval",
+                          f"--data_dir={tmp_path / 'none'}"], f"option data_dir='{tmp_path / 'none'}' does not exist")
 
 
 def test_no_picture_or_report_inside_a_dataset_or_a_set(tmp_path, data_dir, traj_dir, teacher_dir, student_dir, ar_dir):
