@@ -161,7 +161,8 @@ def test_data_is_found_from_anywhere_and_checked(tmp_path, data_dir, teacher_dir
     other = tmp_path / "other"
     arith.prepare({"out_dir": str(other), "n_train": 200, "n_val": 8, "n_test": 8, "seed": 2})
     refused(sample.main, [f"--out_dir={teacher_dir}", "--eval", f"--data_dir={other}"], "other data")
-    refused(sample.main, [f"--out_dir={teacher_dir}", "--eval", f"--data_dir={tmp_path / 'none'}"], "--data_dir")
+    refused(sample.main, [f"--out_dir={teacher_dir}", "--eval", f"--data_dir={tmp_path / 'none'}"],
+            f"option data_dir='{tmp_path / 'none'}' does not exist")
 
 
 def test_corrupt_files_are_named(tmp_path, data_dir, teacher_dir):
