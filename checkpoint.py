@@ -60,6 +60,10 @@ def save_checkpoint(ckpt, path):
         raise CDLMError(f"cannot write checkpoint {path}: {why} (the previous one, if any, is intact)") from None
 
 
+class OlderCheckpoint(CDLMError):
+    """A checkpoint this repo made before meta_hash: refused for use, and kept (startup.finished)."""
+
+
 def load_failure(e):
     """What torch.load's error says of the file, without torch's advice to load it unsafely
     (weights_only=False runs whatever code a pickle holds: never for a file that failed this)."""
@@ -84,6 +88,9 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
     except Exception as e:
         raise CDLMError(f"cannot read checkpoint {path}: {load_failure(e)}; make it again (train.py with "
                         f"--init_from=scratch, or =teacher for a student) or give another --{option}")
+    if isinstance(ckpt, dict) and [k for k in CKPT_KEYS if k not in ckpt] == ["meta_hash"]:
+        raise OlderCheckpoint(f"{path} is a checkpoint of an older version of the repo (no meta_hash): make it again "
+                              f"with this one, or give another --{option}")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or not isinstance(ckpt["config"], dict) \
             or not isinstance(ckpt["model"], dict) or not all(torch.is_tensor(t) for t in ckpt["model"].values()) \
             or not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["sampling"], dict):

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from checkpoint import hash_tensor, read_checkpoint
+from checkpoint import OlderCheckpoint, hash_tensor, read_checkpoint
 from configurator import CDLMError
 from data.common import data_fingerprint, same_data
 from data.trajectories import load_trajectory_sets
@@ -61,6 +61,8 @@ def finished(path):
     in ref/), described; None where there is none, or one unfinished (a killed run) or unreadable."""
     try:
         ckpt = read_checkpoint(path)
+    except OlderCheckpoint:  # made by this repo, and perhaps finished: never written over in silence
+        return "a checkpoint of an older version of the repo"
     except CDLMError:
         return None
     kind = KINDS[ckpt["config"]["mode"]]

@@ -413,3 +413,16 @@ def test_no_output_inside_the_checkpoints_folder_it_reads(tmp_path):
     refused(bench.main, [f"--checkpoints={ref}", "--methods=cdlm", f"--out_path={ref}/b.json"], "option out_path",
             f"is inside option checkpoints='{ref}'")
     assert not any(n.startswith(("r.", "b.")) for n in os.listdir(ref))
+
+
+def test_a_checkpoint_of_an_older_version_is_refused_and_kept(tmp_path, data_dir, teacher_dir):
+    old = tmp_path / "old"
+    old.mkdir()
+    ckpt = torch.load(os.path.join(teacher_dir, "ckpt.pt"), weights_only=True)
+    ckpt.pop("meta_hash")  # as this repo saved checkpoints before meta_hash
+    torch.save(ckpt, old / "ckpt.pt")
+    refused(sample.main, [f"--out_dir={old}", "--prompt=5:+3*7="], "is a checkpoint of an older version", "make it again")
+    before = (old / "ckpt.pt").read_bytes()
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={old}", "--max_iters=1", "--device=cpu"],
+            "holds a checkpoint of an older version of the repo", "would write over")
+    assert (old / "ckpt.pt").read_bytes() == before
