@@ -310,8 +310,9 @@ def refuse_inside(path, what, kind="it"):
     among a set's fields, or beside a dataset's splits, would block their repair)."""
     up = os.path.dirname(os.path.realpath(path))
     while up != os.path.dirname(up):
-        if holds(up) in ("a trajectory set", "a prepared dataset"):
-            raise CDLMError(f"{what}={path!r} is inside {up}, which holds {holds(up)}: write {kind} elsewhere")
+        have = holds(up)
+        if have in ("a trajectory set", "a prepared dataset"):
+            raise CDLMError(f"{what}={path!r} is inside {up}, which holds {have}: write {kind} elsewhere")
         up = os.path.dirname(up)
 
 

@@ -456,8 +456,9 @@ def main(argv):
                             meta["eos_id"], settings, gen, on_step=on_step)[:2]
     answer = tok.decode(out[0].tolist())
     print(f"{cfg['prompt']}{answer}    ({nfe.item()} forward passes)")
-    if answer_note(meta, answer):  # an answer not of the task's form: say so, it was decoded all the same
-        print(answer_note(meta, answer))
+    note = answer_note(meta, answer)  # an answer not of the task's form: said so, it was decoded all the same
+    if note:
+        print(note)
 
 
 if __name__ == "__main__":

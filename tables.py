@@ -24,7 +24,7 @@ def stored_report(path, methods):
     fix = f"option table={path!r}: rerun the bench that wrote it"
     if not r["methods"]:
         raise CDLMError(f"{path}: field methods is empty: no method was measured; {fix}")
-    gen_len = r["settings"].get("gen_len")
+    gen_len, n = r["settings"].get("gen_len"), r["settings"].get("num_eval")
     for name, row in r["methods"].items():
         if name not in methods:
             raise CDLMError(f"{fix}: its row {name!r} is no method of bench.py ({', '.join(methods)})")
@@ -34,7 +34,6 @@ def stored_report(path, methods):
             if isinstance(gen_len, int) and row[field] > gen_len:
                 raise CDLMError(f"{path}: field {root}.{name}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
                                 f"finalizes at least one token and at most the whole answer; {fix}")
-        n = r["settings"].get("num_eval")
         if isinstance(gen_len, int) and isinstance(n, int) and n > 0:  # rows of at most gen_len passes, mean nfe:
             fewest = max(1.0, n * row["nfe"] - (n - 1) * gen_len)  # each row took at least this many
             if row["tokens_per_step"] > gen_len / fewest * (1 + 1e-9):

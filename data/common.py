@@ -613,17 +613,14 @@ def check_data_dir(out_dir, task):
     """
     A folder prepare.py may write task's data into: new or empty, the task's own data/<task>/, or
     holding nothing but prepared data (meta.json, the .bin splits, their temporary names) of this
-    task; a meta.json too damaged to name its task is rewritten. Another task's data, a trajectory
-    set (whose commit record is also a meta.json) or any other file is refused.
+    task; a meta.json too damaged to name its task is rewritten. Another task's data or any other
+    file is refused (a trajectory set, whose commit record is also a meta.json: check_out_kind).
     """
     try:
         with open(os.path.join(out_dir, "meta.json")) as f:
             record = json.load(f)
     except (OSError, ValueError):
         record = None
-    if isinstance(record, dict) and "set" in record:
-        raise CDLMError(f"option out_dir={out_dir!r} holds a trajectory set (its meta.json is the set's commit "
-                        f"record): prepare the data elsewhere")
     if isinstance(record, dict) and isinstance(record.get("task"), str) and record["task"] != task:
         raise CDLMError(f"option out_dir={out_dir!r} holds the prepared data of task {record['task']!r}, not "
                         f"{task!r}: prepare {task} in another folder")
