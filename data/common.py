@@ -584,14 +584,21 @@ def write_dataset(out_dir, arrays, meta):
 
 
 @contextmanager
-def writing(out_dir, task):
+def writing(out_dir, task, cfg):
     """
     prepare.py's hold on out_dir, from the look at what is there to the last file written: the
     one-writer lock every writer takes (runtime.lock), and only over this task's prepared data
-    (check_data_dir), never over another task's or a trajectory set.
+    (check_data_dir), never over another task's or a trajectory set. A dataset already there with
+    exactly these settings needs no writer: it is looked at under the readers' shared hold
+    (runtime.reading), so runs reading it (demo.py's seeds side by side) do not refuse the look.
     """
-    from runtime import lock
+    from runtime import lock, reading
     check_out_kind(out_dir, "a prepared dataset")  # before lock makes the folder: a refusal leaves none
+    if os.path.isdir(out_dir):
+        with reading({"out_dir": out_dir}):
+            if prepared(out_dir, cfg) is not None:
+                yield  # prepare finds it whole and writes nothing
+                return
     with lock(out_dir, "option out_dir"):
         check_data_dir(out_dir, task)
         yield

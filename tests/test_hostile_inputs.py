@@ -83,6 +83,24 @@ def test_prepare_takes_the_one_writer_lock(tmp_path):
     assert not (out / "meta.json").exists()
 
 
+def test_prepare_of_a_dataset_there_already_is_not_blocked_by_its_readers(tmp_path):
+    """demo.py's seeds side by side: one trains on the data (a reader) while the next runs prepare.py
+    with the same settings; that finds the dataset whole and writes nothing. Other settings still
+    need the writer's lock, which readers refuse."""
+    from runtime import reading
+    out = tmp_path / "d"
+    arith.main([f"--out_dir={out}", "--seed=1", *PREP])
+    old = {f: file_bytes(out / f) for f in os.listdir(out)}
+    with reading({"data_dir": str(out)}):
+        p = prepare_process(out, 1)
+        got, err = p.communicate()
+        assert p.returncode == 0 and "nothing to do" in got, err
+        p = prepare_process(out, 2)
+        _, err = p.communicate()
+        assert p.returncode == 2 and err.count("\n") == 1 and "being read by a running run" in err, err
+    assert {f: file_bytes(out / f) for f in os.listdir(out)} == old
+
+
 def test_two_prepares_into_one_folder_leave_one_whole_dataset(tmp_path):
     want = {}
     for seed in (1, 2):  # what each seed's dataset is, prepared alone

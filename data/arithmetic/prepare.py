@@ -98,7 +98,7 @@ def prepare(cfg):
                         f"min_ops={cfg['min_ops']}, max_ops={cfg['max_ops']}, ops={cfg['ops']!r}; "
                         f"ask for at most {total // 2} or allow more operations")
     check_problem_count(cfg)
-    with writing(cfg["out_dir"], "arithmetic"):  # one writer, from the look at what is there to the last file
+    with writing(cfg["out_dir"], "arithmetic", cfg):  # one writer, from the look at what is there to the last file
         return _prepare(cfg)
 
 

@@ -139,7 +139,7 @@ def prepare(cfg):
     check_problem_count(cfg)
     if "bpe_sample" in getattr(cfg, "typed", ()) and cfg["bpe_sample"] > cfg["n_train"]:  # a size typed fits the data
         raise CDLMError(f"option bpe_sample={cfg['bpe_sample']}: more than the n_train={cfg['n_train']} training problems")
-    with writing(cfg["out_dir"], "wordproblems"):  # one writer, from the look at what is there to the last file
+    with writing(cfg["out_dir"], "wordproblems", cfg):  # one writer, from the look at what is there to the last file
         return _prepare(cfg)
 
 
