@@ -84,6 +84,8 @@ def _collect(cfg, rt, model, ckpt, data_dir, dmeta, replace):
     n = min(cfg["n_examples"], len(train))
     check_memory(rt.device, f"option batch_size={cfg['batch_size']} (a batch of the teacher's decoding)", model.cfg,
                  cfg["batch_size"])
+    if "batch_size" in getattr(cfg, "typed", ()) and cfg["batch_size"] > n:  # as sample.py's: a size typed fits
+        raise CDLMError(f"option batch_size={cfg['batch_size']}: more than the {n} problems collected (n_examples)")
     # everything that decides the content; a finished or partial run with other settings is redone
     settings = dict(teacher_hash=ckpt["weights_hash"], data=data_fingerprint(dmeta), gen_len=L, block_size=bs,
                     steps=L, n_examples=n, temperature=cfg["temperature"], hidden_dtype=cfg["hidden_dtype"],

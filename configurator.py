@@ -281,7 +281,12 @@ def configure(spec, argv):
     effect, before a config file or after it. An option typed twice is refused.
     """
     cfg, given, typed = defaults(spec), set(), {}
-    for arg in (a for a in argv if not a.startswith("--")):
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            continue
+        before = argv[i - 1] if i else ""
+        if not os.path.exists(arg) and before.startswith("--") and "=" not in before and before[2:] in spec:
+            raise CDLMError(f"expected {before}={arg}, got {before} {arg} (an option takes its value after '=')")
         if not os.path.isfile(arg):
             raise CDLMError(f"config file {arg!r} " + ("is not a regular file" if os.path.exists(arg) else "not found"))
         scope = {}  # one namespace, as a module has: comprehensions and functions see its names

@@ -11,7 +11,7 @@ import re
 import statistics
 from typing import NamedTuple
 
-from configurator import SEED, CDLMError, Float, Int, Str
+from configurator import SEED, Bool, CDLMError, Float, Int, Str
 from data.common import METRICS, Each, check_fields, read_json
 from runtime import THREADS
 
@@ -119,7 +119,14 @@ def check_seed_figures(path, r, before, fix):
     if have != want:
         raise CDLMError(f"{path}: field teacher_steps has rows {have} (tokens per step), not those demo.py measures at "
                         f"a block of {have[-1]}: {want}; {fix}")
+    for name, row in r["bench"].items():
+        check_schedule(path, f"bench.{name}", check_fields(row, BENCH_ROW, f"{path}: bench.{name}", fix),
+                       r["bench_settings"].get("gen_len"), r["bench_machine"], fix)
     check_speedups(path, r["bench"], fix)
+    other = next((p for p, o in before if o["ar_seed"] != r["ar_seed"]), None)
+    if other:  # demo.py trains the AR baseline once: every seed's bench decodes with it
+        raise CDLMError(f"{path}: field ar_seed={r['ar_seed']}, but {other} has ar_seed={dict(before)[other]['ar_seed']}: "
+                        f"every seed's bench decodes with the one AR baseline; {fix}")
     other = next((p for p, o in before if o["num_eval"] != r["num_eval"]), None)
     if other:  # a mean over seeds is a mean of one measurement
         raise CDLMError(f"{path}: field num_eval={r['num_eval']}, but {other} has num_eval="
@@ -128,6 +135,44 @@ def check_seed_figures(path, r, before, fix):
     if other:
         raise CDLMError(f"{path}: field teacher_steps has rows {have}, but {other} has "
                         f"{sorted(dict(before)[other]['teacher_steps'], key=int)}: one table reads both; {fix}")
+
+
+POSITIVE = Float(1, "(0, inf)")
+BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "[1, inf)"),  # a pass finalizes at least one token
+             "latency_ms": POSITIVE, "throughput_tok_s": POSITIVE, "flops_per_token": POSITIVE,
+             "bytes_per_token": POSITIVE, "arithmetic_intensity": POSITIVE, "achieved_gflops": POSITIVE,
+             "settings?": {"block_size": Int(1, "[1, inf)"), "steps_per_block": Int(None, "[1, inf)"),
+                           "threshold": Float(None, "(0, 1]"), "early_stop": Bool(False)},
+             "compiled?": {"compile_s": Float(0, "[0, inf)"), "differs_from_eager": Float(0, "[0, 1]")}}
+
+
+def check_schedule(path, at, row, gen_len, machine, fix):
+    """What a row's own settings and figures imply: a pass finalizes tokens of one block only; a
+    schedule of steps_per_block passes a block (no threshold) finalizes block_size / steps_per_block
+    tokens a pass and takes gen_len / block_size blocks of passes (fewer only with early stop); the
+    arithmetic intensity is FLOPs over bytes; float32 work is not faster than the measured peak."""
+    def bad(field, why):
+        raise CDLMError(f"{path}: field {at}.{field}={row[field]:g} {why}; {fix}")
+    if not math.isclose(row["arithmetic_intensity"], row["flops_per_token"] / row["bytes_per_token"], rel_tol=1e-6):
+        bad("arithmetic_intensity", f"is not flops_per_token / bytes_per_token "
+                                    f"({row['flops_per_token'] / row['bytes_per_token']:.4g})")
+    if machine.get("dtype") == "float32" and isinstance(machine.get("peak_gflops"), (int, float)) \
+            and row["achieved_gflops"] > machine["peak_gflops"]:
+        bad("achieved_gflops", f"is above the measured peak of {machine['peak_gflops']:g} GFLOP/s (float32)")
+    s = row.get("settings")
+    if not s:
+        return
+    if row["tokens_per_step"] > s["block_size"] * (1 + 1e-9):
+        bad("tokens_per_step", f"is above its block_size={s['block_size']}: a pass finalizes tokens of one block")
+    if s["threshold"] is None and s["steps_per_block"] and isinstance(gen_len, int) and s["steps_per_block"] <= s["block_size"]:
+        passes = gen_len // s["block_size"] * s["steps_per_block"]
+        if abs(row["tokens_per_step"] - s["block_size"] / s["steps_per_block"]) > 1e-9 * row["tokens_per_step"]:
+            bad("tokens_per_step", f"is not block_size / steps_per_block = {s['block_size'] / s['steps_per_block']:g}, "
+                                   f"what a schedule of {s['steps_per_block']} passes a block finalizes")
+        if row["nfe"] > passes * (1 + 1e-9) or (not s["early_stop"] and row["nfe"] < passes * (1 - 1e-9)):
+            bad("nfe", f"is not {'at most ' if s['early_stop'] else ''}{passes}: {s['steps_per_block']} passes a block, "
+                       f"{gen_len // s['block_size']} blocks" + (" (no early stop)" if not s["early_stop"] else ""))
+
 
 
 # a speedup's timing and direction: latency theirs / mine, throughput mine / theirs

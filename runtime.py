@@ -205,12 +205,15 @@ def check_writable(path, what, shown=None):
     shown = shown or path
     if not os.path.isdir(up):
         named = "is" if up == os.path.abspath(shown) else f"sits in {up!r}, which is"
+        if os.path.islink(up):  # a link to nothing: no folder there, and none to make
+            raise CDLMError(f"{what} {shown!r} {named} a symbolic link to {os.readlink(up)!r}, which does not exist: "
+                            f"make that folder or give another")
         raise CDLMError(f"{what} {shown!r} {named} a file, not a folder: give a folder")
-    probe = os.path.join(path, f".write_test_{os.getpid()}")
+    probe, new = os.path.join(path, f".write_test_{os.getpid()}"), []
     try:
         if not os.path.isdir(path):
-            new, d = [], os.path.abspath(path)
-            while not os.path.lexists(d):  # every level this run makes
+            d = os.path.abspath(path)
+            while not os.path.lexists(d):  # every level this run makes, deepest first
                 new, d = new + [d], os.path.dirname(d)
             os.makedirs(path)
             MADE.update(os.path.realpath(d) for d in new)
@@ -219,6 +222,11 @@ def check_writable(path, what, shown=None):
             f.flush()
             os.fsync(f.fileno())  # a full disk shows here, not at close
     except OSError as e:
+        if os.path.lexists(probe):
+            os.remove(probe)
+        for d in new:  # a refusal leaves none of the folders it made (a full disk lets mkdir through)
+            if os.path.isdir(d) and not os.listdir(d):
+                os.rmdir(d)
         raise CDLMError(f"{what} {shown!r} is not writable: {e.strerror or e}") from None
     finally:
         if os.path.lexists(probe):

@@ -282,7 +282,7 @@ class DecodeSettings:
         """A one-line error for settings this model and layout cannot decode, naming each as origin(field) does."""
         def bad(key, allowed):
             raise CDLMError(f"{origin(key)}={getattr(self, key)!r}: {allowed}")
-        params, options = [r.param for r in RULES.values()], decode_options()
+        params, options = RULES_PARAMS, decode_options()
         if self.rule is None:
             bad("rule", f"give exactly one of {' and '.join(params)} (or name the rule: one of {', '.join(RULES)})")
         for f in fields(self):  # each field's type and range, as sample.py declares them
@@ -318,6 +318,9 @@ DEFAULT_DECODING = {
     "cdlm": lambda bs, threshold: DecodeSettings(bs, threshold=threshold, cache="exact", early_stop=True),
     "ar": lambda bs, threshold: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
 }
+
+
+RULES_PARAMS = [r.param for r in RULES.values()]
 
 
 def decode_options():
@@ -427,6 +430,9 @@ def main(argv):
     torch.manual_seed(cfg["seed"])
     overrides = {f.name: cfg[f.name] for f in fields(DecodeSettings)}
     model, ckpt, settings = load_for_decoding(os.path.join(cfg["out_dir"], "ckpt.pt"), overrides, device)
+    for k in (k for k, v in overrides.items() if v is None and k in getattr(cfg, "typed", ())):  # not 'no threshold'
+        raise CDLMError(f"option {k}=None keeps the checkpoint's own setting ({k}={getattr(settings, k)!r}): leave it out, "
+                        f"or give a value" + (" (another rule: give its parameter, or --rule=...)" if k in RULES_PARAMS else ""))
     if settings.temperature == 0:
         refuse_unused(cfg, {"seed": "at temperature 0: greedy decoding draws no noise"})
     meta, tok = ckpt["data_meta"], get_tokenizer(ckpt["data_meta"])

@@ -6,7 +6,7 @@ printed.
 """
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
-from results import SCORES, check_scores, check_speedups
+from results import BENCH_ROW, check_schedule, check_scores, check_speedups
 from runtime import Output
 
 
@@ -34,6 +34,7 @@ def stored_report(path, methods):
             if isinstance(gen_len, int) and row[field] > gen_len:
                 raise CDLMError(f"{path}: field {root}.{name}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
                                 f"finalizes at least one token and at most the whole answer; {fix}")
+        check_schedule(path, f"{root}.{name}", row, gen_len, r["machine"], fix)
         if isinstance(gen_len, int) and isinstance(n, int) and n > 0:  # rows of at most gen_len passes, mean nfe:
             fewest = max(1.0, n * row["nfe"] - (n - 1) * gen_len)  # each row took at least this many
             if row["tokens_per_step"] > gen_len / fewest * (1 + 1e-9):
@@ -42,10 +43,6 @@ def stored_report(path, methods):
                                 f"most {gen_len / fewest:g} tokens a pass); {fix}")
     check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
-
-
-BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "[1, inf)"),  # a pass finalizes at least one token
-             "latency_ms": Float(1, "(0, inf)"), "throughput_tok_s": Float(1, "(0, inf)")}
 
 
 def is_report(path):

@@ -290,13 +290,26 @@ def check_meta(meta, path, fix):
 LAYOUT_KEYS = ("tokenizer", "vocab_size", "pad_id", "mask_id", "eos_id", "prompt_len", "gen_len")
 
 
-def data_fingerprint(meta):
-    """A short hash of everything that defines a prepared dataset except where it was written."""
+def data_identity(meta):
+    """Everything that defines a prepared dataset except where it was written: the task's name is a
+    label, and the files' hashes (checked as each split is read) follow from the settings."""
     settings = {k: v for k, v in meta.get("settings", {}).items() if k != "out_dir"}
-    # the task's name is a label, and the files' hashes (checked as each split is read) follow from
-    # the settings: neither changes which data it is
-    ident = {k: v for k, v in meta.items() if k not in ("settings", "task", "hashes")} | {"settings": settings}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return {k: v for k, v in meta.items() if k not in ("settings", "task", "hashes")} | {"settings": settings}
+
+
+def data_fingerprint(meta):
+    """A short hash of data_identity."""
+    return hashlib.sha256(json.dumps(data_identity(meta), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_differences(a, b):
+    """The fields of data_identity where two metas differ, as "field a's value, not b's"."""
+    ia, ib = data_identity(a), data_identity(b)
+    flat = lambda i: {**{k: v for k, v in i.items() if k != "settings"}, **{f"settings.{k}": v for k, v in i["settings"].items()}}
+    fa, fb, gone = flat(ia), flat(ib), object()
+    show = lambda v: "missing" if v is gone else short(v)
+    return [f"{k} {show(fa.get(k, gone))}, not {show(fb.get(k, gone))}" for k in sorted(set(fa) | set(fb))
+            if fa.get(k, gone) != fb.get(k, gone)]
 
 
 def same_data(a, b):
@@ -336,8 +349,9 @@ def checkpoint_data(ckpt, data_dir=None, what="the checkpoint"):
         raise CDLMError(f"the data {what} was trained on is not at {d} (moved?): give it with --data_dir")
     meta = load_meta(d)
     if not same_data(meta, ckpt["data_meta"]):
-        raise CDLMError(f"{d} holds other data than {what} was trained on (another seed, size or "
-                        f"tokenizer): give the right one with --data_dir, or prepare it again")
+        raise CDLMError(f"{d} holds other data than {what} was trained on (its meta.json: "
+                        f"{'; '.join(data_differences(meta, ckpt['data_meta']))}): give the right one with --data_dir, "
+                        f"or prepare it again")
     return d, meta
 
 

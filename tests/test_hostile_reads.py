@@ -217,8 +217,8 @@ def test_a_real_full_disk_during_a_checkpoint_save(tmp_path):
         assert "\n" not in str(e.value) and os.listdir(disk) == []
         (disk / "fill").write_bytes(b"\0" * (64 << 10))  # the disk full before the run: the probe file goes too
         with pytest.raises(CDLMError, match="not writable: No space left on device"):
-            check_writable(str(disk / "run"), "option out_dir")
-        assert os.listdir(disk / "run") == []
+            check_writable(str(disk / "run" / "sub"), "option out_dir")
+        assert os.listdir(disk) == ["fill"]  # neither the probe nor the folders it made
     finally:
         os.system(f"umount {disk}")
 
@@ -235,7 +235,12 @@ def test_an_output_folder_that_is_a_file_is_named_so(tmp_path, data_dir, monkeyp
     monkeypatch.setattr(os, "fsync", full)  # the disk fills as the probe file is written: it is removed
     with pytest.raises(CDLMError, match="is not writable: No space left on device"):
         check_writable(str(tmp_path / "run"), "option out_dir")
-    assert os.listdir(tmp_path / "run") == []
+    assert not (tmp_path / "run").exists()  # a refused run leaves neither the probe nor the folder it made
+    os.symlink(tmp_path / "gone", tmp_path / "link")  # a link to nothing is no file
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'link'}"], "a symbolic link to",
+            "which does not exist")
+    refused(show.main, ["--view=masks", f"--png={tmp_path / 'link' / 'm.png'}"], f"sits in '{tmp_path / 'link'}'",
+            "a symbolic link")
 
 
 def test_collect_refuses_a_checkpoint_folder(tmp_path, teacher_dir):
@@ -426,3 +431,58 @@ def test_a_checkpoint_of_an_older_version_is_refused_and_kept(tmp_path, data_dir
     refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={old}", "--max_iters=1", "--device=cpu"],
             "holds a checkpoint of an older version of the repo", "would write over")
     assert (old / "ckpt.pt").read_bytes() == before
+
+
+def test_figures_a_rows_own_settings_rule_out_are_refused(tmp_path):
+    """A figure no bench could measure: the passes of a schedule of fixed steps, tokens a pass
+    above a block, a ratio of its own columns, a negative time, a float32 rate above the peak."""
+    seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
+    for name, edit, words in (("dlm", dict(nfe=47.0), "field bench.dlm.nfe=47 is not 48"),
+                              ("dlm_stop", dict(tokens_per_step=2.0), "is not block_size / steps_per_block = 1"),
+                              ("cdlm", dict(tokens_per_step=9.0), "is above its block_size=8"),
+                              ("cdlm", dict(arithmetic_intensity=1000), "is not flops_per_token / bytes_per_token"),
+                              ("cdlm", dict(achieved_gflops=1e6), "is above the measured peak"),
+                              ("cdlm", dict(flops_per_token=-1), "field flops_per_token: expected float in (0, inf)"),
+                              ("cdlm", dict(compiled={**seed["bench"]["cdlm"]["compiled"], "compile_s": -5}),
+                               "field compiled.compile_s: expected float in [0, inf)")):
+        bad = {**seed, "bench": {**seed["bench"], name: {**seed["bench"][name], **edit}}}
+        (tmp_path / "seed2.json").write_text(json.dumps(bad))
+        refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], words)
+    ok = {**seed, "bench": {**seed["bench"], "cdlm": {**seed["bench"]["cdlm"], "tokens_per_step": 8.0}}}
+    (tmp_path / "seed2.json").write_text(json.dumps(ok))  # every answer at one pass a block: possible
+    bench.main([f"--table={tmp_path / 'seed2.json'}"])
+
+
+def test_the_report_reads_one_ar_baseline_and_checks_each_seeds_rows(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(os.path.join(ROOT, "results"), results)
+    path = results / "arithmetic" / "seed2.json"
+    seed = json.loads(path.read_text())
+    for edit, words in ((dict(ar_seed=2), "field ar_seed=2, but"),
+                        (dict(bench={**seed["bench"], "dlm": {**seed["bench"]["dlm"], "nfe": 47.0}}),
+                         "field bench.dlm.nfe=47 is not 48")):
+        path.write_text(json.dumps({**seed, **edit}))
+        refused(demo.main, ["--report", f"--results_dir={results}"], str(path), words)
+
+
+def test_none_typed_for_a_decoding_option_and_a_value_after_a_space(student_dir):
+    refused(sample.main, [f"--out_dir={student_dir}", "--threshold=None", "--prompt=1:+2="],
+            "option threshold=None keeps the checkpoint's own setting")
+    refused(sample.main, [f"--out_dir={student_dir}", "--threshold", "0.5", "--prompt=1:+2="],
+            "expected --threshold=0.5, got --threshold 0.5")
+
+
+def test_a_batch_above_the_problems_collected_is_refused(tmp_path, teacher_dir):
+    import collect
+    refused(collect.main, [f"--teacher_dir={teacher_dir}", "--n_examples=4", "--batch_size=64",
+                           f"--out_dir={tmp_path / 't'}"], "option batch_size=64: more than the 4 problems")
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_dataset_of_other_settings_names_the_fields(tmp_path, data_dir, student_dir):
+    d = tmp_path / "data"
+    shutil.copytree(data_dir, d)
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "answer_marker": ">"}))
+    refused(sample.main, [f"--out_dir={student_dir}", "--eval", "--num_eval=2", f"--data_dir={d}"],
+            "holds other data than", "answer_marker '>', not '#'")
