@@ -56,7 +56,7 @@ PAGES = ["README.md", "RESULTS.md", *sorted("docs/" + f for f in os.listdir(os.p
 # the states and losses views read a few stored trajectories of the reference teacher, collected once by
 # the command the README gives; the infilling view (a minute) is rerun by hand, not here
 TRAJ = "out/ref_trajectories"
-COLLECT = f"collect.py --teacher_dir=ref/arithmetic/teacher --n_examples=64 --out_dir={TRAJ}"
+COLLECT = f"collect.py --teacher_dir=ref/arithmetic/teacher --n_examples=16 --out_dir={TRAJ}"
 BLOCKS = [(page, cmd, out) for page in PAGES for cmd, out in readme_blocks(open(os.path.join(ROOT, page)).read())
           if "--view=infill" not in cmd and "out/" not in cmd.replace(TRAJ, "")]
 
