@@ -31,11 +31,14 @@ def run_main(main):
     try:
         if sys.stdout is None:  # started with stdout closed (>&-): every answer would vanish
             raise CDLMError("standard output is closed: the results would go nowhere; give the run an output")
+        if sys.stderr is None:  # 2>&-: the progress bars would fail mid-run, and any error vanish (said on stdout)
+            raise CDLMError("standard error is closed: the progress and any error would go nowhere; give the run "
+                            "one (2>/dev/null discards them)")
         sys.stdout = Stdout(sys.stdout)
         main(sys.argv[1:])
         sys.stdout.flush()
     except CDLMError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr or sys.__stdout__)
         sys.exit(2)
     except BrokenPipeError:  # output piped into `head` and closed early: not an error of the run
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())  # no second error at exit

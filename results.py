@@ -97,6 +97,15 @@ def read_results(task, results_dir):
             raise CDLMError(f"{path}: variant {r['variant']!r} seed {r['seed']} again (also in "
                             f"{seen[r['variant'], r['seed']]}); {fix}")
         seen[r["variant"], r["seed"]] = path
+        first = ablation[0] if ablation else None
+        for field in ("iters", "num_eval") if first else ():  # one table, one header: one budget and one test set
+            if r[field] != first[1][field]:
+                raise CDLMError(f"{path}: field {field}={r[field]}, but {first[0]} has {field}={first[1][field]}: "
+                                f"the ablation's table reads both as one; {fix}")
+        gen_len = next((o["bench_settings"].get("gen_len") for _, o in seeds), None)
+        if isinstance(gen_len, int) and r["nfe"] > gen_len:
+            raise CDLMError(f"{path}: field nfe={r['nfe']:g} is above gen_len={gen_len} (its seed files'): a pass "
+                            f"finalizes at least one token; {fix}")
         ablation.append((path, r))
     return Results(sorted(seeds, key=lambda pr: pr[1]["seed"]), ablation)
 
@@ -143,7 +152,7 @@ BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "[1, inf)"),  # a pass finali
              "bytes_per_token": POSITIVE, "arithmetic_intensity": POSITIVE, "achieved_gflops": POSITIVE,
              "settings?": {"block_size": Int(1, "[1, inf)"), "steps_per_block": Int(None, "[1, inf)"),
                            "threshold": Float(None, "(0, 1]"), "early_stop": Bool(False)},
-             "compiled?": {"compile_s": Float(0, "[0, inf)"), "differs_from_eager": Float(0, "[0, 1]")}}
+             "compiled?": {"compile_s": Float(1, "(0, inf)"), "differs_from_eager": Float(0, "[0, 1]")}}
 
 
 def check_schedule(path, at, row, gen_len, machine, fix):

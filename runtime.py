@@ -241,6 +241,9 @@ def check_file_writable(path, what):
         raise CDLMError(f"{what} {path!r} names a directory: give a file name")
     if os.path.exists(path) and not os.path.isfile(path):  # a FIFO, a device: reading its kind would block
         raise CDLMError(f"{what} {path!r} is not a regular file: give a file name")
+    if os.path.islink(path) and not os.path.exists(path):  # replacing it would replace the link, not its target
+        raise CDLMError(f"{what} {path!r} is a symbolic link to {os.readlink(path)!r}, which does not exist: give a "
+                        f"file name, or a link to a file")
     if os.path.lexists(path) and not os.access(path, os.W_OK):
         raise CDLMError(f"{what} {path!r} is write-protected: this run would replace it; make it writable or "
                         f"write elsewhere")

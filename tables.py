@@ -4,6 +4,9 @@ stored report (bench.py's file, the bench part of a seed file of demo.py, or a s
 read back checked (its rows, its scores, its speedups against its own timings) before a line is
 printed.
 """
+import math
+import re
+
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
 from results import BENCH_ROW, check_schedule, check_scores, check_speedups
@@ -15,7 +18,7 @@ def stored_report(path, methods):
     or a scale study (bench.py --scale); each row one of `methods`, its figures ones a bench can measure."""
     r = read_json(path, "option table")
     if isinstance(r, dict) and "scale" in r:
-        return check_fields(r, SCALE_FILE, path, f"option table={path!r}: rerun the scale study that wrote it")
+        return check_scale(path, check_fields(r, SCALE_FILE, path, f"option table={path!r}: rerun the scale study that wrote it"))
     root = "bench" if isinstance(r, dict) and "bench" in r else "methods"  # where a row's fields are in the file
     if root == "bench":
         r = dict(methods=r["bench"], settings=r.get("bench_settings"), machine=r.get("bench_machine"))
@@ -170,6 +173,45 @@ SCALE_FILE = dict(scale=dict(rows=Each(SCALE_ROW, r"[0-9]+/[0-9]+ [0-9]+x[0-9]+"
                              per_block=Float(1.0, "[1, inf)"), tokens_per_pass=Float(1.0, "(0, inf)"),
                              block_size=Int(1, "[1, inf)"), batch=Int(1, "[1, inf)")),
                   machine=dict(cpu=Str(""), threads=Int(1, "[1, inf)")), config=dict(student_dir=Str("")))
+
+
+def check_scale(path, report, tol=1e-6):
+    """What the schema cannot say of a scale study's rows: each row's key names its shape and size, a
+    block divides the answer, a model of n_layer blocks of width n_embd has at least their 12 n_embd^2
+    weights each, and every ratio is what the row's own pass costs give (roofline.answer_windows: the
+    passes of each method's whole answer, summed) and, for FLOPs, its own rates."""
+    from roofline import answer_windows
+    s, fix = report["scale"], f"option table={path!r}: rerun the scale study that wrote it"
+    for key, r in s["rows"].items():
+        def bad(field, why):
+            raise CDLMError(f"{path}: field scale.rows.{key}.{field}={r[field]!r} {why}; {fix}")
+        for field, value in zip(("gen_len", "block_size", "n_layer", "n_embd"), map(int, re.split("[/ x]", key))):
+            if r[field] != value:
+                bad(field, f"is not the {value} its key names")
+        if r["gen_len"] % r["block_size"]:
+            bad("block_size", f"does not divide gen_len={r['gen_len']}")
+        if r["params"] < 12 * r["n_layer"] * r["n_embd"] ** 2:
+            bad("params", f"is fewer than the {12 * r['n_layer'] * r['n_embd'] ** 2:,} weights of {r['n_layer']} blocks "
+                          f"of width {r['n_embd']}")
+        P, G, bs = r["prompt_len"], r["gen_len"], r["block_size"]
+        per_block = {"dlm": 1, "ar": 1, "cdlm": max(1.0, bs / s["tokens_per_pass"]), "cdlm_floor": 1}
+        for tag in ("latency", "throughput"):
+            ms, rate = r.get(f"ms_per_pass_{tag}"), r.get(f"gflop_s_{tag}")
+            if not isinstance(ms, dict):
+                continue
+            windows = {m: answer_windows(m.split("_")[0], P, G, 1 if m == "ar" else bs, k) for m, k in per_block.items()}
+            cost = {m: sum(n * ms.get(f"{hi - lo}x{'none' if m == 'dlm' else 'exact'}", math.nan) for lo, hi, n in w)
+                    for m, w in windows.items()}
+            for base in ("dlm", "ar"):
+                for me in ("cdlm", "cdlm_floor"):
+                    field, want = f"{me}_vs_{base}_{tag}", cost[base] / cost[me]
+                    if math.isfinite(want) and not math.isclose(r[field], want, rel_tol=tol):
+                        bad(field, f"is not what the row's pass costs give ({want:.4g})")
+                if tag == "latency" and isinstance(rate, dict) and all(isinstance(rate.get(m), (int, float)) for m in (base, "cdlm")):
+                    want = rate[base] * cost[base] / (rate["cdlm"] * cost["cdlm"])
+                    if math.isfinite(want) and not math.isclose(r[f"cdlm_vs_{base}_flops"], want, rel_tol=tol):
+                        bad(f"cdlm_vs_{base}_flops", f"is not what the row's rates and pass costs give ({want:.4g})")
+    return report
 
 
 def scale_table(report):

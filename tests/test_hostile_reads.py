@@ -345,14 +345,15 @@ def test_a_seed_twice_and_a_refused_name_leave_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("redirect, words", [(">/dev/full", "cannot write to standard output: No space left on device"),
-                                             (">&-", "standard output is closed")])
+                                             (">&-", "standard output is closed"),
+                                             ("2>&-", "standard error is closed")])
 def test_an_answer_that_cannot_reach_standard_output_is_an_error(redirect, words):
     import subprocess
     import sys
     ref = os.path.join(ROOT, "ref", "arithmetic", "student")
     run = subprocess.run(f"{sys.executable} sample.py --out_dir={ref} --prompt=5:+3*7+2*4+1= {redirect}", shell=True,
                          cwd=ROOT, capture_output=True, text=True)
-    lines = run.stderr.strip().splitlines()
+    lines = (run.stderr or run.stdout).strip().splitlines()  # with stderr closed the error is said on stdout
     assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {words}"), run.stderr
 
 
@@ -444,7 +445,7 @@ def test_figures_a_rows_own_settings_rule_out_are_refused(tmp_path):
                               ("cdlm", dict(achieved_gflops=1e6), "is above the measured peak"),
                               ("cdlm", dict(flops_per_token=-1), "field flops_per_token: expected float in (0, inf)"),
                               ("cdlm", dict(compiled={**seed["bench"]["cdlm"]["compiled"], "compile_s": -5}),
-                               "field compiled.compile_s: expected float in [0, inf)")):
+                               "field compiled.compile_s: expected float in (0, inf)")):
         bad = {**seed, "bench": {**seed["bench"], name: {**seed["bench"][name], **edit}}}
         (tmp_path / "seed2.json").write_text(json.dumps(bad))
         refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], words)
@@ -486,3 +487,44 @@ def test_a_dataset_of_other_settings_names_the_fields(tmp_path, data_dir, studen
     (d / "meta.json").write_text(json.dumps({**meta, "answer_marker": ">"}))
     refused(sample.main, [f"--out_dir={student_dir}", "--eval", "--num_eval=2", f"--data_dir={d}"],
             "holds other data than", "answer_marker '>', not '#'")
+
+
+def test_a_scale_study_row_is_what_its_own_pass_costs_give(tmp_path):
+    src = json.load(open(os.path.join(ROOT, "results", "arithmetic", "scale.json")))
+    for key, edit, words in (("48/8 4x128", dict(params=1), "is fewer than the 786,432 weights"),
+                             ("48/8 4x128", dict(cdlm_vs_dlm_latency=30.0), "is not what the row's pass costs give"),
+                             ("256/32 8x1024", dict(cdlm_vs_ar_throughput=0.9), "is not what the row's pass costs give"),
+                             ("48/8 4x128", dict(cdlm_vs_dlm_flops=5.0), "is not what the row's rates and pass costs"),
+                             ("48/8 4x128", dict(n_layer=5), "n_layer=5 is not the 4 its key names")):
+        r = json.loads(json.dumps(src))
+        r["scale"]["rows"][key].update(edit)
+        (tmp_path / "s.json").write_text(json.dumps(r))
+        refused(bench.main, [f"--table={tmp_path / 's.json'}"], f"field scale.rows.{key}.", words)
+    r = json.loads(json.dumps(src))
+    r["scale"]["rows"]["48/7 4x128"] = {**r["scale"]["rows"].pop("48/8 4x128"), "block_size": 7}
+    (tmp_path / "s.json").write_text(json.dumps(r))
+    refused(bench.main, [f"--table={tmp_path / 's.json'}"], "block_size=7 does not divide gen_len=48")
+
+
+def test_the_ablations_files_share_one_budget_and_stay_in_range(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(os.path.join(ROOT, "results"), results)
+    here = results / "arithmetic" / "ablation"
+    path = here / sorted(os.listdir(here))[-1]
+    r = json.loads(path.read_text())
+    for edit, words in ((dict(iters=r["iters"] + 1), f"field iters={r['iters'] + 1}, but"),
+                        (dict(num_eval=r["num_eval"] - 1), f"field num_eval={r['num_eval'] - 1}, but"),
+                        (dict(nfe=48.5), "field nfe=48.5 is above gen_len=48")):
+        path.write_text(json.dumps({**r, **edit}))
+        refused(demo.main, ["--report", f"--results_dir={results}"], str(path), words)
+
+
+def test_a_link_to_nothing_given_as_an_output_file_is_named(tmp_path):
+    os.symlink(tmp_path / "gone.html", tmp_path / "page.html")
+    refused(show.main, [f"--checkpoints={os.path.join(ROOT, 'ref', 'arithmetic')}", "--methods=cdlm",
+                        f"--html={tmp_path / 'page.html'}"], "is a symbolic link to", "which does not exist")
+    seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
+    cdlm = seed["bench"]["cdlm"]
+    (tmp_path / "seed2.json").write_text(json.dumps({**seed, "bench": {**seed["bench"], "cdlm": {
+        **cdlm, "compiled": {**cdlm["compiled"], "compile_s": 0}}}}))  # a first call takes time
+    refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], "field compiled.compile_s: expected float in (0, inf)")
