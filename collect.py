@@ -110,7 +110,7 @@ def _collect(cfg, rt, model, ckpt, data_dir, dmeta, replace):
     gen = torch.Generator(device=rt.device)
     from tqdm import tqdm
     bar = tqdm(total=n, initial=done, desc="collect", unit="ex", file=sys.stderr, disable=not rt.master)
-    t0, start, B, world = time.time(), done, cfg["batch_size"], rt.world
+    t0, start, B, world = time.time(), done, min(cfg["batch_size"], n), rt.world  # a batch is padded to B rows
     while done < n:
         stop = min(done + cfg["chunk"], n)
         gen.manual_seed(cfg["seed"] + done + rt.rank)  # a resumed chunk draws the same noise
