@@ -322,11 +322,13 @@ def test_resume_under_other_settings_is_refused(tmp_path, data_dir, change, word
 # the entry points: one line on stderr, exit status 2; bugs keep their traceback
 
 def test_scripts_print_one_line_and_exit_2(tmp_path):
-    for script, argv in (("train.py", ["--batch_size=0"]), ("sample.py", [f"--out_dir={tmp_path}", "--prompt=1"]),
-                         ("collect.py", ["--chunk=0"]), ("bench.py", ["--repeats=0"]),
-                         ("data/arithmetic/prepare.py", ["--min_ops=1", "--max_ops=1"])):
-        p = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv], capture_output=True, text=True,
-                           cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    runs = {script: subprocess.Popen([sys.executable, os.path.join(ROOT, script), *argv], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            for script, argv in (("train.py", ["--batch_size=0"]), ("sample.py", [f"--out_dir={tmp_path}", "--prompt=1"]),
+                                 ("collect.py", ["--chunk=0"]), ("bench.py", ["--repeats=0"]),
+                                 ("data/arithmetic/prepare.py", ["--min_ops=1", "--max_ops=1"]))}  # side by side
+    for script, p in runs.items():
+        p.stdout, p.stderr = p.communicate()
         assert p.returncode == 2 and p.stdout == "", (script, p.stdout, p.stderr)
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (script, p.stderr)

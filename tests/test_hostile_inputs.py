@@ -67,9 +67,9 @@ def test_no_run_writes_over_its_own_input(tmp_path, data_dir, teacher_dir, traj_
 PREP = ["--n_train=20000", "--n_val=50", "--n_test=50"]
 
 
-def prepare_process(out, seed):
+def prepare_process(out, seed, sizes=PREP):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "data/arithmetic/prepare.py"), f"--out_dir={out}",
-                             f"--seed={seed}", *PREP], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             f"--seed={seed}", *sizes], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -88,14 +88,14 @@ def test_prepare_of_a_dataset_there_already_is_not_blocked_by_its_readers(tmp_pa
     with the same settings; that finds the dataset whole and writes nothing. Other settings still
     need the writer's lock, which readers refuse."""
     from runtime import reading
-    out = tmp_path / "d"
-    arith.main([f"--out_dir={out}", "--seed=1", *PREP])
+    out, small = tmp_path / "d", ["--n_train=200", "--n_val=8", "--n_test=8"]
+    arith.main([f"--out_dir={out}", "--seed=1", *small])
     old = {f: file_bytes(out / f) for f in os.listdir(out)}
     with reading({"data_dir": str(out)}):
-        p = prepare_process(out, 1)
-        got, err = p.communicate()
-        assert p.returncode == 0 and "nothing to do" in got, err
-        p = prepare_process(out, 2)
+        same, other = prepare_process(out, 1, small), prepare_process(out, 2, small)
+        got, err = same.communicate()
+        assert same.returncode == 0 and "nothing to do" in got, err
+        p = other
         _, err = p.communicate()
         assert p.returncode == 2 and err.count("\n") == 1 and "being read by a running run" in err, err
     assert {f: file_bytes(out / f) for f in os.listdir(out)} == old

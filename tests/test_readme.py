@@ -88,14 +88,25 @@ def test_the_readme_narrates_the_reference_checkpoints():
     assert any("bench.py --table=" in c for c in results)
 
 
+@pytest.fixture(scope="module")
+def printed(trajectories):
+    """What every command of the pages prints, run as a reader runs it (a process each, one thread),
+    as many at once as the machine has cores: {command: CompletedProcess}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(cmd):
+        return subprocess.run([sys.executable, *shlex.split(cmd.replace(TRAJ, trajectories))[1:]], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmds = list(dict.fromkeys(c for _, c, _ in BLOCKS))
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return dict(zip(cmds, pool.map(run, cmds)))
+
+
 @pytest.mark.parametrize("page, cmd, expected", BLOCKS, ids=[f"{p}: {c[:60]}" for p, c, _ in BLOCKS])
-def test_readme_output_reproduces(page, cmd, expected, request, ref_data):
+def test_readme_output_reproduces(page, cmd, expected, printed, trajectories):
+    out = printed[cmd]
     if TRAJ in cmd:  # the stored trajectories, in a temporary folder
-        d = request.getfixturevalue("trajectories")
-        cmd, expected = cmd.replace(TRAJ, d), [line.replace(TRAJ, d) for line in expected]
-    argv = shlex.split(cmd)
-    out = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+        cmd, expected = cmd.replace(TRAJ, trajectories), [line.replace(TRAJ, trajectories) for line in expected]
     assert out.returncode == 0, out.stderr[-2000:]
     missing = shows(expected, out.stdout.splitlines())
     assert missing is None, f"{page}: {cmd}\nthe page shows\n" + "\n".join(missing) + "\nbut it printed\n" + out.stdout

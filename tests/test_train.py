@@ -265,15 +265,17 @@ def test_the_thread_count_is_part_of_a_run_not_of_the_environment(data_dir, tmp_
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    def run(name, omp, *extra):  # wide enough that a matrix product is split across 2 threads
-        out = str(tmp_path / name)
-        subprocess.run([sys.executable, "train.py", f"--data_dir={data_dir}", f"--out_dir={out}", "--n_embd=128",
-                        "--n_layer=2", "--batch_size=32", "--max_iters=4", "--eval_iters=1", "--device=cpu", *extra],
-                       cwd=root, env={**os.environ, "OMP_NUM_THREADS": str(omp)}, check=True, capture_output=True)
-        ckpt = read_checkpoint(os.path.join(out, "ckpt.pt"))
-        return ckpt["weights_hash"], ckpt["config"]["threads"]
+    def start(name, omp, *extra):  # wide enough that a matrix product is split across 2 threads
+        return subprocess.Popen([sys.executable, "train.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path / name}",
+                                 "--n_embd=128", "--n_layer=2", "--batch_size=32", "--max_iters=4", "--eval_iters=1",
+                                 "--device=cpu", *extra], cwd=root, env={**os.environ, "OMP_NUM_THREADS": str(omp)},
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.err", "w"))
 
-    one, two = run("omp1", 1), run("omp2", 2)
-    assert one == two and one[1] == 1
-    other = run("threads2", 1, "--threads=2")
-    assert other[1] == 2 and other[0] != one[0]  # the count matters at this size: the first check can fail
+    runs = {"omp1": start("omp1", 1), "omp2": start("omp2", 2), "threads2": start("threads2", 1, "--threads=2")}
+    got = {}
+    for name, p in runs.items():  # side by side: a run's sums do not depend on what else the machine runs
+        assert p.wait() == 0, (tmp_path / f"{name}.err").read_text()[-2000:]
+        ckpt = read_checkpoint(str(tmp_path / name / "ckpt.pt"))
+        got[name] = ckpt["weights_hash"], ckpt["config"]["threads"]
+    assert got["omp1"] == got["omp2"] and got["omp1"][1] == 1
+    assert got["threads2"][1] == 2 and got["threads2"][0] != got["omp1"][0]  # the count matters at this size
