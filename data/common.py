@@ -45,8 +45,14 @@ class CharTokenizer:
         return len(self.vocab)
 
     def encode(self, text):
+        try:  # every character known and none of the specials (ids 0-2): the common case, at once
+            ids = [self.stoi[c] for c in text]
+            if min(ids, default=3) > 2:
+                return ids
+        except KeyError:
+            pass
         ids = []
-        for pos, c in enumerate(text):
+        for pos, c in enumerate(text):  # else name the first character that is not
             if c not in self.stoi or c in (PAD, MASK, EOS):
                 raise UnknownCharacter(text, pos, f"vocabulary ({''.join(self.vocab[3:])!r})")
             ids.append(self.stoi[c])
