@@ -188,6 +188,6 @@ def test_every_stage_runs_on_word_problems(wp, tmp_path):
     assert all(isinstance(p, str) for p in ev.preds)
     report = run({"teacher_dir": out["teacher"], "student_dir": out["student"], "ar_dir": out["ar"],
                   "num_eval": 8, "batch_size": 8, "latency_n": 1, "repeats": 1, "device": "cpu", "compile": "off",
-                  "out_path": str(tmp_path / "bench.json")})
+                  "out_path": str(tmp_path / "bench.json"), "methods": ["cdlm", "ar", "dlm"]})  # one of each role
     assert report["settings"]["gen_len"] == meta["gen_len"] and report["settings"]["data_dir"] == d
     assert report["machine"]["dtype"] == "float32" and report["machine"]["device"] == "cpu"
