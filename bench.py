@@ -21,8 +21,8 @@ from checkpoint import read_checkpoint
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, fit_sizes, gave,
                           refuse_unused, run_main)
 from data.common import atomic_write_json, checkpoint_data, load_split, same_data, stored_data_dirs, whole_blocks
-from runtime import (autocast, code_version, compiled, holding, machine_info, pick_device, pick_dtype, reading,
-                     refuse_overlap)
+from files import holding, reading, refuse_overlap
+from runtime import autocast, code_version, compiled, machine_info, pick_device, pick_dtype
 from model import ROLES
 from render import PNG
 from results import ratios
@@ -293,7 +293,7 @@ def checkpoint_hashes(cfg):
 
 def check_options(cfg, methods):
     """Options that take effect only with some methods or with --sweep: given without them, refused.
-    Returns what the run reads, {option: path} (runtime.refuse_overlap, runtime.reading)."""
+    Returns what the run reads, {option: path} (files.refuse_overlap, files.reading)."""
     used = {DIR_OPTION[r] for name in methods for r in needs(name)}
     ignored = dict.fromkeys(CHECKPOINTS_DIRS - used, "with these methods: none reads that checkpoint")
     if all(METHODS[m].decoding(1, 0.5, 1).temperature == 0 for m in methods):

@@ -32,8 +32,8 @@ from checkpoint import load_model
 from configurator import SEED, CDLMError, Choice, Float, Int, Str, check, configure, gave, refuse_unused, run_main
 from data.common import check_out_kind, checkpoint_data, data_fingerprint, get_tokenizer, load_split, score
 from data.trajectories import Writer, field_specs, reuse
-from runtime import (THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, lock, reading, refuse_overlap,
-                     setup_runtime)
+from files import lock, reading, refuse_overlap
+from runtime import THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, setup_runtime
 from sample import TEMPERATURES, DecodeSettings, generate
 
 config = dict(

@@ -38,8 +38,8 @@ from data.common import METRICS, atomic_write_json, checkpoint_data, load_split,
 from data.trajectories import live_set_ids
 from render import PNG, check_matplotlib, frontier_png
 from results import ablation_path, against, read_frontier, read_results, report, seed_path, slug, teacher_steps_per_block
-from runtime import (THREADS, check_compiler, check_file_writable, check_output, check_writable, code_version, cpu_threads, lock,
-                     machine_info, pick_device)
+from files import check_file_writable, check_output, check_writable, lock
+from runtime import THREADS, check_compiler, code_version, cpu_threads, machine_info, pick_device
 from tables import table
 
 # every task's defaults: arithmetic's presets (a bench needs none)

@@ -10,13 +10,13 @@ import json
 
 from configurator import CDLMError
 from data.common import atomic_write_bytes
-from runtime import Output, file_head
+from files import Output, file_head
 
 LEGEND = "legend: _ masked, . EOS; the tokens finalized at this step are highlighted (or marked ^ below)"
 STEP_LEGEND = ("one line per forward pass: the answer so far ('_' masked, '.' EOS), the passes so far, and each "
                "token finalized by this pass as 'token'@position confidence")
 NEW, DIM, OFF = "\033[1;30;42m", "\033[2m", "\033[0m"
-# the files written here, each told by its first bytes (runtime.check_output: only these are written over)
+# the files written here, each told by its first bytes (files.check_output: only these are written over)
 GENERATOR = '<meta name="generator" content="CDLM show.py replay">'
 PAGE = Output(".html", "a replay page show.py wrote (its head names the generator)",
               lambda path: GENERATOR.encode() in file_head(path, 4096))

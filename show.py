@@ -29,7 +29,8 @@ from data.common import (Probe, atomic_write_bytes, checkpoint_data, data_finger
 from data.trajectories import TrajectorySets, load_trajectories
 from model import attention_mask, noise_answers
 from render import GIF, PAGE, PNG, check_matplotlib, render_compare, replay_gif, replay_html, save_png, token_texts
-from runtime import compiled, holding, pick_device, refuse_overlap
+from files import holding, refuse_overlap
+from runtime import compiled, pick_device
 from sample import DecodeSettings, generate
 from train import LOSSES, Y_STARS, draw_states, student_pass
 

@@ -10,7 +10,7 @@ import re
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
 from results import BENCH_ROW, check_schedule, check_scores, check_speedups
-from runtime import Output
+from files import Output
 
 
 def stored_report(path, methods):

@@ -26,8 +26,9 @@ from configurator import SEED, Bool, CDLMError, Choice, Float, Int, List, Str, c
 from data.common import check_out_kind, checkout_path, from_checkout, load_meta, load_split
 from model import (ROLES, ModelConfig, Transformer, add_lora, ar_loss, block_of, diffusion_loss, merged_state_dict,
                    noise_answers, noise_block, noise_sequences)
-from runtime import (THREADS, check_file_writable, check_memory, cpu_threads, end_runtime, gather_objects, lock,
-                     pick_device, pick_dtype, reading, refuse_overlap, rng_state, set_rng_state, setup_runtime, wrap_model)
+from files import check_file_writable, lock, reading, refuse_overlap
+from runtime import (THREADS, check_memory, cpu_threads, end_runtime, gather_objects, pick_device, pick_dtype,
+                     rng_state, set_rng_state, setup_runtime, wrap_model)
 from sample import DEFAULT_DECODING
 from startup import load_resume, load_teacher, refuse_fresh_start, resume_hash
 

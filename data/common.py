@@ -365,7 +365,7 @@ def stored_data_dirs(cfg, keys):
     """
     Where each checkpoint folder cfg[key] says its data lies, {"the data of option <key>'s
     checkpoint": path}, read from its config without loading its weights: inputs of the run for
-    runtime.refuse_overlap. None where cfg gives data_dir, or where a checkpoint cannot be read (its
+    files.refuse_overlap. None where cfg gives data_dir, or where a checkpoint cannot be read (its
     load, later, says why).
     """
     import torch
@@ -607,12 +607,12 @@ def write_dataset(out_dir, arrays, meta):
 def writing(out_dir, task, cfg):
     """
     prepare.py's hold on out_dir, from the look at what is there to the last file written: the
-    one-writer lock every writer takes (runtime.lock), and only over this task's prepared data
+    one-writer lock every writer takes (files.lock), and only over this task's prepared data
     (check_data_dir), never over another task's or a trajectory set. A dataset already there with
     exactly these settings needs no writer: it is looked at under the readers' shared hold
-    (runtime.reading), so runs reading it (demo.py's seeds side by side) do not refuse the look.
+    (files.reading), so runs reading it (demo.py's seeds side by side) do not refuse the look.
     """
-    from runtime import lock, reading
+    from files import lock, reading
     check_out_kind(out_dir, "a prepared dataset")  # before lock makes the folder: a refusal leaves none
     if os.path.isdir(out_dir):
         with reading({"out_dir": out_dir}):
@@ -625,9 +625,9 @@ def writing(out_dir, task, cfg):
 
 
 def check_out_kind(out_dir, kind):
-    """option out_dir of a writer of `kind` (one of runtime.holds'): it holds no output of another kind,
-    is no task's data folder, and sits inside no dataset or trajectory set (runtime.refuse_inside)."""
-    from runtime import holds, refuse_inside
+    """option out_dir of a writer of `kind` (one of files.holds'): it holds no output of another kind,
+    is no task's data folder, and sits inside no dataset or trajectory set (files.refuse_inside)."""
+    from files import holds, refuse_inside
     d = os.path.realpath(out_dir)
     have = holds(d) or next((f"the folder of task {t!r}" for t, p in tasks().items() if os.path.realpath(p) == d
                              and kind != "a prepared dataset"), None)

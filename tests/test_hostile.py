@@ -378,7 +378,7 @@ run_main(collect.main)""")
 
 def test_checkpoints_results_and_replays_have_one_writer(tmp_path, data_dir, teacher_dir):
     import show
-    from runtime import lock
+    from files import lock
     out = tmp_path / "run"
     with lock(str(out), "option out_dir"):  # another open file description: flock refuses it like another process
         refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={out}"], "option out_dir", "another run")

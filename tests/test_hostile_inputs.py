@@ -64,7 +64,7 @@ def test_no_run_writes_over_its_own_input(tmp_path, data_dir, teacher_dir, traj_
 # -----------------------------------------------------------------------------
 # prepare.py: one writer, and a dataset committed as one unit
 
-PREP = ["--n_train=20000", "--n_val=50", "--n_test=50"]
+PREP = ["--n_train=5000", "--n_val=50", "--n_test=50"]
 
 
 def prepare_process(out, seed, sizes=PREP):
@@ -74,7 +74,7 @@ def prepare_process(out, seed, sizes=PREP):
 
 
 def test_prepare_takes_the_one_writer_lock(tmp_path):
-    from runtime import lock
+    from files import lock
     out = tmp_path / "d"
     with lock(str(out), "option out_dir"):  # another writer holds the folder
         p = prepare_process(out, 1)
@@ -87,7 +87,7 @@ def test_prepare_of_a_dataset_there_already_is_not_blocked_by_its_readers(tmp_pa
     """demo.py's seeds side by side: one trains on the data (a reader) while the next runs prepare.py
     with the same settings; that finds the dataset whole and writes nothing. Other settings still
     need the writer's lock, which readers refuse."""
-    from runtime import reading
+    from files import reading
     out, small = tmp_path / "d", ["--n_train=200", "--n_val=8", "--n_test=8"]
     arith.main([f"--out_dir={out}", "--seed=1", *small])
     old = {f: file_bytes(out / f) for f in os.listdir(out)}

@@ -24,7 +24,7 @@ from configurator import CDLMError
 from data.arithmetic import prepare as arith
 from data.trajectories import load_trajectories
 from results import read_results
-from runtime import check_writable, lock, reading
+from files import check_writable, lock, reading
 
 
 def test_a_folder_a_run_reads_is_not_rewritten_under_it(tmp_path, data_dir):

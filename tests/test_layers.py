@@ -6,7 +6,7 @@ import os
 
 from conftest import ROOT
 
-LAYERS = [("configurator",), ("runtime",), ("data.common",), ("data.trajectories", "data.*.prepare"), ("model",), ("checkpoint",),
+LAYERS = [("configurator",), ("files", "runtime"), ("data.common",), ("data.trajectories", "data.*.prepare"), ("model",), ("checkpoint",),
           ("render",), ("sample",), ("roofline", "startup", "results"), ("tables",), ("train", "collect", "bench"), ("show",), ("demo",)]
 
 

@@ -43,7 +43,7 @@ def test_outputs_are_new_or_their_own_kind(tmp_path, data_dir, teacher_dir):
     # what the scripts wrote before is theirs to write again
     from render import GENERATOR, PAGE
     from tables import REPORT
-    from runtime import check_output
+    from files import check_output
     report = tmp_path / "old.json"
     report.write_text(json.dumps(dict(methods={}, settings={}, machine={}, config={})))
     check_output(str(report), "option out_path", REPORT)
