@@ -95,6 +95,12 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
             or not isinstance(ckpt["model"], dict) or not all(torch.is_tensor(t) for t in ckpt["model"].values()) \
             or not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["sampling"], dict):
         raise CDLMError(f"{path} is not a checkpoint of this version of the repo (needs {', '.join(CKPT_KEYS)})")
+    odd = next((k for k, t in ckpt["model"].items() if t.layout != torch.strided or t.is_nested or t.is_meta), None)
+    if odd is not None:  # sparse, nested or data-less: no weights a model loads (the hash check would fail on them)
+        t = ckpt["model"][odd]
+        raise CDLMError(f"{path}: weight {odd} is not a plain tensor (it is "
+                        f"{'nested' if t.is_nested else 'on the meta device' if t.is_meta else t.layout}): "
+                        f"it is not a checkpoint this repo wrote")
     have = ckpt["config"].get("mode")
     if not isinstance(have, str) or have not in KINDS:
         raise CDLMError(f"{path}: its config has mode={have!r}, not one of {', '.join(KINDS)}: it is not a checkpoint "

@@ -97,6 +97,11 @@ def read_results(task, results_dir):
             raise CDLMError(f"{path}: variant {r['variant']!r} seed {r['seed']} again (also in "
                             f"{seen[r['variant'], r['seed']]}); {fix}")
         seen[r["variant"], r["seed"]] = path
+        twin = next((p for p, o in ablation if o["variant"] == r["variant"] and o.get("weights_hash")
+                     and o.get("weights_hash") == r.get("weights_hash")), None)
+        if twin:  # one student counted twice under two seeds (two variants may train the same one)
+            raise CDLMError(f"{path}: field weights_hash={r['weights_hash']!r} is that of {twin} too: one student, two "
+                            f"files; {fix}")
         first = ablation[0] if ablation else None
         for field in ("iters", "num_eval") if first else ():  # one table, one header: one budget and one test set
             if r[field] != first[1][field]:
@@ -132,6 +137,9 @@ def check_seed_figures(path, r, before, fix):
         check_schedule(path, f"bench.{name}", check_fields(row, BENCH_ROW, f"{path}: bench.{name}", fix),
                        r["bench_settings"].get("gen_len"), r["bench_machine"], fix)
     check_speedups(path, r["bench"], fix)
+    if r["bench_settings"].get("num_eval", r["num_eval"]) != r["num_eval"]:  # one test set for scores and bench
+        raise CDLMError(f"{path}: field bench_settings.num_eval={r['bench_settings']['num_eval']!r}, but its num_eval="
+                        f"{r['num_eval']}: the report prints one; {fix}")
     other = next((p for p, o in before if o["ar_seed"] != r["ar_seed"]), None)
     if other:  # demo.py trains the AR baseline once: every seed's bench decodes with it
         raise CDLMError(f"{path}: field ar_seed={r['ar_seed']}, but {other} has ar_seed={dict(before)[other]['ar_seed']}: "
@@ -332,12 +340,14 @@ def report(task, results_dir, variants=()):
     if runs:
         r0 = runs[0]
         n, chance = r0["num_eval"], r0["bench_settings"]["chance"]
-        at = lambda r: f"{r['threads']} thread(s)" if r.get("threads") else "an unrecorded thread count"
-        trained = "trained at " + (at(r0) if len({at(r) for r in runs}) == 1 else
-                                   ", ".join(f"{at(r)} (seed {r['seed']})" for r in runs))
-        lines += [f"{task}: {len(runs)} seed(s) {[r['seed'] for r in runs]}, {n} test problems; {trained}; accuracy on "
-                  f"{r0['machine']['cpu']} ({r0['machine']['cores']} cores), timings at {r0['bench_machine']['threads']} "
-                  f"threads, torch {r0['machine']['torch']}; commits {', '.join(sorted({str(r['commit']) for r in runs}))}",
+        def each(say):  # one figure for all the seeds, else each seed's
+            return say(r0) if len({say(r) for r in runs}) == 1 else ", ".join(f"{say(r)} (seed {r['seed']})" for r in runs)
+        trained = each(lambda r: f"{r['threads']} thread(s)" if r.get("threads") else "an unrecorded thread count")
+        cpu = each(lambda r: f"{r['machine']['cpu']} ({r['machine']['cores']} cores)")
+        timed, torch_ = each(lambda r: str(r["bench_machine"]["threads"])), each(lambda r: r["machine"]["torch"])
+        lines += [f"{task}: {len(runs)} seed(s) {[r['seed'] for r in runs]}, {n} test problems; trained at {trained}; "
+                  f"accuracy on {cpu}, timings at {timed} threads, torch {torch_}; "
+                  f"commits {', '.join(sorted({str(r['commit']) for r in runs}))}",
                   f"a guess scores {100 * chance['final_acc']:.1f}% (final answer) and {100 * chance['whole_acc']:.1f}% "
                   f"(whole answer); at n={n} one standard error is {100 * math.sqrt(0.5 * 0.5 / n):.1f} points at 50%, "
                   f"{100 * math.sqrt(0.9 * 0.1 / n):.1f} at 90%, {100 * math.sqrt(0.99 * 0.01 / n):.2f} at 99%", "",

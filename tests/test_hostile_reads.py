@@ -528,3 +528,31 @@ def test_a_link_to_nothing_given_as_an_output_file_is_named(tmp_path):
     (tmp_path / "seed2.json").write_text(json.dumps({**seed, "bench": {**seed["bench"], "cdlm": {
         **cdlm, "compiled": {**cdlm["compiled"], "compile_s": 0}}}}))  # a first call takes time
     refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], "field compiled.compile_s: expected float in (0, inf)")
+
+
+def test_the_report_reads_each_seeds_machine_and_one_student_per_file(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(os.path.join(ROOT, "results"), results)
+    refused(demo.main, ["--report", f"--results_dir={results}", f"--png={results / 'arithmetic' / 'x.png'}"],
+            "option png", "results_dir")  # a picture among the files the report reads
+    here = results / "arithmetic"
+    shutil.copy(here / "ablation" / "no_DLM_loss_seed2.json", here / "ablation" / "no_DLM_loss_seed4.json")
+    r = json.loads((here / "ablation" / "no_DLM_loss_seed4.json").read_text())
+    (here / "ablation" / "no_DLM_loss_seed4.json").write_text(json.dumps({**r, "seed": 4}))
+    refused(demo.main, ["--report", f"--results_dir={results}"], "no_DLM_loss_seed4.json", "one student, two files")
+    os.remove(here / "ablation" / "no_DLM_loss_seed4.json")
+    seed = json.loads((here / "seed2.json").read_text())
+    (here / "seed2.json").write_text(json.dumps({**seed, "bench_settings": {**seed["bench_settings"], "num_eval": 400}}))
+    refused(demo.main, ["--report", f"--results_dir={results}"], "field bench_settings.num_eval=400")
+    (here / "seed2.json").write_text(json.dumps({**seed, "machine": {**seed["machine"], "torch": "2.4.0"}}))
+    out = __import__("results").report("arithmetic", str(results), demo.ABLATIONS)
+    assert "torch 2.4.0 (seed 2), 2.13.0+cpu (seed 3)" in out.splitlines()[0], out.splitlines()[0]
+
+
+@pytest.mark.parametrize("odd", ["sparse", "meta"])
+def test_a_weight_that_is_not_a_plain_tensor_is_named(tmp_path, odd):
+    ckpt = torch.load(os.path.join(ROOT, "ref", "arithmetic", "student", "ckpt.pt"), weights_only=True)
+    w = ckpt["model"]["wte.weight"]
+    ckpt["model"]["wte.weight"] = w.to_sparse() if odd == "sparse" else torch.empty_like(w, device="meta")
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    refused(sample.main, [f"--out_dir={tmp_path}", "--prompt=1:+2="], "weight wte.weight is not a plain tensor")
