@@ -137,9 +137,6 @@ def check_seed_figures(path, r, before, fix):
         check_schedule(path, f"bench.{name}", check_fields(row, BENCH_ROW, f"{path}: bench.{name}", fix),
                        r["bench_settings"].get("gen_len"), r["bench_machine"], fix)
     check_speedups(path, r["bench"], fix)
-    if r["bench_settings"].get("num_eval", r["num_eval"]) != r["num_eval"]:  # one test set for scores and bench
-        raise CDLMError(f"{path}: field bench_settings.num_eval={r['bench_settings']['num_eval']!r}, but its num_eval="
-                        f"{r['num_eval']}: the report prints one; {fix}")
     other = next((p for p, o in before if o["ar_seed"] != r["ar_seed"]), None)
     if other:  # demo.py trains the AR baseline once: every seed's bench decodes with it
         raise CDLMError(f"{path}: field ar_seed={r['ar_seed']}, but {other} has ar_seed={dict(before)[other]['ar_seed']}: "
@@ -148,6 +145,9 @@ def check_seed_figures(path, r, before, fix):
     if other:  # a mean over seeds is a mean of one measurement
         raise CDLMError(f"{path}: field num_eval={r['num_eval']}, but {other} has num_eval="
                         f"{dict(before)[other]['num_eval']}: one table averages both; {fix}")
+    if r["bench_settings"].get("num_eval", r["num_eval"]) != r["num_eval"]:  # one test set for scores and bench
+        raise CDLMError(f"{path}: field bench_settings.num_eval={r['bench_settings']['num_eval']!r}, but its num_eval="
+                        f"{r['num_eval']}: the report prints one; {fix}")
     other = next((p for p, o in before if sorted(o["teacher_steps"], key=int) != have), None)
     if other:
         raise CDLMError(f"{path}: field teacher_steps has rows {have}, but {other} has "
