@@ -86,6 +86,7 @@ def read_results(task, results_dir):
         check_seed_figures(path, r, seeds, fix)
         seeds.append((path, r))
     ablation, seen = [], {}
+    gen_len = next((o["bench_settings"].get("gen_len") for _, o in seeds), None)  # an ablation NFE's bound
     for name in names(os.path.join(here, "ablation")):
         path = os.path.join(here, "ablation", name)
         r = check_fields(read_json(path, fix), ABLATION_FILE, path, fix)
@@ -107,7 +108,6 @@ def read_results(task, results_dir):
             if r[field] != first[1][field]:
                 raise CDLMError(f"{path}: field {field}={r[field]}, but {first[0]} has {field}={first[1][field]}: "
                                 f"the ablation's table reads both as one; {fix}")
-        gen_len = next((o["bench_settings"].get("gen_len") for _, o in seeds), None)
         if isinstance(gen_len, int) and r["nfe"] > gen_len:
             raise CDLMError(f"{path}: field nfe={r['nfe']:g} is above gen_len={gen_len} (its seed files'): a pass "
                             f"finalizes at least one token; {fix}")
@@ -125,17 +125,16 @@ def check_scores(path, scores, at, fix):
 def check_seed_figures(path, r, before, fix):
     """What the schema cannot say of a seed file: every score pair possible, and the teacher's rows those
     demo.py measures at its block size (the largest key), the same rows as the seed files read before it."""
-    for k, scores in [*(("teacher_steps." + k, v) for k, v in r["teacher_steps"].items()),
-                      *(("bench." + k, v) for k, v in r["bench"].items())]:
-        check_scores(path, scores, k + ".", fix)
+    for k, scores in r["teacher_steps"].items():  # the bench's rows: check_row, below
+        check_scores(path, scores, f"teacher_steps.{k}.", fix)
     have = sorted(r["teacher_steps"], key=int)  # tokens per step
     want = sorted({str(int(have[-1]) // s) for s in teacher_steps_per_block(int(have[-1]))}, key=int)
     if have != want:
         raise CDLMError(f"{path}: field teacher_steps has rows {have} (tokens per step), not those demo.py measures at "
                         f"a block of {have[-1]}: {want}; {fix}")
     for name, row in r["bench"].items():
-        check_schedule(path, f"bench.{name}", check_fields(row, BENCH_ROW, f"{path}: bench.{name}", fix),
-                       r["bench_settings"].get("gen_len"), r["bench_machine"], fix)
+        check_row(path, f"bench.{name}", row, r["bench_settings"].get("gen_len"), r["bench_settings"].get("num_eval"),
+                  r["bench_machine"], fix)
     check_speedups(path, r["bench"], fix)
     other = next((p for p, o in before if o["ar_seed"] != r["ar_seed"]), None)
     if other:  # demo.py trains the AR baseline once: every seed's bench decodes with it
@@ -161,6 +160,26 @@ BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "[1, inf)"),  # a pass finali
              "settings?": {"block_size": Int(1, "[1, inf)"), "steps_per_block": Int(None, "[1, inf)"),
                            "threshold": Float(None, "(0, 1]"), "early_stop": Bool(False)},
              "compiled?": {"compile_s": Float(1, "(0, inf)"), "differs_from_eager": Float(0, "[0, 1]")}}
+
+
+def check_row(path, at, row, gen_len, n, machine, fix):
+    """One bench row, as a seed file or a bench report stores it (at: its field path), against its
+    schema and what its own figures imply: the scores, passes and tokens a pass within an answer of
+    gen_len over n problems, and its settings (check_schedule)."""
+    row = check_fields(row, BENCH_ROW, f"{path}: {at}", fix)
+    check_scores(path, row, at + ".", fix)
+    for field in ("nfe", "tokens_per_step"):  # a pass finalizes at least one token, at most the answer
+        if isinstance(gen_len, int) and row[field] > gen_len:
+            raise CDLMError(f"{path}: field {at}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
+                            f"finalizes at least one token and at most the whole answer; {fix}")
+    check_schedule(path, at, row, gen_len, machine, fix)
+    if isinstance(gen_len, int) and isinstance(n, int) and n > 0:  # rows of at most gen_len passes, mean nfe:
+        fewest = max(1.0, n * row["nfe"] - (n - 1) * gen_len)  # each row took at least this many
+        if row["tokens_per_step"] > gen_len / fewest * (1 + 1e-9):
+            raise CDLMError(f"{path}: field {at}.tokens_per_step={row['tokens_per_step']:g} is more than "
+                            f"its NFE allows (every one of {n} problems took at least {fewest:g} passes, so at "
+                            f"most {gen_len / fewest:g} tokens a pass); {fix}")
+    return row
 
 
 def check_schedule(path, at, row, gen_len, machine, fix):
@@ -189,7 +208,6 @@ def check_schedule(path, at, row, gen_len, machine, fix):
         if row["nfe"] > passes * (1 + 1e-9) or (not s["early_stop"] and row["nfe"] < passes * (1 - 1e-9)):
             bad("nfe", f"is not {'at most ' if s['early_stop'] else ''}{passes}: {s['steps_per_block']} passes a block, "
                        f"{gen_len // s['block_size']} blocks" + (" (no early stop)" if not s["early_stop"] else ""))
-
 
 
 # a speedup's timing and direction: latency theirs / mine, throughput mine / theirs

@@ -79,6 +79,7 @@ RULES = {
     "threshold": Rule("threshold", Float(None, "(0, 1]"), lambda st, i: st.threshold, confidence,
                       lambda score, threshold: score >= threshold),
 }
+RULES_PARAMS = [r.param for r in RULES.values()]  # their parameters, the fields of DecodeSettings they read
 
 
 class Decoded(NamedTuple):
@@ -318,9 +319,6 @@ DEFAULT_DECODING = {
     "cdlm": lambda bs, threshold: DecodeSettings(bs, threshold=threshold, cache="exact", early_stop=True),
     "ar": lambda bs, threshold: DecodeSettings(1, steps_per_block=1, cache="exact", early_stop=True),
 }
-
-
-RULES_PARAMS = [r.param for r in RULES.values()]
 
 
 def decode_options():

@@ -9,7 +9,7 @@ import re
 
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
-from results import BENCH_ROW, check_schedule, check_scores, check_speedups
+from results import check_row, check_speedups
 from files import Output
 
 
@@ -27,23 +27,11 @@ def stored_report(path, methods):
     fix = f"option table={path!r}: rerun the bench that wrote it"
     if not r["methods"]:
         raise CDLMError(f"{path}: field methods is empty: no method was measured; {fix}")
-    gen_len, n = r["settings"].get("gen_len"), r["settings"].get("num_eval")
     for name, row in r["methods"].items():
         if name not in methods:
             raise CDLMError(f"{fix}: its row {name!r} is no method of bench.py ({', '.join(methods)})")
-        row = check_fields(row, BENCH_ROW, f"{path}: {root}.{name}", fix)
-        check_scores(path, row, f"{root}.{name}.", fix)
-        for field in ("nfe", "tokens_per_step"):  # a pass finalizes at least one token, at most the answer
-            if isinstance(gen_len, int) and row[field] > gen_len:
-                raise CDLMError(f"{path}: field {root}.{name}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
-                                f"finalizes at least one token and at most the whole answer; {fix}")
-        check_schedule(path, f"{root}.{name}", row, gen_len, r["machine"], fix)
-        if isinstance(gen_len, int) and isinstance(n, int) and n > 0:  # rows of at most gen_len passes, mean nfe:
-            fewest = max(1.0, n * row["nfe"] - (n - 1) * gen_len)  # each row took at least this many
-            if row["tokens_per_step"] > gen_len / fewest * (1 + 1e-9):
-                raise CDLMError(f"{path}: field {root}.{name}.tokens_per_step={row['tokens_per_step']:g} is more than "
-                                f"its NFE allows (every one of {n} problems took at least {fewest:g} passes, so at "
-                                f"most {gen_len / fewest:g} tokens a pass); {fix}")
+        check_row(path, f"{root}.{name}", row, r["settings"].get("gen_len"), r["settings"].get("num_eval"),
+                  r["machine"], fix)
     check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
 
