@@ -93,7 +93,8 @@ def load_models(cfg, methods, device, same_teacher=True):
     models = {}
     for role in dict.fromkeys(r for name in methods for r in needs(name)):
         key = DIR_OPTION[role]
-        models[role] = load_for_decoding(os.path.join(cfg[key], "ckpt.pt"), {}, device, ROLES[role].mode, key)
+        models[role] = load_for_decoding(os.path.join(cfg[key], "ckpt.pt"), {}, device, ROLES[role].mode,
+                                         "checkpoints" if from_folder(cfg, role) else key)
     name, ref = reference(cfg, models, device)
     for role, (_, ckpt, _) in models.items():
         if not same_data(ckpt["data_meta"], ref["data_meta"]):
@@ -131,6 +132,9 @@ def role_dirs(cfg):
     """--checkpoints=D: each role's folder is D/<role> (D=ref/arithmetic: the reference checkpoints
     shipped with the repo), unless that role's own option is given."""
     if cfg["checkpoints"] is not None:
+        if not os.path.isdir(cfg["checkpoints"]):
+            raise CDLMError(f"option checkpoints={cfg['checkpoints']!r}: not a folder (one holding teacher/, student/, "
+                            f"ar/: ref/arithmetic, for one)")
         for role, key in DIR_OPTION.items():
             if not gave(cfg, key):
                 cfg[key] = os.path.join(cfg["checkpoints"], role)

@@ -27,29 +27,31 @@ class CDLMError(Exception):
 
 def run_main(main):
     """A script's entry: main(argv), with the repo's own errors as one line and exit status 2; what it
-    prints must reach standard output (a closed one, or a full disk under it, is an error too)."""
+    prints must reach standard output and its progress standard error (a closed one, or a full disk
+    under it, is an error too)."""
     try:
         if sys.stdout is None:  # started with stdout closed (>&-): every answer would vanish
             raise CDLMError("standard output is closed: the results would go nowhere; give the run an output")
         if sys.stderr is None:  # 2>&-: the progress bars would fail mid-run, and any error vanish (said on stdout)
             raise CDLMError("standard error is closed: the progress and any error would go nowhere; give the run "
                             "one (2>/dev/null discards them)")
-        sys.stdout = Stdout(sys.stdout)
+        sys.stdout, sys.stderr = Stream(sys.stdout, "output"), Stream(sys.stderr, "error")
         main(sys.argv[1:])
         sys.stdout.flush()
     except CDLMError as e:
-        print(f"error: {e}", file=sys.stderr or sys.__stdout__)
+        print(f"error: {e}", file=sys.__stdout__ if sys.stderr is None or getattr(sys.stderr, "failed", False) else sys.stderr)
         sys.exit(2)
     except BrokenPipeError:  # output piped into `head` and closed early: not an error of the run
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())  # no second error at exit
         sys.exit(0)
 
 
-class Stdout:
-    """sys.stdout whose failed writes (a full disk, an I/O error) are the repo's one-line error."""
+class Stream:
+    """sys.stdout or sys.stderr whose failed writes (a full disk, an I/O error) are the repo's one-line
+    error (one about standard error said on standard output)."""
 
-    def __init__(self, f):
-        self.f = f
+    def __init__(self, f, name):
+        self.f, self.name, self.failed = f, name, False
 
     def __getattr__(self, name):
         return getattr(self.f, name)
@@ -67,7 +69,8 @@ class Stdout:
             raise
         except OSError as e:
             os.dup2(os.open(os.devnull, os.O_WRONLY), self.f.fileno())  # what is left in the buffer goes nowhere
-            raise CDLMError(f"cannot write to standard output: {e.strerror or e}") from None
+            self.failed = True
+            raise CDLMError(f"cannot write to standard {self.name}: {e.strerror or e}") from None
 
 
 class Option:

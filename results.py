@@ -90,7 +90,7 @@ def read_results(task, results_dir):
     for name in names(os.path.join(here, "ablation")):
         path = os.path.join(here, "ablation", name)
         r = check_fields(read_json(path, fix), ABLATION_FILE, path, fix)
-        check_scores(path, r, "", fix)
+        check_scores(path, r, "", fix, r["num_eval"])
         if r["task"] != task or os.path.normpath(path) != os.path.normpath(ablation_path(results_dir, task, r["variant"], r["seed"])):
             raise CDLMError(f"{path}: holds {r['task']} variant {r['variant']!r} seed {r['seed']}, whose file is "
                             f"{ablation_path(results_dir, r['task'], r['variant'], r['seed'])}; {fix}")
@@ -115,18 +115,24 @@ def read_results(task, results_dir):
     return Results(sorted(seeds, key=lambda pr: pr[1]["seed"]), ablation)
 
 
-def check_scores(path, scores, at, fix):
-    """A whole worked answer right has its final answer right: whole_acc above final_acc cannot be measured."""
+def check_scores(path, scores, at, fix, n=None):
+    """A whole worked answer right has its final answer right: whole_acc above final_acc cannot be measured;
+    over n problems, each share and the mean NFE times n is a whole count (answers right, passes)."""
     if scores["whole_acc"] > scores["final_acc"]:
         raise CDLMError(f"{path}: field {at}whole_acc={scores['whole_acc']} is above {at}final_acc={scores['final_acc']}, "
                         f"which a whole answer right implies; {fix}")
+    for field in METRICS + ("nfe",) if isinstance(n, int) and n > 0 else ():
+        total = scores[field] * n
+        if not math.isfinite(total) or abs(total - round(total)) > 1e-6 * max(1.0, total):
+            raise CDLMError(f"{path}: field {at}{field}={scores[field]:g} is not a count over its {n} problems "
+                            f"({total:.6g} {'passes' if field == 'nfe' else 'right'} in all); {fix}")
 
 
 def check_seed_figures(path, r, before, fix):
     """What the schema cannot say of a seed file: every score pair possible, and the teacher's rows those
     demo.py measures at its block size (the largest key), the same rows as the seed files read before it."""
     for k, scores in r["teacher_steps"].items():  # the bench's rows: check_row, below
-        check_scores(path, scores, f"teacher_steps.{k}.", fix)
+        check_scores(path, scores, f"teacher_steps.{k}.", fix, r["num_eval"])
     have = sorted(r["teacher_steps"], key=int)  # tokens per step
     want = sorted({str(int(have[-1]) // s) for s in teacher_steps_per_block(int(have[-1]))}, key=int)
     if have != want:
@@ -167,12 +173,12 @@ def check_row(path, at, row, gen_len, n, machine, fix):
     schema and what its own figures imply: the scores, passes and tokens a pass within an answer of
     gen_len over n problems, and its settings (check_schedule)."""
     row = check_fields(row, BENCH_ROW, f"{path}: {at}", fix)
-    check_scores(path, row, at + ".", fix)
     for field in ("nfe", "tokens_per_step"):  # a pass finalizes at least one token, at most the answer
         if isinstance(gen_len, int) and row[field] > gen_len:
             raise CDLMError(f"{path}: field {at}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
                             f"finalizes at least one token and at most the whole answer; {fix}")
-    check_schedule(path, at, row, gen_len, machine, fix)
+    check_scores(path, row, at + ".", fix, n)
+    check_schedule(path, at, row, gen_len, n, machine, fix)
     if isinstance(gen_len, int) and isinstance(n, int) and n > 0:  # rows of at most gen_len passes, mean nfe:
         fewest = max(1.0, n * row["nfe"] - (n - 1) * gen_len)  # each row took at least this many
         if row["tokens_per_step"] > gen_len / fewest * (1 + 1e-9):
@@ -182,10 +188,11 @@ def check_row(path, at, row, gen_len, n, machine, fix):
     return row
 
 
-def check_schedule(path, at, row, gen_len, machine, fix):
+def check_schedule(path, at, row, gen_len, n, machine, fix):
     """What a row's own settings and figures imply: a pass finalizes tokens of one block only; a
     schedule of steps_per_block passes a block (no threshold) finalizes block_size / steps_per_block
-    tokens a pass and takes gen_len / block_size blocks of passes (fewer only with early stop); the
+    tokens a pass and takes gen_len / block_size blocks of passes (fewer only with early stop, and then
+    whole blocks of them: over n problems, a multiple of steps_per_block passes in all); the
     arithmetic intensity is FLOPs over bytes; float32 work is not faster than the measured peak."""
     def bad(field, why):
         raise CDLMError(f"{path}: field {at}.{field}={row[field]:g} {why}; {fix}")
@@ -208,6 +215,9 @@ def check_schedule(path, at, row, gen_len, machine, fix):
         if row["nfe"] > passes * (1 + 1e-9) or (not s["early_stop"] and row["nfe"] < passes * (1 - 1e-9)):
             bad("nfe", f"is not {'at most ' if s['early_stop'] else ''}{passes}: {s['steps_per_block']} passes a block, "
                        f"{gen_len // s['block_size']} blocks" + (" (no early stop)" if not s["early_stop"] else ""))
+        if isinstance(n, int) and n > 0 and round(row["nfe"] * n) % s["steps_per_block"]:
+            bad("nfe", f"is not whole blocks of {s['steps_per_block']} passes over its {n} problems "
+                       f"({round(row['nfe'] * n)} passes in all)")
 
 
 # a speedup's timing and direction: latency theirs / mine, throughput mine / theirs
@@ -418,6 +428,8 @@ def read_frontier(task, results_dir):
         if r["task"] != task or name != f"{r['run']}_seed{r['seed']}.json":
             raise CDLMError(f"{path}: holds {r['task']} run {r['run']!r} seed {r['seed']}, whose file is "
                             f"{r['run']}_seed{r['seed']}.json of results/{r['task']}/frontier; {fix}")
+        for it, point in r["points"].items():
+            check_scores(path, point, f"points.{it}.", fix, r["num_eval"])
         same = runs.setdefault(r["run"], [])
         odd = next((k for k in FRONTIER_SAME if same and same[0][k] != r[k]), None)
         if odd:  # its table averages the seeds of one run: one teacher, one set size, one schedule, one test

@@ -344,6 +344,25 @@ def test_a_seed_twice_and_a_refused_name_leave_nothing(tmp_path):
     refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], "field bench.cdlm.nfe=49")  # named where it is
 
 
+def test_a_checkpoints_folder_missing_or_without_a_role_names_the_option_checkpoints(tmp_path):
+    refused(show.main, [f"--checkpoints={tmp_path / 'none'}"], f"option checkpoints='{tmp_path / 'none'}': not a folder")
+    shutil.copytree(os.path.join(ROOT, "ref", "arithmetic", "teacher"), tmp_path / "teacher")
+    for main in (show.main, bench.main):  # the student it needs is missing: the option that named its folder
+        refused(main, [f"--checkpoints={tmp_path}"], f"no checkpoint at {tmp_path / 'student' / 'ckpt.pt'}",
+                "check --checkpoints)")
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("nfe", 39.672, "field bench.dlm_stop.nfe=39.672 is not whole blocks of 8 passes over its 500 problems (19836"),
+    ("nfe", 39.6645, "field bench.dlm_stop.nfe=39.6645 is not a count over its 500 problems (19832.2 passes"),
+    ("whole_acc", 0.1235, "field bench.dlm_stop.whole_acc=0.1235 is not a count over its 500 problems (61.75 right")])
+def test_a_bench_row_whose_figures_are_no_counts_over_its_problems_is_refused(tmp_path, field, value, words):
+    seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
+    seed["bench"]["dlm_stop"][field] = value  # stored: 39.664 passes (19832: 2479 blocks of 8), whole_acc 0.966
+    (tmp_path / "seed2.json").write_text(json.dumps(seed))
+    refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], words)
+
+
 @pytest.mark.parametrize("redirect, words", [(">/dev/full", "cannot write to standard output: No space left on device"),
                                              (">&-", "standard output is closed"),
                                              ("2>&-", "standard error is closed")])
@@ -355,6 +374,17 @@ def test_an_answer_that_cannot_reach_standard_output_is_an_error(redirect, words
                          cwd=ROOT, capture_output=True, text=True)
     lines = (run.stderr or run.stdout).strip().splitlines()  # with stderr closed the error is said on stdout
     assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {words}"), run.stderr
+
+
+def test_progress_that_cannot_reach_standard_error_is_an_error_said_on_stdout(tmp_path):
+    import subprocess
+    import sys
+    teacher, out = os.path.join(ROOT, "ref", "arithmetic", "teacher"), tmp_path / "traj"
+    cmd = f"{sys.executable} collect.py --teacher_dir={teacher} --n_examples=8 --batch_size=8 --out_dir={out}"
+    run = subprocess.run(cmd + " 2>/dev/full", shell=True, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stdout.splitlines() == [
+        "error: cannot write to standard error: No space left on device"], run.stdout
+    assert subprocess.run(cmd, shell=True, cwd=ROOT, capture_output=True).returncode == 0  # the rerun completes
 
 
 def test_a_run_refused_inside_its_lock_leaves_no_folder_nor_lock(tmp_path, data_dir, teacher_dir):
@@ -513,7 +543,7 @@ def test_the_ablations_files_share_one_budget_and_stay_in_range(tmp_path):
     path = here / sorted(os.listdir(here))[-1]
     r = json.loads(path.read_text())
     for edit, words in ((dict(iters=r["iters"] + 1), f"field iters={r['iters'] + 1}, but"),
-                        (dict(num_eval=r["num_eval"] - 1), f"field num_eval={r['num_eval'] - 1}, but"),
+                        (dict(num_eval=2 * r["num_eval"]), f"field num_eval={2 * r['num_eval']}, but"),  # still counts
                         (dict(nfe=48.5), "field nfe=48.5 is above gen_len=48")):
         path.write_text(json.dumps({**r, **edit}))
         refused(demo.main, ["--report", f"--results_dir={results}"], str(path), words)
@@ -542,8 +572,8 @@ def test_the_report_reads_each_seeds_machine_and_one_student_per_file(tmp_path):
     refused(demo.main, ["--report", f"--results_dir={results}"], "no_DLM_loss_seed4.json", "one student, two files")
     os.remove(here / "ablation" / "no_DLM_loss_seed4.json")
     seed = json.loads((here / "seed2.json").read_text())
-    (here / "seed2.json").write_text(json.dumps({**seed, "bench_settings": {**seed["bench_settings"], "num_eval": 400}}))
-    refused(demo.main, ["--report", f"--results_dir={results}"], "field bench_settings.num_eval=400")
+    (here / "seed2.json").write_text(json.dumps({**seed, "bench_settings": {**seed["bench_settings"], "num_eval": 1000}}))
+    refused(demo.main, ["--report", f"--results_dir={results}"], "field bench_settings.num_eval=1000")
     (here / "seed2.json").write_text(json.dumps({**seed, "machine": {**seed["machine"], "torch": "2.4.0"}}))
     out = __import__("results").report("arithmetic", str(results), demo.ABLATIONS)
     assert "torch 2.4.0 (seed 2), 2.13.0+cpu (seed 3)" in out.splitlines()[0], out.splitlines()[0]
