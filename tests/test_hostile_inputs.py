@@ -254,7 +254,7 @@ def test_the_report_reads_only_its_layout_each_file_checked(tmp_path):
     edited(seed2, lambda d: d.update(bench=[]), "seed2.json", "field bench", "a list")
     edited(seed2, lambda d: d["teacher_steps"]["2"].update(final_acc=None), "teacher_steps.2.final_acc", "null")
     edited(seed2, lambda d: d.update(num_eval=0), "seed2.json", "num_eval", "got 0")
-    edited(seed2, lambda d: d.update(num_eval=400), "num_eval", "one table averages both")  # a mean of two tests
+    edited(seed2, lambda d: d.update(num_eval=1000), "num_eval", "one table averages both")  # a mean of two tests
     edited(seed2, lambda d: d.update(machine={}), "seed2.json", "machine.cpu is missing")
     edited(abl, lambda d: d.pop("variant"), "default_seed2.json", "variant is missing")
     edited(seed2, lambda d: d.update(seed=3), "seed2.json", "seed 3")
@@ -294,6 +294,10 @@ def test_the_frontier_is_read_from_its_files_each_checked(tmp_path):
     (here / "student_2400_6144_seed2.json").write_text(json.dumps(d))
     refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "seed2.json", "points.last")
     d["points"].pop("last")
+    (here / "student_2400_6144_seed2.json").write_text(json.dumps({**d, "points": {"300": dict(
+        final_acc=0.5, whole_acc=0.4, nfe=8.0001)}}))  # 4000.05 passes over its 500 problems
+    refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "seed2.json", "points.300.nfe=8.0001",
+            "not a count over its 500 problems")
     (here / "student_2400_6144_seed2.json").write_text(json.dumps({**d, "num_eval": 400}))  # another test's scores
     refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "num_eval=400", "one table averages both")
     refused(demo.main, ["--png=x.png"], "option png", "--report")
