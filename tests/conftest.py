@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -65,3 +66,30 @@ def student_dir(tmp_path_factory, data_dir, teacher_dir, traj_dir):
 @pytest.fixture(scope="session")
 def ar_dir(tmp_path_factory, data_dir):
     return train_tiny(str(tmp_path_factory.mktemp("ar")), data_dir, mode="ar")
+
+
+# Tests marked `compiled` run torch.compile: cold compiles (C++ code generated and built) are most
+# of their time and use one core, as do most other tests. In a run of more than them on a machine
+# of two or more cores, they run in a second pytest process started at collection, beside the rest;
+# the last test waits for it and fails with its output if any of them failed.
+SIDE = "CDLM_TESTS_SIDE"  # set in that second process: there, they are ordinary tests
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "compiled: runs torch.compile (in a full run, in a process of its own)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    side = [i for i in items if i.get_closest_marker("compiled")]
+    waiter = [i for i in items if i.name == "test_the_compiled_tests_passed_beside_the_rest"]
+    rest = [i for i in items if i not in side and i not in waiter]
+    if os.environ.get(SIDE) or not side or not rest or not waiter or (os.cpu_count() or 1) < 2:
+        items[:] = [i for i in items if i not in waiter]  # it has no process to wait for: deselected
+        config.hook.pytest_deselected(items=waiter)
+        return
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *[i.nodeid for i in side]],
+                            cwd=str(config.rootpath), env={**os.environ, SIDE: "1"}, stdout=log, stderr=subprocess.STDOUT)
+    config.compiled_side = (proc, log, len(side))
+    items[:] = rest + waiter
+    config.hook.pytest_deselected(items=side)

@@ -77,6 +77,7 @@ def test_table_refuses_what_is_not_a_bench_report(tmp_path):
         run({"table": str(bad)})
 
 
+@pytest.mark.compiled
 def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
     run({"student_dir": student_dir, "methods": ["cdlm"], "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 1,
          "out_path": str(tmp_path / "bench.json"), "device": "cpu", "compile": "both", "profile": True})

@@ -213,6 +213,7 @@ def test_confidence_ranks_near_certain_positions_as_the_model_does():
     assert torch.allclose(predict(wide)[1], wide.double().softmax(-1).max(-1).values, rtol=1e-6)
 
 
+@pytest.mark.compiled
 @pytest.mark.parametrize("role", ["teacher", "student", "ar"])
 def test_compiled_decoding_equals_eager(data_dir, request, role):
     """The compiled step (forward and denoising step in one graph, runtime.compiled) gives the

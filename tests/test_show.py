@@ -238,6 +238,7 @@ def test_confidence_and_infill_views(teacher_dir, student_dir, ar_dir, data_dir)
     assert all(0 <= a <= 1 for a in acc.values())
 
 
+@pytest.mark.compiled
 def test_compiled_replay_shows_the_eager_decode(runs, student_dir, capsys):
     """--compile: every frame's tokens and confidences as eager, the compile left out of the times."""
     eager = next(r for r in runs[0] if r["name"] == "cdlm")
