@@ -147,7 +147,7 @@ config = dict(
     student_dir=Str("out/student"),
     ar_dir=Str("out/ar"),
     data_dir=Str(None),                 # None: where the checkpoints' data was prepared
-    methods=List(list(METHODS), Choice(None, *METHODS)),
+    methods=List(list(METHODS), Choice(None, *METHODS), unique=True),
     split=Str("test"),
     # sizes: a value given is exact (or refused); a default is at most the problems there are
     num_eval=Int(500, "[1, inf)"),      # problems for accuracy and NFE

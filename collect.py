@@ -19,8 +19,6 @@ Several processes: torchrun --standalone --nproc_per_node=2 collect.py config/co
 Each rank decodes its own shard of every batch of prompts; the shards are gathered to rank 0,
 which alone writes the one trajectory set.
 """
-import hashlib
-import json
 import os
 import sys
 import time
@@ -31,7 +29,7 @@ import torch
 from checkpoint import load_model
 from configurator import SEED, CDLMError, Choice, Float, Int, Str, check, configure, gave, refuse_unused, run_main
 from data.common import check_out_kind, checkpoint_data, data_fingerprint, get_tokenizer, load_split, score
-from data.trajectories import Writer, field_specs, reuse
+from data.trajectories import Writer, field_specs, reuse, set_name
 from files import lock, reading, refuse_overlap
 from runtime import THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, setup_runtime
 from sample import TEMPERATURES, DecodeSettings, generate
@@ -91,7 +89,7 @@ def _collect(cfg, rt, model, ckpt, data_dir, dmeta, replace):
                     steps=L, n_examples=n, temperature=cfg["temperature"], hidden_dtype=cfg["hidden_dtype"],
                     seed=cfg["seed"], dtype=rt.dtype, threads=cfg["threads"] if rt.device == "cpu" else None,
                     world=rt.world if cfg["temperature"] > 0 else None)  # sampled noise is drawn per rank
-    set_id = "set-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    set_id = set_name(settings)
     specs = field_specs(dmeta, n, model.cfg.n_embd, cfg["hidden_dtype"])
     meta = dict(settings=settings, n=n, gen_len=L, block_size=bs, prompt_len=P, vocab_size=dmeta["vocab_size"],
                 n_embd=model.cfg.n_embd, fields={k: [list(s), d] for k, (s, d) in specs.items()},
@@ -104,12 +102,14 @@ def _collect(cfg, rt, model, ckpt, data_dir, dmeta, replace):
         if rt.master:
             print(f"{cfg['out_dir']} already holds these {n} trajectories; nothing to do")
         return
+    from tqdm import tqdm  # drawn first: a standard error that cannot take it fails before any file is laid out
+    bar = tqdm(total=n, desc="collect", unit="ex", file=sys.stderr, disable=not rt.master)
     writer = Writer(cfg["out_dir"], specs, settings)
     done, correct = broadcast(writer.resume() if rt.master else None, rt.ddp)
+    bar.n = bar.initial = done  # a resumed set's rows count as done, not into this run's rate
+    bar.refresh()
     tok = get_tokenizer(dmeta)
     gen = torch.Generator(device=rt.device)
-    from tqdm import tqdm
-    bar = tqdm(total=n, initial=done, desc="collect", unit="ex", file=sys.stderr, disable=not rt.master)
     t0, start, B, world = time.time(), done, min(cfg["batch_size"], n), rt.world  # a batch is padded to B rows
     while done < n:
         stop = min(done + cfg["chunk"], n)

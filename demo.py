@@ -95,7 +95,7 @@ config = dict(
     ablate_iters=Int(300, "[1, inf)"),
     variants=List(list(ABLATIONS), Choice(None, *ABLATIONS), unique=True),  # the ablation's students
     num_eval=Int(500, "[1, inf)"),
-    bench_methods=List(list(bench.METHODS), Choice(None, *bench.METHODS)),  # what each seed's bench times
+    bench_methods=List(list(bench.METHODS), Choice(None, *bench.METHODS), unique=True),  # what each seed's bench times
     report=Bool(False),                # print the tables from results_dir and stop
     png=Str(None),                     # with --report: also draw the student's frontier here (needs matplotlib)
     results_dir=Str("results"),
@@ -215,7 +215,7 @@ def pipeline(task, seed, num_eval, threads, results_dir, methods=tuple(bench.MET
                weights=rep["checkpoints"], num_eval=num_eval, ar_seed=AR_SEED, teacher_steps=steps,
                bench=rep["methods"], bench_settings=rep["settings"], bench_machine=rep["machine"])
     path = seed_path(results_dir, task, seed)
-    others = [{**r, "path": p} for p, r in read_results(task, results_dir).seeds]
+    others = [{**r, "path": p} for p, r in read_results(task, results_dir, ABLATIONS).seeds]
     if others:  # before this run replaces its seed's file (git diff shows what moved; git checkout restores it)
         print("\n" + against(out, others))
     atomic_write_json(path, out)
@@ -353,7 +353,7 @@ def main(argv):
         refuse_unused(cfg, {k: "with --report: it prints the tables from the files in results_dir alone"
                             for k in config if k not in ("task", "results_dir", "report", "png")})
     check_png(cfg)
-    read_results(task, cfg["results_dir"])  # a stray or damaged file is refused before any work
+    read_results(task, cfg["results_dir"], ABLATIONS)  # a stray or damaged file is refused before any work
     if not cfg["report"]:
         check_writable(os.path.join(cfg["results_dir"], task, "ablation" if cfg["ablate"] else ""), "option results_dir")
         if cfg["stage"] == "all" and not cfg["ablate"]:  # the benches come last: their compiler is checked first

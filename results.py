@@ -11,9 +11,10 @@ import re
 import statistics
 from typing import NamedTuple
 
-from configurator import SEED, Bool, CDLMError, Float, Int, Str
+from configurator import SEED, Bool, CDLMError, Choice, Float, Int, Str
 from data.common import METRICS, Each, check_fields, read_json
 from runtime import THREADS
+from sample import CACHES, REFRESHES, TEMPERATURES
 
 # the headline figures: (label, method or teacher steps, field); accuracies are shares, both metrics
 # (teacher_steps' keys are tokens per step; 'block' is the largest, one step per block, whatever the block size)
@@ -52,11 +53,18 @@ def teacher_steps_per_block(block_size):
     return tuple(dict.fromkeys(s for s in (block_size, block_size // 2, block_size // 4, 1) if s))
 # what the report and `against` read of a seed's file; other fields are kept, not read
 SPEEDUPS = [field.split(".") for _, _, field in HEADLINE if "speedup" in field]  # ['compiled', 'speedup_...'] or one
+# what a bench report (bench.py's file, a seed file's bench part) says of its machine and settings
+BENCH_MACHINE = {"device": Str(""), "dtype": Choice("float32", "float32", "bfloat16", "float16"), "torch": Str(""),
+                 "cpu": Str(""), "gpu": Str(None), "threads": Int(1, "[1, inf)"), "cores?": Int(1, "[1, inf)"),
+                 "peak_gflops": Float(1, "(0, inf)"), "peak_gb_s": Float(1, "(0, inf)")}
+BENCH_SETTINGS = {"split": Str(""), "num_eval": Int(1, "[1, inf)"), "batch_size": Int(1, "[1, inf)"),
+                  "latency_n": Int(1, "[1, inf)"), "repeats": Int(1, "[1, inf)"), "threshold": Float(None, "(0, 1]"),
+                  "gen_len": Int(1, "[1, inf)"), "data_dir": Str(""), "chance": dict(final_acc=SHARE, whole_acc=SHARE)}
 SEED_FILE = {
     "task": Str(""), "seed": Int(0, SEED), "commit": Str(None), "threads?": THREADS, "num_eval": Int(1, "[1, inf)"),
     "ar_seed": Int(0, SEED), "machine": {"cpu": Str(""), "cores": Int(1, "[1, inf)"), "torch": Str(""), "isa?": Str("")},
-    "teacher_steps": Each(SCORES, r"[1-9][0-9]*", at_least=1), "bench_settings": dict(chance=dict(final_acc=SHARE, whole_acc=SHARE)),
-    "bench_machine": dict(threads=Int(1, "[1, inf)")), "weights?": Each(Str("")),
+    "teacher_steps": Each(SCORES, r"[1-9][0-9]*", at_least=1), "bench_settings": BENCH_SETTINGS,
+    "bench_machine": BENCH_MACHINE, "weights?": Each(Str("")),
     "bench": Each({**SCORES, **{f"{f[0]}?": COUNT for f in SPEEDUPS if len(f) == 1}, **(TIMES := {
                        "latency_ms?": Float(1.0, "(0, inf)"), "throughput_tok_s?": Float(1.0, "(0, inf)")}),
                    "compiled?": {**{f"{f[1]}?": COUNT for f in SPEEDUPS if len(f) == 2}, **TIMES}})}
@@ -69,9 +77,10 @@ class Results(NamedTuple):
     ablation: list   # (path, record), by file name
 
 
-def read_results(task, results_dir):
+def read_results(task, results_dir, variants=None):
     """The files of results_dir/<task> that the layout names, each checked against its name and
-    its schema; a stray or duplicate file is one line naming it (the report would count it)."""
+    its schema; a stray or duplicate file, or an ablation variant not among `variants` (where
+    given: demo.ABLATIONS), is one line naming it (the report would count it)."""
     here = os.path.join(results_dir, task)
     fix = f"restore it (git checkout) or move it out of {here}/: the report reads every file of its layout"
     names = lambda d: sorted(n for n in (os.listdir(d) if os.path.isdir(d) else []) if n.endswith(".json"))
@@ -91,6 +100,9 @@ def read_results(task, results_dir):
         path = os.path.join(here, "ablation", name)
         r = check_fields(read_json(path, fix), ABLATION_FILE, path, fix)
         check_scores(path, r, "", fix, r["num_eval"])
+        if variants is not None and r["variant"] not in variants:
+            raise CDLMError(f"{path}: field variant={r['variant']!r} is none of demo.py's ablation students "
+                            f"({', '.join(variants)}); {fix}")
         if r["task"] != task or os.path.normpath(path) != os.path.normpath(ablation_path(results_dir, task, r["variant"], r["seed"])):
             raise CDLMError(f"{path}: holds {r['task']} variant {r['variant']!r} seed {r['seed']}, whose file is "
                             f"{ablation_path(results_dir, r['task'], r['variant'], r['seed'])}; {fix}")
@@ -153,6 +165,15 @@ def check_seed_figures(path, r, before, fix):
     if r["bench_settings"].get("num_eval", r["num_eval"]) != r["num_eval"]:  # one test set for scores and bench
         raise CDLMError(f"{path}: field bench_settings.num_eval={r['bench_settings']['num_eval']!r}, but its num_eval="
                         f"{r['num_eval']}: the report prints one; {fix}")
+    chance = r["bench_settings"]["chance"]  # a guess's score is a property of the test set: one in all
+    odd = next((k for k, scores in r["teacher_steps"].items() if scores.get("chance", chance) != chance), None)
+    if odd:
+        raise CDLMError(f"{path}: field teacher_steps.{odd}.chance={r['teacher_steps'][odd]['chance']} is not its "
+                        f"bench_settings.chance={chance}: one test set, one guess; {fix}")
+    other = next((p for p, o in before if o["bench_settings"]["chance"] != chance), None)
+    if other:
+        raise CDLMError(f"{path}: field bench_settings.chance={chance}, but {other} has "
+                        f"{dict(before)[other]['bench_settings']['chance']}: the seeds score one test set; {fix}")
     other = next((p for p, o in before if sorted(o["teacher_steps"], key=int) != have), None)
     if other:
         raise CDLMError(f"{path}: field teacher_steps has rows {have}, but {other} has "
@@ -163,8 +184,9 @@ POSITIVE = Float(1, "(0, inf)")
 BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "[1, inf)"),  # a pass finalizes at least one token
              "latency_ms": POSITIVE, "throughput_tok_s": POSITIVE, "flops_per_token": POSITIVE,
              "bytes_per_token": POSITIVE, "arithmetic_intensity": POSITIVE, "achieved_gflops": POSITIVE,
-             "settings?": {"block_size": Int(1, "[1, inf)"), "steps_per_block": Int(None, "[1, inf)"),
-                           "threshold": Float(None, "(0, 1]"), "early_stop": Bool(False)},
+             "settings": {"block_size": Int(1, "[1, inf)"), "steps_per_block": Int(None, "[1, inf)"),
+                          "threshold": Float(None, "(0, 1]"), "early_stop": Bool(False), "cache": Choice("none", *CACHES),
+                          "refresh": Choice("block", *REFRESHES), "temperature": Float(0.0, TEMPERATURES)},
              "compiled?": {"compile_s": Float(1, "(0, inf)"), "differs_from_eager": Float(0, "[0, 1]")}}
 
 
@@ -202,9 +224,7 @@ def check_schedule(path, at, row, gen_len, n, machine, fix):
     if machine.get("dtype") == "float32" and isinstance(machine.get("peak_gflops"), (int, float)) \
             and row["achieved_gflops"] > machine["peak_gflops"]:
         bad("achieved_gflops", f"is above the measured peak of {machine['peak_gflops']:g} GFLOP/s (float32)")
-    s = row.get("settings")
-    if not s:
-        return
+    s = row["settings"]
     if row["tokens_per_step"] > s["block_size"] * (1 + 1e-9):
         bad("tokens_per_step", f"is above its block_size={s['block_size']}: a pass finalizes tokens of one block")
     if s["threshold"] is None and s["steps_per_block"] and isinstance(gen_len, int) and s["steps_per_block"] <= s["block_size"]:
@@ -361,7 +381,7 @@ def report(task, results_dir, variants=()):
     if not os.path.isdir(results_dir):
         what = "is a file, not a directory" if os.path.exists(results_dir) else "does not exist"
         raise CDLMError(f"option results_dir={results_dir!r} {what}: give the folder of the results files (results)")
-    files = read_results(task, results_dir)
+    files = read_results(task, results_dir, variants)
     runs = [r for _, r in files.seeds]
     lines = [] if runs else [f"{task}: no seed files (seed<N>.json) in {results_dir}/{task}/ yet: no headline table "
                              f"(python demo.py --task={task} makes them)"]
@@ -413,7 +433,7 @@ def report(task, results_dir, variants=()):
 # the training budget
 FRONTIER_FILE = dict(task=Str(""), run=Str(""), seed=Int(0, SEED), teacher=Str(""), teacher_whole_acc=SHARE,
                      trajectories=Int(1, "[1, inf)"), max_iters=Int(1, "[1, inf)"), num_eval=Int(1, "[1, inf)"),
-                     points=Each(SCORES, r"[1-9][0-9]*"),
+                     points=Each(SCORES, r"[1-9][0-9]*", at_least=1),
                      default_student=dict(iters=Int(1, "[1, inf)"), trajectories=Int(1, "[1, inf)"), **SCORES))
 
 
@@ -430,6 +450,9 @@ def read_frontier(task, results_dir):
                             f"{r['run']}_seed{r['seed']}.json of results/{r['task']}/frontier; {fix}")
         for it, point in r["points"].items():
             check_scores(path, point, f"points.{it}.", fix, r["num_eval"])
+            if int(it) > r["max_iters"]:  # a checkpoint saved along a run of max_iters iterations
+                raise CDLMError(f"{path}: field points.{it}: iteration {it} of a run of max_iters={r['max_iters']}; {fix}")
+        check_scores(path, r["default_student"], "default_student.", fix, r["num_eval"])
         same = runs.setdefault(r["run"], [])
         odd = next((k for k in FRONTIER_SAME if same and same[0][k] != r[k]), None)
         if odd:  # its table averages the seeds of one run: one teacher, one set size, one schedule, one test
@@ -439,7 +462,8 @@ def read_frontier(task, results_dir):
     return {run: sorted(rs, key=lambda r: r["seed"]) for run, rs in runs.items()}
 
 
-FRONTIER_SAME = ("teacher", "teacher_whole_acc", "trajectories", "max_iters", "num_eval")  # across one run's seeds
+FRONTIER_SAME = ("teacher", "teacher_whole_acc", "trajectories", "max_iters", "num_eval",  # across one run's seeds
+                 "default_student")  # the one reference student each file places beside its run
 
 
 def frontier(task, results_dir):

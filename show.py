@@ -38,7 +38,7 @@ config = dict(
     view=Choice("compare", "compare", "masks", "states", "losses", "confidence", "infill"),
     prompt=Str(None),                   # None: the task's own example (data.common.example_prompt)
     state=Str(None),                    # the answer so far, '_' where masked (the rest masked)
-    methods=List(list(METHODS), Choice(None, *METHODS)),
+    methods=List(list(METHODS), Choice(None, *METHODS), unique=True),
     checkpoints=Str(None),              # a folder of teacher/, student/, ar/ (e.g. ref/arithmetic): bench.role_dirs
     teacher_dir=Str("out/teacher"), student_dir=Str("out/student"), ar_dir=Str("out/ar"),
     traj_dir=Str("out/trajectories"), index=Int(0, "[0, inf)"),  # the stored trajectory to draw a state from

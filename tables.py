@@ -9,7 +9,7 @@ import re
 
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
-from results import check_row, check_speedups
+from results import BENCH_MACHINE, BENCH_SETTINGS, check_row, check_speedups
 from files import Output
 
 
@@ -25,6 +25,8 @@ def stored_report(path, methods):
     if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine"))):
         raise CDLMError(f"option table={path!r}: not a bench report (no methods, settings and machine)")
     fix = f"option table={path!r}: rerun the bench that wrote it"
+    for key, schema in (("machine", BENCH_MACHINE), ("settings", BENCH_SETTINGS)):  # what the table's header reads
+        check_fields(r[key], schema, path, fix, ("bench_" if root == "bench" else "") + key)
     if not r["methods"]:
         raise CDLMError(f"{path}: field methods is empty: no method was measured; {fix}")
     for name, row in r["methods"].items():

@@ -80,7 +80,7 @@ config = dict(
     # optimization
     batch_size=Int(64, "[1, inf)"), max_iters=Int(2000, "[1, inf)"),
     lr_decay_iters=Int(None, "[1, inf)"),  # the cosine's length (None: max_iters); longer: a run stopped along it
-    learning_rate=Float(1e-3, "(0, inf)"), min_lr=Float(1e-4, "[0, inf)"),
+    learning_rate=Float(1e-3, "(0, 1]"), min_lr=Float(1e-4, "[0, inf)"),  # an AdamW step moves a weight ~lr
     warmup_iters=Int(100, "[0, inf)"), weight_decay=Float(0.1, "[0, inf)"),
     beta1=Float(0.9, "[0, 1)"), beta2=Float(0.99, "[0, 1)"),
     grad_clip=Float(1.0, "[0, inf)"),  # 0: no clipping

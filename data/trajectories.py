@@ -18,6 +18,8 @@ reuse (a complete set not yet committed, or partial chunks with matching setting
 removes the rest. A live set found damaged (meta.json corrupt or of the wrong shape, a file missing
 or truncated) is collected again by the same rerun: collect.py is the one repair.
 """
+import hashlib
+import json
 import os
 import shutil
 
@@ -28,6 +30,12 @@ from configurator import CDLMError
 from data.common import atomic_write_json, file_hash, is_int, read_json
 
 FIELDS = ("prompt", "tokens", "step", "hidden", "truth")
+
+
+def set_name(settings):
+    """A set's folder name, from everything that decides its content: an edited setting in meta.json
+    no longer names its set."""
+    return "set-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def field_specs(data_meta, n, n_embd, hidden_dtype):
@@ -158,6 +166,11 @@ def check_commit(meta, path):
         need(is_int(meta.get(field), 1), field)
     st = meta.get("settings")
     need(isinstance(st, dict) and all(isinstance(st.get(k), str) for k in ("teacher_hash", "data")), "settings")
+    if set_name(st) != meta["set"]:
+        raise CDLMError(f"{path}: field settings is not the one its set {meta['set']} was collected with (that name "
+                        f"is their hash): the file was edited; {REPAIR}")
+    acc = meta.get("teacher_final_acc", 0)
+    need(isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1, "teacher_final_acc")
     need(isinstance(meta.get("hashes"), dict) and all(isinstance(meta["hashes"].get(k), str) for k in FIELDS), "hashes")
     n, P, L, C = (meta[k] for k in ("n", "prompt_len", "gen_len", "n_embd"))
     shapes = dict(prompt=[n, P], tokens=[n, L], step=[n, L], hidden=[n, L, C], truth=[n, L])

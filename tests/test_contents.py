@@ -6,6 +6,7 @@ against what they count. Each is one line naming the file, the field or the firs
 """
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -19,7 +20,7 @@ import sample
 import show
 import train
 from configurator import CDLMError
-from data.trajectories import Writer, field_specs, load_trajectories, load_trajectory_sets
+from data.trajectories import Writer, field_specs, load_trajectories, load_trajectory_sets, set_name
 
 # -----------------------------------------------------------------------------
 # trajectory sets: ids inside the vocabulary, the steps of one token a step, finite hidden states
@@ -27,11 +28,11 @@ from data.trajectories import Writer, field_specs, load_trajectories, load_traje
 N, P, L, BS, C, V = 6, 5, 8, 4, 3, 12
 
 
-def write_set(out, edit=None, name="set-synthetic"):
+def write_set(out, edit=None, seed=0):
     """A small trajectory set written by the repo's own Writer and committed as collect.py commits it:
-    rows whose steps finalize one position a step, block by block."""
+    rows whose steps finalize one position a step, block by block (another seed: another set)."""
     specs = field_specs(dict(dtype="uint8", prompt_len=P, gen_len=L), N, C, "float16")
-    settings = dict(teacher_hash="0" * 16, data="1" * 16, n_examples=N)
+    settings = dict(teacher_hash="0" * 16, data="1" * 16, n_examples=N, seed=seed)
     rng = np.random.default_rng(0)
     arrays = dict(prompt=rng.integers(3, V, (N, P)), tokens=rng.integers(3, V, (N, L)), truth=rng.integers(3, V, (N, L)),
                   step=np.stack([np.concatenate([b * BS + rng.permutation(BS) for b in range(L // BS)]) for _ in range(N)]),
@@ -42,7 +43,7 @@ def write_set(out, edit=None, name="set-synthetic"):
     w.resume()
     w.write(range(N), arrays)
     w.checkpoint(N, N)
-    w.commit(name, dict(settings=settings, n=N, gen_len=L, block_size=BS, prompt_len=P, vocab_size=V, n_embd=C,
+    w.commit(set_name(settings), dict(settings=settings, n=N, gen_len=L, block_size=BS, prompt_len=P, vocab_size=V, n_embd=C,
                         fields={k: [list(s), d] for k, (s, d) in specs.items()}))
     return str(out)
 
@@ -88,11 +89,11 @@ def test_a_trajectory_set_given_twice_is_refused(tmp_path):
     os.symlink(a, tmp_path / "link")
     shutil.copytree(a, tmp_path / "copy")
     load = lambda *dirs: load_trajectory_sets(list(dirs), None, L, BS)
-    assert load(a).n == N and load(a, write_set(tmp_path / "b", name="set-other")).n == 2 * N
+    assert load(a).n == N and load(a, write_set(tmp_path / "b", seed=1)).n == 2 * N
     for again in (a, a + "/", str(tmp_path / "link"), str(tmp_path / ".." / tmp_path.name / "a")):
         with pytest.raises(CDLMError, match=f"option traj_dirs: '{again}' is '{a}' again"):
             load(a, again)
-    with pytest.raises(CDLMError, match=f"'{tmp_path / 'copy'}' holds the same set \\(set-synthetic\\) as '{a}'"):
+    with pytest.raises(CDLMError, match=f"'{tmp_path / 'copy'}' holds the same set \\(set-[0-9a-f]{{12}}\\) as '{a}'"):
         load(a, str(tmp_path / "copy"))
 
 
@@ -214,6 +215,19 @@ def test_a_results_file_with_impossible_figures_is_refused(tmp_path):
     shutil.copytree(os.path.join(ROOT, "results/arithmetic/ablation"), here / "ablation")
     text = results.report("arithmetic", str(res), demo.ABLATIONS)
     assert text.startswith("arithmetic: no seed files (seed<N>.json)") and "ablation: students of" in text
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["settings"].update(world="x"), "field settings is not the one its set"),  # its name is their hash
+    (lambda m: m["settings"].update(seed=2), "field settings is not the one its set"),  # a valid value, edited
+    (lambda m: m.update(teacher_final_acc=1.7), "field teacher_final_acc is wrong (1.7)")])
+def test_an_edited_commit_record_is_refused_naming_the_field(tmp_path, edit, words):
+    d = write_set(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    edit(meta)
+    (tmp_path / "s" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CDLMError, match=re.escape(words)):
+        load_trajectories(d)
 
 
 def test_a_commit_record_whose_sizes_and_shapes_disagree_names_both(tmp_path):

@@ -21,7 +21,7 @@ import sample
 import train
 from configurator import CDLMError, with_options
 from data.arithmetic import prepare as arith
-from data.trajectories import load_trajectories
+from data.trajectories import load_trajectories, set_name
 
 
 def refused(main, argv, *words):
@@ -468,8 +468,10 @@ def test_options_without_effect_are_refused(tmp_path, data_dir, teacher_dir, stu
     for change, words in ((dict(block_size=4), "block_size=4"), (dict(settings="teacher"), "another teacher")):
         shutil.copytree(traj_dir, bad, dirs_exist_ok=True)
         meta = json.loads((bad / "meta.json").read_text())
-        if "settings" in change:
+        if "settings" in change:  # collected from another teacher: its settings, and its set named by them
             meta["settings"]["teacher_hash"] = "0123456789abcdef"
+            os.rename(bad / meta["set"], bad / set_name(meta["settings"]))
+            meta["set"] = set_name(meta["settings"])
         (bad / "meta.json").write_text(json.dumps({**meta, **{k: v for k, v in change.items() if k != "settings"}}))
         refused(show.main, ["--view=states", f"--student_dir={student_dir}", f"--traj_dir={bad}"], words)
 

@@ -298,8 +298,13 @@ def test_the_frontier_is_read_from_its_files_each_checked(tmp_path):
         final_acc=0.5, whole_acc=0.4, nfe=8.0001)}}))  # 4000.05 passes over its 500 problems
     refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "seed2.json", "points.300.nfe=8.0001",
             "not a count over its 500 problems")
-    (here / "student_2400_6144_seed2.json").write_text(json.dumps({**d, "num_eval": 400}))  # another test's scores
-    refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "num_eval=400", "one table averages both")
+    (here / "student_2400_6144_seed2.json").write_text(json.dumps({**d, "num_eval": 1000}))  # another test's scores
+    refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "num_eval=1000", "one table averages both")
+    for edit, words in ((dict(default_student={**d["default_student"], "whole_acc": 0.5}), "field default_student="),
+                        (dict(points={**d["points"], "9999": d["points"]["300"]}), "iteration 9999 of a run of max_iters=2400"),
+                        (dict(points={}), "field points: expected at least 1 entry")):
+        (here / "student_2400_6144_seed2.json").write_text(json.dumps({**d, **edit}))  # the headline's default student,
+        refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "seed2.json", words)  # a point past its run, none
     refused(demo.main, ["--png=x.png"], "option png", "--report")
     refused(demo.main, ["--report", "--png=x.svg"], "option png", ".png")
 
@@ -374,6 +379,8 @@ def test_option_messages_name_the_right_option(tmp_path, data_dir, capsys):
     # weight decay too large for the learning rate is blamed on weight_decay
     refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path}/t", "--device=cpu", "--weight_decay=1e308"],
             "option weight_decay=1e+308", "1/learning_rate")
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={tmp_path}/t", "--device=cpu", "--learning_rate=1e300",
+                         "--weight_decay=0"], "option learning_rate=1e+300", "(0, 1]")  # not an overflow in AdamW
     # the BPE's size and sample: refused where they cannot work, not written silently or failed later
     small = [f"--out_dir={tmp_path}/wp", "--n_train=100", "--n_val=8", "--n_test=8"]
     refused(wp.main, small + ["--vocab_size=1"], "option vocab_size=1", "give at least")

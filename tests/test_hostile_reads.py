@@ -363,6 +363,45 @@ def test_a_bench_row_whose_figures_are_no_counts_over_its_problems_is_refused(tm
     refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], words)
 
 
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: d["bench"]["dlm"].pop("settings"), "bench.dlm: field settings is missing"),  # its schedule unchecked
+    (lambda d: d["bench"]["cdlm"]["settings"].update(cache="bogus"), "bench.cdlm: field settings.cache: expected one of"),
+    (lambda d: d["bench_machine"].update(threads=-2), "field bench_machine.threads: expected int in [1, inf), got -2"),
+    (lambda d: d["bench_settings"].update(num_eval="500"), "field bench_settings.num_eval: expected int")])
+def test_a_stored_rows_settings_and_machine_are_checked(tmp_path, edit, words):
+    seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
+    edit(seed)
+    (tmp_path / "seed2.json").write_text(json.dumps(seed))
+    refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], words)
+
+
+def test_a_method_given_twice_is_refused(tmp_path):
+    refused(show.main, [f"--checkpoints={ROOT}/ref/arithmetic", "--methods=cdlm,cdlm"], "option methods=['cdlm', 'cdlm']", "none twice")
+    refused(bench.main, [f"--checkpoints={ROOT}/ref/arithmetic", "--methods=dlm,cdlm,dlm", f"--out_path={tmp_path / 'b.json'}"],
+            "option methods=", "none twice")
+    refused(demo.main, ["--bench_methods=cdlm,cdlm"], "option bench_methods=", "none twice")
+
+
+def test_the_report_refuses_an_unknown_variant_and_another_test_sets_guess(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(os.path.join(ROOT, "results"), results)
+    here = results / "arithmetic"
+    abl = json.loads((here / "ablation" / "no_distillation_seed2.json").read_text())
+    (here / "ablation" / "zzz_seed2.json").write_text(json.dumps({**abl, "variant": "zzz"}))
+    refused(demo.main, ["--report", f"--results_dir={results}"], "zzz_seed2.json", "field variant='zzz' is none of")
+    os.remove(here / "ablation" / "zzz_seed2.json")
+    seed = json.loads((here / "seed3.json").read_text())
+    seed["teacher_steps"]["1"]["chance"] = {"final_acc": 0.9, "whole_acc": 0.002}
+    (here / "seed3.json").write_text(json.dumps(seed))
+    refused(demo.main, ["--report", f"--results_dir={results}"], "seed3.json", "teacher_steps.1.chance=",
+            "bench_settings.chance=")
+    for scores in [*seed["teacher_steps"].values(), seed["bench_settings"]]:  # the file agrees with itself
+        scores["chance"] = {"final_acc": 0.9, "whole_acc": 0.002}
+    (here / "seed3.json").write_text(json.dumps(seed))
+    refused(demo.main, ["--report", f"--results_dir={results}"], "seed3.json: field bench_settings.chance=",
+            "the seeds score one test set")
+
+
 @pytest.mark.parametrize("redirect, words", [(">/dev/full", "cannot write to standard output: No space left on device"),
                                              (">&-", "standard output is closed"),
                                              ("2>&-", "standard error is closed")])
@@ -384,6 +423,7 @@ def test_progress_that_cannot_reach_standard_error_is_an_error_said_on_stdout(tm
     run = subprocess.run(cmd + " 2>/dev/full", shell=True, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stdout.splitlines() == [
         "error: cannot write to standard error: No space left on device"], run.stdout
+    assert os.listdir(tmp_path) == []  # failed before any file: no set laid out, no lock
     assert subprocess.run(cmd, shell=True, cwd=ROOT, capture_output=True).returncode == 0  # the rerun completes
 
 
