@@ -13,7 +13,7 @@ import torch
 
 from render import save_figure
 from runtime import sync
-from sample import generate
+from sample import generate, start_positions
 
 PLOTS = ("_roofline.png", "_sweep.png")  # beside bench.py's out_path, when matplotlib is installed
 SCALE_SIZES = ((4, 128), (4, 256), (8, 512), (8, 768), (8, 1024))  # (n_layer, n_embd), heads 32 wide or more
@@ -182,7 +182,7 @@ def replay_passes(model, prompt, seen, cache):
     """Seconds the forward passes of one traced decode take alone: seen holds each step's
     (answer tokens after it, lo, hi); every pass runs again, in order, on a fresh cache."""
     P = prompt.size(1)
-    starts = torch.arange(P + seen[0][0].size(1) + 1, device=prompt.device).unbind()
+    starts = start_positions(P + seen[0][0].size(1), prompt.device)  # the sampler's own start tensors
     if cache != "none":
         model.setup_cache(1, approximate=cache != "exact")
     windows = [(torch.cat([prompt, tokens], 1)[:, lo:hi], None if cache == "none" else starts[lo])

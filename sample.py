@@ -132,7 +132,7 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     rows = torch.arange(B, device=x.device)  # their indices in the batch
     out, nfe_out = answer.clone(), torch.zeros(B, dtype=torch.long, device=x.device)  # every row's, by index
     nfe = torch.zeros(B, dtype=torch.long, device=x.device)
-    starts = torch.arange(T + 1, device=x.device).unbind()  # 0-d start tensors: no recompile per position
+    starts = start_positions(T, x.device)  # 0-d start tensors: no recompile per position
     step_fn = step_function(model, st)
     if st.cache != "none":
         model.setup_cache(B, approximate=st.cache != "exact")
@@ -157,14 +157,20 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
                 out[rows[done]], nfe_out[rows[done]] = x[done, P:], nfe[done]
                 going = (~done).nonzero().flatten()  # the finished rows leave the batch
                 x, rows, nfe = x[going], rows[going], nfe[going]
-                if st.cache != "none":
-                    model.keep_cache_rows(going)
                 if len(rows) == 0:
                     break
+                if st.cache != "none":
+                    model.keep_cache_rows(going)
         out[rows], nfe_out[rows] = x[:, P:], nfe
     finally:
         model.clear_cache()
     return Decoded(out, nfe_out)
+
+
+@functools.lru_cache(maxsize=16)
+def start_positions(T, device):
+    """0..T as 0-d tensors, made once per length and device (not per decode): a pass's start position."""
+    return torch.arange(T + 1, device=device).unbind()
 
 
 def pass_window(cache, refresh, i, s, e, T, cached_to):
