@@ -382,6 +382,13 @@ def test_a_method_given_twice_is_refused(tmp_path):
     refused(demo.main, ["--bench_methods=cdlm,cdlm"], "option bench_methods=", "none twice")
 
 
+def test_a_number_no_float_holds_is_named_as_typed(tmp_path):
+    s = [f"--out_dir={ROOT}/ref/arithmetic/student", "--prompt=5:+3*7="]
+    refused(sample.main, s + ["--threshold=1e-400"], "option threshold=1e-400: reads as 0.0", "(0, 1]")
+    refused(sample.main, s + ["--batch_size=1e400"], "option batch_size=1e400: reads as inf")
+    refused(sample.main, s + ["--threshold=0.0"], "option threshold=0.0: expected float in (0, 1]")  # typed as read
+
+
 def test_the_report_refuses_an_unknown_variant_and_another_test_sets_guess(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(os.path.join(ROOT, "results"), results)
