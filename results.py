@@ -94,6 +94,8 @@ def read_results(task, results_dir, variants=None):
             raise CDLMError(f"{path}: holds {r['task']} seed {r['seed']}, not {task} seed {m[1]} as its place says; {fix}")
         check_seed_figures(path, r, seeds, fix)
         seeds.append((path, r))
+    if os.path.exists(os.path.join(here, "ablation")) and not os.path.isdir(os.path.join(here, "ablation")):
+        raise CDLMError(f"{os.path.join(here, 'ablation')}: a file where the ablation's folder belongs; {fix}")
     ablation, seen = [], {}
     gen_len = next((o["bench_settings"].get("gen_len") for _, o in seeds), None)  # an ablation NFE's bound
     for name in names(os.path.join(here, "ablation")):
@@ -165,6 +167,10 @@ def check_seed_figures(path, r, before, fix):
     if r["bench_settings"].get("num_eval", r["num_eval"]) != r["num_eval"]:  # one test set for scores and bench
         raise CDLMError(f"{path}: field bench_settings.num_eval={r['bench_settings']['num_eval']!r}, but its num_eval="
                         f"{r['num_eval']}: the report prints one; {fix}")
+    other = next((p for p, o in before if o["bench"] == r["bench"]), None)
+    if other:  # measured timings never repeat to the last digit: one run under two seeds' names
+        raise CDLMError(f"{path}: field bench holds the same figures as {other}, to the last digit: one run "
+                        f"counted as two seeds; {fix}")
     chance = r["bench_settings"]["chance"]  # a guess's score is a property of the test set: one in all
     odd = next((k for k, scores in r["teacher_steps"].items() if scores.get("chance", chance) != chance), None)
     if odd:
@@ -187,7 +193,13 @@ BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "[1, inf)"),  # a pass finali
              "settings": {"block_size": Int(1, "[1, inf)"), "steps_per_block": Int(None, "[1, inf)"),
                           "threshold": Float(None, "(0, 1]"), "early_stop": Bool(False), "cache": Choice("none", *CACHES),
                           "refresh": Choice("block", *REFRESHES), "temperature": Float(0.0, TEMPERATURES)},
-             "compiled?": {"compile_s": Float(1, "(0, inf)"), "differs_from_eager": Float(0, "[0, 1]")}}
+             "compiled?": {"compile_s": Float(1, "(0, inf)"), "differs_from_eager": Float(0, "[0, 1]"),
+                           "latency_ms": POSITIVE, "throughput_tok_s": POSITIVE}}
+# bench.py --profile's record of one method (and path): where a batch-1 decode's time goes; the
+# sampler's share is the decode less a replay of its passes, two measurements (below zero when noisy)
+PROFILE = {"ms_per_answer": POSITIVE, "model_ms_per_answer": POSITIVE, "sampler_ms_per_answer": Float(0, "(-inf, inf)"),
+           "passes_per_answer": Float(1, "[1, inf)"), "ms_per_pass": POSITIVE, "aten_ops_per_step": Float(0, "[0, inf)"),
+           "arithmetic_ms_per_pass": POSITIVE}
 
 
 def check_row(path, at, row, gen_len, n, machine, fix):

@@ -9,7 +9,7 @@ import re
 
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
-from results import BENCH_MACHINE, BENCH_SETTINGS, check_row, check_speedups
+from results import BENCH_MACHINE, BENCH_SETTINGS, PROFILE, check_row, check_speedups
 from files import Output
 
 
@@ -34,6 +34,11 @@ def stored_report(path, methods):
             raise CDLMError(f"{fix}: its row {name!r} is no method of bench.py ({', '.join(methods)})")
         check_row(path, f"{root}.{name}", row, r["settings"].get("gen_len"), r["settings"].get("num_eval"),
                   r["machine"], fix)
+    if "profile" in r:  # its own table: each of the report's methods, eager or compiled
+        check_fields(r["profile"], Each(PROFILE, r".+", at_least=1), path, fix, "profile")
+        odd = next((name for name in r["profile"] if name.removesuffix(" compiled") not in r["methods"]), None)
+        if odd:
+            raise CDLMError(f"{path}: field profile.{odd}: no such method in the report; {fix}")
     check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
 

@@ -375,6 +375,28 @@ def test_a_stored_rows_settings_and_machine_are_checked(tmp_path, edit, words):
     refused(bench.main, [f"--table={tmp_path / 'seed2.json'}"], words)
 
 
+def test_a_seed_file_copied_under_another_seed_and_a_damaged_profile_are_refused(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(os.path.join(ROOT, "results"), results)
+    here = results / "arithmetic"
+    seed = json.loads((here / "seed2.json").read_text())
+    (here / "seed4.json").write_text(json.dumps({**seed, "seed": 4}))
+    refused(demo.main, ["--report", f"--results_dir={results}"], "seed4.json: field bench holds the same figures as")
+    os.remove(here / "seed4.json")
+    shutil.rmtree(here / "ablation")
+    (here / "ablation").write_text("")
+    refused(demo.main, ["--report", f"--results_dir={results}"], "a file where the ablation's folder belongs")
+    r = json.load(open(os.path.join(ROOT, "results", "arithmetic", "compiled_step_ref.json")))
+    for edit, words in ((lambda d: d["methods"]["cdlm"]["compiled"].update(latency_ms=0), "compiled.latency_ms: expected"),
+                        (lambda d: d.update(profile=[]), "field profile: expected an object"),
+                        (lambda d: d["profile"]["cdlm"].update(ms_per_answer=-1), "profile.cdlm.ms_per_answer: expected"),
+                        (lambda d: d["profile"].update(zzz=d["profile"]["cdlm"]), "field profile.zzz: no such method")):
+        d = json.loads(json.dumps(r))
+        edit(d)
+        (tmp_path / "b.json").write_text(json.dumps(d))
+        refused(bench.main, [f"--table={tmp_path / 'b.json'}"], words)
+
+
 def test_a_method_given_twice_is_refused(tmp_path):
     refused(show.main, [f"--checkpoints={ROOT}/ref/arithmetic", "--methods=cdlm,cdlm"], "option methods=['cdlm', 'cdlm']", "none twice")
     refused(bench.main, [f"--checkpoints={ROOT}/ref/arithmetic", "--methods=dlm,cdlm,dlm", f"--out_path={tmp_path / 'b.json'}"],
