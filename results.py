@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from configurator import SEED, Bool, CDLMError, Choice, Float, Int, Str
 from data.common import METRICS, Each, check_fields, read_json
-from runtime import THREADS
+from runtime import DEVICE, THREADS
 from sample import CACHES, REFRESHES, TEMPERATURES
 
 # the headline figures: (label, method or teacher steps, field); accuracies are shares, both metrics
@@ -118,9 +118,9 @@ def read_results(task, results_dir, variants=None):
             raise CDLMError(f"{path}: field weights_hash={r['weights_hash']!r} is that of {twin} too: one student, two "
                             f"files; {fix}")
         first = ablation[0] if ablation else None
-        for field in ("iters", "num_eval") if first else ():  # one table, one header: one budget and one test set
-            if r[field] != first[1][field]:
-                raise CDLMError(f"{path}: field {field}={r[field]}, but {first[0]} has {field}={first[1][field]}: "
+        for field in ("iters", "num_eval", "chance") if first else ():  # one table, one header: one budget and one test set
+            if r.get(field) != first[1].get(field):
+                raise CDLMError(f"{path}: field {field}={r.get(field)}, but {first[0]} has {field}={first[1].get(field)}: "
                                 f"the ablation's table reads both as one; {fix}")
         if isinstance(gen_len, int) and r["nfe"] > gen_len:
             raise CDLMError(f"{path}: field nfe={r['nfe']:g} is above gen_len={gen_len} (its seed files'): a pass "
@@ -152,6 +152,7 @@ def check_seed_figures(path, r, before, fix):
     if have != want:
         raise CDLMError(f"{path}: field teacher_steps has rows {have} (tokens per step), not those demo.py measures at "
                         f"a block of {have[-1]}: {want}; {fix}")
+    check_bench_settings(path, r["bench_machine"], r["bench_settings"], "bench_", fix)
     for name, row in r["bench"].items():
         check_row(path, f"bench.{name}", row, r["bench_settings"].get("gen_len"), r["bench_settings"].get("num_eval"),
                   r["bench_machine"], fix)
@@ -200,6 +201,17 @@ BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "[1, inf)"),  # a pass finali
 PROFILE = {"ms_per_answer": POSITIVE, "model_ms_per_answer": POSITIVE, "sampler_ms_per_answer": Float(0, "(-inf, inf)"),
            "passes_per_answer": Float(1, "[1, inf)"), "ms_per_pass": POSITIVE, "aten_ops_per_step": Float(0, "[0, inf)"),
            "arithmetic_ms_per_pass": POSITIVE}
+
+
+def check_bench_settings(path, machine, settings, at, fix):
+    """What the schema cannot say of a bench report's machine and settings: a device a run can be
+    given, a latency sample within the problems evaluated."""
+    if not re.fullmatch(DEVICE, machine["device"]):
+        raise CDLMError(f"{path}: field {at}machine.device={machine['device']!r}: not a device bench.py runs on "
+                        f"({DEVICE}); {fix}")
+    if settings["latency_n"] > settings["num_eval"]:
+        raise CDLMError(f"{path}: field {at}settings.latency_n={settings['latency_n']} is above its num_eval="
+                        f"{settings['num_eval']}: the latency is timed on problems of the evaluated ones; {fix}")
 
 
 def check_row(path, at, row, gen_len, n, machine, fix):

@@ -15,6 +15,7 @@ from configurator import CDLMError, Int
 DTYPES = ("float32", "bfloat16", "float16")
 # The training stages' option: a float sum split over another number of threads adds in another order,
 # so on a CPU the thread count is part of a run's identity, like its seed (see cpu_threads)
+DEVICE = r"cpu|mps|cuda(:\d+)?"  # the devices a run can be given (--device, and what a bench report names)
 THREADS = Int(1, "[1, 1024]")
 
 
@@ -26,7 +27,7 @@ def pick_device(device):
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+    if not re.fullmatch(DEVICE, device):
         raise CDLMError(f"option device={device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():

@@ -9,7 +9,7 @@ import re
 
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
-from results import BENCH_MACHINE, BENCH_SETTINGS, PROFILE, check_row, check_speedups
+from results import BENCH_MACHINE, BENCH_SETTINGS, PROFILE, check_bench_settings, check_row, check_speedups
 from files import Output
 
 
@@ -27,6 +27,7 @@ def stored_report(path, methods):
     fix = f"option table={path!r}: rerun the bench that wrote it"
     for key, schema in (("machine", BENCH_MACHINE), ("settings", BENCH_SETTINGS)):  # what the table's header reads
         check_fields(r[key], schema, path, fix, ("bench_" if root == "bench" else "") + key)
+    check_bench_settings(path, r["machine"], r["settings"], "bench_" if root == "bench" else "", fix)
     if not r["methods"]:
         raise CDLMError(f"{path}: field methods is empty: no method was measured; {fix}")
     for name, row in r["methods"].items():

@@ -178,6 +178,10 @@ def check_commit(meta, path):
     need(isinstance(f, dict) and all(isinstance(f.get(k), list) and len(f[k]) == 2
                                      and f[k][1] in ("uint8", "uint16", "int16", "float16", "float32")
                                      for k in FIELDS), "fields")
+    each = sum(int(np.prod(f[k][0][1:])) * np.dtype(f[k][1]).itemsize for k in FIELDS)
+    if meta.get("bytes_per_example", each) != each:
+        raise CDLMError(f"{path}: field bytes_per_example is {meta['bytes_per_example']!r}, but its fields take {each}: "
+                        f"the file disagrees with itself; {REPAIR}")
     for k in FIELDS:  # the shapes against the sizes: an edit of either is named as their disagreement
         if f[k][0] != shapes[k]:
             raise CDLMError(f"{path}: field fields.{k} has shape {f[k][0]}, but fields n, prompt_len, gen_len and "

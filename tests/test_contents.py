@@ -220,7 +220,8 @@ def test_a_results_file_with_impossible_figures_is_refused(tmp_path):
 @pytest.mark.parametrize("edit, words", [
     (lambda m: m["settings"].update(world="x"), "field settings is not the one its set"),  # its name is their hash
     (lambda m: m["settings"].update(seed=2), "field settings is not the one its set"),  # a valid value, edited
-    (lambda m: m.update(teacher_final_acc=1.7), "field teacher_final_acc is wrong (1.7)")])
+    (lambda m: m.update(teacher_final_acc=1.7), "field teacher_final_acc is wrong (1.7)"),
+    (lambda m: m.update(bytes_per_example="big"), "field bytes_per_example is 'big', but its fields take")])
 def test_an_edited_commit_record_is_refused_naming_the_field(tmp_path, edit, words):
     d = write_set(tmp_path / "s")
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())

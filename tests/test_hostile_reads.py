@@ -386,6 +386,17 @@ def test_a_seed_file_copied_under_another_seed_and_a_damaged_profile_are_refused
     shutil.rmtree(here / "ablation")
     (here / "ablation").write_text("")
     refused(demo.main, ["--report", f"--results_dir={results}"], "a file where the ablation's folder belongs")
+    os.remove(here / "ablation")
+    shutil.copytree(os.path.join(ROOT, "results", "arithmetic", "ablation"), here / "ablation")
+    abl = here / "ablation" / "no_consistency_seed3.json"
+    abl.write_text(json.dumps({**json.loads(abl.read_text()), "chance": {"final_acc": 0.5, "whole_acc": 0.002}}))
+    refused(demo.main, ["--report", f"--results_dir={results}"], "field chance=", "the ablation's table reads both")
+    for edit, words in ((dict(device="tpu"), "bench_machine.device='tpu': not a device"),
+                        (dict(latency_n=10 ** 9), "bench_settings.latency_n=1000000000 is above its num_eval=500")):
+        bad = {**seed, "bench_machine": {**seed["bench_machine"], **{k: v for k, v in edit.items() if k == "device"}},
+               "bench_settings": {**seed["bench_settings"], **{k: v for k, v in edit.items() if k != "device"}}}
+        (tmp_path / "s.json").write_text(json.dumps(bad))
+        refused(bench.main, [f"--table={tmp_path / 's.json'}"], words)
     r = json.load(open(os.path.join(ROOT, "results", "arithmetic", "compiled_step_ref.json")))
     for edit, words in ((lambda d: d["methods"]["cdlm"]["compiled"].update(latency_ms=0), "compiled.latency_ms: expected"),
                         (lambda d: d.update(profile=[]), "field profile: expected an object"),
