@@ -164,7 +164,9 @@ SCALE_ROW = dict(prompt_len=Int(1, "[1, inf)"), gen_len=Int(1, "[1, inf)"), bloc
                  dlm_pass_ms=Float(1.0, "(0, inf)"), cdlm_pass_ms=Float(1.0, "(0, inf)"),
                  **{f"{me}_vs_{base}_{tag}": RATIO for me in ("cdlm", "cdlm_floor") for base in ("dlm", "ar")
                     for tag in ("latency", "throughput")},
-                 **{f"cdlm_vs_{base}_flops": RATIO for base in ("dlm", "ar")})
+                 **{f"cdlm_vs_{base}_flops": RATIO for base in ("dlm", "ar")},
+                 **{f"ms_per_pass_{w}": Each(RATIO, r"[0-9]+x[a-z]+", at_least=1) for w in ("latency", "throughput")},
+                 **{f"gflop_s_{w}": Each(RATIO, r"[a-z_]+", at_least=1) for w in ("latency", "throughput")})
 SCALE_FILE = dict(scale=dict(rows=Each(SCALE_ROW, r"[0-9]+/[0-9]+ [0-9]+x[0-9]+", at_least=1),
                              per_block=Float(1.0, "[1, inf)"), tokens_per_pass=Float(1.0, "(0, inf)"),
                              block_size=Int(1, "[1, inf)"), batch=Int(1, "[1, inf)")),

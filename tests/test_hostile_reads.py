@@ -408,6 +408,18 @@ def test_a_seed_file_copied_under_another_seed_and_a_damaged_profile_are_refused
         refused(bench.main, [f"--table={tmp_path / 'b.json'}"], words)
 
 
+def test_a_scale_rows_pass_times_and_rates_are_checked_as_stored(tmp_path):
+    r = json.load(open(os.path.join(ROOT, "results", "arithmetic", "scale.json")))
+    key = next(iter(r["scale"]["rows"]))
+    for field, inner, value, words in (("ms_per_pass_latency", None, -3.7, ".ms_per_pass_latency."),
+                                       ("gflop_s_latency", "dlm", "fast", ".gflop_s_latency.dlm: expected float")):
+        d = json.loads(json.dumps(r))
+        row = d["scale"]["rows"][key][field]
+        row[inner or next(iter(row))] = value
+        (tmp_path / "s.json").write_text(json.dumps(d))
+        refused(bench.main, [f"--table={tmp_path / 's.json'}"], words)  # the field edited, not a ratio it breaks
+
+
 def test_a_method_given_twice_is_refused(tmp_path):
     refused(show.main, [f"--checkpoints={ROOT}/ref/arithmetic", "--methods=cdlm,cdlm"], "option methods=['cdlm', 'cdlm']", "none twice")
     refused(bench.main, [f"--checkpoints={ROOT}/ref/arithmetic", "--methods=dlm,cdlm,dlm", f"--out_path={tmp_path / 'b.json'}"],
