@@ -29,7 +29,7 @@ import torch
 from checkpoint import load_model
 from configurator import SEED, CDLMError, Choice, Float, Int, Str, check, configure, gave, refuse_unused, run_main
 from data.common import check_out_kind, checkpoint_data, data_fingerprint, get_tokenizer, load_split, score
-from data.trajectories import Writer, field_specs, reuse, set_name
+from data.trajectories import Writer, example_bytes, field_specs, reuse, set_name
 from files import lock, reading, refuse_overlap
 from runtime import THREADS, broadcast, check_memory, cpu_threads, end_runtime, gather_rows, setup_runtime
 from sample import TEMPERATURES, DecodeSettings, generate
@@ -93,7 +93,7 @@ def _collect(cfg, rt, model, ckpt, data_dir, dmeta, replace):
     specs = field_specs(dmeta, n, model.cfg.n_embd, cfg["hidden_dtype"])
     meta = dict(settings=settings, n=n, gen_len=L, block_size=bs, prompt_len=P, vocab_size=dmeta["vocab_size"],
                 n_embd=model.cfg.n_embd, fields={k: [list(s), d] for k, (s, d) in specs.items()},
-                bytes_per_example=sum(int(np.prod(s[1:])) * np.dtype(d).itemsize for s, d in specs.values()),
+                bytes_per_example=example_bytes(specs),
                 data_dir=data_dir, teacher_dir=os.path.abspath(cfg["teacher_dir"]))
     state = 0  # rank 0 reads what is on disk; the other ranks are told
     if rt.master:

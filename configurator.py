@@ -325,8 +325,8 @@ def configure(spec, argv):
                 raise CDLMError(f"expected --{key}=value, got {arg!r}")
             raw = "True"  # a bare --flag switches a boolean on
         value = spec[key].parse(raw)
-        if isinstance(spec[key], (Float, Int)) and isinstance(value, float) and value in (0.0, float("inf"), -float("inf")) and \
-                any(c in "123456789" for c in raw.lower().split("e")[0]):  # 1e-400, 1e400: no float holds it
+        if isinstance(spec[key], Int) and isinstance(value, float) and value in (0.0, math.inf, -math.inf) and \
+                any(c in "123456789" for c in raw.lower().split("e")[0]):  # 1e-400, 1e400 (Int and Float): no float holds it
             raise CDLMError(f"option {key}={raw}: reads as {value} (beyond what a float holds); give a value "
                             f"within {spec[key].describe()}")
         cfg[key] = spec[key].check(key, value)

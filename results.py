@@ -97,7 +97,7 @@ def read_results(task, results_dir, variants=None):
     if os.path.exists(os.path.join(here, "ablation")) and not os.path.isdir(os.path.join(here, "ablation")):
         raise CDLMError(f"{os.path.join(here, 'ablation')}: a file where the ablation's folder belongs; {fix}")
     ablation, seen = [], {}
-    gen_len = next((o["bench_settings"].get("gen_len") for _, o in seeds), None)  # an ablation NFE's bound
+    gen_len = next((o["bench_settings"]["gen_len"] for _, o in seeds), None)  # an ablation NFE's bound
     for name in names(os.path.join(here, "ablation")):
         path = os.path.join(here, "ablation", name)
         r = check_fields(read_json(path, fix), ABLATION_FILE, path, fix)
@@ -129,13 +129,13 @@ def read_results(task, results_dir, variants=None):
     return Results(sorted(seeds, key=lambda pr: pr[1]["seed"]), ablation)
 
 
-def check_scores(path, scores, at, fix, n=None):
+def check_scores(path, scores, at, fix, n):
     """A whole worked answer right has its final answer right: whole_acc above final_acc cannot be measured;
     over n problems, each share and the mean NFE times n is a whole count (answers right, passes)."""
     if scores["whole_acc"] > scores["final_acc"]:
         raise CDLMError(f"{path}: field {at}whole_acc={scores['whole_acc']} is above {at}final_acc={scores['final_acc']}, "
                         f"which a whole answer right implies; {fix}")
-    for field in METRICS + ("nfe",) if isinstance(n, int) and n > 0 else ():
+    for field in METRICS + ("nfe",):
         total = scores[field] * n
         if not math.isfinite(total) or abs(total - round(total)) > 1e-6 * max(1.0, total):
             raise CDLMError(f"{path}: field {at}{field}={scores[field]:g} is not a count over its {n} problems "
@@ -154,7 +154,7 @@ def check_seed_figures(path, r, before, fix):
                         f"a block of {have[-1]}: {want}; {fix}")
     check_bench_settings(path, r["bench_machine"], r["bench_settings"], "bench_", fix)
     for name, row in r["bench"].items():
-        check_row(path, f"bench.{name}", row, r["bench_settings"].get("gen_len"), r["bench_settings"].get("num_eval"),
+        check_row(path, f"bench.{name}", row, r["bench_settings"]["gen_len"], r["bench_settings"]["num_eval"],
                   r["bench_machine"], fix)
     check_speedups(path, r["bench"], fix)
     other = next((p for p, o in before if o["ar_seed"] != r["ar_seed"]), None)
@@ -165,7 +165,7 @@ def check_seed_figures(path, r, before, fix):
     if other:  # a mean over seeds is a mean of one measurement
         raise CDLMError(f"{path}: field num_eval={r['num_eval']}, but {other} has num_eval="
                         f"{dict(before)[other]['num_eval']}: one table averages both; {fix}")
-    if r["bench_settings"].get("num_eval", r["num_eval"]) != r["num_eval"]:  # one test set for scores and bench
+    if r["bench_settings"]["num_eval"] != r["num_eval"]:  # one test set for scores and bench
         raise CDLMError(f"{path}: field bench_settings.num_eval={r['bench_settings']['num_eval']!r}, but its num_eval="
                         f"{r['num_eval']}: the report prints one; {fix}")
     other = next((p for p, o in before if o["bench"] == r["bench"]), None)
@@ -220,17 +220,16 @@ def check_row(path, at, row, gen_len, n, machine, fix):
     gen_len over n problems, and its settings (check_schedule)."""
     row = check_fields(row, BENCH_ROW, f"{path}: {at}", fix)
     for field in ("nfe", "tokens_per_step"):  # a pass finalizes at least one token, at most the answer
-        if isinstance(gen_len, int) and row[field] > gen_len:
+        if row[field] > gen_len:
             raise CDLMError(f"{path}: field {at}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
                             f"finalizes at least one token and at most the whole answer; {fix}")
     check_scores(path, row, at + ".", fix, n)
     check_schedule(path, at, row, gen_len, n, machine, fix)
-    if isinstance(gen_len, int) and isinstance(n, int) and n > 0:  # rows of at most gen_len passes, mean nfe:
-        fewest = max(1.0, n * row["nfe"] - (n - 1) * gen_len)  # each row took at least this many
-        if row["tokens_per_step"] > gen_len / fewest * (1 + 1e-9):
-            raise CDLMError(f"{path}: field {at}.tokens_per_step={row['tokens_per_step']:g} is more than "
-                            f"its NFE allows (every one of {n} problems took at least {fewest:g} passes, so at "
-                            f"most {gen_len / fewest:g} tokens a pass); {fix}")
+    fewest = max(1.0, n * row["nfe"] - (n - 1) * gen_len)  # rows of at most gen_len passes, mean nfe: each took this
+    if row["tokens_per_step"] > gen_len / fewest * (1 + 1e-9):
+        raise CDLMError(f"{path}: field {at}.tokens_per_step={row['tokens_per_step']:g} is more than "
+                        f"its NFE allows (every one of {n} problems took at least {fewest:g} passes, so at "
+                        f"most {gen_len / fewest:g} tokens a pass); {fix}")
     return row
 
 
@@ -245,13 +244,12 @@ def check_schedule(path, at, row, gen_len, n, machine, fix):
     if not math.isclose(row["arithmetic_intensity"], row["flops_per_token"] / row["bytes_per_token"], rel_tol=1e-6):
         bad("arithmetic_intensity", f"is not flops_per_token / bytes_per_token "
                                     f"({row['flops_per_token'] / row['bytes_per_token']:.4g})")
-    if machine.get("dtype") == "float32" and isinstance(machine.get("peak_gflops"), (int, float)) \
-            and row["achieved_gflops"] > machine["peak_gflops"]:
+    if machine["dtype"] == "float32" and row["achieved_gflops"] > machine["peak_gflops"]:
         bad("achieved_gflops", f"is above the measured peak of {machine['peak_gflops']:g} GFLOP/s (float32)")
     s = row["settings"]
     if row["tokens_per_step"] > s["block_size"] * (1 + 1e-9):
         bad("tokens_per_step", f"is above its block_size={s['block_size']}: a pass finalizes tokens of one block")
-    if s["threshold"] is None and s["steps_per_block"] and isinstance(gen_len, int) and s["steps_per_block"] <= s["block_size"]:
+    if s["threshold"] is None and s["steps_per_block"] and s["steps_per_block"] <= s["block_size"]:
         passes = gen_len // s["block_size"] * s["steps_per_block"]
         if abs(row["tokens_per_step"] - s["block_size"] / s["steps_per_block"]) > 1e-9 * row["tokens_per_step"]:
             bad("tokens_per_step", f"is not block_size / steps_per_block = {s['block_size'] / s['steps_per_block']:g}, "
@@ -259,7 +257,7 @@ def check_schedule(path, at, row, gen_len, n, machine, fix):
         if row["nfe"] > passes * (1 + 1e-9) or (not s["early_stop"] and row["nfe"] < passes * (1 - 1e-9)):
             bad("nfe", f"is not {'at most ' if s['early_stop'] else ''}{passes}: {s['steps_per_block']} passes a block, "
                        f"{gen_len // s['block_size']} blocks" + (" (no early stop)" if not s["early_stop"] else ""))
-        if isinstance(n, int) and n > 0 and round(row["nfe"] * n) % s["steps_per_block"]:
+        if round(row["nfe"] * n) % s["steps_per_block"]:
             bad("nfe", f"is not whole blocks of {s['steps_per_block']} passes over its {n} problems "
                        f"({round(row['nfe'] * n)} passes in all)")
 

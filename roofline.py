@@ -83,7 +83,7 @@ def pass_time(model, b, lo, hi, cache, repeats=5):
     values do not change the cost."""
     device = next(model.parameters()).device
     x = torch.zeros((b, hi - lo), dtype=torch.long, device=device)
-    start = None if cache == "none" else torch.arange(hi + 1, device=device).unbind()[lo]
+    start = None if cache == "none" else start_positions(hi, device)[lo]
     if cache != "none":
         model.setup_cache(b, approximate=cache != "exact")
     try:

@@ -25,15 +25,16 @@ def stored_report(path, methods):
     if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("methods", "settings", "machine"))):
         raise CDLMError(f"option table={path!r}: not a bench report (no methods, settings and machine)")
     fix = f"option table={path!r}: rerun the bench that wrote it"
+    at = "bench_" if root == "bench" else ""  # a seed file's names for them
     for key, schema in (("machine", BENCH_MACHINE), ("settings", BENCH_SETTINGS)):  # what the table's header reads
-        check_fields(r[key], schema, path, fix, ("bench_" if root == "bench" else "") + key)
-    check_bench_settings(path, r["machine"], r["settings"], "bench_" if root == "bench" else "", fix)
+        check_fields(r[key], schema, path, fix, at + key)
+    check_bench_settings(path, r["machine"], r["settings"], at, fix)
     if not r["methods"]:
         raise CDLMError(f"{path}: field methods is empty: no method was measured; {fix}")
     for name, row in r["methods"].items():
         if name not in methods:
             raise CDLMError(f"{fix}: its row {name!r} is no method of bench.py ({', '.join(methods)})")
-        check_row(path, f"{root}.{name}", row, r["settings"].get("gen_len"), r["settings"].get("num_eval"),
+        check_row(path, f"{root}.{name}", row, r["settings"]["gen_len"], r["settings"]["num_eval"],
                   r["machine"], fix)
     if "profile" in r:  # its own table: each of the report's methods, eager or compiled
         check_fields(r["profile"], Each(PROFILE, r".+", at_least=1), path, fix, "profile")

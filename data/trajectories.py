@@ -38,6 +38,11 @@ def set_name(settings):
     return "set-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def example_bytes(specs):
+    """Bytes one example takes over all its fields: specs name -> (shape, dtype), shape[0] the examples."""
+    return sum(int(np.prod(shape[1:])) * np.dtype(dtype).itemsize for shape, dtype in specs.values())
+
+
 def field_specs(data_meta, n, n_embd, hidden_dtype):
     """name -> (shape, dtype) of every stored array."""
     tok, P, L = data_meta["dtype"], data_meta["prompt_len"], data_meta["gen_len"]
@@ -178,7 +183,7 @@ def check_commit(meta, path):
     need(isinstance(f, dict) and all(isinstance(f.get(k), list) and len(f[k]) == 2
                                      and f[k][1] in ("uint8", "uint16", "int16", "float16", "float32")
                                      for k in FIELDS), "fields")
-    each = sum(int(np.prod(f[k][0][1:])) * np.dtype(f[k][1]).itemsize for k in FIELDS)
+    each = example_bytes({k: f[k] for k in FIELDS})
     if meta.get("bytes_per_example", each) != each:
         raise CDLMError(f"{path}: field bytes_per_example is {meta['bytes_per_example']!r}, but its fields take {each}: "
                         f"the file disagrees with itself; {REPAIR}")
