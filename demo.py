@@ -37,7 +37,7 @@ from configurator import SEED, Bool, CDLMError, Choice, Int, List, Str, configur
 from data.common import METRICS, atomic_write_json, checkpoint_data, load_split, read_json, tasks
 from data.trajectories import live_set_ids
 from render import PNG, check_matplotlib, frontier_png
-from results import ablation_path, against, read_frontier, read_results, report, seed_path, slug, teacher_steps_per_block
+from results import PRESET_SEED, ablation_path, against, read_frontier, read_results, report, seed_path, slug, teacher_steps_per_block
 from files import check_file_writable, check_output, check_writable, lock, refuse_overlap
 from runtime import THREADS, check_compiler, code_version, cpu_threads, machine_info, pick_device
 from tables import table
@@ -71,7 +71,7 @@ def task_stages(task):
 
 
 TASKS = {task: task_stages(task) for task in tasks()}
-AR_SEED = 1337  # the presets' own seed; every seed's bench decodes with this one AR baseline
+AR_SEED = PRESET_SEED  # every seed's bench decodes with this one AR baseline
 # student variants, each trained from the same teacher and trajectories for ablate_iters iterations
 ABLATIONS = {
     "default": [],
@@ -104,7 +104,7 @@ config = dict(
 
 def reroot(value, seed):
     """out/... -> out/seed<N>/... for any seed but the presets' own."""
-    if seed == 1337:
+    if seed == PRESET_SEED:
         return value
     if isinstance(value, list):
         return [reroot(v, seed) for v in value]

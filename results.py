@@ -31,6 +31,9 @@ HEADLINE = [(f"teacher, {what}: {m.split('_')[0]} answer", f"steps:{k}", m)
 # results_dir/<task>/ablation/<variant>_seed<N>.json, one per ablation student and seed (ablate).
 # Nothing else there is read; a file named like one of these that is not one is refused.
 
+PRESET_SEED = 1337  # the presets' own seed: its student is the default student (ref/<task>/student)
+
+
 def seed_path(results_dir, task, seed):
     return os.path.join(results_dir, task, f"seed{seed}.json")
 
@@ -287,7 +290,11 @@ def check_speedups(path, bench, fix, root="bench"):
             if not isinstance(mine, dict):
                 continue
             paths[name, at] = mine
-            for k, v in (mine.get("rounds") or {}).items():  # every round checked before any ratio reads one
+            rounds = mine.get("rounds", {})
+            if not (isinstance(rounds, dict) and set(rounds) <= {"latency_ms", "throughput_tok_s"}):
+                raise CDLMError(f"{path}: field {root}.{name}.{at}rounds={rounds!r} is not a record of latency_ms "
+                                f"and throughput_tok_s rounds; {fix}")
+            for k, v in rounds.items():  # every round checked before any ratio reads one
                 if k in ("latency_ms", "throughput_tok_s") and not (
                         isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)
                         and math.isclose(statistics.median(v), mine.get(k, -1), rel_tol=1e-9)):
@@ -446,7 +453,7 @@ def report(task, results_dir, variants=()):
             lines.append(f"| {name} | {spread([100 * r['final_acc'] for r in rs], '%')} | "
                          f"{spread([100 * r['whole_acc'] for r in rs], '%')} | {spread([r['nfe'] for r in rs], '', 2)} | "
                          f"{len(rs)} |")
-    lines += frontier(task, results_dir)
+    lines += frontier(task, results_dir, files.seeds)
     return "\n".join(lines)
 
 
@@ -488,11 +495,19 @@ FRONTIER_SAME = ("teacher", "teacher_whole_acc", "trajectories", "max_iters", "n
                  "default_student")  # the one reference student each file places beside its run
 
 
-def frontier(task, results_dir):
-    """The frontier's table: each scored iteration, mean (min-max) over the seeds that reached it."""
+def frontier(task, results_dir, seeds=()):
+    """The frontier's table: each scored iteration, mean (min-max) over the seeds that reached it. The
+    default student a frontier file places beside its run is the presets' own (PRESET_SEED's): its
+    scores must be that seed file's, where `seeds` ((path, record) of read_results) holds it."""
     lines = []
+    ref = next(((p, r["bench"]["cdlm"]) for p, r in seeds if r["seed"] == PRESET_SEED and "cdlm" in r["bench"]), None)
     for run, rs in read_frontier(task, results_dir).items():
         r0, d = rs[0], rs[0]["default_student"]
+        for k in ("whole_acc", "nfe") if ref else ():
+            if not math.isclose(d[k], ref[1][k], rel_tol=1e-9):
+                raise CDLMError(f"{os.path.join(results_dir, task, 'frontier', run)}_seed*.json: field default_student."
+                                f"{k}={d[k]!r}, but the default student's file {ref[0]} has bench.cdlm.{k}="
+                                f"{ref[1][k]!r}: restore them (git checkout)")
         lines += ["", f"the student along its training ({run}): {r0['trajectories']} trajectories of {r0['teacher']} "
                       f"(whole answer {100 * r0['teacher_whole_acc']:.1f}%), a cosine schedule to {r0['max_iters']} "
                       f"iterations, seeds {[r['seed'] for r in rs]}, {r0['num_eval']} test problems; the default "

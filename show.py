@@ -137,7 +137,7 @@ def stored_trajectory(cfg, student):
     """Row --index of the trajectory set --traj_dir, which must be the student's own teacher's."""
     meta = student["data_meta"]
     arrays, tmeta = load_trajectories(cfg["traj_dir"], student["teacher_hash"], meta["gen_len"],
-                                      student["model_config"]["block_size"], data_fingerprint(meta))
+                                      student["model_config"]["block_size"], data_fingerprint(meta), meta["vocab_size"])
     i = cfg["index"]
     if i >= tmeta["n"]:
         raise CDLMError(f"option index={i}: {cfg['traj_dir']} holds {tmeta['n']} trajectories")

@@ -53,7 +53,7 @@ def load_teacher(cfg, meta, device):
     if not same_data(teacher["data_meta"], meta):
         raise CDLMError(f"the teacher in {cfg['teacher_dir']} was trained on other data than {cfg['data_dir']}")
     return teacher, load_trajectory_sets(cfg["traj_dirs"], teacher["weights_hash"], meta["gen_len"], cfg["block_size"],
-                                         data_fingerprint(meta))
+                                         data_fingerprint(meta), meta["vocab_size"])
 
 
 def finished(path):

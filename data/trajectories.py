@@ -213,7 +213,7 @@ def reuse(out_dir, set_id, settings, specs, meta, replace=False):
     try:
         live = committed(out_dir)
         if live is not None and live["settings"] == settings:
-            load_trajectories(out_dir)  # refuses damaged files
+            load_trajectories(out_dir, vocab_size=meta["vocab_size"])  # refuses damaged files and an edited vocab
             remove_stale(out_dir, live["set"])
             return "done"
     except CDLMError as e:
@@ -246,9 +246,10 @@ def read_json_or_none(path):
         return None
 
 
-def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None, data=None):
+def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None, data=None, vocab_size=None):
     """The live set's arrays as read-only memmaps, and its meta; refuses a set that does not match
-    (the teacher's weights hash, the layout, the data's fingerprint) or whose files are damaged."""
+    (the teacher's weights hash, the layout, the data's fingerprint and vocabulary) or whose files
+    are damaged."""
     meta = committed(traj_dir)
     if meta is None:
         parent = os.path.dirname(os.path.normpath(traj_dir))
@@ -257,8 +258,9 @@ def load_trajectories(traj_dir, teacher_hash=None, gen_len=None, block_size=None
         raise CDLMError(f"no trajectories at {traj_dir} (run `python collect.py` first)")
     specs = {k: (tuple(s), d) for k, (s, d) in meta["fields"].items()}
     have = dict(teacher_hash=meta["settings"]["teacher_hash"], gen_len=meta["gen_len"], block_size=meta["block_size"],
-                data=meta["settings"]["data"])
-    for key, want in dict(teacher_hash=teacher_hash, gen_len=gen_len, block_size=block_size, data=data).items():
+                data=meta["settings"]["data"], vocab_size=meta["vocab_size"])
+    for key, want in dict(teacher_hash=teacher_hash, gen_len=gen_len, block_size=block_size, data=data,
+                          vocab_size=vocab_size).items():
         if want is not None and have[key] != want:
             what = dict(teacher_hash="another teacher", data="other data").get(key, f"{key}={have[key]}")
             need = dict(teacher_hash="the teacher in use", data="the data in use").get(key, f"{key}={want}")
@@ -344,7 +346,7 @@ class TrajectorySets:
                 for k, v in out.items()}
 
 
-def load_trajectory_sets(dirs, teacher_hash, gen_len, block_size, data=None):
+def load_trajectory_sets(dirs, teacher_hash, gen_len, block_size, data=None, vocab_size=None):
     """Each set of dirs, opened and checked; a set given twice (the same folder however written, or a
     copy of one set) is refused: its trajectories would count twice."""
     real = [os.path.realpath(d) for d in dirs]
@@ -352,7 +354,7 @@ def load_trajectory_sets(dirs, teacher_hash, gen_len, block_size, data=None):
         if r in real[:i]:
             raise CDLMError(f"option traj_dirs: {dirs[i]!r} is {dirs[real.index(r)]!r} again: give each trajectory "
                             f"set once (its trajectories would count twice)")
-    loaded = [load_trajectories(d, teacher_hash, gen_len, block_size, data) for d in dirs]
+    loaded = [load_trajectories(d, teacher_hash, gen_len, block_size, data, vocab_size) for d in dirs]
     ids = [meta["set"] for _, meta in loaded]
     for i, s in enumerate(ids):
         if s in ids[:i]:

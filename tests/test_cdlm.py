@@ -58,6 +58,17 @@ def test_second_collect_does_no_work(traj_dir, teacher_dir, capsys):
     assert os.path.getmtime(hidden) == before
 
 
+def test_a_set_with_an_edited_vocab_size_is_collected_again(tmp_path, traj_dir, teacher_dir, capsys):
+    """vocab_size is in no file's size and not in the set's name: collect.py compares it with the data."""
+    d = tmp_path / "t"
+    shutil.copytree(traj_dir, d)
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "vocab_size": meta["vocab_size"] + 1}))
+    collect({"teacher_dir": teacher_dir, "out_dir": str(d), **TINY_COLLECT})
+    assert f"vocab_size={meta['vocab_size'] + 1}, but this run needs vocab_size={meta['vocab_size']}" in capsys.readouterr().out
+    assert json.loads((d / "meta.json").read_text()) == meta  # collected again: the same set
+
+
 def test_mismatched_or_corrupt_trajectories_are_refused(tmp_path, traj_dir):
     with pytest.raises(CDLMError, match="gen_len=48, but this run needs gen_len=64"):
         load_trajectories(traj_dir, gen_len=64)
@@ -65,6 +76,8 @@ def test_mismatched_or_corrupt_trajectories_are_refused(tmp_path, traj_dir):
         load_trajectories(traj_dir, block_size=4)
     with pytest.raises(CDLMError, match="come from another teacher"):
         load_trajectories(traj_dir, teacher_hash="0123456789abcdef")
+    with pytest.raises(CDLMError, match="vocab_size=21, but this run needs vocab_size=22"):
+        load_trajectories(traj_dir, vocab_size=22)  # a meta.json's vocab_size, edited, is no size of its files
     bad = tmp_path / "bad"
     shutil.copytree(traj_dir, bad)
     _, meta = load_trajectories(str(bad))

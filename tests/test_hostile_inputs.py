@@ -270,6 +270,22 @@ def test_the_report_reads_only_its_layout_each_file_checked(tmp_path):
     assert results.report("arithmetic", str(res), demo.ABLATIONS) == good
 
 
+def test_the_frontier_default_student_is_the_seed_file_s(tmp_path):
+    """Every frontier file places the presets' student beside its run: edited alike in all of them,
+    its passes are still the ones its seed file (results.PRESET_SEED) holds."""
+    import shutil
+
+    import demo
+    shutil.copytree(os.path.join(ROOT, "results", "arithmetic"), tmp_path / "arithmetic")
+    demo.main(["--report", f"--results_dir={tmp_path}"])
+    for f in (tmp_path / "arithmetic" / "frontier").iterdir():
+        d = json.loads(f.read_text())
+        d["default_student"]["nfe"] = 2.0
+        f.write_text(json.dumps(d))
+    refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "field default_student.nfe=2.0", "seed1337.json",
+            "bench.cdlm.nfe=")
+
+
 def test_the_frontier_is_read_from_its_files_each_checked(tmp_path):
     """results/<task>/frontier/<run>_seed<N>.json: the table's rows are every scored iteration, each a
     mean over the seeds that reached it; a file that is not what its name says is refused."""

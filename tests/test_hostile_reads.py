@@ -194,7 +194,8 @@ def test_a_bench_report_whose_ratios_its_timings_contradict_is_refused(tmp_path)
                          "fastest.speedup_latency_vs_dlm=50.0"),
                         (lambda m: m["cdlm"]["fastest"].update(latency_ms=5.0), "fastest.latency_ms=5.0"),
                         (lambda m: m["cdlm"]["fastest"].update(latency_path="eager", latency_ms=m["cdlm"]["latency_ms"]),
-                         "is not the figure of cdlm's faster path")):
+                         "is not the figure of cdlm's faster path"),
+                        (lambda m: m["cdlm"].update(rounds=[]), "field methods.cdlm.rounds=[] is not a record")):
         r = json.loads(json.dumps(src))
         edit(r["methods"])
         (tmp_path / "r.json").write_text(json.dumps(r))
