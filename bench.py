@@ -117,12 +117,13 @@ def from_folder(cfg, role):
 def reference(cfg, models, device):
     """
     What every checkpoint must agree with, as (its name, its checkpoint): under --checkpoints=D one
-    of D's (a role's own option given beside it is the odd one out; with none of D's loaded, D's
-    teacher is read, where it has one); else the teacher (its student and AR learned its data).
+    of D's (a role's own option given beside it is the odd one out; with no teacher loaded, D's
+    teacher is read, where it has one: a student or AR of another task or teacher placed in D is
+    named); else the teacher (its student and AR learned its data).
     """
     ours = [r for r in models if from_folder(cfg, r)] if cfg.get("checkpoints") is not None else list(models)
     path = os.path.join(cfg.get("checkpoints") or "", "teacher", "ckpt.pt")
-    if not ours and os.path.isfile(path):
+    if "teacher" not in models and cfg.get("checkpoints") is not None and os.path.isfile(path):
         return f"--checkpoints={cfg['checkpoints']} (its teacher)", read_checkpoint(path, device, "dlm", "checkpoints")
     role = next((r for r in ours or models if r == "teacher"), next(iter(ours or models)))
     return f"--{DIR_OPTION[role]}={cfg[DIR_OPTION[role]]}", models[role][1]
@@ -225,7 +226,7 @@ def timings(rounds):
 def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=None, pass_times=None):
     """Accuracy and NFE on all rows and the cost of a decode; with cmodel (the model compiled) also
     its compile time and the answers it changes; with pass_times (roofline.predict's memo) the
-    timings predicted from the passes alone, on each path timed. The timings come after, in timed_rounds."""
+    timings the cost model predicts, on each path timed. The timings come after, in timed_rounds."""
     ev = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["seed"], bar)
     prompts = prompts_of(rows, meta, next(model.parameters()).device)
     tps = mean_tokens_per_step(model, meta, prompts[:cfg["batch_size"]], settings)  # batched equals per-row

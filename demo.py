@@ -38,7 +38,7 @@ from data.common import METRICS, atomic_write_json, checkpoint_data, load_split,
 from data.trajectories import live_set_ids
 from render import PNG, check_matplotlib, frontier_png
 from results import PRESET_SEED, ablation_path, against, read_frontier, read_results, report, seed_path, slug, teacher_steps_per_block
-from files import check_file_writable, check_output, check_writable, lock, refuse_overlap
+from files import check_file_writable, check_output, check_writable, lock, refuse_inside, refuse_overlap
 from runtime import THREADS, check_compiler, code_version, cpu_threads, machine_info, pick_device
 from tables import table
 
@@ -402,6 +402,7 @@ def check_png(cfg):
     refuse_overlap(dict(png=cfg["png"]), dict(results_dir=cfg["results_dir"]))  # a picture among the files it reads
     check_file_writable(cfg["png"], "option png")  # before the report is printed
     check_output(cfg["png"], "option png", PNG)
+    refuse_inside(cfg["png"], "option png", "the picture")  # not among a dataset's or a trajectory set's files
     check_matplotlib("png")
 
 

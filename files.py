@@ -17,16 +17,28 @@ from configurator import CDLMError
 MADE = set()  # the folders this process made (check_writable): a run that fails leaves them if empty
 
 
+def check_no_way_up(path, what):
+    """A '..' after a folder that does not exist leads nowhere (the system resolves it in the folder,
+    where os.path.abspath drops both): refused before any folder is made."""
+    parts = path.split(os.sep)
+    for i in (i for i, part in enumerate(parts) if part == ".."):
+        above = os.sep.join(parts[:i]) or (os.sep if path.startswith(os.sep) else ".")
+        if not os.path.isdir(above):
+            raise CDLMError(f"{what} {path!r} goes up ('..') out of {above!r}, which does not exist: give the "
+                            f"path without it")
+
+
 def check_writable(path, what, shown=None):
     """Make the directory path and prove a file can be written there, before any work is done; an
     error names `shown` (a file output's own path) or path. Under torchrun only rank 0 writes files,
     so only rank 0 checks."""
     if int(os.environ.get("RANK", 0)) != 0:
         return
+    shown = shown or path
+    check_no_way_up(shown, what)
     up = os.path.abspath(path)
     while not os.path.lexists(up):  # the nearest part of the path that exists must be a folder
         up = os.path.dirname(up)
-    shown = shown or path
     if not os.path.isdir(up):
         named = "is" if up == os.path.abspath(shown) else f"sits in {up!r}, which is"
         if os.path.islink(up):  # a link to nothing: no folder there, and none to make

@@ -62,19 +62,19 @@ def attention_mask(mode, seq_len, prompt_len, block_size):
     raise ValueError(f"attn must be one of {ATTN_MODES}, got {mode!r}")
 
 
-class KVCache(nn.Module):
+class KVCache:
     """
     Preallocated keys and values for one layer over all seq_len positions, written in place at a
     tensor of positions (gpt-fast). Its shape never changes while a batch decodes (except when
     finished rows leave), so a compiled forward sees the same shapes at every step; positions not
-    written yet are never read, because the mask hides them.
+    written yet are never read, because the mask hides them. A plain object, not a module: one is
+    made per layer at every decode, and a module's construction costs several times its tensors'.
     """
 
     def __init__(self, batch_size, n_head, seq_len, head_dim, dtype, device):
-        super().__init__()
         shape = (batch_size, n_head, seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, pos, k, v):
         """Write k, v (B, nh, t, hd) at positions pos (t,); return the keys and values at every

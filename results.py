@@ -80,15 +80,22 @@ class Results(NamedTuple):
     ablation: list   # (path, record), by file name
 
 
+def json_names(d, what, fix):
+    """The .json files of a layout folder, sorted; none where it does not exist; a file or a dangling
+    link in its place is named (its tables would vanish in silence)."""
+    if os.path.lexists(d) and not os.path.isdir(d):
+        raise CDLMError(f"{d}: a file or a broken link where {what}'s folder belongs; {fix}")
+    return sorted(n for n in (os.listdir(d) if os.path.isdir(d) else []) if n.endswith(".json"))
+
+
 def read_results(task, results_dir, variants=None):
     """The files of results_dir/<task> that the layout names, each checked against its name and
     its schema; a stray or duplicate file, or an ablation variant not among `variants` (where
     given: demo.ABLATIONS), is one line naming it (the report would count it)."""
     here = os.path.join(results_dir, task)
     fix = f"restore it (git checkout) or move it out of {here}/: the report reads every file of its layout"
-    names = lambda d: sorted(n for n in (os.listdir(d) if os.path.isdir(d) else []) if n.endswith(".json"))
     seeds = []
-    for name in (n for n in names(here) if n.startswith("seed")):
+    for name in (n for n in json_names(here, "the task", fix) if n.startswith("seed")):
         path, m = os.path.join(here, name), re.fullmatch(r"seed(0|[1-9][0-9]*)\.json", name)
         if not m:
             raise CDLMError(f"{path}: not a file of the results layout (seed<N>.json); {fix}")
@@ -97,11 +104,9 @@ def read_results(task, results_dir, variants=None):
             raise CDLMError(f"{path}: holds {r['task']} seed {r['seed']}, not {task} seed {m[1]} as its place says; {fix}")
         check_seed_figures(path, r, seeds, fix)
         seeds.append((path, r))
-    if os.path.exists(os.path.join(here, "ablation")) and not os.path.isdir(os.path.join(here, "ablation")):
-        raise CDLMError(f"{os.path.join(here, 'ablation')}: a file where the ablation's folder belongs; {fix}")
     ablation, seen = [], {}
     gen_len = next((o["bench_settings"]["gen_len"] for _, o in seeds), None)  # an ablation NFE's bound
-    for name in names(os.path.join(here, "ablation")):
+    for name in json_names(os.path.join(here, "ablation"), "the ablation", fix):
         path = os.path.join(here, "ablation", name)
         r = check_fields(read_json(path, fix), ABLATION_FILE, path, fix)
         check_scores(path, r, "", fix, r["num_eval"])
@@ -200,8 +205,10 @@ BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "[1, inf)"),  # a pass finali
              "compiled?": {"compile_s": Float(1, "(0, inf)"), "differs_from_eager": Float(0, "[0, 1]"),
                            "latency_ms": POSITIVE, "throughput_tok_s": POSITIVE}}
 # bench.py --profile's record of one method (and path): where a batch-1 decode's time goes; the
-# sampler's share is the decode less a replay of its passes, two measurements (below zero when noisy)
+# sampler's share is the decode less a replay of its passes, the loop's the decode less a replay of
+# its steps: two measurements each (below zero when noisy)
 PROFILE = {"ms_per_answer": POSITIVE, "model_ms_per_answer": POSITIVE, "sampler_ms_per_answer": Float(0, "(-inf, inf)"),
+           "step_ms_per_answer?": POSITIVE, "loop_ms_per_answer?": Float(0, "(-inf, inf)"),
            "passes_per_answer": Float(1, "[1, inf)"), "ms_per_pass": POSITIVE, "aten_ops_per_step": Float(0, "[0, inf)"),
            "arithmetic_ms_per_pass": POSITIVE}
 
@@ -471,7 +478,7 @@ def read_frontier(task, results_dir):
     here = os.path.join(results_dir, task, "frontier")
     fix = f"restore it (git checkout) or move it out of {here}/: the report reads every file there"
     runs = {}
-    for name in sorted(n for n in (os.listdir(here) if os.path.isdir(here) else []) if n.endswith(".json")):
+    for name in json_names(here, "the frontier", fix):
         path = os.path.join(here, name)
         r = check_fields(read_json(path, fix), FRONTIER_FILE, path, fix)
         if r["task"] != task or name != f"{r['run']}_seed{r['seed']}.json":

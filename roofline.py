@@ -13,7 +13,7 @@ import torch
 
 from render import save_figure
 from runtime import sync
-from sample import generate, start_positions
+from sample import RULES, StepOut, generate, start_positions, step_function
 
 PLOTS = ("_roofline.png", "_sweep.png")  # beside bench.py's out_path, when matplotlib is installed
 SCALE_SIZES = ((4, 128), (4, 256), (8, 512), (8, 768), (8, 1024))  # (n_layer, n_embd), heads 32 wide or more
@@ -60,19 +60,34 @@ def decode_cost(model, meta, prompts, settings, act_bytes):
 
 
 class Passes(NamedTuple):
-    shapes: Counter   # {(rows in the batch, lo, hi): passes of that shape}
+    shapes: Counter   # {(rows in the batch, lo, hi, block): passes of that shape (its first block)}
     tokens: int       # the answer tokens the decodes made (answer_tokens)
+    loop_s: float     # seconds of the sampler's loop around the steps (the decodes with recorded steps)
 
 
 def pass_shapes(model, meta, prompts, settings, batch):
     """The forward passes of decoding prompts in batches of `batch` (1: one prompt at a time), by
-    shape: every step is one pass over all the rows still decoding (early stop shrinks them)."""
-    shapes, tokens = Counter(), 0
+    shape: every step is one pass over all the rows still decoding (early stop shrinks them); and
+    the time of the loop around them: each batch decoded again with its steps replaced by what
+    they returned (no forward, no step), so the loop takes the same path."""
+    counts, first, tokens, loop_s = Counter(), {}, 0, 0.0
+
+    def see(ev):  # a shape is (rows, window length); its first pass gives the step's offset to time
+        shape = (len(ev.rows), ev.hi - ev.lo)
+        counts[shape] += 1
+        first.setdefault(shape, (ev.lo, ev.hi, ev.block))
+        outs.append(StepOut(*(t.clone() for t in ev.out)))  # CUDA graphs reuse a step's output memory
     for i in range(0, len(prompts), batch):
-        out = generate(model, prompts[i:i + batch], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
-                       on_step=lambda ev: shapes.update([(len(ev.rows), ev.lo, ev.hi)])).tokens
+        outs, args = [], (prompts[i:i + batch], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings)
+        out = generate(model, *args, on_step=see).tokens
         tokens += answer_tokens(out, meta["eos_id"]).sum().item()
-    return Passes(shapes, tokens)
+        recorded = iter(outs)
+        sync(prompts.device)
+        t0 = time.perf_counter()
+        generate(model, *args, step=lambda *_: next(recorded))
+        sync(prompts.device)
+        loop_s += time.perf_counter() - t0
+    return Passes(Counter({(b, *first[b, length]): n for (b, length), n in counts.items()}), tokens, loop_s)
 
 
 @torch.no_grad()
@@ -84,6 +99,29 @@ def pass_time(model, b, lo, hi, cache, repeats=5):
     device = next(model.parameters()).device
     x = torch.zeros((b, hi - lo), dtype=torch.long, device=device)
     start = None if cache == "none" else start_positions(hi, device)[lo]
+    return timed(lambda: model(x, start=start, return_hidden=True), model, b, cache, repeats)
+
+
+@torch.no_grad()
+def step_time(model, meta, settings, b, lo, hi, block, repeats=5):
+    """Seconds of one decode step as generate runs it: the sampler's step function (compiled: the
+    very graph a decode calls) over b rows, the pass lo..hi of answer block `block`, and the host
+    synchronisation that ends it (the step's `more`); all MASK, as the token values do not change
+    the cost."""
+    device = next(model.parameters()).device
+    P, bs, mask_id = meta["prompt_len"], settings.block_size, meta["mask_id"]
+    shift = 1 if model.cfg.attn == "causal" else 0  # as generate's: AR reads the logits one back
+    window = torch.full((b, hi - lo), mask_id, dtype=torch.long, device=device)
+    start = None if settings.cache == "none" else start_positions(P + meta["gen_len"], device)[lo]
+    args = (window, start, P + block * bs - shift - lo, torch.full((b, bs), mask_id, dtype=torch.long, device=device),
+            mask_id, settings.rule, RULES[settings.rule].amount(settings, 0), settings.temperature)
+    step = step_function(model, settings)
+    return timed(lambda: bool(step(*args).more), model, b, settings.cache, repeats)
+
+
+def timed(run, model, b, cache, repeats):
+    """The median seconds of `repeats` calls of run() after one untimed, over a fresh cache of b rows."""
+    device = next(model.parameters()).device
     if cache != "none":
         model.setup_cache(b, approximate=cache != "exact")
     try:
@@ -91,7 +129,7 @@ def pass_time(model, b, lo, hi, cache, repeats=5):
         for _ in range(repeats + 1):
             sync(device)
             t0 = time.perf_counter()
-            model(x, start=start, return_hidden=True)
+            run()
             sync(device)
             times.append(time.perf_counter() - t0)
         return statistics.median(times[1:])
@@ -102,25 +140,28 @@ def pass_time(model, b, lo, hi, cache, repeats=5):
 def predict(model, meta, prompts, settings, batch_size, latency_n, times=None):
     """
     A method's batch-1 latency (ms, mean over latency_n prompts) and batch-batch_size throughput
-    (answer tokens/s), as bench.py measures them, from the cost of the decodes' passes alone: the
-    ceiling the sampler would reach if the Python and the small operations between passes took no
-    time. A pass costs the same wherever its window lies (the start is a 0-d tensor, the cache
-    static), so `times` memoizes pass_time by (model, rows, window length, cache): share one dict
-    across the methods of a bench and each shape is timed once per model (compiled: once per graph).
+    (answer tokens/s), as bench.py measures them, from two costs measured apart: the decodes' steps
+    (step_time: the forward and the step's own operations, as the sampler runs them, by shape) and
+    the loop around them (pass_shapes). `steps_*`: the steps alone, the ceiling if the loop took no
+    time. A step costs the same wherever its window lies (the start is a 0-d tensor, the cache
+    static), so `times` memoizes step_time by (model, kind of decode, rows, window length): share
+    one dict across the methods of a bench and each shape is timed once per model and kind.
     """
     times = {} if times is None else times
 
     def cost(passes):
         total = 0.0
-        for (b, lo, hi), n in passes.shapes.items():
-            key = (model, b, hi - lo, settings.cache)
+        for (b, lo, hi, blk), n in passes.shapes.items():
+            key = (model, settings.rule, settings.cache, settings.temperature > 0, b, hi - lo)
             if key not in times:
-                times[key] = pass_time(model, b, lo, hi, settings.cache)
+                times[key] = step_time(model, meta, settings, b, lo, hi, blk)
             total += n * times[key]
         return total
-    latency = cost(pass_shapes(model, meta, prompts[:latency_n], settings, 1)) / len(prompts[:latency_n])
+    one, n = pass_shapes(model, meta, prompts[:latency_n], settings, 1), len(prompts[:latency_n])
     batch = pass_shapes(model, meta, prompts[:batch_size], settings, batch_size)
-    return dict(latency_ms=1000 * latency, throughput_tok_s=batch.tokens / cost(batch))
+    steps_one, steps_batch = cost(one), cost(batch)
+    return dict(latency_ms=1000 * (steps_one + one.loop_s) / n, throughput_tok_s=batch.tokens / (steps_batch + batch.loop_s),
+                steps_latency_ms=1000 * steps_one / n, steps_throughput_tok_s=batch.tokens / steps_batch)
 
 
 def probe_machine(device):
@@ -146,52 +187,62 @@ def probe_machine(device):
 
 def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
     """
-    Where a decode's time goes at batch 1: the forward passes and the sampler around them; per
-    pass, the ATen ops launched (torch.profiler) and the time the arithmetic alone would take at
-    the measured peak. Fixed per-op costs are what a small model on a CPU pays for. The passes are
-    timed by replaying each decode's own (same windows, tokens and cache) through `model` alone:
-    under torch.compile the sampler's step is one graph with the forward inside, which no hook
-    can split, so eager and compiled are measured the same way. The sampler's share is the decode's
-    time less the replay's, two measurements: on a busy machine it can come out below zero.
+    Where a decode's time goes at batch 1: the forward passes, the step's own operations around
+    each, and the sampler's loop between steps; per pass, the ATen ops launched (torch.profiler) and
+    the time the arithmetic alone would take at the measured peak. Fixed per-op costs are what a
+    small model on a CPU pays for. Each decode is replayed twice (same windows, tokens and cache):
+    its forward passes through `model` alone, and its steps through the sampler's step function
+    (under torch.compile the step is one graph with the forward inside, which no hook can split).
+    The sampler's share is the decode less the forwards' replay, the loop's the decode less the
+    steps' replay: differences of two measurements, below zero on a busy machine.
     """
     from torch.profiler import ProfilerActivity, profile
-    wall = model_s = 0.0
+    wall = model_s = step_s = 0.0
     passes = 0
     for warm in (True, False):  # one untimed round: compiles the forward alone, warms caches
         for i in range(1 if warm else len(prompts)):
             out, nfe, dt = timed_decode(model, meta, prompts[i:i + 1], settings)
             seen = []
             generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
-                     on_step=lambda ev: seen.append((ev.tokens, ev.lo, ev.hi)))
-            s = replay_passes(model, prompts[i:i + 1], seen, settings.cache)
+                     on_step=lambda ev: seen.append((ev.tokens, ev.lo, ev.hi, ev.block)))
+            forwards, steps = (replay(model, meta, settings, prompts[i:i + 1], seen, s) for s in (False, True))
             if not warm:
-                wall, model_s, passes = wall + dt, model_s + s, passes + len(seen)
+                wall, model_s, step_s, passes = wall + dt, model_s + forwards, step_s + steps, passes + len(seen)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         nfe = timed_decode(model, meta, prompts[:1], settings)[1].item()
     ops = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
     flops = decode_cost(model, meta, prompts[:1], settings, act_bytes)[0]
     n = len(prompts)
     return dict(ms_per_answer=1000 * wall / n, model_ms_per_answer=1000 * model_s / n,
-                sampler_ms_per_answer=1000 * (wall - model_s) / n, passes_per_answer=passes / n,
+                sampler_ms_per_answer=1000 * (wall - model_s) / n, step_ms_per_answer=1000 * step_s / n,
+                loop_ms_per_answer=1000 * (wall - step_s) / n, passes_per_answer=passes / n,
                 ms_per_pass=1000 * model_s / passes, aten_ops_per_step=ops / nfe,
                 arithmetic_ms_per_pass=flops / nfe / (peak_gflops * 1e9) * 1000)
 
 
 @torch.no_grad()
-def replay_passes(model, prompt, seen, cache):
-    """Seconds the forward passes of one traced decode take alone: seen holds each step's
-    (answer tokens after it, lo, hi); every pass runs again, in order, on a fresh cache."""
-    P = prompt.size(1)
-    starts = start_positions(P + seen[0][0].size(1), prompt.device)  # the sampler's own start tensors
-    if cache != "none":
-        model.setup_cache(1, approximate=cache != "exact")
-    windows = [(torch.cat([prompt, tokens], 1)[:, lo:hi], None if cache == "none" else starts[lo])
-               for tokens, lo, hi in seen]
+def replay(model, meta, settings, prompt, seen, steps=False):
+    """Seconds one traced decode's passes take alone: seen holds each step's (answer tokens after
+    it, lo, hi, block); each runs again, in order, on a fresh cache: the forward alone, or (steps)
+    the sampler's step as generate calls it, with the host synchronisation that ends it."""
+    P, bs, mask_id = prompt.size(1), settings.block_size, meta["mask_id"]
+    shift = 1 if model.cfg.attn == "causal" else 0  # as generate's
+    starts = start_positions(P + meta["gen_len"], prompt.device)  # the sampler's own start tensors
+    step, calls, i = step_function(model, settings), [], Counter()
+    for tokens, lo, hi, blk in seen:
+        x, start, s = torch.cat([prompt, tokens], 1), None if settings.cache == "none" else starts[lo], P + blk * bs
+        args = (x[:, lo:hi], start, s - shift - lo, x[:, s:s + bs], mask_id, settings.rule,
+                RULES[settings.rule].amount(settings, i[blk]), settings.temperature)
+        i[blk] += 1
+        calls.append((lambda a=args: bool(step(*a).more)) if steps else
+                     (lambda w=x[:, lo:hi], st=start: model(w, start=st, return_hidden=True)))
+    if settings.cache != "none":
+        model.setup_cache(1, approximate=settings.cache != "exact")
     try:
         sync(prompt.device)
         t0 = time.perf_counter()
-        for x, start in windows:
-            model(x, start=start, return_hidden=True)
+        for call in calls:
+            call()
         sync(prompt.device)
         return time.perf_counter() - t0
     finally:

@@ -111,11 +111,12 @@ class Step(NamedTuple):
 
 
 @torch.no_grad()
-def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, init=None, on_step=None):
+def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, init=None, on_step=None, step=None):
     """
     Decode answers for a batch of padded prompts (B, prompt_len) with DecodeSettings `settings`.
     `init` (B, gen_len) starts from a partial answer (MASK where to decode; infilling), else all MASK.
-    on_step(Step) sees every step (the traces; collect.Recorder keeps the trajectory, Sec. 4.1).
+    on_step(Step) sees every step (the traces; collect.Recorder keeps the trajectory, Sec. 4.1);
+    `step` replaces the step function (roofline times the loop alone with recorded steps).
     Every row runs every step of a block, so a step's shapes depend only on its kind (torch.compile:
     runtime.compiled); a row whose block is final finalizes nothing and is not counted in its NFE.
     Rows whose answer is over (early_stop) leave the batch between blocks. Returns Decoded.
@@ -133,7 +134,7 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     out, nfe_out = answer.clone(), torch.zeros(B, dtype=torch.long, device=x.device)  # every row's, by index
     nfe = torch.zeros(B, dtype=torch.long, device=x.device)
     starts = start_positions(T, x.device)  # 0-d start tensors: no recompile per position
-    step_fn = step_function(model, st)
+    step_fn = step or step_function(model, st)
     if st.cache != "none":
         model.setup_cache(B, approximate=st.cache != "exact")
     try:

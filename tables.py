@@ -120,39 +120,46 @@ def table(report):
         names = list(report["profile"])
         lines += ["", "| where a decode's time goes (batch 1) | " + " | ".join(names) + " |",
                   "|---|" + "---|" * len(names)]
-        for key in report["profile"][names[0]]:
-            lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(f"{report['profile'][n][key]:.2f}"
-                                                                      for n in names) + " |")
+        for key in dict.fromkeys(k for n in names for k in report["profile"][n]):  # a file of the optional fields or not
+            lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(
+                f"{report['profile'][n][key]:.2f}" if key in report["profile"][n] else "-" for n in names) + " |")
     return "\n".join(lines)
 
 
 def predicted_table(report):
-    """Each method's timings predicted from its passes alone (roofline.predict) beside the measured
-    ones, and the cdlm-vs-dlm ratios they give: the ceiling with no time between passes."""
+    """Each method's timings predicted by the cost model (roofline.predict) beside the measured ones,
+    and the cdlm-vs-dlm ratios its parts give: the ceiling, from the steps alone, with no time
+    between them. A report of an older cost model (the forward passes alone) reads as one."""
     paths = [(name, path, r if path == "eager" else r["compiled"]) for name, r in report["methods"].items()
              for path in ("eager", "compiled") if "predicted" in (r if path == "eager" else r.get("compiled", {}))]
     if not paths:
         return []
+    loop = all("steps_latency_ms" in r["predicted"] for _, _, r in paths)  # steps and loop, timed apart
     err = lambda p, m: f"{100 * (p / m - 1):+.0f}%"
-    lines = ["", "| from the passes alone | path | latency (ms, batch 1) | predicted | error | throughput (tok/s) "
-                 "| predicted | error |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["", f"| {'the cost model' if loop else 'from the passes alone'} | path | latency (ms, batch 1) | predicted | "
+                 "error | throughput (tok/s) | predicted | error |", "|---|---|---|---|---|---|---|---|"]
     for name, path, r in paths:
         p = r["predicted"]
         lines.append(f"| {name} | {path} | {r['latency_ms']:.1f} | {p['latency_ms']:.1f} | {err(p['latency_ms'], r['latency_ms'])} "
                      f"| {r['throughput_tok_s']:,.0f} | {p['throughput_tok_s']:,.0f} | "
                      f"{err(p['throughput_tok_s'], r['throughput_tok_s'])} |")
-    lines += ["", "predicted: each pass shape of the decodes timed alone, summed; the error is the sampler and the "
+    lines += ["", "predicted: the decodes' steps, each shape timed alone (its forward and the step's own operations), "
+                  "plus the sampler's loop around them, timed with the steps replaced by their results; the error is "
+                  "what timing the parts apart misses, and the machine's noise" if loop else
+                  "predicted: each pass shape of the decodes timed alone, summed; the error is the sampler and the "
                   "Python between passes (a decode costs more than its passes), and the machine's noise"]
     got = {(name, path): r for name, path, r in paths}
+    lat_k, thr_k = ("steps_latency_ms", "steps_throughput_tok_s") if loop else ("latency_ms", "throughput_tok_s")
     for path in ("eager", "compiled"):
         if ("cdlm", path) in got and ("dlm", path) in got:
-            c, d = got["cdlm", path], got["dlm", path]
-            lat, thr = d["predicted"]["latency_ms"] / c["predicted"]["latency_ms"], \
-                c["predicted"]["throughput_tok_s"] / d["predicted"]["throughput_tok_s"]
-            measured = f"; measured {c['speedup_latency_vs_dlm']:.1f}x / {c['speedup_throughput_vs_dlm']:.1f}x" \
-                if "speedup_latency_vs_dlm" in c else ""
-            lines.append(f"cdlm vs dlm from the passes alone ({path}), the ceiling: {lat:.1f}x latency / "
-                         f"{thr:.1f}x throughput{measured}")
+            c, d = got["cdlm", path]["predicted"], got["dlm", path]["predicted"]
+            m = got["cdlm", path]
+            measured = f"; measured {m['speedup_latency_vs_dlm']:.1f}x / {m['speedup_throughput_vs_dlm']:.1f}x" \
+                if "speedup_latency_vs_dlm" in m else ""
+            predicted = f"; predicted {d['latency_ms'] / c['latency_ms']:.1f}x / " \
+                        f"{c['throughput_tok_s'] / d['throughput_tok_s']:.1f}x" if loop else ""
+            lines.append(f"cdlm vs dlm from the {'steps' if loop else 'passes'} alone ({path}), the ceiling: "
+                         f"{d[lat_k] / c[lat_k]:.1f}x latency / {c[thr_k] / d[thr_k]:.1f}x throughput{predicted}{measured}")
     return lines
 
 

@@ -183,8 +183,8 @@ def read_json(path, what):
             return json.load(f)
     except FileNotFoundError:
         raise CDLMError(f"{path} not found ({what})") from None
-    except (OSError, ValueError) as e:
-        raise CDLMError(f"{path} is unreadable or corrupt ({type(e).__name__}: {e}); {what}") from None
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: arrays nested deeper than Python's stack
+        raise CDLMError(f"{path} is unreadable or corrupt ({type(e).__name__}: {str(e)[:120]}); {what}") from None
 
 
 class Each(NamedTuple):
@@ -289,6 +289,12 @@ def check_meta(meta, path, fix):
         need(isinstance(bpe, dict) and isinstance(bpe.get("pattern"), str) and isinstance(bpe.get("alphabet"), str)
              and isinstance(bpe.get("ranks"), list) and all(isinstance(h, str) and re.fullmatch(r"([0-9a-f]{2})+", h)
                                                             for h in bpe["ranks"]), "bpe")
+    if meta["tokenizer"] != "gpt2":  # the special ids are the tokenizer's (GPT-2's would need its download)
+        tok = get_tokenizer(meta)
+        for field in ("pad_id", "mask_id", "eos_id"):  # an edited one: a character read as EOS, say
+            if meta[field] != getattr(tok, field):
+                raise CDLMError(f"{path}: field {field}={meta[field]} is not the {meta['tokenizer']} tokenizer's "
+                                f"{field} ({getattr(tok, field)}); {fix}")
     return meta
 
 

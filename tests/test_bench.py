@@ -89,6 +89,8 @@ def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
     assert set(saved["profile"]) == {"cdlm", "cdlm compiled"}
     for prof in saved["profile"].values():  # the passes are timed in a replay, apart from the decode: their order
         assert prof["model_ms_per_answer"] > 0 and prof["ms_per_answer"] > 0  # is timing, not tested
+        assert prof["step_ms_per_answer"] > 0 and prof["loop_ms_per_answer"] == pytest.approx(
+            prof["ms_per_answer"] - prof["step_ms_per_answer"])
         assert prof["aten_ops_per_step"] > 10 and prof["passes_per_answer"] == pytest.approx(r["nfe"], rel=0.5)
     printed = capsys.readouterr().out
     assert "| under torch.compile |" in printed and "| each on its faster path |" in printed
@@ -147,9 +149,9 @@ def test_timed_rounds_time_every_method_in_each_round(monkeypatch):
     assert got == {"a": ([0.5, 0.5], [24.0, 24.0]), "b": ([0.5, 0.5], [24.0, 24.0])}
 
 
-def test_cost_model_sums_the_decodes_passes(monkeypatch, student_dir, teacher_dir):
-    """pass_shapes sees every pass of a decode; predict is the sum of their costs, each shape's cost
-    looked up once (a fake pass_time: no timing is asserted)."""
+def test_cost_model_sums_the_decodes_steps(monkeypatch, student_dir, teacher_dir):
+    """pass_shapes sees every pass of a decode; predict is the sum of their steps' costs, each shape's
+    cost looked up once (a fake step_time: no timing is asserted); step_time runs the sampler's step."""
     import roofline
     from data.common import checkpoint_data, load_split
     from sample import generate, load_for_decoding
@@ -161,21 +163,24 @@ def test_cost_model_sums_the_decodes_passes(monkeypatch, student_dir, teacher_di
         one = roofline.pass_shapes(model, meta, prompts[:3], settings, 1)
         nfe = sum(generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings).nfe.item()
                   for i in range(3))
-        assert sum(one.shapes.values()) == nfe and {b for b, _, _ in one.shapes} == {1}
+        assert sum(one.shapes.values()) == nfe and {b for b, _, _, _ in one.shapes} == {1}
         batch = roofline.pass_shapes(model, meta, prompts, settings, 6)
-        assert max(b for b, _, _ in batch.shapes) == 6 and batch.tokens > 0
-        assert roofline.pass_time(model, 2, *next(iter(batch.shapes))[1:], settings.cache, repeats=1) > 0
+        assert max(b for b, _, _, _ in batch.shapes) == 6 and batch.tokens > 0
+        assert len({(b, hi - lo) for b, lo, hi, _ in batch.shapes}) == len(batch.shapes)  # one entry a shape
+        assert roofline.step_time(model, meta, settings, 2, *next(iter(batch.shapes))[1:], repeats=1) > 0
         calls = []
 
-        def fake(model, b, lo, hi, cache):
-            calls.append((b, hi - lo, cache))
+        def fake(model, meta, settings, b, lo, hi, block):
+            calls.append((b, hi - lo, settings.cache))
             return 1e-3 * b + 1e-4 * (hi - lo)
-        monkeypatch.setattr(roofline, "pass_time", fake)
-        cost = lambda passes: sum(n * fake(model, b, lo, hi, settings.cache) for (b, lo, hi), n in passes.shapes.items())
+        monkeypatch.setattr(roofline, "step_time", fake)
+        cost = lambda passes: sum(n * fake(model, meta, settings, *shape) for shape, n in passes.shapes.items())
         p = roofline.predict(model, meta, prompts, settings, 6, 3, times := {})
         assert len(calls) == len(set(calls)) == len(times)  # each shape timed once
-        assert p["latency_ms"] > 0 and p["latency_ms"] == pytest.approx(1000 * cost(one) / 3)
-        assert p["throughput_tok_s"] == pytest.approx(batch.tokens / cost(batch))
+        assert p["steps_latency_ms"] == pytest.approx(1000 * cost(one) / 3)  # the loop's time comes on top
+        assert p["steps_throughput_tok_s"] == pytest.approx(batch.tokens / cost(batch))
+        assert p["latency_ms"] > p["steps_latency_ms"] and p["throughput_tok_s"] < p["steps_throughput_tok_s"]
+        assert one.loop_s > 0 and batch.loop_s > 0
         monkeypatch.undo()
 
 
@@ -190,8 +195,17 @@ def test_table_prints_predicted_beside_measured():
            "| error |" in text
     assert f"| cdlm | eager | {m['cdlm']['latency_ms']:.1f} | 20.0 | " \
            f"{100 * (20 / m['cdlm']['latency_ms'] - 1):+.0f}% |" in text
-    assert "| cdlm | compiled | 19.6 | 10.0 | -49% | 12,466 | 12,000 | -4% |" in text
+    c = m["cdlm"]["compiled"]
+    assert f"| cdlm | compiled | {c['latency_ms']:.1f} | 10.0 | {100 * (10 / c['latency_ms'] - 1):+.0f}% | " \
+           f"{c['throughput_tok_s']:,.0f} | 12,000 | {100 * (12000 / c['throughput_tok_s'] - 1):+.0f}% |" in text
     assert f"cdlm vs dlm from the passes alone (eager), the ceiling: 8.0x latency / 10.0x throughput; measured " \
            f"{m['cdlm']['speedup_latency_vs_dlm']:.1f}x" in text
     assert "(compiled), the ceiling" not in text  # dlm compiled has no prediction stored
     assert "from the passes alone" not in tables.table(tables.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS)))
+    for r in (m["cdlm"], m["dlm"], m["cdlm"]["compiled"]):  # the cost model's parts: steps, and the loop on top
+        r["predicted"].update(steps_latency_ms=r["predicted"]["latency_ms"] / 2,
+                              steps_throughput_tok_s=r["predicted"]["throughput_tok_s"] * 2)
+    text = tables.table(report)
+    assert "| the cost model | path |" in text and "the sampler's loop around them" in text
+    assert "cdlm vs dlm from the steps alone (eager), the ceiling: 8.0x latency / 10.0x throughput; predicted 8.0x / " \
+           "10.0x; measured" in text

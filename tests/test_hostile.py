@@ -152,6 +152,12 @@ def test_student_must_come_from_the_benched_teacher(tmp_path, data_dir, student_
     other = train_tiny(str(tmp_path / "other"), data_dir, mode="dlm", max_iters=5, seed=7)
     refused(bench.main, [f"--teacher_dir={other}", f"--student_dir={student_dir}", "--methods=dlm,cdlm"],
             "distilled from another teacher")
+    d = tmp_path / "ckpts"  # a folder of checkpoints whose student is not its teacher's: read alone, still named
+    d.mkdir()
+    os.symlink(other, d / "teacher")
+    os.symlink(student_dir, d / "student")
+    refused(bench.main, [f"--checkpoints={d}", "--methods=cdlm"], "distilled from another teacher than "
+            f"--checkpoints={d} (its teacher)")
 
 
 def test_data_is_found_from_anywhere_and_checked(tmp_path, data_dir, teacher_dir, monkeypatch, capsys):
@@ -421,6 +427,11 @@ def test_damaged_data_and_checkpoints_name_their_rerun(tmp_path, data_dir):
     refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], "meta.json: field vocab_size", "prepare.py")
     arith.prepare({"out_dir": str(d), **cfg})  # the same prepare, run again, rewrites it
     assert json.loads((d / "meta.json").read_text())["vocab_size"] == 21
+    (d / "meta.json").write_text(json.dumps({**meta, "eos_id": 3}))  # id 3 is the character '0'
+    refused(train.main, [f"--data_dir={d}", f"--out_dir={tmp_path / 'r'}"], "meta.json: field eos_id=3 is not the char "
+            "tokenizer's eos_id (2)", "prepare.py")
+    assert not (tmp_path / "r").exists()
+    arith.prepare({"out_dir": str(d), **cfg})
     run = tmp_path / "run"
     run.mkdir()
     (run / "ckpt.pt").write_bytes(b"torn")

@@ -323,6 +323,11 @@ def test_the_frontier_is_read_from_its_files_each_checked(tmp_path):
         refused(demo.main, ["--report", f"--results_dir={tmp_path}"], "seed2.json", words)  # a point past its run, none
     refused(demo.main, ["--png=x.png"], "option png", "--report")
     refused(demo.main, ["--report", "--png=x.svg"], "option png", ".png")
+    data = tmp_path / "data"  # a prepared dataset's folder, or a trajectory set's: their writers own every file
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps({"splits": {}}))
+    refused(demo.main, ["--report", f"--png={data / 'f.png'}"], "option png", "which holds a prepared dataset")
+    assert sorted(os.listdir(data)) == ["meta.json"]
 
 
 # -----------------------------------------------------------------------------
@@ -412,3 +417,26 @@ def test_option_messages_name_the_right_option(tmp_path, data_dir, capsys):
     arith.main([f"--out_dir={tmp_path}/a", "--n_train=100", "--n_val=8", "--n_test=8"])
     first, second = capsys.readouterr().out.split("example:")[:2]
     assert "wrote" in first and "nothing to do" in second.split("\n", 1)[1] and "wrote" not in second
+
+
+def test_a_seed_past_its_range_and_a_file_nested_past_the_stack(tmp_path):
+    """prepare.py's seed in [0, 2**63) like every seed; JSON nested deeper than Python recurses is
+    one line naming the file, like any other unreadable one."""
+    refused(arith.main, [f"--out_dir={tmp_path / 'p'}", f"--seed={2 ** 63}"], "option seed=9223372036854775808")
+    assert not (tmp_path / "p").exists()
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    refused(bench.main, [f"--table={deep}"], "deep.json is unreadable or corrupt (RecursionError")
+
+
+def test_an_output_path_up_out_of_a_missing_folder(tmp_path, data_dir):
+    """'<dir>/new/../x' with no 'new': no such path (the system resolves '..' after 'new'), named
+    before any folder is made; through a folder that exists it is an ordinary path."""
+    out = f"{tmp_path}/new/../x"
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={out}"], "option out_dir", "goes up ('..') out of",
+            f"{tmp_path}/new")
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "new").mkdir()
+    from files import check_writable
+    check_writable(out, "option out_dir")
+    assert sorted(os.listdir(tmp_path)) == ["new", "x"]

@@ -386,8 +386,19 @@ def test_a_seed_file_copied_under_another_seed_and_a_damaged_profile_are_refused
     os.remove(here / "seed4.json")
     shutil.rmtree(here / "ablation")
     (here / "ablation").write_text("")
-    refused(demo.main, ["--report", f"--results_dir={results}"], "a file where the ablation's folder belongs")
+    refused(demo.main, ["--report", f"--results_dir={results}"], "a file or a broken link where the ablation's folder belongs")
     os.remove(here / "ablation")
+    frontier = results / "frontier_kept"
+    shutil.move(here / "frontier", frontier)
+    (here / "frontier").write_text("")  # the frontier's table would vanish
+    refused(demo.main, ["--report", f"--results_dir={results}"], "where the frontier's folder belongs")
+    os.remove(here / "frontier")
+    shutil.move(frontier, here / "frontier")
+    os.symlink(tmp_path / "nowhere", results / "wordproblems_link")
+    shutil.rmtree(results / "wordproblems")
+    os.rename(results / "wordproblems_link", results / "wordproblems")  # the task's own folder, a broken link
+    refused(demo.main, ["--report", "--task=wordproblems", f"--results_dir={results}"],
+            "wordproblems: a file or a broken link where the task's folder belongs")
     shutil.copytree(os.path.join(ROOT, "results", "arithmetic", "ablation"), here / "ablation")
     abl = here / "ablation" / "no_consistency_seed3.json"
     abl.write_text(json.dumps({**json.loads(abl.read_text()), "chance": {"final_acc": 0.5, "whole_acc": 0.002}}))

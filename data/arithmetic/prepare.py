@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configurator import CDLMError, Int, Str, check, configure, run_main  # noqa: E402
+from configurator import SEED, CDLMError, Int, Str, check, configure, run_main  # noqa: E402
 from data.common import CharTokenizer, Probe, check_problem_count, prepared, whole_blocks, write_task, writing  # noqa: E402
 
 config = dict(
     out_dir=Str(os.path.dirname(os.path.abspath(__file__))),
-    seed=Int(1337, "[0, inf)"),
+    seed=Int(1337, SEED),
     min_ops=Int(5, "[1, 30]"),        # operations per problem, drawn uniformly in [min_ops, max_ops]
     max_ops=Int(9, "[1, 30]"),
     ops=Str("+*"),                    # which operations appear ('+', '*', '-')

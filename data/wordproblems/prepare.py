@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configurator import CDLMError, Choice, Int, Str, check, configure, run_main  # noqa: E402
+from configurator import SEED, CDLMError, Choice, Int, Str, check, configure, run_main  # noqa: E402
 from data.common import (BPE_PATTERN, Probe, check_problem_count, bpe_tokenizer, get_tokenizer, gpt2_tokenizer, prepared,  # noqa: E402
                          train_bpe, write_task, writing)
 
 config = dict(
     out_dir=Str(os.path.dirname(os.path.abspath(__file__))),
-    seed=Int(1337, "[0, inf)"),
+    seed=Int(1337, SEED),
     min_steps=Int(4, "[1, 64]"),      # events in the story (one value each), uniform in [min_steps, max_steps]
     max_steps=Int(7, "[1, 64]"),
     max_value=Int(9, "[4, 100000]"),  # every quantity and running value is in 1..max_value (9: one digit)
