@@ -14,7 +14,7 @@ from typing import NamedTuple
 from configurator import SEED, Bool, CDLMError, Choice, Float, Int, Str
 from data.common import METRICS, Each, check_fields, read_json
 from runtime import DEVICE, THREADS
-from sample import CACHES, REFRESHES, TEMPERATURES
+from sample import CACHES, REFRESHES, TEMPERATURES, DecodeSettings
 
 # the headline figures: (label, method or teacher steps, field); accuracies are shares, both metrics
 # (teacher_steps' keys are tokens per step; 'block' is the largest, one step per block, whatever the block size)
@@ -222,6 +222,12 @@ def check_bench_settings(path, machine, settings, at, fix):
     if settings["latency_n"] > settings["num_eval"]:
         raise CDLMError(f"{path}: field {at}settings.latency_n={settings['latency_n']} is above its num_eval="
                         f"{settings['num_eval']}: the latency is timed on problems of the evaluated ones; {fix}")
+    if settings["chance"]["whole_acc"] > settings["chance"]["final_acc"]:
+        raise CDLMError(f"{path}: field {at}settings.chance.whole_acc={settings['chance']['whole_acc']} is above its "
+                        f"final_acc={settings['chance']['final_acc']}: a whole answer right has its final answer "
+                        f"right; {fix}")
+    if machine["device"] == "cpu" and machine["gpu"] is not None:
+        raise CDLMError(f"{path}: field {at}machine.gpu={machine['gpu']!r}, but the device is the CPU; {fix}")
 
 
 def check_row(path, at, row, gen_len, n, machine, fix):
@@ -234,6 +240,9 @@ def check_row(path, at, row, gen_len, n, machine, fix):
             raise CDLMError(f"{path}: field {at}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
                             f"finalizes at least one token and at most the whole answer; {fix}")
     check_scores(path, row, at + ".", fix, n)
+    st = DecodeSettings(**row["settings"])  # settings sample.py decodes with, told by their cache and block
+    attn = "bidirectional" if st.cache != "exact" else "causal" if st.block_size == 1 else "block_causal"
+    st.check(attn, gen_len, origin=lambda f: f"{path}: field {at}.settings.{f}")
     check_schedule(path, at, row, gen_len, n, machine, fix)
     fewest = max(1.0, n * row["nfe"] - (n - 1) * gen_len)  # rows of at most gen_len passes, mean nfe: each took this
     if row["tokens_per_step"] > gen_len / fewest * (1 + 1e-9):

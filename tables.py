@@ -41,6 +41,10 @@ def stored_report(path, methods):
         odd = next((name for name in r["profile"] if name.removesuffix(" compiled") not in r["methods"]), None)
         if odd:
             raise CDLMError(f"{path}: field profile.{odd}: no such method in the report; {fix}")
+        odd = next((name for name, p in r["profile"].items() if p["passes_per_answer"] > r["settings"]["gen_len"]), None)
+        if odd:  # a pass finalizes at least one token
+            raise CDLMError(f"{path}: field profile.{odd}.passes_per_answer={r['profile'][odd]['passes_per_answer']:g} "
+                            f"is above gen_len={r['settings']['gen_len']}; {fix}")
     check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
 

@@ -368,7 +368,14 @@ def test_a_bench_row_whose_figures_are_no_counts_over_its_problems_is_refused(tm
     (lambda d: d["bench"]["dlm"].pop("settings"), "bench.dlm: field settings is missing"),  # its schedule unchecked
     (lambda d: d["bench"]["cdlm"]["settings"].update(cache="bogus"), "bench.cdlm: field settings.cache: expected one of"),
     (lambda d: d["bench_machine"].update(threads=-2), "field bench_machine.threads: expected int in [1, inf), got -2"),
-    (lambda d: d["bench_settings"].update(num_eval="500"), "field bench_settings.num_eval: expected int")])
+    (lambda d: d["bench_settings"].update(num_eval="500"), "field bench_settings.num_eval: expected int"),
+    (lambda d: d["bench"]["dlm"]["settings"].update(steps_per_block=16), "field bench.dlm.settings.steps_per_block=16"
+                                                                          ": expected an int in [1, block_size=8]"),
+    (lambda d: d["bench"]["cdlm"]["settings"].update(threshold=None), "field bench.cdlm.settings.rule=None: give "
+                                                                      "exactly one of"),  # no rule at all
+    (lambda d: d["bench_settings"]["chance"].update(whole_acc=0.5), "settings.chance.whole_acc=0.5 is above its "
+                                                                     "final_acc"),
+    (lambda d: d["bench_machine"].update(gpu="H100"), "machine.gpu='H100', but the device is the CPU")])
 def test_a_stored_rows_settings_and_machine_are_checked(tmp_path, edit, words):
     seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
     edit(seed)
@@ -413,7 +420,9 @@ def test_a_seed_file_copied_under_another_seed_and_a_damaged_profile_are_refused
     for edit, words in ((lambda d: d["methods"]["cdlm"]["compiled"].update(latency_ms=0), "compiled.latency_ms: expected"),
                         (lambda d: d.update(profile=[]), "field profile: expected an object"),
                         (lambda d: d["profile"]["cdlm"].update(ms_per_answer=-1), "profile.cdlm.ms_per_answer: expected"),
-                        (lambda d: d["profile"].update(zzz=d["profile"]["cdlm"]), "field profile.zzz: no such method")):
+                        (lambda d: d["profile"].update(zzz=d["profile"]["cdlm"]), "field profile.zzz: no such method"),
+                        (lambda d: d["profile"]["dlm"].update(passes_per_answer=49), "profile.dlm.passes_per_answer=49 "
+                                                                                     "is above gen_len=48")):
         d = json.loads(json.dumps(r))
         edit(d)
         (tmp_path / "b.json").write_text(json.dumps(d))
