@@ -6,6 +6,7 @@ and no writer under a run that reads. Plain files and no torch: prepare.py needs
 """
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -141,7 +142,8 @@ def file_head(path, n=65536):
 
 def holds(d):
     """Which of this repo's outputs folder d holds ('a trajectory set', 'a prepared dataset', 'a
-    checkpoint'), or None: a trajectory set's commit record and a dataset's meta.json share a name."""
+    checkpoint', 'results files'), or None: a trajectory set's commit record and a dataset's meta.json
+    share a name; results are told by demo.py's layout (seed<N>.json, ablation/, frontier/)."""
     try:
         with open(os.path.join(d, "meta.json")) as f:
             record = json.load(f)
@@ -149,7 +151,12 @@ def holds(d):
         record = None
     if isinstance(record, dict) and ("set" in record or "splits" in record):
         return "a trajectory set" if "set" in record else "a prepared dataset"
-    return "a checkpoint" if os.path.isfile(os.path.join(d, "ckpt.pt")) else None
+    if os.path.isfile(os.path.join(d, "ckpt.pt")):
+        return "a checkpoint"
+    names = os.listdir(d) if os.path.isdir(d) else []
+    if any(re.fullmatch(r"seed[0-9]+\.json", n) for n in names) or {"ablation", "frontier"} & set(names):
+        return "results files"
+    return None
 
 
 def refuse_inside(path, what, kind="it"):

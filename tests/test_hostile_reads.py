@@ -251,6 +251,13 @@ def test_collect_refuses_a_checkpoint_folder(tmp_path, teacher_dir):
     with pytest.raises(CDLMError, match="holds a checkpoint: write a trajectory set elsewhere"):
         collect_into(other, teacher_dir, replace=False)
     assert sorted(n for n in os.listdir(other) if not n.startswith(".")) == ["ckpt.pt"]
+    results = tmp_path / "results"  # demo.py's results layout: neither a set nor a checkpoint beside it
+    shutil.copytree(os.path.join(ROOT, "results", "arithmetic"), results)
+    with pytest.raises(CDLMError, match="holds results files: write a trajectory set elsewhere"):
+        collect_into(results, teacher_dir, replace=False)
+    refused(train.main, [f"--out_dir={results}", "--max_iters=1"], "option out_dir", "holds results files: write a "
+            "checkpoint elsewhere")
+    assert not (results / "ckpt.pt").exists() and not (results / "meta.json").exists()
 
 
 def test_a_word_problem_prompt_of_another_form_is_refused():
