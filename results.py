@@ -72,7 +72,8 @@ SEED_FILE = {
                        "latency_ms?": Float(1.0, "(0, inf)"), "throughput_tok_s?": Float(1.0, "(0, inf)")}),
                    "compiled?": {**{f"{f[1]}?": COUNT for f in SPEEDUPS if len(f) == 2}, **TIMES}})}
 ABLATION_FILE = dict(task=Str(""), variant=Str(""), seed=Int(0, SEED), iters=Int(1, "[1, inf)"),
-                     num_eval=Int(1, "[1, inf)"), **SCORES)
+                     num_eval=Int(1, "[1, inf)"), **SCORES,
+                     **{"machine?": {"cpu": Str(""), "cores": Int(1, "[1, inf)"), "torch": Str("")}})
 
 
 class Results(NamedTuple):
@@ -120,6 +121,8 @@ def read_results(task, results_dir, variants=None):
             raise CDLMError(f"{path}: variant {r['variant']!r} seed {r['seed']} again (also in "
                             f"{seen[r['variant'], r['seed']]}); {fix}")
         seen[r["variant"], r["seed"]] = path
+        if not re.fullmatch(r"[0-9a-f]{16}", str(r.get("weights_hash", "0" * 16))):  # what the twin check reads
+            raise CDLMError(f"{path}: field weights_hash={r['weights_hash']!r}: not a weights hash (16 hex digits); {fix}")
         twin = next((p for p, o in ablation if o["variant"] == r["variant"] and o.get("weights_hash")
                      and o.get("weights_hash") == r.get("weights_hash")), None)
         if twin:  # one student counted twice under two seeds (two variants may train the same one)

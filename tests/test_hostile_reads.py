@@ -691,6 +691,12 @@ def test_the_report_reads_each_seeds_machine_and_one_student_per_file(tmp_path):
     (here / "ablation" / "no_DLM_loss_seed4.json").write_text(json.dumps({**r, "seed": 4}))
     refused(demo.main, ["--report", f"--results_dir={results}"], "no_DLM_loss_seed4.json", "one student, two files")
     os.remove(here / "ablation" / "no_DLM_loss_seed4.json")
+    abl = here / "ablation" / "no_DLM_loss_seed2.json"
+    for edit, words in (({"weights_hash": "x"}, "field weights_hash='x': not a weights hash"),
+                        ({"machine": {**r["machine"], "cores": 0}}, "field machine.cores: expected int in [1, inf)")):
+        abl.write_text(json.dumps({**r, **edit}))
+        refused(demo.main, ["--report", f"--results_dir={results}"], "no_DLM_loss_seed2.json", words)
+    abl.write_text(json.dumps(r))
     seed = json.loads((here / "seed2.json").read_text())
     (here / "seed2.json").write_text(json.dumps({**seed, "bench_settings": {**seed["bench_settings"], "num_eval": 1000}}))
     refused(demo.main, ["--report", f"--results_dir={results}"], "field bench_settings.num_eval=1000")
