@@ -1,7 +1,7 @@
 """
 The whole pipeline in one command: data, teacher, trajectories, student, AR baseline, benchmark.
 
-    python demo.py                                  # arithmetic (about 40 minutes on a 2-core CPU)
+    python demo.py                                  # arithmetic (about an hour on a 2-core CPU)
     python demo.py --task=wordproblems              # English word problems through a BPE tokenizer
     python demo.py --seeds=1337,2,3 --jobs=2        # the headline figures over seeds: mean and spread
     python demo.py --ablate --seeds=1337,2,3 --jobs=2   # the student-objective ablation (ABLATIONS)

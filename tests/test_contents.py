@@ -202,7 +202,7 @@ def test_a_results_file_with_impossible_figures_is_refused(tmp_path):
     edited(seed2, steps, "field teacher_steps has rows ['1', '3', '4', '8']", "a block of 8: ['1', '2', '4', '8']")  # 423
     edited(here / "seed3.json", lambda d: d["teacher_steps"].pop("8"), "seed3.json: field teacher_steps has rows "
            "['1', '2', '4']", "seed1337.json has ['1', '2', '4', '8']")
-    edited(seed2, lambda d: d["bench"]["cdlm"].update(whole_acc=0.999), "bench.cdlm.whole_acc=0.999 is above "
+    edited(seed2, lambda d: d["bench"]["cdlm"].update(final_acc=0.99), "bench.cdlm.whole_acc=0.998 is above "
            "bench.cdlm.final_acc")  # 432
     edited(seed2, lambda d: d["teacher_steps"]["8"].update(whole_acc=1.0), "teacher_steps.8.whole_acc=1.0 is above")
     edited(abl, lambda d: d.update(whole_acc=1.0), "field whole_acc=1.0 is above final_acc")

@@ -112,7 +112,9 @@ def test_an_edited_speedup_or_timing_is_named(tmp_path):
     r = json.loads((here / "seed2.json").read_text())
     for edit, words in ((lambda b: b["cdlm"]["compiled"].update(speedup_latency_vs_dlm=38.5),
                          "bench.cdlm.compiled.speedup_latency_vs_dlm=38.5"),
-                        (lambda b: b["dlm"].update(latency_ms=b["dlm"]["latency_ms"] * 4), "speedup_latency_vs_dlm")):
+                        (lambda b: b["dlm"].update(latency_ms=b["dlm"]["latency_ms"] * 4, rounds={
+                            **b["dlm"]["rounds"], "latency_ms": [4 * x for x in b["dlm"]["rounds"]["latency_ms"]]}),
+                         "speedup_latency_vs_dlm")):
         e = json.loads(json.dumps(r))
         edit(e["bench"])
         (here / "seed2.json").write_text(json.dumps(e))
@@ -307,7 +309,7 @@ def test_an_answer_not_of_the_task_form_is_said_so(capsys):
     out = capsys.readouterr().out
     assert "note: this answer is not a worked solution of task arithmetic" in out
     sample.main([f"--out_dir={ref}", "--prompt=5:+3*7+2*4+1="])
-    assert capsys.readouterr().out.strip().endswith("+3>8,*7>6,+2>8,*4>2,+1>3#3    (6 forward passes)")
+    assert capsys.readouterr().out.strip().endswith("+3>8,*7>6,+2>8,*4>2,+1>3#3    (4 forward passes)")
 
 
 def test_a_field_prepare_does_not_write_is_named(tmp_path, data_dir):
@@ -378,8 +380,8 @@ def test_a_bench_row_whose_figures_are_no_counts_over_its_problems_is_refused(tm
     (lambda d: d["bench_settings"].update(num_eval="500"), "field bench_settings.num_eval: expected int"),
     (lambda d: d["bench"]["dlm"]["settings"].update(steps_per_block=16), "field bench.dlm.settings.steps_per_block=16"
                                                                           ": expected an int in [1, block_size=8]"),
-    (lambda d: d["bench"]["cdlm"]["settings"].update(threshold=None), "field bench.cdlm.settings.rule=None: give "
-                                                                      "exactly one of"),  # no rule at all
+    (lambda d: d["bench"]["cdlm"]["settings"].update(threshold=None), "field bench.cdlm.settings.threshold=None: "
+                                                                      "rule='threshold' reads threshold: give it"),
     (lambda d: d["bench_settings"]["chance"].update(whole_acc=0.5), "settings.chance.whole_acc=0.5 is above its "
                                                                      "final_acc"),
     (lambda d: d["bench_machine"].update(gpu="H100"), "machine.gpu='H100', but the device is the CPU")])
