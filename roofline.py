@@ -102,6 +102,17 @@ def pass_time(model, b, lo, hi, cache, repeats=5):
     return timed(lambda: model(x, start=start, return_hidden=True), model, b, cache, repeats)
 
 
+def step_args(model, meta, settings, x, lo, hi, block, i=0):
+    """The arguments generate gives the step function for step i of answer block `block`, the pass
+    lo..hi of the sequences x (b, T): its window, start, the block's offset in it and the block."""
+    P, bs = meta["prompt_len"], settings.block_size
+    shift = 1 if model.cfg.attn == "causal" else 0  # as generate's: AR reads the logits one back
+    s = P + block * bs
+    start = None if settings.cache == "none" else start_positions(x.size(1), x.device)[lo]  # the sampler's own
+    return (x[:, lo:hi], start, s - shift - lo, x[:, s:s + bs], meta["mask_id"], settings.rule,
+            RULES[settings.rule].amount(settings, i), settings.temperature)
+
+
 @torch.no_grad()
 def step_time(model, meta, settings, b, lo, hi, block, repeats=5):
     """Seconds of one decode step as generate runs it: the sampler's step function (compiled: the
@@ -109,13 +120,8 @@ def step_time(model, meta, settings, b, lo, hi, block, repeats=5):
     synchronisation that ends it (the step's `more`); all MASK, as the token values do not change
     the cost."""
     device = next(model.parameters()).device
-    P, bs, mask_id = meta["prompt_len"], settings.block_size, meta["mask_id"]
-    shift = 1 if model.cfg.attn == "causal" else 0  # as generate's: AR reads the logits one back
-    window = torch.full((b, hi - lo), mask_id, dtype=torch.long, device=device)
-    start = None if settings.cache == "none" else start_positions(P + meta["gen_len"], device)[lo]
-    args = (window, start, P + block * bs - shift - lo, torch.full((b, bs), mask_id, dtype=torch.long, device=device),
-            mask_id, settings.rule, RULES[settings.rule].amount(settings, 0), settings.temperature)
-    step = step_function(model, settings)
+    x = torch.full((b, meta["prompt_len"] + meta["gen_len"]), meta["mask_id"], dtype=torch.long, device=device)
+    args, step = step_args(model, meta, settings, x, lo, hi, block), step_function(model, settings)
     return timed(lambda: bool(step(*args).more), model, b, settings.cache, repeats)
 
 
@@ -205,10 +211,7 @@ def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
             seen = []
             generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
                      on_step=lambda ev: seen.append((ev.tokens, ev.lo, ev.hi, ev.block)))
-            # each replay twice, the faster kept: a step the decode compiled, called with other arguments
-            # (views of another tensor), may compile a graph of its own at its first call
-            forwards, steps = (min(replay(model, meta, settings, prompts[i:i + 1], seen, s) for _ in range(2))
-                               for s in (False, True))
+            forwards, steps = (replay(model, meta, settings, prompts[i:i + 1], seen, s) for s in (False, True))
             if not warm:
                 wall, model_s, step_s, passes = wall + dt, model_s + forwards, step_s + steps, passes + len(seen)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -227,29 +230,16 @@ def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
 def replay(model, meta, settings, prompt, seen, steps=False):
     """Seconds one traced decode's passes take alone: seen holds each step's (answer tokens after
     it, lo, hi, block); each runs again, in order, on a fresh cache: the forward alone, or (steps)
-    the sampler's step as generate calls it, with the host synchronisation that ends it."""
-    P, bs, mask_id = prompt.size(1), settings.block_size, meta["mask_id"]
-    shift = 1 if model.cfg.attn == "causal" else 0  # as generate's
-    starts = start_positions(P + meta["gen_len"], prompt.device)  # the sampler's own start tensors
+    the sampler's step as generate calls it, with the host synchronisation that ends it. Timed at
+    the second replay (timed): a step the decode compiled, called with views of another tensor,
+    may compile a graph of its own at its first call."""
     step, calls, i = step_function(model, settings), [], Counter()
     for tokens, lo, hi, blk in seen:
-        x, start, s = torch.cat([prompt, tokens], 1), None if settings.cache == "none" else starts[lo], P + blk * bs
-        args = (x[:, lo:hi], start, s - shift - lo, x[:, s:s + bs], mask_id, settings.rule,
-                RULES[settings.rule].amount(settings, i[blk]), settings.temperature)
+        args = step_args(model, meta, settings, torch.cat([prompt, tokens], 1), lo, hi, blk, i[blk])
         i[blk] += 1
         calls.append((lambda a=args: bool(step(*a).more)) if steps else
-                     (lambda w=x[:, lo:hi], st=start: model(w, start=st, return_hidden=True)))
-    if settings.cache != "none":
-        model.setup_cache(1, approximate=settings.cache != "exact")
-    try:
-        sync(prompt.device)
-        t0 = time.perf_counter()
-        for call in calls:
-            call()
-        sync(prompt.device)
-        return time.perf_counter() - t0
-    finally:
-        model.clear_cache()
+                     (lambda a=args: model(a[0], start=a[1], return_hidden=True)))
+    return timed(lambda: [call() for call in calls], model, 1, settings.cache, repeats=1)
 
 
 def timed_decode(model, meta, prompt, settings):
