@@ -20,7 +20,8 @@ import torch
 from checkpoint import read_checkpoint
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, List, Str, check, configure, fit_sizes, gave,
                           refuse_unused, run_main)
-from data.common import atomic_write_json, checkpoint_data, load_split, same_data, stored_data_dirs, whole_blocks
+from data.common import (SPLITS, atomic_write_json, checkpoint_data, load_split, same_data, stored_data_dirs,
+                         whole_blocks)
 from files import holding, reading, refuse_overlap
 from runtime import autocast, code_version, compiled, machine_info, pick_device, pick_dtype
 from model import ROLES
@@ -149,7 +150,7 @@ config = dict(
     ar_dir=Str("out/ar"),
     data_dir=Str(None),                 # None: where the checkpoints' data was prepared
     methods=List(list(METHODS), Choice(None, *METHODS), unique=True),
-    split=Str("test"),
+    split=Choice("test", *SPLITS),
     # sizes: a value given is exact (or refused); a default is at most the problems there are
     num_eval=Int(500, "[1, inf)"),      # problems for accuracy and NFE
     batch_size=Int(64, "[1, inf)"),     # batch for accuracy and for throughput

@@ -12,7 +12,7 @@ import statistics
 from typing import NamedTuple
 
 from configurator import SEED, Bool, CDLMError, Choice, Float, Int, Str
-from data.common import METRICS, Each, check_fields, read_json
+from data.common import METRICS, SPLITS, Each, check_fields, load_meta, read_json
 from runtime import DEVICE, THREADS
 from sample import CACHES, REFRESHES, TEMPERATURES, DecodeSettings
 
@@ -60,7 +60,7 @@ SPEEDUPS = [field.split(".") for _, _, field in HEADLINE if "speedup" in field] 
 BENCH_MACHINE = {"device": Str(""), "dtype": Choice("float32", "float32", "bfloat16", "float16"), "torch": Str(""),
                  "cpu": Str(""), "gpu": Str(None), "threads": Int(1, "[1, inf)"), "cores?": Int(1, "[1, inf)"),
                  "peak_gflops": Float(1, "(0, inf)"), "peak_gb_s": Float(1, "(0, inf)")}
-BENCH_SETTINGS = {"split": Str(""), "num_eval": Int(1, "[1, inf)"), "batch_size": Int(1, "[1, inf)"),
+BENCH_SETTINGS = {"split": Choice("test", *SPLITS), "num_eval": Int(1, "[1, inf)"), "batch_size": Int(1, "[1, inf)"),
                   "latency_n": Int(1, "[1, inf)"), "repeats": Int(1, "[1, inf)"), "threshold": Float(None, "(0, 1]"),
                   "gen_len": Int(1, "[1, inf)"), "data_dir": Str(""), "chance": dict(final_acc=SHARE, whole_acc=SHARE)}
 SEED_FILE = {
@@ -218,13 +218,22 @@ PROFILE = {"ms_per_answer": POSITIVE, "model_ms_per_answer": POSITIVE, "sampler_
 
 def check_bench_settings(path, machine, settings, at, fix):
     """What the schema cannot say of a bench report's machine and settings: a device a run can be
-    given, a latency sample within the problems evaluated."""
+    given, a batch and a latency sample within the problems evaluated, and those problems within the
+    split of the data it names (where that data is here to read)."""
     if not re.fullmatch(DEVICE, machine["device"]):
         raise CDLMError(f"{path}: field {at}machine.device={machine['device']!r}: not a device bench.py runs on "
                         f"({DEVICE}); {fix}")
-    if settings["latency_n"] > settings["num_eval"]:
-        raise CDLMError(f"{path}: field {at}settings.latency_n={settings['latency_n']} is above its num_eval="
-                        f"{settings['num_eval']}: the latency is timed on problems of the evaluated ones; {fix}")
+    for key in ("latency_n", "batch_size"):  # bench.py fits both to the problems it evaluates
+        if settings[key] > settings["num_eval"]:
+            raise CDLMError(f"{path}: field {at}settings.{key}={settings[key]} is above its num_eval="
+                            f"{settings['num_eval']}: bench.py measures within the problems it evaluates; {fix}")
+    try:  # the data the report names, where it is here: its split must hold the problems evaluated
+        size = load_meta(settings["data_dir"])["splits"].get(settings["split"])
+    except CDLMError:
+        size = None  # not here (another machine's path) or not readable: the header names it as stored
+    if size is not None and settings["num_eval"] > size:
+        raise CDLMError(f"{path}: field {at}settings.num_eval={settings['num_eval']} is above the {size} problems of "
+                        f"the {settings['split']} split of {settings['data_dir']}; {fix}")
     if settings["chance"]["whole_acc"] > settings["chance"]["final_acc"]:
         raise CDLMError(f"{path}: field {at}settings.chance.whole_acc={settings['chance']['whole_acc']} is above its "
                         f"final_acc={settings['chance']['final_acc']}: a whole answer right has its final answer "

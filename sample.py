@@ -32,7 +32,8 @@ import torch
 from checkpoint import load_model
 from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, Str, configure, fit_sizes, refuse_unused,
                           run_main)
-from data.common import answer_note, chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split, score
+from data.common import (SPLITS, answer_note, chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split,
+                         score)
 from render import STEP_LEGEND, step_line
 from runtime import autocast, compile_function, compiled, is_compiled, pick_device, pick_dtype
 
@@ -400,7 +401,7 @@ config = dict(
     prompt=Str(None),                   # decode this prompt and print the answer
     show=Bool(False),                   # print the answer after every step, with confidences
     eval=Bool(False),                   # score on a data split instead
-    split=Str("test"),
+    split=Choice("test", *SPLITS),
     num_eval=Int(500, "[1, inf)"),      # problems to score (the default: at most)
     batch_size=Int(64, "[1, inf)"),
     data_dir=Str(None),                 # None: where the checkpoint's data was prepared

@@ -230,6 +230,9 @@ def short(value):
     return "null" if value is None else "a list" if isinstance(value, list) else repr(value)[:60]
 
 
+SPLITS = ("train", "val", "test")  # what prepare.py writes; a run trains on the first two, scores on the others
+
+
 def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path) and os.path.isfile(os.path.join(data_dir, "ckpt.pt")):  # not a place to prepare data in

@@ -438,6 +438,20 @@ def test_a_seed_file_copied_under_another_seed_and_a_damaged_profile_are_refused
         refused(bench.main, [f"--table={tmp_path / 'b.json'}"], words)
 
 
+def test_a_bench_reports_split_and_sizes_are_checked_against_what_it_measures(tmp_path, data_dir):
+    """A split prepare.py does not write, a batch above the problems evaluated, and more problems than
+    the split of the data the report names holds (where that data is here) are refused, not printed."""
+    seed = json.load(open(os.path.join(ROOT, "results", "arithmetic", "seed2.json")))
+    for edit, words in ((dict(split="x"), "bench_settings.split"),
+                        (dict(batch_size=10 ** 30), "bench_settings.batch_size=" + str(10 ** 30) + " is above its "
+                                                    "num_eval=500"),
+                        (dict(data_dir=data_dir), f"num_eval=500 is above the 64 problems of the test split of {data_dir}")):
+        (tmp_path / "s.json").write_text(json.dumps({**seed, "bench_settings": {**seed["bench_settings"], **edit}}))
+        refused(bench.main, [f"--table={tmp_path / 's.json'}"], words)
+    refused(sample.main, ["--eval", "--split=x"], "option split")
+    refused(bench.main, ["--split=x"], "option split")
+
+
 def test_a_scale_rows_pass_times_and_rates_are_checked_as_stored(tmp_path):
     r = json.load(open(os.path.join(ROOT, "results", "arithmetic", "scale.json")))
     key = next(iter(r["scale"]["rows"]))
