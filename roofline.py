@@ -13,7 +13,7 @@ import torch
 
 from render import save_figure
 from runtime import sync
-from sample import RULES, StepOut, generate, start_positions, step_function
+from sample import RULES, StepOut, generate, positions, step_function
 
 PLOTS = ("_roofline.png", "_sweep.png")  # beside bench.py's out_path, when matplotlib is installed
 SCALE_SIZES = ((4, 128), (4, 256), (8, 512), (8, 768), (8, 1024))  # (n_layer, n_embd), heads 32 wide or more
@@ -98,31 +98,31 @@ def pass_time(model, b, lo, hi, cache, repeats=5):
     values do not change the cost."""
     device = next(model.parameters()).device
     x = torch.zeros((b, hi - lo), dtype=torch.long, device=device)
-    start = None if cache == "none" else start_positions(hi, device)[lo]
+    start = None if cache == "none" else positions(lo, hi, device)[0]
     return timed(lambda: model(x, start=start, return_hidden=True), model, b, cache, repeats)
 
 
-def step_args(model, meta, settings, x, lo, hi, block, i=0):
+def step_args(meta, settings, x, lo, hi, block, i=0):
     """The arguments generate gives the step function for step i of answer block `block`, the pass
-    lo..hi of the sequences x (b, T): its window, start, the block's offset in it and the block."""
-    P, bs = meta["prompt_len"], settings.block_size
-    shift = 1 if model.cfg.attn == "causal" else 0  # as generate's: AR reads the logits one back
-    s = P + block * bs
-    start = None if settings.cache == "none" else start_positions(x.size(1), x.device)[lo]  # the sampler's own
-    return (x[:, lo:hi], start, s - shift - lo, x[:, s:s + bs], meta["mask_id"], settings.rule,
-            RULES[settings.rule].amount(settings, i), settings.temperature)
+    lo..hi of the sequences x (b, T): the sequences, their passes so far, the window's positions
+    (None without a cache) and the block's."""
+    s = meta["prompt_len"] + block * settings.block_size
+    window = None if settings.cache == "none" else positions(lo, hi, x.device)
+    nfe = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
+    return (x, nfe, window, positions(s, s + settings.block_size, x.device), meta["mask_id"], meta["eos_id"],
+            settings.rule, RULES[settings.rule].amount(settings, i), settings.temperature)
 
 
 @torch.no_grad()
 def step_time(model, meta, settings, b, lo, hi, block, repeats=5):
     """Seconds of one decode step as generate runs it: the sampler's step function (compiled: the
     very graph a decode calls) over b rows, the pass lo..hi of answer block `block`, and the host
-    synchronisation that ends it (the step's `more`); all MASK, as the token values do not change
+    synchronisation that ends it (the step's flags); all MASK, as the token values do not change
     the cost."""
     device = next(model.parameters()).device
     x = torch.full((b, meta["prompt_len"] + meta["gen_len"]), meta["mask_id"], dtype=torch.long, device=device)
-    args, step = step_args(model, meta, settings, x, lo, hi, block), step_function(model, settings)
-    return timed(lambda: bool(step(*args).more), model, b, settings.cache, repeats)
+    args, step = step_args(meta, settings, x, lo, hi, block), step_function(model, settings)
+    return timed(lambda: step(*args).flags.tolist(), model, b, settings.cache, repeats)
 
 
 def timed(run, model, b, cache, repeats):
@@ -149,7 +149,7 @@ def predict(model, meta, prompts, settings, batch_size, latency_n, times=None):
     (answer tokens/s), as bench.py measures them, from two costs measured apart: the decodes' steps
     (step_time: the forward and the step's own operations, as the sampler runs them, by shape) and
     the loop around them (pass_shapes). `steps_*`: the steps alone, the ceiling if the loop took no
-    time. A step costs the same wherever its window lies (the start is a 0-d tensor, the cache
+    time. A step costs the same wherever its window lies (its positions are tensors, the cache
     static), so `times` memoizes step_time by (model, kind of decode, rows, window length): share
     one dict across the methods of a bench and each shape is timed once per model and kind.
     """
@@ -235,10 +235,12 @@ def replay(model, meta, settings, prompt, seen, steps=False):
     may compile a graph of its own at its first call."""
     step, calls, i = step_function(model, settings), [], Counter()
     for tokens, lo, hi, blk in seen:
-        args = step_args(model, meta, settings, torch.cat([prompt, tokens], 1), lo, hi, blk, i[blk])
+        x = torch.cat([prompt, tokens], 1)
+        args, start = step_args(meta, settings, x, lo, hi, blk, i[blk]), positions(lo, hi, x.device)[0]
         i[blk] += 1
-        calls.append((lambda a=args: bool(step(*a).more)) if steps else
-                     (lambda a=args: model(a[0], start=a[1], return_hidden=True)))
+        calls.append((lambda a=args: step(*a).flags.tolist()) if steps else
+                     (lambda a=args, s=None if settings.cache == "none" else start, w=x[:, lo:hi]:
+                      model(w, start=s, return_hidden=True)))
     return timed(lambda: [call() for call in calls], model, 1, settings.cache, repeats=1)
 
 

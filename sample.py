@@ -90,13 +90,13 @@ class Decoded(NamedTuple):
 
 class StepOut(NamedTuple):
     """One decode step's result (decode_step)."""
-    block: torch.Tensor    # (b, bs) the block after this step
+    x: torch.Tensor        # (b, T) the sequences after this step
+    nfe: torch.Tensor      # (b,) forward passes so far: this one counts for the rows that had masked positions
     picked: torch.Tensor   # (b, bs) finalized at this step
     pred: torch.Tensor     # (b, bs) this step's proposals
     conf: torch.Tensor     # (b, bs) their confidence, -inf where the position was already final
     hidden: torch.Tensor   # (b, bs, C) the block's last hidden states in this pass
-    ran: torch.Tensor      # (b,) the rows that had masked positions (each finalized at least one)
-    more: torch.Tensor     # () whether any position of the block is still masked
+    flags: torch.Tensor    # (2,) whether any position of the block is still masked, whether any row's block holds EOS
 
 
 class Step(NamedTuple):
@@ -128,13 +128,11 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
                         f"{model.cfg.block_size} (rebuild it with model.set_mask(block_size=...))")
     B, P = prompt.shape
     T, bs = P + gen_len, st.block_size
-    shift = 1 if model.cfg.attn == "causal" else 0  # AR: position p is predicted from the logits at p-1
     answer = prompt.new_full((B, gen_len), mask_id) if init is None else init
     x = torch.cat([prompt, answer], dim=1)  # (b, T): the rows still decoding
     rows = torch.arange(B, device=x.device)  # their indices in the batch
     out, nfe_out = answer.clone(), torch.zeros(B, dtype=torch.long, device=x.device)  # every row's, by index
     nfe = torch.zeros(B, dtype=torch.long, device=x.device)
-    starts = start_positions(T, x.device)  # 0-d start tensors: no recompile per position
     step_fn = step or step_function(model, st)
     if st.cache != "none":
         model.setup_cache(B, approximate=st.cache != "exact")
@@ -142,21 +140,26 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
         cached_to, taken = 0, 0  # an exact cache holds final keys/values below cached_to; steps so far
         for blk in range(gen_len // bs):
             s, e = P + blk * bs, P + (blk + 1) * bs  # the block's sequence positions
-            todo = init is None or bool((x[:, s:e] == mask_id).any())  # False: a block given whole
-            for i in range(bs if todo else 0):  # each step finalizes a token of every row with any left
+            given = init is not None and not bool((x[:, s:e] == mask_id).any())  # a block given whole: no step
+            ended = given and bool((x[:, s:e] == eos_id).any())
+            for i in range(0 if given else bs):  # each step finalizes a token of every row with any left
                 lo, hi = pass_window(st.cache, st.refresh, i, s, e, T, cached_to)
-                o = step_fn(x[:, lo:hi], None if st.cache == "none" else starts[lo], s - shift - lo, x[:, s:e],
-                            mask_id, st.rule, RULES[st.rule].amount(st, i), st.temperature, generator)
-                x[:, s:e], cached_to, nfe = o.block, s, nfe + o.ran
+                window = None if st.cache == "none" else positions(lo, hi, x.device)
+                o = step_fn(x, nfe, window, positions(s, e, x.device), mask_id, eos_id, st.rule,
+                            RULES[st.rule].amount(st, i), st.temperature, generator)
+                x, nfe, cached_to = o.x, o.nfe, s
                 if on_step is not None:  # it may keep what it sees (traces): a copy of the answers
                     on_step(Step(x[:, P:].clone(), rows, blk, nfe, lo, hi, taken, o))
                 taken += 1
-                if not o.more:  # the step's one host synchronisation
+                more, ended = o.flags.tolist()  # the step's one host synchronisation
+                if not more:
                     break
-            # early stop: everything up to e is final, so an EOS there ends the answer
-            if st.early_stop and (done := (x[:, P:e] == eos_id).any(1)).any():  # (b,)
-                x[done, e:] = eos_id
+            # early stop: everything up to e is final and no earlier block of these rows holds EOS
+            # (they would have left), so an EOS in this block ends the answer
+            if st.early_stop and ended:
+                done = (x[:, s:e] == eos_id).any(1)  # (b,)
                 out[rows[done]], nfe_out[rows[done]] = x[done, P:], nfe[done]
+                out[rows[done], e - P:] = eos_id
                 going = (~done).nonzero().flatten()  # the finished rows leave the batch
                 x, rows, nfe = x[going], rows[going], nfe[going]
                 if len(rows) == 0:
@@ -169,10 +172,11 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     return Decoded(out, nfe_out)
 
 
-@functools.lru_cache(maxsize=16)
-def start_positions(T, device):
-    """0..T as 0-d tensors, made once per length and device (not per decode): a pass's start position."""
-    return torch.arange(T + 1, device=device).unbind()
+@functools.lru_cache(maxsize=1024)
+def positions(lo, hi, device):
+    """The sequence positions lo..hi as a tensor, made once per span and device (not per step): a
+    step reads its window and its block through them, so its graph is the same wherever they lie."""
+    return torch.arange(lo, hi, device=device)
 
 
 def pass_window(cache, refresh, i, s, e, T, cached_to):
@@ -188,26 +192,35 @@ def pass_window(cache, refresh, i, s, e, T, cached_to):
     return s, e if cache == "dual" else T
 
 
-def decode_step(model, window, start, off, block, mask_id, rule, amount, temperature, generator=None):
+def decode_step(model, x, nfe, window, block, mask_id, eos_id, rule, amount, temperature, generator=None):
     """
-    One denoising step of the current block (b, bs), in the order it runs: the forward over the
-    window (b, hi-lo) from position `start` (a 0-d tensor; None without a cache), the block's logits
-    at offset `off` of it; predict every position (never MASK itself); score the masked ones by the
-    rule's own score; select what the rule picks and always its best; write. It mutates none of its
-    inputs (the block is a view of the sampler's state; CUDA graphs skip a graph that writes its
-    inputs), so torch.compile makes it one graph per kind of step and batch size. Returns StepOut.
+    One denoising step of the sequences x (b, T) at the block's positions `block` (bs,), in the
+    order it runs: the forward over the positions `window` (from the cache; None without one: the
+    whole sequence), the block's logits; predict every position (never MASK itself); score the
+    masked ones by the rule's own score; select what the rule picks and always its best; write the
+    block into a new x and count the pass in nfe for the rows that had masked positions. It mutates
+    none of its inputs (CUDA graphs skip a graph that writes its inputs) and the positions are
+    tensors, so torch.compile makes it one graph per kind of step and batch size, and the sampler's
+    bookkeeping between passes is inside it. Returns StepOut.
     """
-    bs = block.size(1)
-    logits, h = model(window, start=start, return_hidden=True)  # (b, hi-lo, V), (b, hi-lo, C)
-    logits = logits[:, off:off + bs]  # (b, bs, V) the block's
+    shift = 1 if model.cfg.attn == "causal" else 0  # AR: position p is predicted from the logits at p-1
+    if window is None:
+        logits, h = model(x, return_hidden=True)  # (b, T, V), (b, T, C)
+        at = block - shift  # (bs,) the block's logits in the pass
+    else:
+        logits, h = model(x.index_select(1, window), start=window[0], return_hidden=True)  # (b, hi-lo, V)
+        at = block - shift - window[0]  # (bs,)
+    logits, h = logits.index_select(1, at), h.index_select(1, at)  # (b, bs, V), (b, bs, C)
     logits[..., mask_id] = float("-inf")  # never propose MASK itself
-    masked = block == mask_id  # (b, bs)
+    tokens = x.index_select(1, block)  # (b, bs)
+    masked = tokens == mask_id  # (b, bs)
     pred, conf = predict(logits, temperature, generator)  # (b, bs), float64 (b, bs)
     conf = conf.masked_fill(~masked, float("-inf"))  # only masked positions compete
     scores = RULES[rule].score(conf, logits).masked_fill(~masked, float("-inf"))  # (b, bs)
     pick = select_tokens(scores, rule, amount)  # (b, bs)
-    new = torch.where(pick, pred, block)  # (b, bs)
-    return StepOut(new, pick, pred, conf, h[:, off:off + bs], masked.any(1), (new == mask_id).any())
+    new = torch.where(pick, pred, tokens)  # (b, bs)
+    flags = torch.stack([(new == mask_id).any(), (new == eos_id).any()])  # (2,)
+    return StepOut(x.index_copy(1, block, new), nfe + masked.any(1), pick, pred, conf, h, flags)
 
 
 def predict(logits, temperature=0.0, generator=None):

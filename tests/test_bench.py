@@ -92,7 +92,9 @@ def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
         assert prof["model_ms_per_answer"] > 0 and prof["ms_per_answer"] > 0  # is timing, not tested
         assert prof["step_ms_per_answer"] > 0 and prof["loop_ms_per_answer"] == pytest.approx(
             prof["ms_per_answer"] - prof["step_ms_per_answer"])
-        assert prof["aten_ops_per_step"] > 10 and prof["passes_per_answer"] == pytest.approx(r["nfe"], rel=0.5)
+        assert prof["aten_ops_per_step"] > 0 and prof["passes_per_answer"] == pytest.approx(r["nfe"], rel=0.5)
+    ops = {name: prof["aten_ops_per_step"] for name, prof in saved["profile"].items()}
+    assert ops["cdlm"] > 2 * ops["cdlm compiled"]  # a compiled step is one graph: few operators launched
     printed = capsys.readouterr().out
     assert "| under torch.compile |" in printed and "| each on its faster path |" in printed
     assert "| cdlm | eager |" in printed and "| cdlm | compiled |" in printed

@@ -94,8 +94,10 @@ def test_a_rule_that_ranks_by_its_own_score_finalizes_exactly_k(teacher_dir, cap
     logits = torch.cat([probs.log(), torch.zeros(1, 4, 1)], -1)  # (1, 4, 4): MASK is token 3
     block = torch.tensor([[3, 3, 3, 1]])  # the last position is final already
     fake = lambda window, start=None, return_hidden=False: (logits.clone(), torch.zeros(1, 4, 2))
+    fake.cfg = types.SimpleNamespace(attn="bidirectional")  # a model over the block alone, no cache
+    nfe, at = torch.zeros(1, dtype=torch.long), torch.arange(4)
     for k, want in ((1, [False, True, False, False]), (2, [False, True, True, False]), (4, [True, True, True, False])):
-        assert sample.decode_step(fake, block, None, 0, block, 3, "margin", k, 0.0).picked.tolist() == [want]
+        assert sample.decode_step(fake, block, nfe, None, at, 3, 2, "margin", k, 0.0).picked.tolist() == [want]
     from checkpoint import load_model
     model, ckpt = load_model(os.path.join(teacher_dir, "ckpt.pt"))
     meta, st = ckpt["data_meta"], sample.decode_settings(ckpt, {"margin_k": 2})
