@@ -5,6 +5,8 @@ writes and reads are files.py's. No script imports these from another script.
 """
 import os
 import re
+import types
+import weakref
 from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
@@ -289,3 +291,34 @@ def compiled(model, on=True):
 def is_compiled(model):
     """Whether model came from compiled(model): torch.compile's wrapper keeps the module as _orig_mod."""
     return hasattr(model, "_orig_mod")
+
+
+_compiled_steps = weakref.WeakKeyDictionary()  # compiled model -> {kind of decode: its compiled step}
+
+
+def compiled_step(model, step_fn, kind):
+    """
+    step_fn(plain model, *args) under torch.compile for a compiled model, made once per model and
+    kind of decode. torch.compile keeps a code object's graphs in one list and checks their guards
+    in turn at every call: each model and kind gets a copy of the function with a code object of
+    its own, so a decode checks its own few graphs, not those of every method benched before it.
+    On CUDA the step's sequences and passes (x, nfe), which the sampler keeps across steps, are
+    copied out: CUDA graphs reuse their outputs' memory at the next replay (gpt-fast copies too).
+    """
+    steps = _compiled_steps.setdefault(model, {})
+    if kind not in steps:
+        plain = model._orig_mod
+
+        def step(*args):
+            return step_fn(plain, *args)
+        name = f"{step_fn.__name__}_{id(model):x}_" + "_".join(map(str, kind))
+        code = step.__code__.replace(co_name=name, co_qualname=name)
+        fn = compile_function(types.FunctionType(code, step.__globals__, name, None, step.__closure__), plain)
+        if next(plain.parameters()).device.type == "cuda":
+            graphed = fn
+
+            def fn(*args):
+                o = graphed(*args)
+                return o._replace(x=o.x.clone(), nfe=o.nfe.clone())
+        steps[kind] = fn
+    return steps[kind]

@@ -20,9 +20,7 @@ import json
 import os
 import sys
 import time
-import types
 import typing
-import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, NamedTuple, Optional
 
@@ -35,7 +33,7 @@ from configurator import (SEED, Bool, CDLMError, Choice, Float, Int, Str, config
 from data.common import (SPLITS, answer_note, chance_levels, checkpoint_data, encode_prompt, get_tokenizer, load_split,
                          score)
 from render import STEP_LEGEND, step_line
-from runtime import autocast, compile_function, compiled, is_compiled, pick_device, pick_dtype
+from runtime import autocast, compiled, compiled_step, is_compiled, pick_device, pick_dtype
 
 CACHES = ("none", "exact", "prefix", "dual")
 REFRESHES = ("block", "step")
@@ -252,29 +250,14 @@ def select_tokens(score, rule, amount):
     return eligible & (RULES[rule].pick(score, amount) | best)
 
 
-_compiled_steps = weakref.WeakKeyDictionary()  # compiled model -> {kind of decode: its compiled decode_step}
-
-
 def step_function(model, settings=None):
     """decode_step for this model; when the model is compiled (runtime.compiled), decode_step itself
-    is compiled around the plain model, so a step's forward and its twenty-odd small operations
-    around it become one graph. torch.compile keeps a code object's graphs in one list and checks
-    their guards in turn at every call: each model and each kind of decode (rule, cache, sampling)
-    gets a copy of the step with a code object of its own, so a decode checks its own few graphs,
-    not those of every method benched before it."""
+    is compiled around the plain model (runtime.compiled_step), so a step's forward and the small
+    operations around it become one graph, one copy per kind of decode (rule, cache, sampling)."""
     if not is_compiled(model):
         return functools.partial(decode_step, model)
     kind = (settings.rule, settings.cache, settings.temperature > 0) if settings is not None else ()
-    steps = _compiled_steps.setdefault(model, {})
-    if kind not in steps:
-        plain = model._orig_mod
-
-        def step(*args):
-            return decode_step(plain, *args)
-        name = f"decode_step_{id(model):x}_" + "_".join(map(str, kind))
-        code = step.__code__.replace(co_name=name, co_qualname=name)
-        steps[kind] = compile_function(types.FunctionType(code, step.__globals__, name, None, step.__closure__), plain)
-    return steps[kind]
+    return compiled_step(model, decode_step, kind)
 
 
 # -----------------------------------------------------------------------------
