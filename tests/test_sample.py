@@ -113,6 +113,29 @@ def test_early_stop_fills_eos_and_saves_steps(data_dir, student_dir):
             assert ra == rb
 
 
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_infilling_takes_no_step_in_a_given_block_and_stops_at_a_given_eos(request, data_dir, which):
+    """A block given whole costs no pass; an EOS given in a block ends that row's answer there (early
+    stop), whether the block was given or decoded; batched equals per row."""
+    model, ckpt = load_model(os.path.join(request.getfixturevalue(f"{which}_dir"), "ckpt.pt"))
+    meta, st = ckpt["data_meta"], DecodeSettings(**ckpt["sampling"])
+    st.early_stop, P, bs, M, E = True, meta["prompt_len"], st.block_size, meta["mask_id"], meta["eos_id"]
+    rows = torch.as_tensor(load_split(data_dir, "test", meta)[:3].astype("int64"))
+    init = rows[:, P:].clone()
+    init[:, bs:2 * bs] = M  # block 1 to decode in every row; the rest given
+    init[0, 2] = E  # row 0: an EOS in its given block 0
+    init[1, bs + 1] = E  # row 1: an EOS in block 1, which it decodes
+    out, nfe = generate(model, rows[:, :P], meta["gen_len"], M, E, st, init=init.clone())
+    assert torch.equal(out[0, :bs], init[0, :bs]) and (out[0, bs:] == E).all() and nfe[0] == 0  # ends with its block
+    assert (out[1, 2 * bs:] == E).all() and out[1, bs + 1] == E and 1 <= nfe[1] <= bs
+    after = E if (out[2, bs:2 * bs] == E).any() else init[2, 2 * bs:]  # what follows the block it decodes
+    assert torch.equal(out[2, :bs], init[2, :bs]) and (out[2, 2 * bs:] == after).all()
+    assert (out[:, bs:2 * bs] != M).all() and (nfe[1:] >= 1).all() and (nfe <= bs).all()
+    for r in range(3):
+        one = generate(model, rows[r:r + 1, :P], meta["gen_len"], M, E, st, init=init[r:r + 1].clone())
+        assert torch.equal(one.tokens[0], out[r]) and one.nfe[0] == nfe[r]
+
+
 def test_threshold_progress_stays_in_current_block(data_dir, student_dir):
     model, meta, prompt = rows_and_model(data_dir, student_dir, n=4)
     mask_id, bs = meta["mask_id"], model.cfg.block_size
