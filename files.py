@@ -142,7 +142,7 @@ def file_head(path, n=65536):
 
 def holds(d):
     """Which of this repo's outputs folder d holds ('a trajectory set', 'a prepared dataset', 'a
-    checkpoint', 'results files'), or None: a trajectory set's commit record and a dataset's meta.json
+    checkpoint', 'reference checkpoints', 'results files'), or None: a trajectory set's commit record and a dataset's meta.json
     share a name; results are told by demo.py's layout (seed<N>.json, ablation/, frontier/)."""
     try:
         with open(os.path.join(d, "meta.json")) as f:
@@ -153,6 +153,8 @@ def holds(d):
         return "a trajectory set" if "set" in record else "a prepared dataset"
     if os.path.isfile(os.path.join(d, "ckpt.pt")):
         return "a checkpoint"
+    if os.path.isfile(os.path.join(d, "MANIFEST.json")):  # demo.py --stage=export's bundle of a task's roles
+        return "reference checkpoints"
     names = os.listdir(d) if os.path.isdir(d) else []
     if any(re.fullmatch(r"seed[0-9]+\.json", n) for n in names) or {"ablation", "frontier"} & set(names):
         return "results files"

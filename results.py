@@ -46,7 +46,22 @@ def ablation_path(results_dir, task, variant, seed):
     return os.path.join(results_dir, task, "ablation", f"{slug(variant)}_seed{seed}.json")
 
 
+class Form(Str):
+    """A string of a fixed form (a commit, a weights hash): free text would reach the report's lines."""
+    def __init__(self, default, pattern, what):
+        super().__init__(default)
+        self.pattern, self.what = pattern, what
+
+    def valid(self, value):
+        return re.fullmatch(self.pattern, value) is not None
+
+    def describe(self):
+        return self.what
+
+
 SHARE, COUNT = Float(0.0, "[0, 1]"), Float(0.0, "[0, inf)")
+COMMIT = Form(None, r"[0-9a-f]{7,40}(\+dirty)?", "a git commit (hex digits, +dirty where the tree differed)")
+HASH = Form("", r"[0-9a-f]{16}", "a weights hash (16 hex digits)")
 SCORES = dict(final_acc=SHARE, whole_acc=SHARE, nfe=Float(1.0, "[1, inf)"))  # a decode takes at least one pass
 
 
@@ -64,16 +79,17 @@ BENCH_SETTINGS = {"split": Choice("test", *SPLITS), "num_eval": Int(1, "[1, inf)
                   "latency_n": Int(1, "[1, inf)"), "repeats": Int(1, "[1, inf)"), "threshold": Float(None, "(0, 1]"),
                   "gen_len": Int(1, "[1, inf)"), "data_dir": Str(""), "chance": dict(final_acc=SHARE, whole_acc=SHARE)}
 SEED_FILE = {
-    "task": Str(""), "seed": Int(0, SEED), "commit": Str(None), "threads?": THREADS, "num_eval": Int(1, "[1, inf)"),
+    "task": Str(""), "seed": Int(0, SEED), "commit": COMMIT, "threads?": THREADS, "num_eval": Int(1, "[1, inf)"),
     "ar_seed": Int(0, SEED), "machine": {"cpu": Str(""), "cores": Int(1, "[1, inf)"), "torch": Str(""), "isa?": Str("")},
     "teacher_steps": Each(SCORES, r"[1-9][0-9]*", at_least=1), "bench_settings": BENCH_SETTINGS,
-    "bench_machine": BENCH_MACHINE, "weights?": Each(Str("")),
+    "bench_machine": BENCH_MACHINE, "weights?": Each(HASH),
     "bench": Each({**SCORES, **{f"{f[0]}?": COUNT for f in SPEEDUPS if len(f) == 1}, **(TIMES := {
                        "latency_ms?": Float(1.0, "(0, inf)"), "throughput_tok_s?": Float(1.0, "(0, inf)")}),
                    "compiled?": {**{f"{f[1]}?": COUNT for f in SPEEDUPS if len(f) == 2}, **TIMES}})}
 ABLATION_FILE = dict(task=Str(""), variant=Str(""), seed=Int(0, SEED), iters=Int(1, "[1, inf)"),
                      num_eval=Int(1, "[1, inf)"), **SCORES,
-                     **{"machine?": {"cpu": Str(""), "cores": Int(1, "[1, inf)"), "torch": Str("")}})
+                     **{"commit?": COMMIT, "weights_hash?": HASH,
+                        "machine?": {"cpu": Str(""), "cores": Int(1, "[1, inf)"), "threads?": THREADS, "torch": Str("")}})
 
 
 class Results(NamedTuple):
@@ -121,8 +137,6 @@ def read_results(task, results_dir, variants=None):
             raise CDLMError(f"{path}: variant {r['variant']!r} seed {r['seed']} again (also in "
                             f"{seen[r['variant'], r['seed']]}); {fix}")
         seen[r["variant"], r["seed"]] = path
-        if not re.fullmatch(r"[0-9a-f]{16}", str(r.get("weights_hash", "0" * 16))):  # what the twin check reads
-            raise CDLMError(f"{path}: field weights_hash={r['weights_hash']!r}: not a weights hash (16 hex digits); {fix}")
         twin = next((p for p, o in ablation if o["variant"] == r["variant"] and o.get("weights_hash")
                      and o.get("weights_hash") == r.get("weights_hash")), None)
         if twin:  # one student counted twice under two seeds (two variants may train the same one)
@@ -168,6 +182,25 @@ def check_seed_figures(path, r, before, fix):
         check_row(path, f"bench.{name}", row, r["bench_settings"]["gen_len"], r["bench_settings"]["num_eval"],
                   r["bench_machine"], fix)
     check_speedups(path, r["bench"], fix)
+    check_thresholds(path, r["bench_settings"], r["bench"], "bench", fix)
+    for key in ("split", "batch_size", "latency_n", "threshold", "gen_len"):  # a mean of one measurement
+        other = next((p for p, o in before if o["bench_settings"][key] != r["bench_settings"][key]), None)
+        if other:
+            raise CDLMError(f"{path}: field bench_settings.{key}={r['bench_settings'][key]!r}, but {other} has "
+                            f"{dict(before)[other]['bench_settings'][key]!r}: the report averages the seeds' benches "
+                            f"as one measurement; {fix}")
+    for key in ("device", "dtype"):
+        other = next((p for p, o in before if o["bench_machine"][key] != r["bench_machine"][key]), None)
+        if other:
+            raise CDLMError(f"{path}: field bench_machine.{key}={r['bench_machine'][key]!r}, but {other} has "
+                            f"{dict(before)[other]['bench_machine'][key]!r}: the report averages the seeds' timings "
+                            f"as one; {fix}")
+    other = next(((p, name) for p, o in before for name in set(o["bench"]) & set(r["bench"])
+                  if o["bench"][name]["settings"] != r["bench"][name]["settings"]), None)
+    if other:
+        raise CDLMError(f"{path}: field bench.{other[1]}.settings={r['bench'][other[1]]['settings']}, but {other[0]} "
+                        f"decoded {other[1]} with {dict(before)[other[0]]['bench'][other[1]]['settings']}: the report "
+                        f"averages one method; {fix}")
     other = next((p for p, o in before if o["ar_seed"] != r["ar_seed"]), None)
     if other:  # demo.py trains the AR baseline once: every seed's bench decodes with it
         raise CDLMError(f"{path}: field ar_seed={r['ar_seed']}, but {other} has ar_seed={dict(before)[other]['ar_seed']}: "
@@ -199,14 +232,19 @@ def check_seed_figures(path, r, before, fix):
 
 
 POSITIVE = Float(1, "(0, inf)")
+# the cost model's prediction of a path (roofline.predict): steps and loop, and the steps alone
+PREDICTED = {"latency_ms": POSITIVE, "throughput_tok_s": POSITIVE, "steps_latency_ms?": POSITIVE,
+             "steps_throughput_tok_s?": POSITIVE}
 BENCH_ROW = {**SCORES, "tokens_per_step": Float(1, "[1, inf)"),  # a pass finalizes at least one token
+             "predicted?": PREDICTED, "fastest?": {"latency_path": Choice("eager", "eager", "compiled"),
+                                                   "throughput_path": Choice("eager", "eager", "compiled")},
              "latency_ms": POSITIVE, "throughput_tok_s": POSITIVE, "flops_per_token": POSITIVE,
              "bytes_per_token": POSITIVE, "arithmetic_intensity": POSITIVE, "achieved_gflops": POSITIVE,
              "settings": {"block_size": Int(1, "[1, inf)"), "steps_per_block": Int(None, "[1, inf)"),
                           "threshold": Float(None, "(0, 1]"), "early_stop": Bool(False), "cache": Choice("none", *CACHES),
                           "refresh": Choice("block", *REFRESHES), "temperature": Float(0.0, TEMPERATURES)},
              "compiled?": {"compile_s": Float(1, "(0, inf)"), "differs_from_eager": Float(0, "[0, 1]"),
-                           "latency_ms": POSITIVE, "throughput_tok_s": POSITIVE}}
+                           "latency_ms": POSITIVE, "throughput_tok_s": POSITIVE, "predicted?": PREDICTED}}
 # bench.py --profile's record of one method (and path): where a batch-1 decode's time goes; the
 # sampler's share is the decode less a replay of its passes, the loop's the decode less a replay of
 # its steps: two measurements each (below zero when noisy)
@@ -242,6 +280,16 @@ def check_bench_settings(path, machine, settings, at, fix):
         raise CDLMError(f"{path}: field {at}machine.gpu={machine['gpu']!r}, but the device is the CPU; {fix}")
 
 
+def check_thresholds(path, settings, rows, root, fix):
+    """bench.py decodes every thresholded method at its one --threshold (where given): a row at
+    another contradicts the report's settings."""
+    odd = next((name for name, r in rows.items() if settings["threshold"] is not None
+                and r["settings"].get("threshold") not in (None, settings["threshold"])), None)
+    if odd:
+        raise CDLMError(f"{path}: field {root}.{odd}.settings.threshold={rows[odd]['settings']['threshold']} is not "
+                        f"the bench's threshold={settings['threshold']}; {fix}")
+
+
 def check_row(path, at, row, gen_len, n, machine, fix):
     """One bench row, as a seed file or a bench report stores it (at: its field path), against its
     schema and what its own figures imply: the scores, passes and tokens a pass within an answer of
@@ -252,6 +300,13 @@ def check_row(path, at, row, gen_len, n, machine, fix):
             raise CDLMError(f"{path}: field {at}.{field}={row[field]:g} is above gen_len={gen_len}: a pass "
                             f"finalizes at least one token and at most the whole answer; {fix}")
     check_scores(path, row, at + ".", fix, n)
+    for pre, mine in (("", row), ("compiled.", row.get("compiled", {}))):  # the steps alone are the ceiling
+        p = mine.get("predicted", {})
+        for k, worse in (("latency_ms", 1), ("throughput_tok_s", -1)):
+            if f"steps_{k}" in p and worse * (p[f"steps_{k}"] - p[k]) > 0:
+                raise CDLMError(f"{path}: field {at}.{pre}predicted.steps_{k}={p[f'steps_{k}']:g} is "
+                                f"{'above' if worse > 0 else 'below'} its {k}={p[k]:g}, which adds the loop to "
+                                f"the steps; {fix}")
     st = DecodeSettings(**row["settings"])  # settings sample.py decodes with, told by their cache and block
     attn = "bidirectional" if st.cache != "exact" else "causal" if st.block_size == 1 else "block_causal"
     st.check(attn, gen_len, origin=lambda f: f"{path}: field {at}.settings.{f}")
@@ -348,6 +403,10 @@ def check_speedups(path, bench, fix, root="bench"):
                 key = f"speedup_{w}_vs_{b}"
                 if key in mine:
                     check(f"{root}.{name}.{at}{key}", mine[key], name, mine, b, paths.get((b, at), {}), k, f)
+    have = [name for name, r in bench.items() if isinstance(r, dict) and "fastest" in r]
+    lack = next((name for name in bench if have and name not in have), None)
+    if lack:  # bench.py writes one for every method or for none
+        raise CDLMError(f"{path}: field {root}.{lack}.fastest is missing, while {root}.{have[0]} has one; {fix}")
     faster = {}  # (method, measure): the path its fastest record names, checked to be the faster one
     for name, r in bench.items():
         fast = r.get("fastest") if isinstance(r, dict) else None

@@ -9,7 +9,8 @@ import re
 
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
-from results import BENCH_MACHINE, BENCH_SETTINGS, PROFILE, check_bench_settings, check_row, check_speedups
+from results import (BENCH_MACHINE, BENCH_SETTINGS, PROFILE, check_bench_settings, check_row, check_speedups,
+                     check_thresholds)
 from files import Output
 
 
@@ -45,8 +46,27 @@ def stored_report(path, methods):
         if odd:  # a pass finalizes at least one token
             raise CDLMError(f"{path}: field profile.{odd}.passes_per_answer={r['profile'][odd]['passes_per_answer']:g} "
                             f"is above gen_len={r['settings']['gen_len']}; {fix}")
+        for name, p in r["profile"].items():
+            check_profile(path, f"profile.{name}", p, fix)
+    check_thresholds(path, r["settings"], r["methods"], root, fix)
     check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
+
+
+def check_profile(path, at, p, fix):
+    """A profile's figures are differences and quotients of its measurements (roofline.profile_decode):
+    each as they give it, and no pass's arithmetic at the measured peak longer than the pass."""
+    sums = {"sampler_ms_per_answer": p["ms_per_answer"] - p["model_ms_per_answer"],
+            "ms_per_pass": p["model_ms_per_answer"] / p["passes_per_answer"]}
+    if "step_ms_per_answer" in p and "loop_ms_per_answer" in p:
+        sums["loop_ms_per_answer"] = p["ms_per_answer"] - p["step_ms_per_answer"]
+    for key, want in sums.items():
+        if not math.isclose(p[key], want, rel_tol=1e-9, abs_tol=1e-9 * p["ms_per_answer"]):
+            raise CDLMError(f"{path}: field {at}.{key}={p[key]:g} is not what the profile's own times give "
+                            f"({want:.6g}); {fix}")
+    if p["arithmetic_ms_per_pass"] > p["ms_per_pass"]:
+        raise CDLMError(f"{path}: field {at}.arithmetic_ms_per_pass={p['arithmetic_ms_per_pass']:g} is above its "
+                        f"ms_per_pass={p['ms_per_pass']:g}: no pass runs faster than the measured peak; {fix}")
 
 
 def is_report(path):
@@ -192,6 +212,11 @@ def check_scale(path, report, tol=1e-6):
     passes of each method's whole answer, summed) and, for FLOPs, its own rates."""
     from roofline import answer_windows
     s, fix = report["scale"], f"option table={path!r}: rerun the scale study that wrote it"
+    if s["tokens_per_pass"] > s["block_size"] or not math.isclose(s["per_block"] * s["tokens_per_pass"], s["block_size"],
+                                                                 rel_tol=tol):  # passes a block x tokens a pass
+        raise CDLMError(f"{path}: fields scale.tokens_per_pass={s['tokens_per_pass']:g} and per_block="
+                        f"{s['per_block']:g} do not make its block_size={s['block_size']} (a pass finalizes tokens of "
+                        f"one block); {fix}")
     for key, r in s["rows"].items():
         def bad(field, why):
             raise CDLMError(f"{path}: field scale.rows.{key}.{field}={r[field]!r} {why}; {fix}")
@@ -204,6 +229,10 @@ def check_scale(path, report, tol=1e-6):
             bad("params", f"is fewer than the {12 * r['n_layer'] * r['n_embd'] ** 2:,} weights of {r['n_layer']} blocks "
                           f"of width {r['n_embd']}")
         P, G, bs = r["prompt_len"], r["gen_len"], r["block_size"]
+        ms = r.get("ms_per_pass_latency")  # the two passes the table prints, as the row times them
+        for field, shape in (("dlm_pass_ms", f"{P + G}xnone"), ("cdlm_pass_ms", f"{bs}xexact")):
+            if isinstance(ms, dict) and shape in ms and not math.isclose(r[field], ms[shape], rel_tol=tol):
+                bad(field, f"is not the row's own ms_per_pass_latency.{shape}={ms[shape]:.4g}")
         per_block = {"dlm": 1, "ar": 1, "cdlm": max(1.0, bs / s["tokens_per_pass"]), "cdlm_floor": 1}
         for tag in ("latency", "throughput"):
             ms, rate = r.get(f"ms_per_pass_{tag}"), r.get(f"gflop_s_{tag}")

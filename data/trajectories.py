@@ -174,6 +174,11 @@ def check_commit(meta, path):
     if set_name(st) != meta["set"]:
         raise CDLMError(f"{path}: field settings is not the one its set {meta['set']} was collected with (that name "
                         f"is their hash): the file was edited; {REPAIR}")
+    for field in ("n", "gen_len", "block_size"):  # the settings (hashed into the set's name) say these too
+        want = st.get("n_examples" if field == "n" else field, meta[field])
+        if meta[field] != want:
+            raise CDLMError(f"{path}: field {field} is {meta[field]!r}, but its settings (the set's name) say {want!r}: "
+                            f"the file disagrees with itself; {REPAIR}")
     acc = meta.get("teacher_final_acc", 0)
     need(isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1, "teacher_final_acc")
     need(isinstance(meta.get("hashes"), dict) and all(isinstance(meta["hashes"].get(k), str) for k in FIELDS), "hashes")
@@ -360,6 +365,15 @@ def load_trajectory_sets(dirs, teacher_hash, gen_len, block_size, data=None, voc
         if s in ids[:i]:
             raise CDLMError(f"option traj_dirs: {dirs[i]!r} holds the same set ({s}) as {dirs[ids.index(s)]!r}: give "
                             f"each trajectory set once (its trajectories would count twice)")
+    for j, (_, b) in enumerate(loaded):  # collect.py decodes the first n_examples problems of the train split
+        for i, (_, a) in enumerate(loaded[:j]):
+            sa, sb = a["settings"], b["settings"]
+            same_draws = sa.get("temperature") == sb.get("temperature") == 0 or \
+                (sa.get("temperature"), sa.get("seed")) == (sb.get("temperature"), sb.get("seed"))  # greedy, or the same noise
+            if (sa["teacher_hash"], sa["data"]) == (sb["teacher_hash"], sb["data"]) and same_draws:
+                raise CDLMError(f"option traj_dirs: {dirs[i]!r} and {dirs[j]!r} hold the same teacher's decoding of "
+                                f"the same first {min(a['n'], b['n'])} problems (collect.py takes the first n_examples "
+                                f"of the train split): they would count twice; give the larger set alone")
     return TrajectorySets([arrays for arrays, _ in loaded], ids)
 
 

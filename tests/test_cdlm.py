@@ -81,6 +81,10 @@ def test_mismatched_or_corrupt_trajectories_are_refused(tmp_path, traj_dir):
     bad = tmp_path / "bad"
     shutil.copytree(traj_dir, bad)
     _, meta = load_trajectories(str(bad))
+    (bad / "meta.json").write_text(json.dumps({**meta, "block_size": 4}))  # probe 14: not a set of blocks of 4
+    with pytest.raises(CDLMError, match="field block_size is 4, but its settings .* say 8: the file disagrees with itself"):
+        load_trajectories(str(bad), block_size=4)
+    (bad / "meta.json").write_text(json.dumps(meta))
     with open(bad / meta["set"] / "hidden.bin", "r+b") as f:
         f.truncate(100)
     with pytest.raises(CDLMError, match="hidden.bin is 100 bytes, not the [0-9]+ its meta.json describes"):

@@ -125,6 +125,22 @@ def test_train_refuses_a_set_given_twice(tmp_path, data_dir, teacher_dir, traj_d
             "option traj_dirs", f"'{traj_dir}/' is '{traj_dir}' again")
 
 
+def test_train_refuses_two_sets_of_the_same_first_problems(tmp_path, data_dir, teacher_dir, traj_dir):
+    """collect.py decodes the first n_examples problems: a greedy set of 16 from the same teacher is
+    the first 16 of the 48-problem set (the same trajectories); one sampled at T=0.5 is other draws."""
+    collect_into(tmp_path / "few", teacher_dir, n_examples=16)
+    assert load_trajectories(str(tmp_path / "few"))[0]["tokens"].tolist() == load_trajectories(traj_dir)[0]["tokens"][:16].tolist()
+    args = [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 's'}", "--mode=cdlm", "--init_from=teacher",
+            f"--teacher_dir={teacher_dir}", "--device=cpu"]
+    refused(train.main, args + [f"--traj_dirs={traj_dir},{tmp_path / 'few'}"], "option traj_dirs",
+            "the same first 16 problems", "count twice")
+    collect_into(tmp_path / "sampled", teacher_dir, n_examples=16, temperature=0.5)
+    meta = load_trajectories(traj_dir)[1]
+    sets = load_trajectory_sets([traj_dir, str(tmp_path / "sampled")], meta["settings"]["teacher_hash"],
+                                meta["gen_len"], meta["block_size"])
+    assert sets.n == 48 + 16
+
+
 def test_a_set_with_damaged_contents_is_collected_again_by_the_rerun(tmp_path, teacher_dir, traj_dir, capsys):
     want, _ = load_trajectories(traj_dir)
     bad = damaged_copy(traj_dir, tmp_path / "bad", "step", 999)

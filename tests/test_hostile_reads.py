@@ -452,6 +452,44 @@ def test_a_bench_reports_split_and_sizes_are_checked_against_what_it_measures(tm
     refused(bench.main, ["--split=x"], "option split")
 
 
+def test_a_bench_reports_predictions_faster_paths_profile_and_threshold_are_checked(tmp_path):
+    """Probe 14: a negative or textual prediction, a row without the faster-path record the others
+    have, profile figures that are not their own times' differences and quotients, a row decoded
+    at a threshold the report's settings do not name: one line each, never a table or a traceback."""
+    r = json.load(open(os.path.join(ROOT, "results", "arithmetic", "rounds_ref_2threads.json")))
+    cdlm = lambda d: d["methods"]["cdlm"]
+    for edit, words in ((lambda d: cdlm(d)["predicted"].update(latency_ms=-5), "methods.cdlm: field predicted.latency_ms: expected"),
+                        (lambda d: cdlm(d)["compiled"]["predicted"].update(latency_ms=-1), "methods.cdlm: field compiled.predicted.latency_ms: expected"),
+                        (lambda d: cdlm(d).update(predicted="x"), "methods.cdlm: field predicted: expected an object"),
+                        (lambda d: cdlm(d)["predicted"].update(throughput_tok_s="fast"), "field predicted.throughput_tok_s: expected float"),
+                        (lambda d: cdlm(d)["predicted"].update(steps_latency_ms=1e6), "which adds the loop"),
+                        (lambda d: cdlm(d).pop("fastest"), "cdlm.fastest is missing"),
+                        (lambda d: d["profile"]["cdlm"].update(ms_per_pass=0.001), "profile.cdlm.ms_per_pass=0.001 is not"),
+                        (lambda d: d["profile"]["dlm"].update(sampler_ms_per_answer=300), "sampler_ms_per_answer=300 is not"),
+                        (lambda d: d["profile"]["dlm"].update(arithmetic_ms_per_pass=100), "no pass runs faster"),
+                        (lambda d: d["settings"].update(threshold=0.5), "settings.threshold=0.9 is not the bench's")):
+        d = json.loads(json.dumps(r))
+        edit(d)
+        (tmp_path / "b.json").write_text(json.dumps(d))
+        refused(bench.main, [f"--table={tmp_path / 'b.json'}"], words)
+
+
+def test_the_report_refuses_seeds_benched_another_way(tmp_path):
+    """Probe 14: the headline means average the seeds' benches as one measurement: a seed decoded at
+    another threshold, timed at another batch size or in another dtype is named, not averaged."""
+    results = tmp_path / "results"
+    shutil.copytree(os.path.join(ROOT, "results"), results)
+    path = results / "arithmetic" / "seed2.json"
+    seed = json.loads(path.read_text())
+    rows = lambda **kw: {**seed["bench"], "cdlm": {**seed["bench"]["cdlm"], "settings": {**seed["bench"]["cdlm"]["settings"], **kw}}}
+    for edit, words in (({"bench": rows(threshold=0.5)}, "bench.cdlm.settings.threshold=0.5 is not the bench's"),
+                        ({"bench": rows(refresh="step")}, "decoded cdlm with"),
+                        ({"bench_settings": {**seed["bench_settings"], "batch_size": 32}}, "bench_settings.batch_size=32, but"),
+                        ({"bench_machine": {**seed["bench_machine"], "dtype": "bfloat16"}}, "bench_machine.dtype='bfloat16'")):
+        path.write_text(json.dumps({**seed, **edit}))
+        refused(demo.main, ["--report", f"--results_dir={results}"], "seed2.json", words)
+
+
 def test_a_scale_rows_pass_times_and_rates_are_checked_as_stored(tmp_path):
     r = json.load(open(os.path.join(ROOT, "results", "arithmetic", "scale.json")))
     key = next(iter(r["scale"]["rows"]))
@@ -462,6 +500,14 @@ def test_a_scale_rows_pass_times_and_rates_are_checked_as_stored(tmp_path):
         row[inner or next(iter(row))] = value
         (tmp_path / "s.json").write_text(json.dumps(d))
         refused(bench.main, [f"--table={tmp_path / 's.json'}"], words)  # the field edited, not a ratio it breaks
+    for edit, words in ((lambda d: d["scale"].update(tokens_per_pass=99), "scale.tokens_per_pass=99 and per_block"),
+                        (lambda d: d["scale"].update(block_size=7), "do not make its block_size=7"),
+                        (lambda d: d["scale"]["rows"][key].update(dlm_pass_ms=50), "dlm_pass_ms=50 is not the row's own "
+                                                                                  "ms_per_pass_latency.69xnone")):
+        d = json.loads(json.dumps(r))  # probe 14: a header or a printed pass that its rows contradict
+        edit(d)
+        (tmp_path / "s.json").write_text(json.dumps(d))
+        refused(bench.main, [f"--table={tmp_path / 's.json'}"], words)
 
 
 def test_a_method_given_twice_is_refused(tmp_path):
@@ -708,14 +754,20 @@ def test_the_report_reads_each_seeds_machine_and_one_student_per_file(tmp_path):
     refused(demo.main, ["--report", f"--results_dir={results}"], "no_DLM_loss_seed4.json", "one student, two files")
     os.remove(here / "ablation" / "no_DLM_loss_seed4.json")
     abl = here / "ablation" / "no_DLM_loss_seed2.json"
-    for edit, words in (({"weights_hash": "x"}, "field weights_hash='x': not a weights hash"),
-                        ({"machine": {**r["machine"], "cores": 0}}, "field machine.cores: expected int in [1, inf)")):
+    for edit, words in (({"weights_hash": "x"}, "field weights_hash: expected a weights hash (16 hex digits), got 'x'"),
+                        ({"machine": {**r["machine"], "cores": 0}}, "field machine.cores: expected int in [1, inf)"),
+                        ({"machine": {**r["machine"], "threads": -1}}, "field machine.threads: expected int"),  # probe 14
+                        ({"commit": 123}, "field commit: expected a git commit")):
         abl.write_text(json.dumps({**r, **edit}))
         refused(demo.main, ["--report", f"--results_dir={results}"], "no_DLM_loss_seed2.json", words)
     abl.write_text(json.dumps(r))
     seed = json.loads((here / "seed2.json").read_text())
     (here / "seed2.json").write_text(json.dumps({**seed, "bench_settings": {**seed["bench_settings"], "num_eval": 1000}}))
     refused(demo.main, ["--report", f"--results_dir={results}"], "field bench_settings.num_eval=1000")
+    for edit, words in (({"weights": {**seed["weights"], "teacher": "zz"}}, "field weights.teacher: expected a weights hash"),
+                        ({"commit": "abc\n| injected | row |"}, "field commit: expected a git commit")):  # probe 14
+        (here / "seed2.json").write_text(json.dumps({**seed, **edit}))
+        refused(demo.main, ["--report", f"--results_dir={results}"], "seed2.json", words)
     (here / "seed2.json").write_text(json.dumps({**seed, "machine": {**seed["machine"], "torch": "2.4.0"}}))
     out = __import__("results").report("arithmetic", str(results), demo.ABLATIONS)
     assert "torch 2.4.0 (seed 2), 2.13.0+cpu (seed 3)" in out.splitlines()[0], out.splitlines()[0]

@@ -14,6 +14,7 @@ from test_hostile import refused
 from test_hostile_inputs import file_bytes
 
 import bench
+import collect
 import sample
 import show
 import train
@@ -113,3 +114,16 @@ def test_an_empty_data_dir_is_named_as_given(tmp_path, teacher_dir):
     empty.mkdir()
     refused(sample.main, [f"--out_dir={teacher_dir}", "--eval", f"--data_dir={empty}"], f"option data_dir='{empty}'",
             "no prepared data", "interrupted")
+
+
+def test_no_writer_writes_into_a_reference_bundle(tmp_path, data_dir, teacher_dir):
+    """A folder with demo.py --stage=export's MANIFEST.json (ref/<task>) holds reference checkpoints:
+    a training run, a collection or a dataset written beside them is refused before work."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(os.path.join(ROOT, "ref/arithmetic/MANIFEST.json"), bundle / "MANIFEST.json")
+    words = [f"option out_dir='{bundle}' holds reference checkpoints"]
+    refused(train.main, [f"--data_dir={data_dir}", f"--out_dir={bundle}", "--max_iters=2", "--device=cpu"], *words)
+    refused(collect.main, [f"--teacher_dir={teacher_dir}", f"--out_dir={bundle}", "--n_examples=8", "--device=cpu"], *words)
+    refused(arith.main, [f"--out_dir={bundle}", "--n_train=64"], *words)
+    assert sorted(os.listdir(bundle)) == ["MANIFEST.json"]
