@@ -258,3 +258,19 @@ def test_compiled_decoding_equals_eager(data_dir, request, role):
     other = step_function(fast, DecodeSettings(8, steps_per_block=8))
     code = lambda f: f._torchdynamo_orig_callable.__code__
     assert other is not step_function(fast, st) and code(other) is not code(step_function(fast, st))
+
+
+def test_settings_edited_after_a_decode_are_checked_again(data_dir, student_dir):
+    """generate checks each distinct settings once (sample.checked): the same object edited to a
+    value check() refuses is refused at the next decode, and decodes again once restored."""
+    model, meta, prompt = rows_and_model(data_dir, student_dir, n=1)
+    st = DecodeSettings(**torch.load(os.path.join(student_dir, "ckpt.pt"), weights_only=True)["sampling"])
+    args = (model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"])
+    first = generate(*args, st).tokens
+    for field, value in (("threshold", 2.0), ("early_stop", 1), ("threshold", [0.5]), ("cache", "dual")):
+        good = getattr(st, field)
+        setattr(st, field, value)
+        with pytest.raises(CDLMError, match=f"option {field}="):
+            generate(*args, st)
+        setattr(st, field, good)
+    assert torch.equal(generate(*args, st).tokens, first)
