@@ -476,14 +476,14 @@ def test_options_without_effect_are_refused(tmp_path, data_dir, teacher_dir, stu
     refused(show.main, ["--view=masks", "--state=+3"], "state='+3'", "--view=masks")
     refused(show.main, ["--view=masks", f"--png={tmp_path / 'm'}"], "png=", ".png")
     bad = tmp_path / "traj"  # trajectories of another block size, or of another teacher, for the states view
-    for change, words in ((dict(block_size=4), "block_size=4"), (dict(settings="teacher"), "another teacher")):
-        shutil.copytree(traj_dir, bad, dirs_exist_ok=True)
+    for change, words in ((dict(block_size=4), "block_size=4"), (dict(teacher_hash="0123456789abcdef"), "another teacher")):
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(traj_dir, bad)
         meta = json.loads((bad / "meta.json").read_text())
-        if "settings" in change:  # collected from another teacher: its settings, and its set named by them
-            meta["settings"]["teacher_hash"] = "0123456789abcdef"
-            os.rename(bad / meta["set"], bad / set_name(meta["settings"]))
-            meta["set"] = set_name(meta["settings"])
-        (bad / "meta.json").write_text(json.dumps({**meta, **{k: v for k, v in change.items() if k != "settings"}}))
+        meta["settings"].update(change)  # collected so: its settings, and its set named by them
+        os.rename(bad / meta["set"], bad / set_name(meta["settings"]))
+        meta["set"] = set_name(meta["settings"])
+        (bad / "meta.json").write_text(json.dumps({**meta, **{k: v for k, v in change.items() if k in meta}}))
         refused(show.main, ["--view=states", f"--student_dir={student_dir}", f"--traj_dir={bad}"], words)
 
 
