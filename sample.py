@@ -120,7 +120,7 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     runtime.compiled); a row whose block is final finalizes nothing and is not counted in its NFE.
     Rows whose answer is over (early_stop) leave the batch between blocks. Returns Decoded.
     """
-    st = checked(settings, model.cfg.attn, gen_len)
+    st = settings.check(model.cfg.attn, gen_len)
     if model.cfg.attn == "block_causal" and model.cfg.block_size != st.block_size:
         raise CDLMError(f"option block_size={st.block_size}: the model's mask has blocks of "
                         f"{model.cfg.block_size} (rebuild it with model.set_mask(block_size=...))")
@@ -168,23 +168,6 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     finally:
         model.clear_cache()
     return Decoded(out, nfe_out)
-
-
-_checked = set()  # settings (with the model's attention and gen_len) that passed DecodeSettings.check
-
-
-def checked(settings, attn, gen_len):
-    """settings.check(attn, gen_len), once per distinct settings: it costs tens of microseconds, a
-    compiled batch-1 decode a few milliseconds."""
-    key = (attn, gen_len, *((type(v), v) for v in vars(settings).values()))
-    try:
-        if key in _checked:
-            return settings
-    except TypeError:  # an unhashable value: check() names it
-        pass
-    settings.check(attn, gen_len)
-    _checked.add(key)  # what passes is ints, floats, strings and None: hashable
-    return settings
 
 
 @functools.lru_cache(maxsize=1024)

@@ -261,8 +261,8 @@ def test_compiled_decoding_equals_eager(data_dir, request, role):
 
 
 def test_settings_edited_after_a_decode_are_checked_again(data_dir, student_dir):
-    """generate checks each distinct settings once (sample.checked): the same object edited to a
-    value check() refuses is refused at the next decode, and decodes again once restored."""
+    """generate checks its settings at every decode: the same object edited to a value check()
+    refuses is refused at the next decode, and decodes again once restored."""
     model, meta, prompt = rows_and_model(data_dir, student_dir, n=1)
     st = DecodeSettings(**torch.load(os.path.join(student_dir, "ckpt.pt"), weights_only=True)["sampling"])
     args = (model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"])
