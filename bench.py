@@ -8,6 +8,7 @@ with the hardware view behind the speedups.
 The methods (CDLM Sec. 5 compares the same family) are the table METHODS below: from it follow
 the checkpoints needed, the run order and the CLI choices (and show.py's side-by-side view).
 """
+import functools
 import os
 import statistics
 import sys
@@ -198,43 +199,51 @@ def mean_tokens_per_step(model, meta, prompts, settings):
     return (decoded.float() / steps.float()).mean().item()
 
 
-def timed_rounds(entries, meta, prompts, cfg):
+def timed_rounds(entries, meta, prompts, cfg, predict_fns=None):
     """
     Latency at batch 1 (mean over latency_n prompts) and throughput at batch_size of every entry
     {key: (model, settings)}, in rounds: each of the `repeats` rounds times every entry once, one
     after another, so a slow minute of the machine slows every method alike and a ratio of two
     methods is taken within a round (ratios). One untimed round first (warm caches; a compiled
-    model has compiled before). Returns {key: (latencies in s, throughputs in tok/s)}, one per round.
+    model has compiled before). predict_fns {key: fn(times)}: an entry's cost model
+    (roofline.predict, its step timings memoized in `times`), run in each round after the entry's
+    decodes with its parts timed afresh, so a prediction shares its measurement's minute.
+    Returns {key: (latencies in s, throughputs in tok/s, predictions)}, one per round.
     """
-    got = {key: ([], []) for key in entries}
+    predict_fns = predict_fns or {}
+    got = {key: ([], [], []) for key in entries}
     for r in range(cfg["repeats"] + 1):
+        times = {}  # this round's step timings, by model, kind of decode and shape
         for key, (model, settings) in entries.items():
-            times = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
+            lat = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
             out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
             if r:
-                got[key][0].append(sum(times) / len(times))
+                got[key][0].append(sum(lat) / len(lat))
                 got[key][1].append(answer_tokens(out, meta["eos_id"]).sum().item() / dt)
+                if key in predict_fns:
+                    got[key][2].append(predict_fns[key](times))
     return got
 
 
 def timings(rounds):
-    """One entry's figures from its rounds: the medians, and every round as measured."""
-    lat, thr = rounds
-    return dict(latency_ms=1000 * statistics.median(lat), throughput_tok_s=statistics.median(thr),
-                rounds=dict(latency_ms=[1000 * t for t in lat], throughput_tok_s=thr))
+    """One entry's figures from its rounds: the medians, and every round as measured; the cost
+    model's figures, where it ran, as the medians of its rounds."""
+    lat, thr, predicted = rounds
+    out = dict(latency_ms=1000 * statistics.median(lat), throughput_tok_s=statistics.median(thr),
+               rounds=dict(latency_ms=[1000 * t for t in lat], throughput_tok_s=thr))
+    if predicted:
+        out["predicted"] = {k: statistics.median(p[k] for p in predicted) for k in predicted[0]}
+    return out
 
 
-def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=None, pass_times=None):
+def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=None):
     """Accuracy and NFE on all rows and the cost of a decode; with cmodel (the model compiled) also
-    its compile time and the answers it changes; with pass_times (roofline.predict's memo) the
-    timings the cost model predicts, on each path timed. The timings come after, in timed_rounds."""
+    its compile time and the answers it changes. The timings and the cost model's predictions come
+    after, in timed_rounds."""
     ev = evaluate(model, meta, rows, settings, cfg["batch_size"], cfg["seed"], bar)
     prompts = prompts_of(rows, meta, next(model.parameters()).device)
     tps = mean_tokens_per_step(model, meta, prompts[:cfg["batch_size"]], settings)  # batched equals per-row
     out = dict(final_acc=ev.final_acc, whole_acc=ev.whole_acc, nfe=ev.nfe, tokens_per_step=tps)
-    predicted = lambda m: predict(m, meta, prompts, settings, cfg["batch_size"], cfg["latency_n"], pass_times)
-    if pass_times is not None and cfg["compile"] != "on":
-        out["predicted"] = predicted(model)
     if cmodel is not None:
         t0 = time.perf_counter()  # the first calls compile: one graph per kind of pass
         timed_decode(cmodel, meta, prompts[:1], settings)
@@ -243,8 +252,6 @@ def bench_method(model, meta, rows, settings, cfg, act_bytes, bar=None, cmodel=N
         cev = evaluate(cmodel, meta, rows, settings, cfg["batch_size"], cfg["seed"])
         out["compiled"] = dict(compile_s=compile_s,
                                differs_from_eager=sum(a != b for a, b in zip(cev.preds, ev.preds)) / len(rows))
-        if pass_times is not None:
-            out["compiled"]["predicted"] = predicted(cmodel)
     flops, moved, tokens = decode_cost(model, meta, prompts[:cfg["latency_n"]], settings, act_bytes)
     return dict(out, flops_per_token=flops / tokens, bytes_per_token=moved / tokens, arithmetic_intensity=flops / moved,
                 flops_per_answer=flops / cfg["latency_n"], settings=asdict(settings), preds=ev.preds, chance=ev.chance)
@@ -257,7 +264,9 @@ def add_timings(results, models, cmodels, meta, prompts, cfg):
     eager = {role: m[0] for role, m in models.items()}
     entries = {(name, c): ((cmodels if c else eager)[METHODS[name].role], DecodeSettings(**r["settings"]))
                for name, r in results.items() for c in ways}
-    got = {key: timings(t) for key, t in timed_rounds(entries, meta, prompts, cfg).items()}
+    predict_fns = {key: functools.partial(predict, model, meta, prompts, settings, cfg["batch_size"], cfg["latency_n"])
+                   for key, (model, settings) in entries.items()}
+    got = {key: timings(t) for key, t in timed_rounds(entries, meta, prompts, cfg, predict_fns).items()}
     for name, r in results.items():
         for c in ways:
             mine = r.setdefault("compiled", {}) if c else r
@@ -364,7 +373,7 @@ def _run(cfg, methods):
     act_bytes = 4 if dtype == "float32" else 2
     gflops, gbs = probe_machine(device)
     from tqdm import tqdm
-    results, pass_times = {}, {}  # each pass shape timed once per model and path (roofline.predict)
+    results = {}
 
     def measured(dep, settings):
         """The tokens per step of a method another depends on: from this run, or measured on the side."""
@@ -379,7 +388,7 @@ def _run(cfg, methods):
             bs = model.cfg.block_size
             bar.set_description(f"bench {name}")
             results[name] = bench_method(model, meta, rows, settings_of(name, bs, threshold, measured),
-                                         run_cfg, act_bytes, bar, cmodels.get(METHODS[name].role), pass_times)
+                                         run_cfg, act_bytes, bar, cmodels.get(METHODS[name].role))
         bar.set_description("bench: timing every method in shared rounds")
         add_timings(results, models, cmodels, meta, prompts_of(rows, meta, device), run_cfg)
     for name, r in results.items():

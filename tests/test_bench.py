@@ -140,7 +140,7 @@ def test_speedups_are_ratios_within_rounds():
     mine = {"rounds": {"latency_ms": [1.0, 2.0, 4.0], "throughput_tok_s": [100.0, 50.0, 400.0]}}
     base = {"rounds": {"latency_ms": [10.0, 40.0, 8.0], "throughput_tok_s": [10.0, 1.0, 200.0]}}
     assert ratios(mine, base) == {"latency": 10.0, "throughput": 10.0}
-    assert timings(([0.001, 0.004, 0.002], [5.0, 1.0, 3.0])) == dict(
+    assert timings(([0.001, 0.004, 0.002], [5.0, 1.0, 3.0], [])) == dict(
         latency_ms=2.0, throughput_tok_s=3.0, rounds=dict(latency_ms=[1.0, 4.0, 2.0], throughput_tok_s=[5.0, 1.0, 3.0]))
 
 
@@ -153,10 +153,21 @@ def test_timed_rounds_time_every_method_in_each_round(monkeypatch):
 
     monkeypatch.setattr(bench, "timed_decode", fake)
     cfg = {"repeats": 2, "latency_n": 2, "batch_size": 3}
-    got = timed_rounds({"a": ("A", None), "b": ("B", None)}, {"eos_id": 2}, torch.zeros(3, 1), cfg)
+    memos = []
+
+    def predict(times):  # the cost model of "a", run after its decodes in each timed round
+        calls.append(("predict", len(memos)))
+        memos.append(times)
+        times[len(memos)] = 1
+        return {"latency_ms": 10.0 * len(memos), "throughput_tok_s": 5.0}
+    got = timed_rounds({"a": ("A", None), "b": ("B", None)}, {"eos_id": 2}, torch.zeros(3, 1), cfg, {"a": predict})
     one_round = [("A", 1), ("A", 1), ("A", 3), ("B", 1), ("B", 1), ("B", 3)]
-    assert calls == one_round * 3  # the untimed round, then every method once per round
-    assert got == {"a": ([0.5, 0.5], [24.0, 24.0]), "b": ([0.5, 0.5], [24.0, 24.0])}
+    assert calls == one_round + [*one_round[:3], ("predict", 0), *one_round[3:]] + \
+        [*one_round[:3], ("predict", 1), *one_round[3:]]  # the untimed round, then every method once per round
+    assert memos[0] == {1: 1} and memos[1] == {2: 1}  # the step timings memoized within a round, not across
+    assert got["b"] == ([0.5, 0.5], [24.0, 24.0], [])
+    assert got["a"][:2] == ([0.5, 0.5], [24.0, 24.0]) and timings(got["a"])["predicted"] == {
+        "latency_ms": 15.0, "throughput_tok_s": 5.0} and "predicted" not in timings(got["b"])
 
 
 def test_cost_model_sums_the_decodes_steps(monkeypatch, student_dir, teacher_dir):
