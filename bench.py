@@ -334,7 +334,7 @@ def run(cfg):
     cfg = check(config, cfg)
     if cfg["table"] is not None:
         refuse_unused(cfg, dict.fromkeys(set(config) - {"table"}, "with --table: it prints a stored report"))
-        print(table(stored_report(cfg["table"], list(METHODS))))
+        print(table(stored_report(cfg["table"], list(METHODS), settings_of)))
         return None
     if cfg["scale"]:
         refuse_unused(cfg, dict.fromkeys(set(config) - SCALE_OPTIONS, "with --scale: the study measures random weights"))

@@ -101,6 +101,10 @@ def read_checkpoint(path, device="cpu", mode=None, option="out_dir", needs=()):
         raise CDLMError(f"{path}: weight {odd} is not a plain tensor (it is "
                         f"{'nested' if t.is_nested else 'on the meta device' if t.is_meta else t.layout}): "
                         f"it is not a checkpoint this repo wrote")
+    it, most = ckpt["iter_num"], ckpt["config"].get("max_iters")
+    if not (isinstance(it, int) and not isinstance(it, bool) and 0 <= it <= (most if isinstance(most, int) else it)):
+        raise CDLMError(f"{path}: its iter_num={it!r} is no iteration of its run (0 to its max_iters): it is not a "
+                        f"checkpoint train.py made; copy or train it again")
     have = ckpt["config"].get("mode")
     if not isinstance(have, str) or have not in KINDS:
         raise CDLMError(f"{path}: its config has mode={have!r}, not one of {', '.join(KINDS)}: it is not a checkpoint "

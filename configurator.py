@@ -41,9 +41,9 @@ def run_main(main):
     except CDLMError as e:
         print(f"error: {e}", file=sys.__stdout__ if sys.stderr is None or getattr(sys.stderr, "failed", False) else sys.stderr)
         sys.exit(2)
-    except BrokenPipeError:  # output piped into `head` and closed early: not an error of the run
+    except BrokenPipeError:  # output piped into `head` and closed early: the run stops quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())  # no second error at exit
-        sys.exit(0)
+        sys.exit(141)  # SIGPIPE's status, as any command whose reader left: a run cut short is no finished run
 
 
 class Stream:

@@ -215,7 +215,7 @@ def pipeline(task, seed, num_eval, threads, results_dir, methods=tuple(bench.MET
                weights=rep["checkpoints"], num_eval=num_eval, ar_seed=AR_SEED, teacher_steps=steps,
                bench=rep["methods"], bench_settings=rep["settings"], bench_machine=rep["machine"])
     path = seed_path(results_dir, task, seed)
-    others = [{**r, "path": p} for p, r in read_results(task, results_dir, ABLATIONS).seeds]
+    others = [{**r, "path": p} for p, r in read_results(task, results_dir, ABLATIONS, bench.settings_of).seeds]
     if others:  # before this run replaces its seed's file (git diff shows what moved; git checkout restores it)
         print("\n" + against(out, others))
     atomic_write_json(path, out)
@@ -353,7 +353,7 @@ def main(argv):
         refuse_unused(cfg, {k: "with --report: it prints the tables from the files in results_dir alone"
                             for k in config if k not in ("task", "results_dir", "report", "png")})
     check_png(cfg)
-    read_results(task, cfg["results_dir"], ABLATIONS)  # a stray or damaged file is refused before any work
+    read_results(task, cfg["results_dir"], ABLATIONS, bench.settings_of)  # a stray or damaged file: refused first
     if not cfg["report"]:
         check_writable(os.path.join(cfg["results_dir"], task, "ablation" if cfg["ablate"] else ""), "option results_dir")
         if cfg["stage"] == "all" and not cfg["ablate"]:  # the benches come last: their compiler is checked first
@@ -384,7 +384,7 @@ def main(argv):
                     train_stages(task, s, cfg["num_eval"], cfg["threads"])
                 else:
                     pipeline(task, s, cfg["num_eval"], cfg["threads"], cfg["results_dir"], cfg["bench_methods"])
-    print("\n" + report(task, cfg["results_dir"], ABLATIONS))
+    print("\n" + report(task, cfg["results_dir"], ABLATIONS, bench.settings_of))
     if cfg["png"]:
         with lock(cfg["png"], "option png", file=True, kind=PNG):
             frontier_png(cfg["png"], read_frontier(task, cfg["results_dir"]))

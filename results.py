@@ -9,6 +9,7 @@ import math
 import os
 import re
 import statistics
+from dataclasses import asdict
 from typing import NamedTuple
 
 from configurator import SEED, Bool, CDLMError, Choice, Float, Int, Str
@@ -105,7 +106,7 @@ def json_names(d, what, fix):
     return sorted(n for n in (os.listdir(d) if os.path.isdir(d) else []) if n.endswith(".json"))
 
 
-def read_results(task, results_dir, variants=None):
+def read_results(task, results_dir, variants=None, decoding=None):
     """The files of results_dir/<task> that the layout names, each checked against its name and
     its schema; a stray or duplicate file, or an ablation variant not among `variants` (where
     given: demo.ABLATIONS), is one line naming it (the report would count it)."""
@@ -119,7 +120,7 @@ def read_results(task, results_dir, variants=None):
         r = check_fields(read_json(path, fix), SEED_FILE, path, fix)
         if (r["task"], r["seed"]) != (task, int(m[1])):
             raise CDLMError(f"{path}: holds {r['task']} seed {r['seed']}, not {task} seed {m[1]} as its place says; {fix}")
-        check_seed_figures(path, r, seeds, fix)
+        check_seed_figures(path, r, seeds, fix, decoding)
         seeds.append((path, r))
     ablation, seen = [], {}
     gen_len = next((o["bench_settings"]["gen_len"] for _, o in seeds), None)  # an ablation NFE's bound
@@ -167,7 +168,7 @@ def check_scores(path, scores, at, fix, n):
                             f"({total:.6g} {'passes' if field == 'nfe' else 'right'} in all); {fix}")
 
 
-def check_seed_figures(path, r, before, fix):
+def check_seed_figures(path, r, before, fix, decoding=None):
     """What the schema cannot say of a seed file: every score pair possible, and the teacher's rows those
     demo.py measures at its block size (the largest key), the same rows as the seed files read before it."""
     for k, scores in r["teacher_steps"].items():  # the bench's rows: check_row, below
@@ -182,7 +183,7 @@ def check_seed_figures(path, r, before, fix):
         check_row(path, f"bench.{name}", row, r["bench_settings"]["gen_len"], r["bench_settings"]["num_eval"],
                   r["bench_machine"], fix)
     check_speedups(path, r["bench"], fix)
-    check_thresholds(path, r["bench_settings"], r["bench"], "bench", fix)
+    check_thresholds(path, r["bench_settings"], r["bench"], "bench", fix, decoding)
     for key in ("split", "batch_size", "latency_n", "threshold", "gen_len"):  # a mean of one measurement
         other = next((p for p, o in before if o["bench_settings"][key] != r["bench_settings"][key]), None)
         if other:
@@ -280,14 +281,26 @@ def check_bench_settings(path, machine, settings, at, fix):
         raise CDLMError(f"{path}: field {at}machine.gpu={machine['gpu']!r}, but the device is the CPU; {fix}")
 
 
-def check_thresholds(path, settings, rows, root, fix):
+def check_thresholds(path, settings, rows, root, fix, decoding=None):
     """bench.py decodes every thresholded method at its one --threshold (where given): a row at
-    another contradicts the report's settings."""
+    another contradicts the report's settings; and, given decoding (bench.settings_of: the
+    caller's, above this module), each row decodes as its method does at the row's block size, its
+    dependency's tokens per step read from the file: no row holds another method's settings."""
     odd = next((name for name, r in rows.items() if settings["threshold"] is not None
                 and r["settings"].get("threshold") not in (None, settings["threshold"])), None)
     if odd:
         raise CDLMError(f"{path}: field {root}.{odd}.settings.threshold={rows[odd]['settings']['threshold']} is not "
                         f"the bench's threshold={settings['threshold']}; {fix}")
+    for name, st in ((name, r["settings"]) for name, r in rows.items() if decoding):
+        try:
+            want = asdict(decoding(name, st["block_size"], st.get("threshold") or settings["threshold"],
+                                   lambda dep, _: rows[dep]["tokens_per_step"]))
+        except KeyError:
+            continue  # its settings follow a measurement of a method the file does not hold
+        odd = next((k for k in st if k in want and st[k] != want[k]), None)
+        if odd:
+            raise CDLMError(f"{path}: field {root}.{name}.settings.{odd}={st[odd]!r} is not how bench.py decodes {name} "
+                            f"({odd}={want[odd]!r}); {fix}")
 
 
 def check_row(path, at, row, gen_len, n, machine, fix):
@@ -491,13 +504,13 @@ def against(run, others):
     return "\n".join(lines)
 
 
-def report(task, results_dir, variants=()):
+def report(task, results_dir, variants=(), decoding=None):
     """RESULTS.md's tables, from the results files alone: headline figures over seeds, AR, and the
     ablation (its rows in the order of `variants`, then any other)."""
     if not os.path.isdir(results_dir):
         what = "is a file, not a directory" if os.path.exists(results_dir) else "does not exist"
         raise CDLMError(f"option results_dir={results_dir!r} {what}: give the folder of the results files (results)")
-    files = read_results(task, results_dir, variants)
+    files = read_results(task, results_dir, variants, decoding)
     runs = [r for _, r in files.seeds]
     lines = [] if runs else [f"{task}: no seed files (seed<N>.json) in {results_dir}/{task}/ yet: no headline table "
                              f"(python demo.py --task={task} makes them)"]

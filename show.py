@@ -251,7 +251,8 @@ def losses_walk(cfg, models, meta):
               for (name, loss), v in zip(LOSSES.items(), parts.values())]
     lines += [f"  total   {sum(c['w_' + k] * v for k, v in parts.items()):.3g}",
               f"why hidden states: per token the set stores C={C} numbers, from which head rebuilds all V={V} "
-              f"logits; here V < C, at LLaDA-8B's size C=4096 against V=126,464: {126464 / 4096:.1f}x less to store"]
+              f"logits; here V {'<' if V < C else '>'} C, at LLaDA-8B's size C=4096 against V=126,464: "
+              f"{126464 / 4096:.1f}x less to store"]
     return "\n".join(lines)
 
 

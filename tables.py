@@ -14,9 +14,10 @@ from results import (BENCH_MACHINE, BENCH_SETTINGS, PROFILE, check_bench_setting
 from files import Output
 
 
-def stored_report(path, methods):
+def stored_report(path, methods, decoding=None):
     """A bench report read back for table(): bench.py's own file, the bench part of demo.py's seed file,
-    or a scale study (bench.py --scale); each row one of `methods`, its figures ones a bench can measure."""
+    or a scale study (bench.py --scale); each row one of `methods`, its figures ones a bench can measure,
+    and with decoding (bench.settings_of) its settings those of its method."""
     r = read_json(path, "option table")
     if isinstance(r, dict) and "scale" in r:
         return check_scale(path, check_fields(r, SCALE_FILE, path, f"option table={path!r}: rerun the scale study that wrote it"))
@@ -48,7 +49,7 @@ def stored_report(path, methods):
                             f"is above gen_len={r['settings']['gen_len']}; {fix}")
         for name, p in r["profile"].items():
             check_profile(path, f"profile.{name}", p, fix)
-    check_thresholds(path, r["settings"], r["methods"], root, fix)
+    check_thresholds(path, r["settings"], r["methods"], root, fix, decoding)
     check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
 

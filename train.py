@@ -374,7 +374,9 @@ def _train(cfg, meta, data):
         iter_num += 1
         if not math.isfinite(loss.item()):
             raise CDLMError(f"the loss is {loss.item()} at iteration {iter_num}: lower learning_rate "
-                            f"(now {cfg['learning_rate']}) or check the data; no checkpoint written")
+                            f"(now {cfg['learning_rate']})" + (f" or lora_alpha (now {cfg['lora_alpha']}: it scales "
+                            f"the adapters' update)" if cfg["lora_rank"] else "") + " or check the data; no checkpoint "
+                            "written")
         dt, t0 = time.time() - t0, time.time()
         bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in parts.items()},
                         tok_s=f"{cfg['batch_size'] * mcfg.seq_len * rt.world / dt:,.0f}", lr=f"{lr:.1e}")

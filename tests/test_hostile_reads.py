@@ -303,6 +303,16 @@ def test_a_checkpoint_edited_where_its_weights_hash_cannot_see_is_refused(tmp_pa
             "is damaged or edited", "do not hash to the")
 
 
+@pytest.mark.parametrize("it", [-5, "7", 10 ** 6])
+def test_a_checkpoints_iteration_is_one_of_its_run(tmp_path, it):
+    """Probe 15: iter_num, which no hash covers, is an iteration of the run (0 to its max_iters)."""
+    ckpt = torch.load(os.path.join(ROOT, "ref", "arithmetic", "student", "ckpt.pt"), weights_only=True)
+    (tmp_path / "s").mkdir()
+    torch.save({**ckpt, "iter_num": it}, tmp_path / "s" / "ckpt.pt")
+    refused(sample.main, [f"--out_dir={tmp_path / 's'}", "--prompt=5:+3*7+2*4+1="], f"{tmp_path / 's'}/ckpt.pt",
+            f"its iter_num={it!r} is no iteration of its run")
+
+
 def test_an_answer_not_of_the_task_form_is_said_so(capsys):
     ref = os.path.join(ROOT, "ref", "arithmetic", "student")
     sample.main([f"--out_dir={ref}", "--prompt=7:*3+1="])  # two steps: it learned five to nine
@@ -467,7 +477,9 @@ def test_a_bench_reports_predictions_faster_paths_profile_and_threshold_are_chec
                         (lambda d: d["profile"]["cdlm"].update(ms_per_pass=0.001), "profile.cdlm.ms_per_pass=0.001 is not"),
                         (lambda d: d["profile"]["dlm"].update(sampler_ms_per_answer=300), "sampler_ms_per_answer=300 is not"),
                         (lambda d: d["profile"]["dlm"].update(arithmetic_ms_per_pass=100), "no pass runs faster"),
-                        (lambda d: d["settings"].update(threshold=0.5), "settings.threshold=0.9 is not the bench's")):
+                        (lambda d: d["settings"].update(threshold=0.5), "settings.threshold=0.9 is not the bench's"),
+                        (lambda d: d["methods"]["dlm"]["settings"].update(d["methods"]["dlm_stop"]["settings"]),  # probe 15
+                         "methods.dlm.settings.early_stop=True is not how bench.py decodes dlm")):
         d = json.loads(json.dumps(r))
         edit(d)
         (tmp_path / "b.json").write_text(json.dumps(d))
@@ -483,11 +495,14 @@ def test_the_report_refuses_seeds_benched_another_way(tmp_path):
     seed = json.loads(path.read_text())
     rows = lambda **kw: {**seed["bench"], "cdlm": {**seed["bench"]["cdlm"], "settings": {**seed["bench"]["cdlm"]["settings"], **kw}}}
     for edit, words in (({"bench": rows(threshold=0.5)}, "bench.cdlm.settings.threshold=0.5 is not the bench's"),
-                        ({"bench": rows(refresh="step")}, "decoded cdlm with"),
+                        ({"bench": rows(refresh="step")}, "settings.refresh='step' is not how bench.py decodes cdlm"),
                         ({"bench_settings": {**seed["bench_settings"], "batch_size": 32}}, "bench_settings.batch_size=32, but"),
                         ({"bench_machine": {**seed["bench_machine"], "dtype": "bfloat16"}}, "bench_machine.dtype='bfloat16'")):
         path.write_text(json.dumps({**seed, **edit}))
         refused(demo.main, ["--report", f"--results_dir={results}"], "seed2.json", words)
+    path.write_text(json.dumps({**seed, "bench": rows(refresh="step")}))  # read without bench.py's methods: against seed1337's
+    with pytest.raises(CDLMError, match="seed2.json: field bench.cdlm.settings=.* but .*seed1337.json decoded cdlm with"):
+        read_results("arithmetic", str(results))
 
 
 def test_a_scale_rows_pass_times_and_rates_are_checked_as_stored(tmp_path):
