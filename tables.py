@@ -119,11 +119,12 @@ def table(report):
             lines.append(f"| {name} | {f['latency_ms']:.1f} {f['latency_path']} | {f['throughput_tok_s']:,.0f} "
                          f"{f['throughput_path']} | {vs(f, 'dlm')} | {vs(f, 'dlm_stop')} |")
     lines += predicted_table(report)
-    slower = [f"{name} compiled is slower than eager at {what} ({c[key]:,.{d}f} against {r[key]:,.{d}f} {unit})"
+    shown = lambda a, b, d: (d if f"{a:.{d}f}" != f"{b:.{d}f}" else d + 2)  # digits enough to tell them apart
+    slower = [f"{name} compiled is slower than eager at {what} ({c[key]:,.{e}f} against {r[key]:,.{e}f} {unit})"
               for name, r in report["methods"].items() if "latency_ms" in r.get("compiled", {}) for c in [r["compiled"]]
               for what, key, worse, d, unit in (("batch 1", "latency_ms", 1, 1, "ms"),
                                                 (f"batch {s['batch_size']}", "throughput_tok_s", -1, 0, "tok/s"))
-              if worse * (c[key] - r[key]) > 0]
+              if worse * (c[key] - r[key]) > 0 for e in [shown(c[key], r[key], d)]]
     if slower:  # a ratio is fair when each side runs its faster path
         fair = any("fastest" in r for r in report["methods"].values())
         lines += ["", "note: " + "; ".join(slower) + (". The faster-path table takes the faster one for each." if fair
