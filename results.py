@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from configurator import SEED, Bool, CDLMError, Choice, Float, Int, Str
 from data.common import METRICS, SPLITS, Each, check_fields, load_meta, read_json
+from files import holds
 from runtime import DEVICE, THREADS
 from sample import CACHES, REFRESHES, TEMPERATURES, DecodeSettings
 
@@ -110,6 +111,9 @@ def read_results(task, results_dir, variants=None, decoding=None):
     """The files of results_dir/<task> that the layout names, each checked against its name and
     its schema; a stray or duplicate file, or an ablation variant not among `variants` (where
     given: demo.ABLATIONS), is one line naming it (the report would count it)."""
+    if os.path.isdir(results_dir) and holds(results_dir) == "results files":  # results/<task> given for results
+        raise CDLMError(f"option results_dir={results_dir!r} holds a task's results files itself: give the folder of "
+                        f"the task folders ({os.path.dirname(os.path.normpath(results_dir)) or '.'})")
     here = os.path.join(results_dir, task)
     fix = f"restore it (git checkout) or move it out of {here}/: the report reads every file of its layout"
     seeds = []

@@ -795,3 +795,11 @@ def test_a_weight_that_is_not_a_plain_tensor_is_named(tmp_path, odd):
     ckpt["model"]["wte.weight"] = w.to_sparse() if odd == "sparse" else torch.empty_like(w, device="meta")
     torch.save(ckpt, tmp_path / "ckpt.pt")
     refused(sample.main, [f"--out_dir={tmp_path}", "--prompt=1:+2="], "weight wte.weight is not a plain tensor")
+
+
+def test_a_tasks_folder_given_as_the_results_folder_is_named():
+    """Probe 15: --results_dir=results/arithmetic read results/arithmetic/arithmetic and said "no seed
+    files yet" beside the seed files; it is a task's folder, and the refusal names the folder above."""
+    for given in ("results/arithmetic", "results/arithmetic/"):
+        refused(demo.main, ["--report", f"--results_dir={os.path.join(ROOT, given)}"],
+                "holds a task's results files itself", f"({os.path.join(ROOT, 'results')})")
