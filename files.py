@@ -142,8 +142,9 @@ def file_head(path, n=65536):
 
 def holds(d):
     """Which of this repo's outputs folder d holds ('a trajectory set', 'a prepared dataset', 'a
-    checkpoint', 'reference checkpoints', 'results files'), or None: a trajectory set's commit record and a dataset's meta.json
-    share a name; results are told by demo.py's layout (seed<N>.json, ablation/, frontier/)."""
+    checkpoint', 'reference checkpoints', 'results files'), or None: a trajectory set's commit record
+    and a dataset's meta.json share a name; results are told by demo.py's layout (seed<N>.json,
+    ablation/, frontier/)."""
     try:
         with open(os.path.join(d, "meta.json")) as f:
             record = json.load(f)

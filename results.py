@@ -187,19 +187,14 @@ def check_seed_figures(path, r, before, fix, decoding=None):
         check_row(path, f"bench.{name}", row, r["bench_settings"]["gen_len"], r["bench_settings"]["num_eval"],
                   r["bench_machine"], fix)
     check_speedups(path, r["bench"], fix)
-    check_thresholds(path, r["bench_settings"], r["bench"], "bench", fix, decoding)
-    for key in ("split", "batch_size", "latency_n", "threshold", "gen_len"):  # a mean of one measurement
-        other = next((p for p, o in before if o["bench_settings"][key] != r["bench_settings"][key]), None)
+    check_row_settings(path, r["bench_settings"], r["bench"], "bench", fix, decoding)
+    for part, key in [*(("bench_settings", k) for k in ("split", "batch_size", "latency_n", "threshold", "gen_len")),
+                      ("bench_machine", "device"), ("bench_machine", "dtype")]:  # a mean of one measurement
+        other = next((p for p, o in before if o[part][key] != r[part][key]), None)
         if other:
-            raise CDLMError(f"{path}: field bench_settings.{key}={r['bench_settings'][key]!r}, but {other} has "
-                            f"{dict(before)[other]['bench_settings'][key]!r}: the report averages the seeds' benches "
-                            f"as one measurement; {fix}")
-    for key in ("device", "dtype"):
-        other = next((p for p, o in before if o["bench_machine"][key] != r["bench_machine"][key]), None)
-        if other:
-            raise CDLMError(f"{path}: field bench_machine.{key}={r['bench_machine'][key]!r}, but {other} has "
-                            f"{dict(before)[other]['bench_machine'][key]!r}: the report averages the seeds' timings "
-                            f"as one; {fix}")
+            raise CDLMError(f"{path}: field {part}.{key}={r[part][key]!r}, but {other} has "
+                            f"{dict(before)[other][part][key]!r}: the report averages the seeds' benches as one "
+                            f"measurement; {fix}")
     other = next(((p, name) for p, o in before for name in set(o["bench"]) & set(r["bench"])
                   if o["bench"][name]["settings"] != r["bench"][name]["settings"]), None)
     if other:
@@ -285,7 +280,7 @@ def check_bench_settings(path, machine, settings, at, fix):
         raise CDLMError(f"{path}: field {at}machine.gpu={machine['gpu']!r}, but the device is the CPU; {fix}")
 
 
-def check_thresholds(path, settings, rows, root, fix, decoding=None):
+def check_row_settings(path, settings, rows, root, fix, decoding=None):
     """bench.py decodes every thresholded method at its one --threshold (where given): a row at
     another contradicts the report's settings; and, given decoding (bench.settings_of: the
     caller's, above this module), each row decodes as its method does at the row's block size, its
@@ -295,7 +290,10 @@ def check_thresholds(path, settings, rows, root, fix, decoding=None):
     if odd:
         raise CDLMError(f"{path}: field {root}.{odd}.settings.threshold={rows[odd]['settings']['threshold']} is not "
                         f"the bench's threshold={settings['threshold']}; {fix}")
-    for name, st in ((name, r["settings"]) for name, r in rows.items() if decoding):
+    if decoding is None:
+        return
+    for name, r in rows.items():
+        st = r["settings"]
         try:
             want = asdict(decoding(name, st["block_size"], st.get("threshold") or settings["threshold"],
                                    lambda dep, _: rows[dep]["tokens_per_step"]))

@@ -156,8 +156,9 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
             # (they would have left), so an EOS in this block ends the answer
             if st.early_stop and ended:
                 done = (x[:, s:e] == eos_id).any(1)  # (b,)
-                out[rows[done]], nfe_out[rows[done]] = x[done, P:], nfe[done]
-                out[rows[done], e - P:] = eos_id
+                gone = rows[done]  # their indices in the batch
+                out[gone], nfe_out[gone] = x[done, P:], nfe[done]
+                out[gone, e - P:] = eos_id
                 going = (~done).nonzero().flatten()  # the finished rows leave the batch
                 x, rows, nfe = x[going], rows[going], nfe[going]
                 if len(rows) == 0:

@@ -10,7 +10,7 @@ import re
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
 from results import (BENCH_MACHINE, BENCH_SETTINGS, PROFILE, check_bench_settings, check_row, check_speedups,
-                     check_thresholds)
+                     check_row_settings)
 from files import Output
 
 
@@ -43,20 +43,20 @@ def stored_report(path, methods, decoding=None):
         odd = next((name for name in r["profile"] if name.removesuffix(" compiled") not in r["methods"]), None)
         if odd:
             raise CDLMError(f"{path}: field profile.{odd}: no such method in the report; {fix}")
-        odd = next((name for name, p in r["profile"].items() if p["passes_per_answer"] > r["settings"]["gen_len"]), None)
-        if odd:  # a pass finalizes at least one token
-            raise CDLMError(f"{path}: field profile.{odd}.passes_per_answer={r['profile'][odd]['passes_per_answer']:g} "
-                            f"is above gen_len={r['settings']['gen_len']}; {fix}")
         for name, p in r["profile"].items():
-            check_profile(path, f"profile.{name}", p, fix)
-    check_thresholds(path, r["settings"], r["methods"], root, fix, decoding)
+            check_profile(path, f"profile.{name}", p, r["settings"]["gen_len"], fix)
+    check_row_settings(path, r["settings"], r["methods"], root, fix, decoding)
     check_speedups(path, r["methods"], fix, root)  # no ratio printed that its own timings contradict
     return r
 
 
-def check_profile(path, at, p, fix):
+def check_profile(path, at, p, gen_len, fix):
     """A profile's figures are differences and quotients of its measurements (roofline.profile_decode):
-    each as they give it, and no pass's arithmetic at the measured peak longer than the pass."""
+    each as they give it, no more passes than gen_len (a pass finalizes at least one token), and no
+    pass's arithmetic at the measured peak longer than the pass."""
+    if p["passes_per_answer"] > gen_len:
+        raise CDLMError(f"{path}: field {at}.passes_per_answer={p['passes_per_answer']:g} is above gen_len={gen_len}; "
+                        f"{fix}")
     sums = {"sampler_ms_per_answer": p["ms_per_answer"] - p["model_ms_per_answer"],
             "ms_per_pass": p["model_ms_per_answer"] / p["passes_per_answer"]}
     if "step_ms_per_answer" in p and "loop_ms_per_answer" in p:
