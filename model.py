@@ -16,6 +16,7 @@ The KV cache is exact for block_causal and causal models. For the bidirectional 
 be an approximation (Fast-dLLM's prefix and dual caches, refreshed by the sampler), so it must be
 asked for as one.
 """
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -181,6 +182,21 @@ class Transformer(nn.Module):
     def keep_cache_rows(self, rows):
         for b in self.blocks:
             b.attn.cache.keep(rows)
+
+    @contextlib.contextmanager
+    def cache_rows(self, rows):
+        """Passes over the rows `rows` (b,) of the batch alone: inside the with, each layer's cache holds
+        a copy of those rows; after it, the whole batch's cache is back and what the passes wrote is
+        gone (the sampler's later steps of a block, whose keys the next block's first pass rewrites)."""
+        caches = [b.attn.cache for b in self.blocks if b.attn.cache is not None]
+        whole = [(c.k, c.v) for c in caches]
+        for c in caches:
+            c.k, c.v = c.k[rows], c.v[rows]
+        try:
+            yield
+        finally:
+            for c, (k, v) in zip(caches, whole):
+                c.k, c.v = k, v
 
     def forward(self, idx, start=None, return_hidden=False):
         """

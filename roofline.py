@@ -67,7 +67,8 @@ class Passes(NamedTuple):
 
 def pass_shapes(model, meta, prompts, settings, batch):
     """The forward passes of decoding prompts in batches of `batch` (1: one prompt at a time), by
-    shape: every step is one pass over all the rows still decoding (early stop shrinks them); and
+    shape: every step is one pass over the rows it runs (sample.generate: a block's later steps run
+    the rows with masked positions left, early stop drops finished answers); and
     the time of the loop around them: each batch decoded again with its steps replaced by what
     they returned (no forward, no step), so the loop takes the same path."""
     counts, first, tokens, loop_s = Counter(), {}, 0, 0.0

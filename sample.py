@@ -98,7 +98,7 @@ class StepOut(NamedTuple):
 
 
 class Step(NamedTuple):
-    """What on_step sees after each step, for every row still decoding: the step and where it was."""
+    """What on_step sees after each step, for the rows it ran: the step and where it was."""
     tokens: torch.Tensor   # (b, gen_len) their answers so far, MASK where not final
     rows: torch.Tensor     # (b,) their indices in the batch
     block: int             # the block decoded: answer positions block*bs .. (block+1)*bs
@@ -116,9 +116,10 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
     `init` (B, gen_len) starts from a partial answer (MASK where to decode; infilling), else all MASK.
     on_step(Step) sees every step (the traces; collect.Recorder keeps the trajectory, Sec. 4.1);
     `step` replaces the step function (roofline times the loop alone with recorded steps).
-    Every row runs every step of a block, so a step's shapes depend only on its kind (torch.compile:
-    runtime.compiled); a row whose block is final finalizes nothing and is not counted in its NFE.
-    Rows whose answer is over (early_stop) leave the batch between blocks. Returns Decoded.
+    Every row runs a block's first step; its later steps run only the rows with masked positions
+    left (model.cache_rows), since a row whose block is final would finalize nothing (at batch 64 a
+    third of the rows' passes). A step's shapes depend on its kind and its rows (torch.compile makes
+    the batch dynamic). Rows whose answer is over (early_stop) leave between blocks. Returns Decoded.
     """
     st = settings.check(model.cfg.attn, gen_len)
     if model.cfg.attn == "block_causal" and model.cfg.block_size != st.block_size:
@@ -140,18 +141,30 @@ def generate(model, prompt, gen_len, mask_id, eos_id, settings, generator=None, 
             s, e = P + blk * bs, P + (blk + 1) * bs  # the block's sequence positions
             given = init is not None and not bool((x[:, s:e] == mask_id).any())  # a block given whole: no step
             ended = given and bool((x[:, s:e] == eos_id).any())
-            for i in range(0 if given else bs):  # each step finalizes a token of every row with any left
+            run = None  # the rows a step runs: all of them (None), or those with masked positions left
+            for i in range(0 if given else bs):
                 lo, hi = pass_window(st.cache, st.refresh, i, s, e, T, cached_to)
                 window = None if st.cache == "none" else positions(lo, hi, x.device)
-                o = step_fn(x, nfe, window, positions(s, e, x.device), mask_id, eos_id, st.rule,
-                            RULES[st.rule].amount(st, i), st.temperature, generator)
-                x, nfe, cached_to = o.x, o.nfe, s
+                args = (window, positions(s, e, x.device), mask_id, eos_id, st.rule, RULES[st.rule].amount(st, i),
+                        st.temperature, generator)
+                if run is None:
+                    o = step_fn(x, nfe, *args)
+                    x, nfe, ran = o.x, o.nfe, rows
+                else:  # rows whose block is final sit out; the next block's first pass rewrites their keys
+                    with model.cache_rows(run):
+                        o = step_fn(x[run], nfe[run], *args)
+                    x, nfe, ran = x.index_copy(0, run, o.x), nfe.index_copy(0, run, o.nfe), rows[run]
+                cached_to = s
                 if on_step is not None:  # it may keep what it sees (traces): a copy of the answers
-                    on_step(Step(x[:, P:].clone(), rows, blk, nfe, lo, hi, taken, o))
+                    on_step(Step(o.x[:, P:].clone(), ran, blk, o.nfe, lo, hi, taken, o))
                 taken += 1
-                more, ended = o.flags.tolist()  # the step's one host synchronisation
+                more, eos = o.flags.tolist()  # the step's one host synchronisation
+                ended = ended or eos
                 if not more:
                     break
+                if len(x) > 1:  # the rows with masked positions left run the block's next step
+                    run = (x[:, s:e] == mask_id).any(1).nonzero().flatten()
+                    run = None if len(run) == len(x) else run
             # early stop: everything up to e is final and no earlier block of these rows holds EOS
             # (they would have left), so an EOS in this block ends the answer
             if st.early_stop and ended:

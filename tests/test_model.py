@@ -63,6 +63,22 @@ def test_block_causal_cache_is_exact():
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=0)
 
 
+def test_cache_rows_runs_some_rows_and_restores_the_whole_batch():
+    """A pass over rows (2, 0) inside cache_rows reads their cache rows (the same logits as those rows
+    of a whole-batch pass) and its writes are gone after it."""
+    model = tiny("block_causal")
+    x = torch.randint(0, 11, (3, 17))
+    model.setup_cache(3)
+    model(x[:, :9], start=0)  # the prompt and the first block in the cache
+    before = [(b.attn.cache.k.clone(), b.attn.cache.v.clone()) for b in model.blocks]
+    y = torch.randint(0, 11, (3, 4))  # another second block: written in the cache by the passes below
+    with model.cache_rows(torch.tensor([2, 0])):
+        some = model(y[[2, 0]], start=9)
+    assert all(torch.equal(b.attn.cache.k, k) and torch.equal(b.attn.cache.v, v) for b, (k, v) in zip(model.blocks, before))
+    torch.testing.assert_close(some, model(y, start=9)[[2, 0]], atol=1e-6, rtol=0)
+    model.clear_cache()
+
+
 def test_causal_cache_is_exact_token_by_token():
     model = tiny("causal")
     x = torch.randint(0, 11, (2, 17))

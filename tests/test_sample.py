@@ -12,6 +12,7 @@ from data.common import load_split
 from configurator import CDLMError
 from collect import Recorder
 from runtime import compiled
+from conftest import ROOT
 from sample import DecodeSettings, generate, predict, select_tokens, step_function, tokens_per_step
 
 NEG = float("-inf")
@@ -145,7 +146,7 @@ def test_threshold_progress_stays_in_current_block(data_dir, student_dir):
         ans = states[-1].clone() if states else torch.full((len(prompt), meta["gen_len"]), mask_id)
         ans[ev.rows] = ev.tokens
         states.append(ans)
-    out, nfe = run(model, meta, prompt, threshold=0.99, cache="exact", on_step=on_step)
+    out, nfe = run(model, meta, prompt, threshold=0.9, cache="exact", on_step=on_step)
     prev = torch.full_like(states[0], mask_id)
     for ans in states:
         newly = (prev == mask_id) & (ans != mask_id)  # (B, L)
@@ -158,6 +159,31 @@ def test_threshold_progress_stays_in_current_block(data_dir, student_dir):
         prev = ans
     assert (out != mask_id).all()
     assert (nfe <= meta["gen_len"]).all() and (nfe >= meta["gen_len"] // bs).all()
+
+
+def test_rows_whose_block_is_final_sit_out_its_later_steps(ref_data):
+    """Every row runs a block's first step; a later step runs exactly the rows with masked positions
+    left in the block (each finalizes something), their cache rows gathered; each row's answer and
+    NFE are what it decodes alone (the reference student: a tiny one takes a block in lockstep)."""
+    model, meta, prompt = rows_and_model(ref_data, os.path.join(ROOT, "ref", "arithmetic", "student"), n=16)
+    mask_id, bs, P = meta["mask_id"], model.cfg.block_size, meta["prompt_len"]
+    seen, last, sat_out = [], {}, 0
+
+    def on_step(ev):
+        nonlocal sat_out
+        cols = slice(ev.block * bs, (ev.block + 1) * bs)
+        if ev.block == last.get("block"):  # a later step: the rows that had masked positions left
+            assert torch.equal(ev.rows, last["open"])
+            sat_out += last["rows"] - len(ev.rows)
+        else:
+            last.update(block=ev.block, rows=len(ev.rows))
+        assert ev.out.picked.any(1).all()  # every row that ran finalized a token
+        last["open"] = ev.rows[(ev.tokens[:, cols] == mask_id).any(1)]
+    out, nfe = run(model, meta, prompt, threshold=0.9, cache="exact", on_step=on_step)
+    assert sat_out > 0  # some rows sat out (else this test checks nothing)
+    for i in range(len(prompt)):
+        o, n = run(model, meta, prompt[i:i + 1], threshold=0.9, cache="exact")
+        assert torch.equal(o[0], out[i]) and n.item() == nfe[i].item()
 
 
 def test_recorded_trajectory(data_dir, teacher_dir):
