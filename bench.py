@@ -415,7 +415,8 @@ def _run(cfg, methods):
             which = [(name, "", models[METHODS[name].role][0]) for name in ("cdlm", "dlm", "ar") if name in results]
             which += [(name, " compiled", cmodels[METHODS[name].role]) for name, _, _ in which if cmodels]
             report["profile"] = {name + tag: profile_decode(model, meta, prompts, DecodeSettings(**results[name]["settings"]),
-                                                            gflops, act_bytes) for name, tag, model in which}
+                                                            gflops, act_bytes, cfg["repeats"])
+                                 for name, tag, model in which}
     atomic_write_json(cfg["out_path"], report)
     plots(report, cfg["out_path"])
     print(table(report))

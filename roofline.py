@@ -119,21 +119,23 @@ def step_time(model, meta, settings, b, lo, hi, block, repeats=5):
     """Seconds of one decode step as generate runs it: the sampler's step function (compiled: the
     very graph a decode calls) over b rows, the pass lo..hi of answer block `block`, and the host
     synchronisation that ends it (the step's flags); all MASK, as the token values do not change
-    the cost."""
+    the cost. The median of at least 50 ms of calls."""
     device = next(model.parameters()).device
     x = torch.full((b, meta["prompt_len"] + meta["gen_len"]), meta["mask_id"], dtype=torch.long, device=device)
     args, step = step_args(meta, settings, x, lo, hi, block), step_function(model, settings)
-    return timed(lambda: step(*args).flags.tolist(), model, b, settings.cache, repeats)
+    return timed(lambda: step(*args).flags.tolist(), model, b, settings.cache, repeats, min_s=0.05)
 
 
-def timed(run, model, b, cache, repeats):
-    """The median seconds of `repeats` calls of run() after one untimed, over a fresh cache of b rows."""
+def timed(run, model, b, cache, repeats, min_s=0.0):
+    """The median seconds of run() over a fresh cache of b rows: `repeats` calls after one untimed,
+    and more until they add up to min_s (a step of a millisecond timed five times is at the mercy
+    of one stall)."""
     device = next(model.parameters()).device
     if cache != "none":
         model.setup_cache(b, approximate=cache != "exact")
     try:
         times = []
-        for _ in range(repeats + 1):
+        while len(times) <= repeats or sum(times[1:]) < min_s:
             sync(device)
             t0 = time.perf_counter()
             run()
@@ -192,7 +194,7 @@ def probe_machine(device):
     return gflops, gbs
 
 
-def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
+def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes, rounds=3):
     """
     Where a decode's time goes at batch 1: the forward passes, the step's own operations around
     each, and the sampler's loop between steps; per pass, the ATen ops launched (torch.profiler) and
@@ -201,20 +203,23 @@ def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes):
     its forward passes through `model` alone, and its steps through the sampler's step function
     (under torch.compile the step is one graph with the forward inside, which no hook can split).
     The sampler's share is the decode less the forwards' replay, the loop's the decode less the
-    steps' replay: differences of two measurements, below zero on a busy machine.
+    steps' replay: differences of two measurements, below zero on a busy machine. Each is timed over
+    all the prompts in a run of its own (the decodes back to back, as the bench times latency; a
+    decode timed between replays of other graphs runs slower), in `rounds`: the medians.
     """
     from torch.profiler import ProfilerActivity, profile
-    wall = model_s = step_s = 0.0
-    passes = 0
-    for warm in (True, False):  # one untimed round: compiles the forward alone, warms caches
-        for i in range(1 if warm else len(prompts)):
-            out, nfe, dt = timed_decode(model, meta, prompts[i:i + 1], settings)
-            seen = []
-            generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
-                     on_step=lambda ev: seen.append((ev.tokens, ev.lo, ev.hi, ev.block)))
-            forwards, steps = (replay(model, meta, settings, prompts[i:i + 1], seen, s) for s in (False, True))
-            if not warm:
-                wall, model_s, step_s, passes = wall + dt, model_s + forwards, step_s + steps, passes + len(seen)
+    seen = [[] for _ in prompts]  # each decode's steps: (answer tokens after it, lo, hi, block)
+    for i, steps in enumerate(seen):
+        generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
+                 on_step=lambda ev, steps=steps: steps.append((ev.tokens, ev.lo, ev.hi, ev.block)))
+    parts = []  # each round's seconds: the decodes, their forwards' replays, their steps' replays
+    for r in range(rounds + 1):  # the first, untimed, on one prompt: compiles the forward alone, warms caches
+        n = len(prompts) if r else 1
+        parts.append([sum(timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(n))] +
+                     [sum(replay(model, meta, settings, prompts[i:i + 1], seen[i], s) for i in range(n))
+                      for s in (False, True)])
+    wall, model_s, step_s = (statistics.median(p) for p in zip(*parts[1:]))
+    passes = sum(map(len, seen))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         nfe = timed_decode(model, meta, prompts[:1], settings)[1].item()
     ops = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
