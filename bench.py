@@ -227,12 +227,14 @@ def timed_rounds(entries, meta, prompts, cfg, predict_fns=None):
 
 def timings(rounds):
     """One entry's figures from its rounds: the medians, and every round as measured; the cost
-    model's figures, where it ran, as the medians of its rounds."""
+    model's figures, where it ran, as the medians of its rounds, and its rounds beside them (its
+    error is taken within a round, as a ratio is: tables.predicted_table)."""
     lat, thr, predicted = rounds
     out = dict(latency_ms=1000 * statistics.median(lat), throughput_tok_s=statistics.median(thr),
                rounds=dict(latency_ms=[1000 * t for t in lat], throughput_tok_s=thr))
     if predicted:
         out["predicted"] = {k: statistics.median(p[k] for p in predicted) for k in predicted[0]}
+        out["predicted"]["rounds"] = {k: [p[k] for p in predicted] for k in out["rounds"]}
     return out
 
 

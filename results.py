@@ -398,6 +398,16 @@ def check_speedups(path, bench, fix, root="bench"):
                         and math.isclose(statistics.median(v), mine.get(k, -1), rel_tol=1e-9)):
                     raise CDLMError(f"{path}: field {root}.{name}.{at}{k}={mine.get(k)!r} is not the median of its "
                                     f"rounds {v!r}; {fix}")
+            pred = mine.get("predicted")
+            if isinstance(pred, dict) and "rounds" in pred and not (  # the cost model's, one per timed round
+                    isinstance(pred["rounds"], dict) and set(pred["rounds"]) == set(rounds) and all(
+                        isinstance(v, list) and len(v) == len(rounds[k]) and all(
+                            isinstance(x, (int, float)) and x > 0 for x in v)
+                        and math.isclose(statistics.median(v), pred.get(k, -1), rel_tol=1e-9)
+                        for k, v in pred["rounds"].items())):
+                raise CDLMError(f"{path}: field {root}.{name}.{at}predicted.rounds is not one prediction of each "
+                                f"timing per round ({', '.join(rounds)}: {len(next(iter(rounds.values()), []))} "
+                                f"rounds) whose medians are the predicted figures; {fix}")
 
     def check(field, stored, name, mine, b, base, k, f):  # one speedup against the timings it comes from
         if not (k in base and k in mine):

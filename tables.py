@@ -6,6 +6,7 @@ printed.
 """
 import math
 import re
+import statistics
 
 from configurator import CDLMError, Float, Int, Str
 from data.common import Each, check_fields, read_json
@@ -161,17 +162,21 @@ def predicted_table(report):
     if not paths:
         return []
     loop = all("steps_latency_ms" in r["predicted"] for _, _, r in paths)  # steps and loop, timed apart
-    err = lambda p, m: f"{100 * (p / m - 1):+.0f}%"
+    def err(r, k):  # the median of the rounds' errors, each prediction against its own round's decodes
+        p, m = r["predicted"], r
+        pairs = list(zip(p["rounds"][k], m["rounds"][k])) if "rounds" in p else [(p[k], m[k])]
+        return f"{100 * (statistics.median(a / b for a, b in pairs) - 1):+.0f}%"
     lines = ["", f"| {'the cost model' if loop else 'from the passes alone'} | path | latency (ms, batch 1) | predicted | "
                  "error | throughput (tok/s) | predicted | error |", "|---|---|---|---|---|---|---|---|"]
     for name, path, r in paths:
         p = r["predicted"]
-        lines.append(f"| {name} | {path} | {r['latency_ms']:.1f} | {p['latency_ms']:.1f} | {err(p['latency_ms'], r['latency_ms'])} "
-                     f"| {r['throughput_tok_s']:,.0f} | {p['throughput_tok_s']:,.0f} | "
-                     f"{err(p['throughput_tok_s'], r['throughput_tok_s'])} |")
+        lines.append(f"| {name} | {path} | {r['latency_ms']:.1f} | {p['latency_ms']:.1f} | {err(r, 'latency_ms')} "
+                     f"| {r['throughput_tok_s']:,.0f} | {p['throughput_tok_s']:,.0f} | {err(r, 'throughput_tok_s')} |")
     lines += ["", "predicted: the decodes' steps, each shape timed alone (its forward and the step's own operations), "
                   "plus the sampler's loop around them, timed with the steps replaced by their results; the error is "
-                  "what timing the parts apart misses, and the machine's noise" if loop else
+                  "what timing the parts apart misses, and the machine's noise" +
+                  (" (the median of the rounds' errors, each round's prediction against its own decodes)"
+                   if all("rounds" in r["predicted"] for _, _, r in paths) else "") if loop else
                   "predicted: each pass shape of the decodes timed alone, summed; the error is the sampler and the "
                   "Python between passes (a decode costs more than its passes), and the machine's noise"]
     got = {(name, path): r for name, path, r in paths}

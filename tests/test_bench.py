@@ -170,7 +170,8 @@ def test_timed_rounds_time_every_method_in_each_round(monkeypatch):
     assert memos[0] == {1: 1} and memos[1] == {2: 1}  # the step timings memoized within a round, not across
     assert got["b"] == ([0.5, 0.5], [24.0, 24.0], [])
     assert got["a"][:2] == ([0.5, 0.5], [24.0, 24.0]) and timings(got["a"])["predicted"] == {
-        "latency_ms": 15.0, "throughput_tok_s": 5.0} and "predicted" not in timings(got["b"])
+        "latency_ms": 15.0, "throughput_tok_s": 5.0,  # the medians, and each round's prediction
+        "rounds": {"latency_ms": [10.0, 20.0], "throughput_tok_s": [5.0, 5.0]}} and "predicted" not in timings(got["b"])
 
 
 def test_cost_model_sums_the_decodes_steps(monkeypatch, student_dir, teacher_dir):
@@ -236,3 +237,12 @@ def test_table_prints_predicted_beside_measured():
     assert "| the cost model | path |" in text and "the sampler's loop around them" in text
     assert "cdlm vs dlm from the steps alone (eager), the ceiling: 8.0x latency / 10.0x throughput; predicted 8.0x / " \
            "10.0x; measured" in text
+    c = m["cdlm"]  # with its rounds, the error is the median of the rounds' errors, not of the medians
+    c["rounds"] = dict(latency_ms=[10.0, 30.0, 20.0], throughput_tok_s=[100.0, 300.0, 200.0])
+    c["latency_ms"], c["throughput_tok_s"] = 20.0, 200.0
+    c["predicted"].update(latency_ms=12.0, rounds=dict(latency_ms=[12.0, 12.0, 36.0], throughput_tok_s=[100.0, 330.0, 240.0]))
+    text = tables.table(report)  # latency: +20%, -60%, +80% (the medians would say -40%); throughput: 0%, +10%, +20%
+    assert "| cdlm | eager | 20.0 | 12.0 | +20% | 200 | 4,000 | +10% |" in text and "the median of the rounds' errors" not in text
+    for r in (m["dlm"], m["cdlm"]["compiled"]):
+        r["predicted"]["rounds"] = {k: [r["predicted"][k]] * len(r["rounds"][k]) for k in r["rounds"]}
+    assert "the median of the rounds' errors" in tables.table(report)  # every prediction has its rounds

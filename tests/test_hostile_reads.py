@@ -473,6 +473,10 @@ def test_a_bench_reports_predictions_faster_paths_profile_and_threshold_are_chec
                         (lambda d: cdlm(d).update(predicted="x"), "methods.cdlm: field predicted: expected an object"),
                         (lambda d: cdlm(d)["predicted"].update(throughput_tok_s="fast"), "field predicted.throughput_tok_s: expected float"),
                         (lambda d: cdlm(d)["predicted"].update(steps_latency_ms=1e6), "which adds the loop"),
+                        (lambda d: cdlm(d)["predicted"].update(rounds={"latency_ms": [1.0]}), "predicted.rounds is not"),
+                        (lambda d: cdlm(d)["predicted"].update(rounds={k: [x * 2 for x in v] for k, v in
+                                                                       cdlm(d)["predicted"]["rounds"].items()}),
+                         "predicted.rounds is not"),  # a round edited: the medians no longer its own
                         (lambda d: cdlm(d).pop("fastest"), "cdlm.fastest is missing"),
                         (lambda d: d["profile"]["cdlm"].update(ms_per_pass=0.001), "profile.cdlm.ms_per_pass=0.001 is not"),
                         (lambda d: d["profile"]["dlm"].update(sampler_ms_per_answer=300), "sampler_ms_per_answer=300 is not"),
