@@ -66,9 +66,9 @@ def attention_mask(mode, seq_len, prompt_len, block_size):
 class KVCache:
     """
     Preallocated keys and values for one layer over all seq_len positions, written in place at a
-    tensor of positions (gpt-fast). Its shape never changes while a batch decodes (except when
-    finished rows leave), so a compiled forward sees the same shapes at every step; positions not
-    written yet are never read, because the mask hides them. A plain object, not a module: one is
+    tensor of positions (gpt-fast). Its shape changes only with the rows a step runs (finished rows
+    leave; Transformer.cache_rows), never with the positions, so a compiled forward sees few shapes;
+    positions not written yet are never read, because the mask hides them. A plain object, not a module: one is
     made per layer at every decode, and a module's construction costs several times its tensors'.
     """
 
@@ -79,7 +79,7 @@ class KVCache:
 
     def update(self, pos, k, v):
         """Write k, v (B, nh, t, hd) at positions pos (t,); return the keys and values at every
-        position (B, nh, seq_len, hd). Every row of the batch is written: the sampler runs them all."""
+        position (B, nh, seq_len, hd). Every row is written (a step over some rows runs in cache_rows)."""
         self.k.index_copy_(2, pos, k.to(self.k.dtype))
         self.v.index_copy_(2, pos, v.to(self.v.dtype))
         return self.k, self.v

@@ -212,8 +212,8 @@ def decode_step(model, x, nfe, window, block, mask_id, eos_id, rule, amount, tem
     masked ones by the rule's own score; select what the rule picks and always its best; write the
     block into a new x and count the pass in nfe for the rows that had masked positions. It mutates
     none of its inputs (CUDA graphs skip a graph that writes its inputs) and the positions are
-    tensors, so torch.compile makes it one graph per kind of step and batch size, and the sampler's
-    bookkeeping between passes is inside it. Returns StepOut.
+    tensors, so torch.compile makes it a few graphs per kind of step (the batch dynamic once it has
+    changed), and the sampler's bookkeeping between passes is inside it. Returns StepOut.
     """
     shift = 1 if model.cfg.attn == "causal" else 0  # AR: position p is predicted from the logits at p-1
     if window is None:
