@@ -206,22 +206,24 @@ def timed_rounds(entries, meta, prompts, cfg, predict_fns=None):
     after another, so a slow minute of the machine slows every method alike and a ratio of two
     methods is taken within a round (ratios). One untimed round first (warm caches; a compiled
     model has compiled before). predict_fns {key: fn(times)}: an entry's cost model
-    (roofline.predict, its step timings memoized in `times`), run in each round after the entry's
-    decodes with its parts timed afresh, so a prediction shares its measurement's minute.
-    Returns {key: (latencies in s, throughputs in tok/s, predictions)}, one per round.
+    (roofline.predict, its step timings memoized in `times`), run in each timed round right before
+    the entry's decodes with its parts timed afresh, its batch-1 steps last: the machine switches
+    between speeds a third apart every few tens of seconds, and a prediction timed seconds from
+    its decodes could land in the other one. Returns {key: (latencies in s, throughputs in tok/s,
+    predictions)}, one per round.
     """
     predict_fns = predict_fns or {}
     got = {key: ([], [], []) for key in entries}
     for r in range(cfg["repeats"] + 1):
         times = {}  # this round's step timings, by model, kind of decode and shape
         for key, (model, settings) in entries.items():
+            if r and key in predict_fns:
+                got[key][2].append(predict_fns[key](times))
             lat = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
             out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
             if r:
                 got[key][0].append(sum(lat) / len(lat))
                 got[key][1].append(answer_tokens(out, meta["eos_id"]).sum().item() / dt)
-                if key in predict_fns:
-                    got[key][2].append(predict_fns[key](times))
     return got
 
 

@@ -158,15 +158,15 @@ def test_timed_rounds_time_every_method_in_each_round(monkeypatch):
     cfg = {"repeats": 2, "latency_n": 2, "batch_size": 3}
     memos = []
 
-    def predict(times):  # the cost model of "a", run after its decodes in each timed round
+    def predict(times):  # the cost model of "a", run right before its decodes in each timed round
         calls.append(("predict", len(memos)))
         memos.append(times)
         times[len(memos)] = 1
         return {"latency_ms": 10.0 * len(memos), "throughput_tok_s": 5.0}
     got = timed_rounds({"a": ("A", None), "b": ("B", None)}, {"eos_id": 2}, torch.zeros(3, 1), cfg, {"a": predict})
     one_round = [("A", 1), ("A", 1), ("A", 3), ("B", 1), ("B", 1), ("B", 3)]
-    assert calls == one_round + [*one_round[:3], ("predict", 0), *one_round[3:]] + \
-        [*one_round[:3], ("predict", 1), *one_round[3:]]  # the untimed round, then every method once per round
+    assert calls == one_round + [("predict", 0), *one_round] + [("predict", 1), *one_round]  # the untimed
+    # round, then every method once per round
     assert memos[0] == {1: 1} and memos[1] == {2: 1}  # the step timings memoized within a round, not across
     assert got["b"] == ([0.5, 0.5], [24.0, 24.0], [])
     assert got["a"][:2] == ([0.5, 0.5], [24.0, 24.0]) and timings(got["a"])["predicted"] == {
