@@ -68,8 +68,9 @@ class KVCache:
     Preallocated keys and values for one layer over all seq_len positions, written in place at a
     tensor of positions (gpt-fast). Its shape changes only with the rows a step runs (finished rows
     leave; Transformer.cache_rows), never with the positions, so a compiled forward sees few shapes;
-    positions not written yet are never read, because the mask hides them. A plain object, not a module: one is
-    made per layer at every decode, and a module's construction costs several times its tensors'.
+    positions not written yet are never read, because the mask hides them. A plain object, not a
+    module: one is made per layer at every decode, and a module's construction costs several times
+    its tensors'.
     """
 
     def __init__(self, batch_size, n_head, seq_len, head_dim, dtype, device):

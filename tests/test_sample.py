@@ -166,8 +166,8 @@ def test_rows_whose_block_is_final_sit_out_its_later_steps(ref_data):
     left in the block (each finalizes something), their cache rows gathered; each row's answer and
     NFE are what it decodes alone (the reference student: a tiny one takes a block in lockstep)."""
     model, meta, prompt = rows_and_model(ref_data, os.path.join(ROOT, "ref", "arithmetic", "student"), n=16)
-    mask_id, bs, P = meta["mask_id"], model.cfg.block_size, meta["prompt_len"]
-    seen, last, sat_out = [], {}, 0
+    mask_id, bs = meta["mask_id"], model.cfg.block_size
+    last, sat_out = {}, 0
 
     def on_step(ev):
         nonlocal sat_out
