@@ -8,7 +8,7 @@ import torch
 
 import sample
 from checkpoint import load_model
-from data.common import load_split
+from data.common import load_meta, load_split
 from configurator import CDLMError
 from collect import Recorder
 from runtime import compiled
@@ -184,6 +184,30 @@ def test_rows_whose_block_is_final_sit_out_its_later_steps(ref_data):
     for i in range(len(prompt)):
         o, n = run(model, meta, prompt[i:i + 1], threshold=0.9, cache="exact")
         assert torch.equal(o[0], out[i]) and n.item() == nfe[i].item()
+
+
+@pytest.mark.parametrize("role,settings", [("teacher", dict(threshold=0.9, cache="prefix")),
+                                           ("teacher", dict(threshold=0.9, cache="dual", early_stop=True)),
+                                           ("student", dict(threshold=0.9, cache="exact", early_stop=True, infill=True))])
+def test_rows_sitting_out_keep_every_cache_exact_per_row(ref_data, role, settings):
+    """With rows sitting out of a block's later steps, the approximate caches (refreshed at each
+    block, read by the later steps) and the exact one under infilling give each row what it decodes
+    alone."""
+    model, _ = load_model(os.path.join(ROOT, "ref", "arithmetic", role, "ckpt.pt"))
+    meta = load_meta(ref_data)
+    rows = torch.as_tensor(load_split(ref_data, "test", meta)[:12].astype("int64"))
+    prompt, st, init = rows[:, :meta["prompt_len"]], {k: v for k, v in settings.items() if k != "infill"}, None
+    if settings.get("infill"):  # the worked answers with a stretch to decode, given whole elsewhere
+        init = rows[:, meta["prompt_len"]:].clone()
+        init[:, 8:24] = meta["mask_id"]
+    sizes = []
+    out = generate(model, prompt, meta["gen_len"], meta["mask_id"], meta["eos_id"], DecodeSettings(8, **st), init=init,
+                   on_step=lambda ev: sizes.append(len(ev.rows)))
+    assert min(sizes) < len(prompt)  # some step ran a part of the batch
+    for i in range(len(prompt)):
+        one = generate(model, prompt[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], DecodeSettings(8, **st),
+                       init=None if init is None else init[i:i + 1].clone())
+        assert torch.equal(one.tokens[0], out.tokens[i]) and one.nfe.item() == out.nfe[i].item()
 
 
 def test_recorded_trajectory(data_dir, teacher_dir):
