@@ -375,6 +375,12 @@ def ratios(mine, base):
             for w, (k, f) in SPEEDUP_OF.items()}
 
 
+def rounds_of(v, median):
+    """Whether v is a list of one positive figure per timed round whose median is `median`."""
+    return (isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)
+            and isinstance(median, (int, float)) and math.isclose(statistics.median(v), median, rel_tol=1e-9))
+
+
 def check_speedups(path, bench, fix, root="bench"):
     """Every stored speedup is what the same file's timings give (ratios): the median of the
     per-round ratios where the file keeps the rounds (each median then their median too); in a file
@@ -393,18 +399,13 @@ def check_speedups(path, bench, fix, root="bench"):
                 raise CDLMError(f"{path}: field {root}.{name}.{at}rounds={rounds!r} is not a record of latency_ms "
                                 f"and throughput_tok_s rounds; {fix}")
             for k, v in rounds.items():  # every round checked before any ratio reads one
-                if k in ("latency_ms", "throughput_tok_s") and not (
-                        isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)
-                        and math.isclose(statistics.median(v), mine.get(k, -1), rel_tol=1e-9)):
+                if k in ("latency_ms", "throughput_tok_s") and not rounds_of(v, mine.get(k)):
                     raise CDLMError(f"{path}: field {root}.{name}.{at}{k}={mine.get(k)!r} is not the median of its "
                                     f"rounds {v!r}; {fix}")
             pred = mine.get("predicted")
             if isinstance(pred, dict) and "rounds" in pred and not (  # the cost model's, one per timed round
                     isinstance(pred["rounds"], dict) and set(pred["rounds"]) == set(rounds) and all(
-                        isinstance(v, list) and len(v) == len(rounds[k]) and all(
-                            isinstance(x, (int, float)) and x > 0 for x in v)
-                        and math.isclose(statistics.median(v), pred.get(k, -1), rel_tol=1e-9)
-                        for k, v in pred["rounds"].items())):
+                        rounds_of(v, pred.get(k)) and len(v) == len(rounds[k]) for k, v in pred["rounds"].items())):
                 raise CDLMError(f"{path}: field {root}.{name}.{at}predicted.rounds is not one prediction of each "
                                 f"timing per round ({', '.join(rounds)}: {len(next(iter(rounds.values()), []))} "
                                 f"rounds) whose medians are the predicted figures; {fix}")

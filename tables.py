@@ -163,8 +163,8 @@ def predicted_table(report):
         return []
     loop = all("steps_latency_ms" in r["predicted"] for _, _, r in paths)  # steps and loop, timed apart
     def err(r, k):  # the median of the rounds' errors, each prediction against its own round's decodes
-        p, m = r["predicted"], r
-        pairs = list(zip(p["rounds"][k], m["rounds"][k])) if "rounds" in p else [(p[k], m[k])]
+        p = r["predicted"]
+        pairs = list(zip(p["rounds"][k], r["rounds"][k])) if "rounds" in p else [(p[k], r[k])]
         return f"{100 * (statistics.median(a / b for a, b in pairs) - 1):+.0f}%"
     lines = ["", f"| {'the cost model' if loop else 'from the passes alone'} | path | latency (ms, batch 1) | predicted | "
                  "error | throughput (tok/s) | predicted | error |", "|---|---|---|---|---|---|---|---|"]
