@@ -30,7 +30,7 @@ from render import PNG
 from results import ratios
 from tables import REPORT, stored_report, table
 from roofline import (PLOTS, answer_tokens, decode_cost, passes_per_block, plots, predict, probe_machine, profile_decode,
-                      scale_plot, scale_study, timed_decode)
+                      repeat_for, scale_plot, scale_study, timed_decode)
 from sample import DEFAULT_DECODING, DecodeSettings, evaluate, load_for_decoding
 
 DIR_OPTION = {role: f"{role}_dir" for role in ROLES}  # the option naming each role's checkpoint folder
@@ -157,6 +157,7 @@ config = dict(
     batch_size=Int(64, "[1, inf)"),     # batch for accuracy and for throughput
     latency_n=Int(20, "[1, inf)"),      # problems decoded one at a time per latency repeat
     repeats=Int(3, "[1, inf)"),         # timed rounds, every method once a round: medians of them
+    min_s=Float(1.0, "[0, inf)"),       # a round's latency set and its batch each repeat until they take this long
     threshold=Float(None, "(0, 1]"),    # None: the student's own threshold, also for the teacher's methods
     sweep=Bool(False),
     profile=Bool(False),                # also where a decode's time goes (cdlm and dlm, batch 1)
@@ -209,21 +210,29 @@ def timed_rounds(entries, meta, prompts, cfg, predict_fns=None):
     (roofline.predict, its step timings memoized in `times`), run in each timed round right before
     the entry's decodes with its parts timed afresh, its batch-1 steps last: the machine switches
     between speeds a third apart every few tens of seconds, and a prediction timed seconds from
-    its decodes could land in the other one. Returns {key: (latencies in s, throughputs in tok/s,
-    predictions)}, one per round.
+    its decodes could land in the other one. In a round the latency set and the batch each repeat
+    until they add up to min_s (a fast method's 20 answers take ~0.1 s, where one stall moves the
+    figure). Returns {key: (latencies in s, throughputs in tok/s, predictions)}, one per round.
     """
-    predict_fns = predict_fns or {}
+    predict_fns, n = predict_fns or {}, cfg["latency_n"]
     got = {key: ([], [], []) for key in entries}
     for r in range(cfg["repeats"] + 1):
         times = {}  # this round's step timings, by model, kind of decode and shape
         for key, (model, settings) in entries.items():
             if r and key in predict_fns:
                 got[key][2].append(predict_fns[key](times))
-            lat = [timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(cfg["latency_n"])]
-            out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
+
+            def latency_set():  # (answers, seconds)
+                return n, sum(timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(n))
+
+            def batch():  # (answer tokens, seconds)
+                out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
+                return answer_tokens(out, meta["eos_id"]).sum().item(), dt
+            answers, lat_s = repeat_for(cfg["min_s"] if r else 0, latency_set)
+            tokens, thr_s = repeat_for(cfg["min_s"] if r else 0, batch)
             if r:
-                got[key][0].append(sum(lat) / len(lat))
-                got[key][1].append(answer_tokens(out, meta["eos_id"]).sum().item() / dt)
+                got[key][0].append(lat_s / answers)
+                got[key][1].append(tokens / thr_s)
     return got
 
 
@@ -405,8 +414,8 @@ def _run(cfg, methods):
     report = dict(methods=results, config=cfg, commit=commit,
                   checkpoints={w: m[1]["weights_hash"] for w, m in models.items()},
                   settings=dict(split=cfg["split"], num_eval=len(rows), batch_size=run_cfg["batch_size"],
-                                latency_n=run_cfg["latency_n"], repeats=cfg["repeats"], threshold=threshold,
-                                gen_len=meta["gen_len"], data_dir=data_dir, chance=chance),
+                                latency_n=run_cfg["latency_n"], repeats=cfg["repeats"], min_s=cfg["min_s"],
+                                threshold=threshold, gen_len=meta["gen_len"], data_dir=data_dir, chance=chance),
                   machine=dict(device=device, dtype=dtype, peak_gflops=gflops, peak_gb_s=gbs,
                                gpu=torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
                                **machine_info()))  # cpu, cores, threads, torch, python
@@ -419,7 +428,7 @@ def _run(cfg, methods):
             which = [(name, "", models[METHODS[name].role][0]) for name in ("cdlm", "dlm", "ar") if name in results]
             which += [(name, " compiled", cmodels[METHODS[name].role]) for name, _, _ in which if cmodels]
             report["profile"] = {name + tag: profile_decode(model, meta, prompts, DecodeSettings(**results[name]["settings"]),
-                                                            gflops, act_bytes, cfg["repeats"])
+                                                            gflops, act_bytes, cfg["repeats"], cfg["min_s"])
                                  for name, tag, model in which}
     atomic_write_json(cfg["out_path"], report)
     plots(report, cfg["out_path"])

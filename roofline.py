@@ -146,6 +146,15 @@ def timed(run, model, b, cache, repeats, min_s=0.0):
         model.clear_cache()
 
 
+def repeat_for(min_s, run):
+    """run() -> (count, seconds), called until the seconds add up to min_s (once at least): the sums."""
+    count, seconds, calls = 0, 0.0, 0
+    while not calls or seconds < min_s:
+        c, s = run()
+        count, seconds, calls = count + c, seconds + s, calls + 1
+    return count, seconds
+
+
 def predict(model, meta, prompts, settings, batch_size, latency_n, times=None):
     """
     A method's batch-1 latency (ms, mean over latency_n prompts) and batch-batch_size throughput
@@ -194,7 +203,7 @@ def probe_machine(device):
     return gflops, gbs
 
 
-def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes, rounds=3):
+def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes, rounds=3, min_s=0.0):
     """
     Where a decode's time goes at batch 1: the forward passes, the step's own operations around
     each, and the sampler's loop between steps; per pass, the ATen ops launched (torch.profiler) and
@@ -205,19 +214,22 @@ def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes, round
     The sampler's share is the decode less the forwards' replay, the loop's the decode less the
     steps' replay: differences of two measurements, below zero on a busy machine. Each is timed over
     all the prompts in a run of its own (the decodes back to back, as the bench times latency; a
-    decode timed between replays of other graphs runs slower), in `rounds`: the medians.
+    decode timed between replays of other graphs runs slower), repeated until it adds up to min_s,
+    in `rounds`: the medians.
     """
     from torch.profiler import ProfilerActivity, profile
     seen = [[] for _ in prompts]  # each decode's steps: (answer tokens after it, lo, hi, block)
     for i, steps in enumerate(seen):
         generate(model, prompts[i:i + 1], meta["gen_len"], meta["mask_id"], meta["eos_id"], settings,
                  on_step=lambda ev, steps=steps: steps.append((ev.tokens, ev.lo, ev.hi, ev.block)))
-    parts = []  # each round's seconds: the decodes, their forwards' replays, their steps' replays
+    one = [lambda i: timed_decode(model, meta, prompts[i:i + 1], settings)[2],  # seconds for prompt i:
+           lambda i: replay(model, meta, settings, prompts[i:i + 1], seen[i]),  # the decode, its forwards,
+           lambda i: replay(model, meta, settings, prompts[i:i + 1], seen[i], steps=True)]  # its steps
+    parts = []  # each round's seconds an answer: the decodes, their forwards' replays, their steps' replays
     for r in range(rounds + 1):  # the first, untimed, on one prompt: compiles the forward alone, warms caches
         n = len(prompts) if r else 1
-        parts.append([sum(timed_decode(model, meta, prompts[i:i + 1], settings)[2] for i in range(n))] +
-                     [sum(replay(model, meta, settings, prompts[i:i + 1], seen[i], s) for i in range(n))
-                      for s in (False, True)])
+        sums = [repeat_for(min_s if r else 0, lambda f=f: (n, sum(f(i) for i in range(n)))) for f in one]
+        parts.append([seconds / answers for answers, seconds in sums])
     wall, model_s, step_s = (statistics.median(p) for p in zip(*parts[1:]))
     passes = sum(map(len, seen))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -225,10 +237,10 @@ def profile_decode(model, meta, prompts, settings, peak_gflops, act_bytes, round
     ops = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
     flops = decode_cost(model, meta, prompts[:1], settings, act_bytes)[0]
     n = len(prompts)
-    return dict(ms_per_answer=1000 * wall / n, model_ms_per_answer=1000 * model_s / n,
-                sampler_ms_per_answer=1000 * (wall - model_s) / n, step_ms_per_answer=1000 * step_s / n,
-                loop_ms_per_answer=1000 * (wall - step_s) / n, passes_per_answer=passes / n,
-                ms_per_pass=1000 * model_s / passes, aten_ops_per_step=ops / nfe,
+    return dict(ms_per_answer=1000 * wall, model_ms_per_answer=1000 * model_s,
+                sampler_ms_per_answer=1000 * (wall - model_s), step_ms_per_answer=1000 * step_s,
+                loop_ms_per_answer=1000 * (wall - step_s), passes_per_answer=passes / n,
+                ms_per_pass=1000 * model_s * n / passes, aten_ops_per_step=ops / nfe,
                 arithmetic_ms_per_pass=flops / nfe / (peak_gflops * 1e9) * 1000)
 
 

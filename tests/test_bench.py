@@ -20,7 +20,7 @@ def test_decoded_and_answer_tokens():
 def test_bench_end_to_end(tmp_path, teacher_dir, student_dir, ar_dir, capsys):
     out = tmp_path / "bench.json"
     report = run({"teacher_dir": teacher_dir, "student_dir": student_dir, "ar_dir": ar_dir,
-                  "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 3, "out_path": str(out),
+                  "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 3, "min_s": 0.0, "out_path": str(out),
                   "device": "cpu", "sweep": True, "sweep_thresholds": [0.5, 0.9], "compile": "off"})  # profile: below
     saved = json.loads(out.read_text())
     assert set(saved["methods"]) == set(METHODS)
@@ -80,7 +80,7 @@ def test_table_refuses_what_is_not_a_bench_report(tmp_path):
 
 @pytest.mark.compiled
 def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
-    run({"student_dir": student_dir, "methods": ["cdlm"], "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 1,
+    run({"student_dir": student_dir, "methods": ["cdlm"], "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 1, "min_s": 0.0,
          "out_path": str(tmp_path / "bench.json"), "device": "cpu", "compile": "both", "profile": True})
     saved = json.loads((tmp_path / "bench.json").read_text())
     r = saved["methods"]["cdlm"]
@@ -147,6 +147,32 @@ def test_speedups_are_ratios_within_rounds():
         latency_ms=2.0, throughput_tok_s=3.0, rounds=dict(latency_ms=[1.0, 4.0, 2.0], throughput_tok_s=[5.0, 1.0, 3.0]))
 
 
+def test_repeat_for_sums_calls_until_min_s():
+    """Each timed figure of a round repeats until its calls add up to min_s, once at least."""
+    calls = []
+
+    def run():
+        calls.append(1)
+        return 2, 0.3
+    assert bench.repeat_for(1.0, run) == (8, pytest.approx(1.2)) and len(calls) == 4  # 0.9 s after three: a fourth
+    assert bench.repeat_for(0.0, run) == (2, 0.3) and len(calls) == 5
+
+
+def test_timed_rounds_repeat_each_figure_until_min_s(monkeypatch):
+    """With min_s, a timed round decodes the latency set and the batch until each takes min_s (the
+    untimed round once); the figures are per answer and per second of all of them."""
+    calls = []
+
+    def fake(model, meta, prompt, settings):
+        calls.append(len(prompt))
+        return torch.full((len(prompt), 4), 5), None, 0.25 * len(prompt)  # a batch of 3: 0.75 s
+    monkeypatch.setattr(bench, "timed_decode", fake)
+    got = timed_rounds({"a": ("A", None)}, {"eos_id": 2}, torch.zeros(3, 1), {"repeats": 1, "latency_n": 2,
+                                                                             "batch_size": 3, "min_s": 1.0})
+    assert calls == [1, 1, 3] + [1, 1, 1, 1, 3, 3]  # the latency set twice (1 s), the batch twice (1.5 s)
+    assert got["a"] == ([0.25], [24 / 1.5], [])
+
+
 def test_timed_rounds_time_every_method_in_each_round(monkeypatch):
     calls = []
 
@@ -155,7 +181,7 @@ def test_timed_rounds_time_every_method_in_each_round(monkeypatch):
         return torch.full((len(prompt), 4), 5), None, 0.5
 
     monkeypatch.setattr(bench, "timed_decode", fake)
-    cfg = {"repeats": 2, "latency_n": 2, "batch_size": 3}
+    cfg = {"repeats": 2, "latency_n": 2, "batch_size": 3, "min_s": 0.0}
     memos = []
 
     def predict(times):  # the cost model of "a", run right before its decodes in each timed round

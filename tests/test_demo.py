@@ -24,7 +24,7 @@ def tiny_task(tmp_path, monkeypatch, data_dir):
         "student.py": model + f"mode = 'cdlm'\ninit_from = 'teacher'\nout_dir = 'out/student'\ndata_dir = {data_dir!r}\n"
                       "traj_dirs = ['out/trajectories']\nmax_iters = 10\n",
         "ar.py": model + f"mode = 'ar'\nout_dir = 'out/ar'\ndata_dir = {data_dir!r}\nmax_iters = 10\n",
-        "bench.py": "latency_n = 2\nrepeats = 1\nbatch_size = 8\ndevice = 'cpu'\ncompile = 'off'\n",
+        "bench.py": "latency_n = 2\nrepeats = 1\nmin_s = 0.0\nbatch_size = 8\ndevice = 'cpu'\ncompile = 'off'\n",
     }
     for name, text in presets.items():
         (tmp_path / "config" / name).write_text(text)

@@ -150,7 +150,7 @@ def test_a_method_two_dependencies_deep_is_benched_and_drawn(tmp_path, monkeypat
     assert bench.chain("dlm_half_twice") == ("dlm_half_twice", "dlm_twice", "cdlm")
     out = tmp_path / "bench.json"
     bench.run({"teacher_dir": teacher_dir, "student_dir": student_dir, "methods": ["dlm_half_twice"], "num_eval": 8,
-               "batch_size": 8, "latency_n": 1, "repeats": 1, "out_path": str(out), "device": "cpu", "compile": "off"})
+               "batch_size": 8, "latency_n": 1, "repeats": 1, "min_s": 0.0, "out_path": str(out), "device": "cpu", "compile": "off"})
     got = json.loads(out.read_text())["methods"]["dlm_half_twice"]["settings"]
     models = bench.load_models({"teacher_dir": teacher_dir, "student_dir": student_dir}, ["dlm_half_twice"], "cpu")
     (teacher, ckpt, _), (student, _, s) = models["teacher"], models["student"]
@@ -172,7 +172,7 @@ def test_a_method_that_depends_on_another_is_one_row_of_METHODS(tmp_path, teache
     assert bench.needs("dlm_twice_steps") == ("teacher", "student")
     out = tmp_path / "bench.json"
     bench.run({"teacher_dir": teacher_dir, "student_dir": student_dir, "methods": ["dlm_twice_steps"], "num_eval": 8,
-               "batch_size": 8, "latency_n": 1, "repeats": 1, "out_path": str(out), "device": "cpu", "compile": "off"})
+               "batch_size": 8, "latency_n": 1, "repeats": 1, "min_s": 0.0, "out_path": str(out), "device": "cpu", "compile": "off"})
     r = json.loads(out.read_text())["methods"]["dlm_twice_steps"]
     # the student's tokens per step were measured on the side, since cdlm was not in this run
     model, ckpt, s = bench.load_models({"student_dir": student_dir}, ["cdlm"], "cpu")["student"]

@@ -210,6 +210,24 @@ def test_rows_sitting_out_keep_every_cache_exact_per_row(ref_data, role, setting
         assert torch.equal(one.tokens[0], out.tokens[i]) and one.nfe.item() == out.nfe[i].item()
 
 
+def test_a_decode_reuses_the_last_cache_and_reads_none_it_did_not_write(data_dir, student_dir, ar_dir):
+    """A decode takes the last decode's KV-cache tensors when its shape is the same (it allocates
+    nothing) and reads no position it did not write: filled with large values, the spare gives the
+    answers of a fresh cache."""
+    for ckpt_dir, kw in ((student_dir, dict(threshold=0.5, cache="exact", early_stop=True)),
+                         (ar_dir, dict(steps_per_block=1, cache="exact"))):
+        model, meta, prompt = rows_and_model(data_dir, ckpt_dir, n=6)
+        fresh = [run(model, meta, p, **kw) for p in (prompt[:3], prompt[3:])]
+        spare = [b.attn.cache.spare for b in model.blocks]
+        for t in (t for kv in spare for t in kv):
+            t.fill_(1e4)
+        again = run(model, meta, prompt[3:], **kw)
+        assert all(b.attn.cache.spare is kv and b.attn.cache.k is None for b, kv in zip(model.blocks, spare))
+        assert torch.equal(again[0], fresh[1][0]) and torch.equal(again[1], fresh[1][1])
+        run(model, meta, prompt[:2], **kw)  # another batch size: new tensors
+        assert all(b.attn.cache.spare is not kv and len(b.attn.cache.spare[0]) == 2 for b, kv in zip(model.blocks, spare))
+
+
 def test_recorded_trajectory(data_dir, teacher_dir):
     model, meta, prompt = rows_and_model(data_dir, teacher_dir, n=3)
     out, nfe, step, hidden = run(model, meta, prompt, steps_per_block=8, record=True)

@@ -187,7 +187,7 @@ def test_every_stage_runs_on_word_problems(wp, tmp_path):
     assert 0 <= ev.whole_acc <= ev.final_acc <= 1 and 1 <= ev.nfe <= meta["gen_len"]
     assert all(isinstance(p, str) for p in ev.preds)
     report = run({"teacher_dir": out["teacher"], "student_dir": out["student"], "ar_dir": out["ar"],
-                  "num_eval": 8, "batch_size": 8, "latency_n": 1, "repeats": 1, "device": "cpu", "compile": "off",
+                  "num_eval": 8, "batch_size": 8, "latency_n": 1, "repeats": 1, "min_s": 0.0, "device": "cpu", "compile": "off",
                   "out_path": str(tmp_path / "bench.json"), "methods": ["cdlm", "ar", "dlm"]})  # one of each role
     assert report["settings"]["gen_len"] == meta["gen_len"] and report["settings"]["data_dir"] == d
     assert report["machine"]["dtype"] == "float32" and report["machine"]["device"] == "cpu"
