@@ -133,6 +133,7 @@ def test_each_method_on_its_faster_path():
     plain = tables.stored_report("results/arithmetic/seed1337.json", list(bench.METHODS))
     for r in plain["methods"].values():  # a report without faster-path figures
         r.pop("fastest", None)
+    plain["methods"]["dlm"]["compiled"]["latency_ms"] = plain["methods"]["dlm"]["latency_ms"] + 30
     plain = tables.table(plain)
     assert "| each on its faster path |" not in plain and "The compiled ratios above take it as it is." in plain
 
