@@ -80,8 +80,8 @@ def test_table_refuses_what_is_not_a_bench_report(tmp_path):
 
 @pytest.mark.compiled
 def test_bench_times_eager_and_compiled(tmp_path, student_dir, capsys):
-    run({"student_dir": student_dir, "methods": ["cdlm"], "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 1, "min_s": 0.0,
-         "out_path": str(tmp_path / "bench.json"), "device": "cpu", "compile": "both", "profile": True})
+    run({"student_dir": student_dir, "methods": ["cdlm"], "num_eval": 16, "batch_size": 8, "latency_n": 2, "repeats": 1,
+         "min_s": 0.0, "out_path": str(tmp_path / "bench.json"), "device": "cpu", "compile": "both", "profile": True})
     saved = json.loads((tmp_path / "bench.json").read_text())
     r = saved["methods"]["cdlm"]
     assert r["latency_ms"] > 0 and r["compiled"]["latency_ms"] > 0 and r["compiled"]["compile_s"] > 0
