@@ -218,6 +218,7 @@ def timed_rounds(entries, meta, prompts, cfg, predict_fns=None):
     got = {key: ([], [], []) for key in entries}
     for r in range(cfg["repeats"] + 1):
         times = {}  # this round's step timings, by model, kind of decode and shape
+        min_s = cfg["min_s"] if r else 0  # the untimed round decodes once
         for key, (model, settings) in entries.items():
             if r and key in predict_fns:
                 got[key][2].append(predict_fns[key](times))
@@ -228,8 +229,8 @@ def timed_rounds(entries, meta, prompts, cfg, predict_fns=None):
             def batch():  # (answer tokens, seconds)
                 out, _, dt = timed_decode(model, meta, prompts[:cfg["batch_size"]], settings)
                 return answer_tokens(out, meta["eos_id"]).sum().item(), dt
-            answers, lat_s = repeat_for(cfg["min_s"] if r else 0, latency_set)
-            tokens, thr_s = repeat_for(cfg["min_s"] if r else 0, batch)
+            answers, lat_s = repeat_for(min_s, latency_set)
+            tokens, thr_s = repeat_for(min_s, batch)
             if r:
                 got[key][0].append(lat_s / answers)
                 got[key][1].append(tokens / thr_s)

@@ -79,7 +79,8 @@ BENCH_MACHINE = {"device": Str(""), "dtype": Choice("float32", "float32", "bfloa
                  "peak_gflops": Float(1, "(0, inf)"), "peak_gb_s": Float(1, "(0, inf)")}
 BENCH_SETTINGS = {"split": Choice("test", *SPLITS), "num_eval": Int(1, "[1, inf)"), "batch_size": Int(1, "[1, inf)"),
                   "latency_n": Int(1, "[1, inf)"), "repeats": Int(1, "[1, inf)"), "min_s?": Float(0.0, "[0, inf)"),
-                  "threshold": Float(None, "(0, 1]"), "gen_len": Int(1, "[1, inf)"), "data_dir": Str(""), "chance": dict(final_acc=SHARE, whole_acc=SHARE)}
+                  "threshold": Float(None, "(0, 1]"), "gen_len": Int(1, "[1, inf)"), "data_dir": Str(""),
+                  "chance": dict(final_acc=SHARE, whole_acc=SHARE)}
 SEED_FILE = {
     "task": Str(""), "seed": Int(0, SEED), "commit": COMMIT, "threads?": THREADS, "num_eval": Int(1, "[1, inf)"),
     "ar_seed": Int(0, SEED), "machine": {"cpu": Str(""), "cores": Int(1, "[1, inf)"), "torch": Str(""), "isa?": Str("")},
